@@ -1,0 +1,3 @@
+"""rtagent: keep realtime KVM guests realtime."""
+
+__version__ = "0.1.0"

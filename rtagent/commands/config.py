@@ -1,0 +1,24 @@
+"""``rtagent config check``: validate and print the effective configuration."""
+
+from __future__ import annotations
+
+import json
+
+from ..config import load_config
+
+
+def run(args) -> int:
+    cfg = load_config(args.config)
+    data = cfg.to_json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"config: {cfg.path or '(defaults, no file)'}: OK")
+    for section, values in data.items():
+        if section == "rule":
+            for i, rule in enumerate(values):
+                print(f"[[rule]] #{i}: " + ", ".join(f"{k}={v!r}" for k, v in rule.items()))
+            continue
+        for key, value in values.items():
+            print(f"{section}.{key} = {value!r}")
+    return 0

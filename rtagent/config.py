@@ -1,0 +1,386 @@
+"""rtagent's TOML configuration, validated into frozen dataclasses.
+
+Validation is strict on purpose: an unknown key is almost always a typo that
+would otherwise silently leave a default in force on a realtime host.  Every
+failure is a :class:`~rtagent.errors.ConfigError` naming the key and value.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cpulist
+from .errors import MISSING, ConfigError
+
+DEFAULT_PATH = "/etc/rtagent/rtagent.toml"
+# 9847 is not in the Prometheus "default port allocations" list we checked;
+# documented in config/rtagent.toml and docs/metrics.md.
+DEFAULT_METRICS_PORT = 9847
+POLICIES = ("fifo", "rr")
+KVM_PIT_MODES = ("vcpu", "housekeeping", "off")
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    uri: str = "qemu:///system"
+    reconnect_max_backoff_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    realtime_cpus: str = "auto"
+    housekeeping_cpus: str = "auto"
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    default_priority: int = 1
+    max_priority: int = 10
+    default_policy: str = "fifo"
+    # RT group scheduling budget per realtime vCPU cgroup (µs per second), or
+    # "auto" = share the root group's budget equally among realtime vCPUs.
+    rt_budget_us: int | str = "auto"
+    # Placement of the per-VM kvm-pit kthread: "vcpu" = KubeVirt's choice (FIFO
+    # one above the vCPUs, on the first non-realtime vCPU's CPUs).
+    kvm_pit: str = "vcpu"
+
+
+@dataclass(frozen=True)
+class HostTuningConfig:
+    kthreads: bool = True
+    kthread_priorities: bool = True
+    irqs: bool = True
+    workqueues: bool = True
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    resync_interval_s: float = 1.0
+    proc_connector: bool = True
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    socket: str = "/run/rtagent/rtagent.sock"
+    group: str = "root"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    listen: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = _split_listen(self.listen)
+        return host, port
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Intent for guests whose XML carries none (Nova flavor semantics)."""
+
+    match_name: str | None = None
+    match_flavor: str | None = None
+    realtime_mask: str | None = None
+    priority: int | None = None
+    policy: str | None = None
+
+    def matches(self, name: str, flavor: str | None) -> bool:
+        if self.match_name is not None and not fnmatch.fnmatchcase(name, self.match_name):
+            return False
+        if self.match_flavor is not None:
+            if flavor is None or not fnmatch.fnmatchcase(flavor, self.match_flavor):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The resolved host partition: where realtime vCPUs live, where the rest goes."""
+
+    online: frozenset[int]
+    realtime: frozenset[int]
+    housekeeping: frozenset[int]
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "online_cpus": cpulist.format_cpulist(self.online),
+            "realtime_cpus": cpulist.format_cpulist(self.realtime),
+            "housekeeping_cpus": cpulist.format_cpulist(self.housekeeping),
+        }
+
+
+@dataclass(frozen=True)
+class Config:
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    host_tuning: HostTuningConfig = field(default_factory=HostTuningConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    rules: tuple[Rule, ...] = ()
+    partition: Partition | None = None
+    path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        out: dict[str, Any] = {}
+        for name in ("libvirt", "host", "realtime", "host_tuning", "daemon", "status", "metrics"):
+            out[name] = asdict(getattr(self, name))
+        out["rule"] = [{k: v for k, v in asdict(r).items() if v is not None} for r in self.rules]
+        if self.partition is not None:
+            out["partition"] = self.partition.to_json()
+        return out
+
+
+# ---------------------------------------------------------------------------
+# validation
+
+_SECTIONS: dict[str, type] = {
+    "libvirt": LibvirtConfig,
+    "host": HostConfig,
+    "realtime": RealtimeConfig,
+    "host_tuning": HostTuningConfig,
+    "daemon": DaemonConfig,
+    "status": StatusConfig,
+    "metrics": MetricsConfig,
+}
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected HOST:PORT")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be in 1..65535")
+    return host.strip("[]"), port
+
+
+class _Checker:
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def fail(self, key: str, value: object, reason: str) -> ConfigError:
+        return ConfigError(key, value, reason, path=self.path)
+
+    def typed(self, key: str, value: object, default: object) -> object:
+        """Check ``value`` against the type of the dataclass default."""
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise self.fail(key, value, "must be true or false")
+        elif isinstance(default, int) and not isinstance(default, bool) and not key.endswith("rt_budget_us"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(key, value, "must be an integer")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.fail(key, value, "must be a number")
+            value = float(value)
+        elif isinstance(default, str) and not key.endswith("rt_budget_us"):
+            if not isinstance(value, str):
+                raise self.fail(key, value, "must be a string")
+        return value
+
+    def section(self, name: str, raw: object, cls: type) -> Any:
+        if not isinstance(raw, dict):
+            raise self.fail(f"[{name}]", raw, "must be a table")
+        defaults = cls()
+        known = {f for f in cls.__dataclass_fields__}
+        values = {}
+        for key, value in raw.items():
+            if key not in known:
+                raise self.fail(f"{name}.{key}", value, f"unknown key (known: {', '.join(sorted(known))})")
+            values[key] = self.typed(f"{name}.{key}", value, getattr(defaults, key))
+        return cls(**values)
+
+
+def _check_priority(chk: _Checker, key: str, value: int, ceiling: int) -> None:
+    if not 1 <= value <= 99:
+        raise chk.fail(key, value, "priority must be in 1..99")
+    if value > ceiling:
+        raise chk.fail(key, value, f"priority above realtime.max_priority ({ceiling})")
+
+
+def _check_cpulist(chk: _Checker, key: str, value: str) -> frozenset[int]:
+    try:
+        return cpulist.parse_cpulist(value)
+    except cpulist.CpuListError as err:
+        raise chk.fail(key, value, f"{err.reason} at {err.token!r}") from None
+
+
+def read_online(sys_root: str = "/") -> frozenset[int]:
+    text = Path(sys_root, "sys/devices/system/cpu/online").read_text()
+    return cpulist.parse_cpulist(text)
+
+
+def read_auto_realtime(sys_root: str = "/") -> frozenset[int]:
+    """``auto`` realtime CPUs: the kernel's isolated ∪ nohz_full sets."""
+    cpus: set[int] = set()
+    for name in ("isolated", "nohz_full"):
+        p = Path(sys_root, "sys/devices/system/cpu", name)
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            continue
+        # nohz_full reads "(null)" when the feature is compiled in but unused.
+        if text.strip() and text.strip() != "(null)":
+            cpus |= cpulist.parse_cpulist(text)
+    return frozenset(cpus)
+
+
+def resolve_partition(chk: _Checker, host: HostConfig, sys_root: str) -> Partition:
+    online = read_online(sys_root)
+    if host.realtime_cpus == "auto":
+        realtime = read_auto_realtime(sys_root) & online
+    else:
+        realtime = _check_cpulist(chk, "host.realtime_cpus", host.realtime_cpus)
+        offline = realtime - online
+        if offline:
+            raise chk.fail("host.realtime_cpus", host.realtime_cpus,
+                           f"CPU {cpulist.format_cpulist(offline)} not online (online: {cpulist.format_cpulist(online)})")
+    if host.housekeeping_cpus == "auto":
+        housekeeping = online - realtime
+        if not housekeeping:
+            raise chk.fail("host.realtime_cpus", host.realtime_cpus,
+                           "leaves no housekeeping CPU (every online CPU would be realtime)")
+    else:
+        housekeeping = _check_cpulist(chk, "host.housekeeping_cpus", host.housekeeping_cpus)
+        offline = housekeeping - online
+        if offline:
+            raise chk.fail("host.housekeeping_cpus", host.housekeeping_cpus,
+                           f"CPU {cpulist.format_cpulist(offline)} not online (online: {cpulist.format_cpulist(online)})")
+        overlap = housekeeping & realtime
+        if overlap:
+            raise chk.fail("host.housekeeping_cpus", host.housekeeping_cpus,
+                           f"overlaps host.realtime_cpus on CPU {cpulist.format_cpulist(overlap)}")
+    return Partition(online=online, realtime=frozenset(realtime), housekeeping=frozenset(housekeeping))
+
+
+def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str | None = "/") -> Config:
+    """Validate a decoded TOML document.  ``sys_root=None`` skips resolving the
+    host partition (for tools that only inspect XML, like ``rtagent plan``)."""
+    chk = _Checker(path)
+    sections: dict[str, Any] = {}
+    rules_raw: object = []
+    for key, value in data.items():
+        if key in _SECTIONS:
+            sections[key] = chk.section(key, value, _SECTIONS[key])
+        elif key == "rule":
+            rules_raw = value
+        else:
+            known = ", ".join(sorted([*_SECTIONS, "rule"]))
+            raise chk.fail(key, value, f"unknown section (known: {known})")
+    cfg_rt: RealtimeConfig = sections.get("realtime", RealtimeConfig())
+    _check_priority(chk, "realtime.max_priority", cfg_rt.max_priority, 99)
+    _check_priority(chk, "realtime.default_priority", cfg_rt.default_priority, cfg_rt.max_priority)
+    if cfg_rt.default_policy not in POLICIES:
+        raise chk.fail("realtime.default_policy", cfg_rt.default_policy, "must be one of: fifo, rr")
+    if cfg_rt.kvm_pit not in KVM_PIT_MODES:
+        raise chk.fail("realtime.kvm_pit", cfg_rt.kvm_pit, f"must be one of: {', '.join(KVM_PIT_MODES)}")
+    budget = cfg_rt.rt_budget_us
+    if budget != "auto" and (isinstance(budget, bool) or not isinstance(budget, int) or not 1000 <= budget <= 1_000_000):
+        raise chk.fail("realtime.rt_budget_us", budget, "must be \"auto\" or an integer in 1000..1000000 (µs per 1 s period)")
+
+    daemon: DaemonConfig = sections.get("daemon", DaemonConfig())
+    if not 0.05 <= daemon.resync_interval_s <= 3600:
+        raise chk.fail("daemon.resync_interval_s", daemon.resync_interval_s, "must be in 0.05..3600 seconds")
+    lv: LibvirtConfig = sections.get("libvirt", LibvirtConfig())
+    if not lv.uri:
+        raise chk.fail("libvirt.uri", lv.uri, "must not be empty")
+    if not 0.1 <= lv.reconnect_max_backoff_s <= 3600:
+        raise chk.fail("libvirt.reconnect_max_backoff_s", lv.reconnect_max_backoff_s, "must be in 0.1..3600 seconds")
+    status: StatusConfig = sections.get("status", StatusConfig())
+    if not os.path.isabs(status.socket):
+        raise chk.fail("status.socket", status.socket, "must be an absolute path")
+    metrics: MetricsConfig = sections.get("metrics", MetricsConfig())
+    try:
+        _split_listen(metrics.listen)
+    except ValueError as err:
+        raise chk.fail("metrics.listen", metrics.listen, str(err)) from None
+    if bool(metrics.tls_cert) != bool(metrics.tls_key):
+        key = "metrics.tls_key" if metrics.tls_cert else "metrics.tls_cert"
+        raise chk.fail(key, getattr(metrics, key.split(".")[1]), "tls_cert and tls_key must be set together")
+    if metrics.tls_client_ca and not metrics.tls_cert:
+        raise chk.fail("metrics.tls_client_ca", metrics.tls_client_ca, "client-certificate auth needs tls_cert and tls_key")
+
+    host: HostConfig = sections.get("host", HostConfig())
+    for key in ("realtime_cpus", "housekeeping_cpus"):
+        value = getattr(host, key)
+        if value != "auto":
+            _check_cpulist(chk, f"host.{key}", value)
+    partition = resolve_partition(chk, host, sys_root) if sys_root is not None else None
+
+    rules = tuple(_parse_rules(chk, rules_raw, cfg_rt))
+    return Config(
+        libvirt=lv, host=host, realtime=cfg_rt,
+        host_tuning=sections.get("host_tuning", HostTuningConfig()),
+        daemon=daemon, status=status, metrics=metrics, rules=rules,
+        partition=partition, path=path,
+    )
+
+
+def _parse_rules(chk: _Checker, raw: object, rt: RealtimeConfig) -> list[Rule]:
+    if not isinstance(raw, list):
+        raise chk.fail("rule", raw, "must be an array of tables ([[rule]])")
+    rules = []
+    known = set(Rule.__dataclass_fields__)
+    for i, item in enumerate(raw):
+        prefix = f"rule[{i}]"
+        if not isinstance(item, dict):
+            raise chk.fail(prefix, item, "must be a table")
+        for key, value in item.items():
+            if key not in known:
+                raise chk.fail(f"{prefix}.{key}", value, f"unknown key (known: {', '.join(sorted(known))})")
+            if key == "priority":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise chk.fail(f"{prefix}.{key}", value, "must be an integer")
+                _check_priority(chk, f"{prefix}.priority", value, rt.max_priority)
+            elif not isinstance(value, str):
+                raise chk.fail(f"{prefix}.{key}", value, "must be a string")
+        if "match_name" not in item and "match_flavor" not in item:
+            raise chk.fail(prefix, item, "needs match_name and/or match_flavor")
+        if "policy" in item and item["policy"] not in POLICIES:
+            raise chk.fail(f"{prefix}.policy", item["policy"], "must be one of: fifo, rr")
+        if "realtime_mask" in item:
+            # Syntax only: the vCPU count is known per guest.  Use a large
+            # universe so that only syntax errors surface here.
+            try:
+                cpulist.parse_realtime_mask(item["realtime_mask"], range(cpulist.MAX_CPU + 1))
+            except cpulist.CpuListError as err:
+                raise chk.fail(f"{prefix}.realtime_mask", item["realtime_mask"],
+                               f"{err.reason} at {err.token!r}") from None
+        rules.append(Rule(**item))
+    return rules
+
+
+def load_config(path: str | None = None, *, sys_root: str | None = "/", required: bool = False) -> Config:
+    """Load and validate the config file.
+
+    A missing file at the default path gives the defaults (a fresh install
+    works); a missing file that was named explicitly is an error.
+    """
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if explicit or required:
+            raise ConfigError("file", MISSING, "not found", path=path) from None
+        return parse_config({}, path=None, sys_root=sys_root)
+    except PermissionError as err:
+        raise ConfigError("file", MISSING, f"cannot be read: {err.strerror}", path=path) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("file", MISSING, f"invalid TOML: {err}", path=path) from None
+    return parse_config(data, path=path, sys_root=sys_root)
