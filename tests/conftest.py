@@ -1,0 +1,172 @@
+"""Shared fixtures: a real libvirtd and real guests for the system tier.
+
+The session fixture starts ``virtlogd``/``libvirtd`` only when none answers,
+and stops only what it started (by PID).  Guests are transient (``createXML``)
+and destroyed at teardown even when the test fails; names carry this pytest
+process's PID so that parallel runs on one host never touch each other's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import guests
+
+URI = "qemu:///system"
+_SOCK = "/run/libvirt/libvirt-sock"
+_counter = itertools.count()
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_root = pytest.mark.skip(reason="needs root (threads/system tier)")
+    for item in items:
+        if ("threads" in item.keywords or "system" in item.keywords) and not _is_root():
+            item.add_marker(skip_root)
+
+
+def _libvirt_answers() -> bool:
+    import libvirt
+
+    try:
+        conn = libvirt.open(URI)
+    except libvirt.libvirtError:
+        return False
+    conn.close()
+    return True
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def libvirtd():
+    """A running libvirtd; yields the connection URI."""
+    if not _is_root():
+        pytest.skip("system tier needs root")
+    import libvirt  # noqa: F401  (fail early with a clear import error)
+
+    started: list[int] = []
+    if not _libvirt_answers():
+        if _read_pid("/run/virtlogd.pid") is None or not Path(f"/proc/{_read_pid('/run/virtlogd.pid')}").exists():
+            subprocess.run(["virtlogd", "-d"], check=True)
+            _wait(lambda: _read_pid("/run/virtlogd.pid") is not None, 10, "virtlogd pid file")
+            started.append(_read_pid("/run/virtlogd.pid"))
+        subprocess.run(["libvirtd", "-d"], check=True)
+        _wait(_libvirt_answers, 30, "libvirtd to answer on " + _SOCK)
+        started.append(_read_pid("/run/libvirtd.pid"))
+    yield URI
+    for pid in reversed([p for p in started if p]):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def conn(libvirtd):
+    import libvirt
+
+    c = libvirt.open(libvirtd)
+    yield c
+    try:
+        c.close()
+    except libvirt.libvirtError:
+        pass
+
+
+@dataclass
+class Guest:
+    name: str
+    dom: object  # libvirt.virDomain
+
+    @property
+    def uuid(self) -> str:
+        return self.dom.UUIDString()
+
+    @property
+    def pid(self) -> int:
+        return int(Path(f"/run/libvirt/qemu/{self.name}.pid").read_text().strip())
+
+    def xml(self) -> str:
+        return self.dom.XMLDesc(0)
+
+    def thread_names(self) -> dict[int, str]:
+        out = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                out[int(task.name)] = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+        return out
+
+    def vcpu_tids(self) -> dict[int, int]:
+        """vCPU index → thread id, from libvirt's own view (QEMU's query-cpus)."""
+        import re
+
+        out = {}
+        for tid, name in self.thread_names().items():
+            m = re.fullmatch(r"CPU (\d+)/(KVM|TCG)", name)
+            if m:
+                out[int(m.group(1))] = tid
+        return out
+
+
+def unique_name(prefix: str = "rtt") -> str:
+    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+@pytest.fixture
+def guest_factory(conn):
+    """``guest_factory(xml_or_builder, ...)`` starts a transient guest.
+
+    Pass a full XML string, or keyword arguments for
+    :func:`tests.guests.rt_guest_xml` (``name`` optional).  Each guest is
+    destroyed at teardown; a guest whose QEMU is already gone is fine.
+    """
+    import libvirt
+
+    created: list[Guest] = []
+
+    def start(xml: str | None = None, *, name: str | None = None, wait_vcpus: bool = True, **kw) -> Guest:
+        name = name or unique_name()
+        if xml is None:
+            xml = guests.rt_guest_xml(name, **kw)
+        dom = conn.createXML(xml, 0)
+        g = Guest(name=name, dom=dom)
+        created.append(g)
+        if wait_vcpus:
+            nvcpus = dom.maxVcpus() if dom.isActive() else 0
+            _wait(lambda: len(g.vcpu_tids()) >= nvcpus, 30, f"vCPU threads of {name}")
+        return g
+
+    yield start
+    for g in created:
+        try:
+            g.dom.destroy()
+        except libvirt.libvirtError:
+            pass
