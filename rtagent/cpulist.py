@@ -124,12 +124,13 @@ def parse_hexmask(text: str) -> frozenset[int]:
     if not stripped:
         raise CpuListError(text, text, "empty mask")
     value = 0
-    for word in stripped.split(","):
-        word = word.strip()
+    for group in stripped.split(","):
+        word = group.strip()
         if word.lower().startswith("0x"):
             word = word[2:]
         if not word or len(word) > 8 or any(c not in "0123456789abcdefABCDEF" for c in word):
-            raise CpuListError(text, word, "expected up to 8 hex digits per comma group")
+            # Name the group as written ("0x", not the empty rest of it).
+            raise CpuListError(text, group.strip(), "expected up to 8 hex digits per comma group")
         value = (value << 32) | int(word, 16)
     cpus = set()
     bit = 0
@@ -182,7 +183,18 @@ def parse_realtime_mask(text: str, vcpus: Iterable[int]) -> frozenset[int]:
         if body.startswith("^"):
             if not body[1:].strip():
                 raise CpuListError(text, token, "'^' without a vCPU")
-            excluded |= _parse_item(text, body[1:])
+            try:
+                items = _parse_item(text, body[1:])
+            except CpuListError as err:
+                # Name the token as written, caret included ("^a-b", not "a-b").
+                raise CpuListError(text, body, err.reason) from None
+            missing = items - all_vcpus
+            if missing:
+                raise CpuListError(
+                    text, body, f"excluded vCPU {format_cpulist(missing)} not in the guest's vCPUs "
+                    f"{format_cpulist(all_vcpus) or '(none)'}"
+                )
+            excluded |= items
         else:
             any_included = True
             items = _parse_item(text, body)
@@ -193,11 +205,5 @@ def parse_realtime_mask(text: str, vcpus: Iterable[int]) -> frozenset[int]:
                     f"{format_cpulist(all_vcpus) or '(none)'}"
                 )
             included |= items
-    missing_excl = excluded - all_vcpus
-    if missing_excl:
-        raise CpuListError(
-            text, "^" + format_cpulist(missing_excl),
-            f"excluded vCPU not in the guest's vCPUs {format_cpulist(all_vcpus) or '(none)'}",
-        )
     base = included if any_included else set(all_vcpus)
     return frozenset(base - excluded)
