@@ -77,6 +77,12 @@ class RealtimeSpec:
     iothreads: tuple[IOThreadSpec, ...] = ()
     memory: MemorySpec = field(default_factory=MemorySpec)
     virt_type: str = "kvm"  # domain type: "kvm" or "qemu" (TCG)
+    # Where ``emulator_cpus`` came from: "emulatorpin", "nonrealtime-vcpus"
+    # (Nova's rule), "vcpu-cpuset", or "unpinned" (empty set = any host CPU).
+    emulator_source: str = "unpinned"
+    # Which rule or element supplied the intent, for operators ("rule[0]").
+    source_detail: str | None = None
+    flavor: str | None = None  # Nova flavor name from <nova:flavor name=…>
 
     @property
     def valid(self) -> bool:
@@ -106,7 +112,23 @@ class RealtimeSpec:
             "errors": list(self.errors),
             "warnings": list(self.warnings),
             "vcpus": [v.to_json() for v in self.vcpus],
-            "emulator": {"cpus": format_cpulist(self.emulator_cpus)},
+            "emulator": {"cpus": format_cpulist(self.emulator_cpus), "source": self.emulator_source},
             "iothreads": [t.to_json() for t in self.iothreads],
             "memory": self.memory.to_json(),
+            "source_detail": self.source_detail,
+            "flavor": self.flavor,
+            "virt_type": self.virt_type,
         }
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One way a guest is not as its intent says.  ``check`` is a stable
+    identifier (docs/checks.md) for metrics, alerts and ``--json``; ``detail``
+    is one line a person reads."""
+
+    check: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "detail": self.detail}
