@@ -567,7 +567,8 @@ def _check_sharing(rt: tuple[VcpuSpec, ...], others: list[tuple[str, frozenset[i
         if not singles:
             break
         if not cpus:
-            errors.append(f"{what} are not pinned, so they may run on the pCPUs of "
+            verb, pronoun = ("are", "they") if what.endswith("threads") else ("is", "it")
+            errors.append(f"{what} {verb} not pinned, so {pronoun} may run on the pCPUs of "
                           f"{_plural([v for v, _ in singles], 'realtime vCPU')} {_STARVES}")
             continue
         for vcpu, pcpu in singles:
