@@ -1,0 +1,59 @@
+"""Pieces shared by the one-shot commands (check, apply)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config, load_config
+from ..cpulist import format_cpulist
+from ..libvirt_host import LibvirtHost
+from ..tuning.engine import DomainReport, Tuner
+
+
+def open_tuner(args) -> tuple[Config, LibvirtHost, Tuner]:
+    config = load_config(args.config)
+    host = LibvirtHost(config.libvirt.uri)
+    host.connect()
+    return config, host, Tuner(config, host)
+
+
+def selected_domains(host: LibvirtHost, names: list[str]) -> list:
+    """The running guests named (any order, by name or UUID), or all running guests."""
+    if names:
+        doms = [host.lookup(n) for n in names]
+        return doms
+    return [host.conn.lookupByUUIDString(d.uuid) for d in host.active_domains()]
+
+
+def host_summary(config: Config) -> dict[str, Any]:
+    p = config.partition
+    assert p is not None
+    return {
+        "realtime_cpus": format_cpulist(p.realtime),
+        "housekeeping_cpus": format_cpulist(p.housekeeping),
+        "online_cpus": format_cpulist(p.online),
+    }
+
+
+def guest_line(r: DomainReport) -> str:
+    """One line per guest: name, realtime vCPUs, compliant or first violations."""
+    if not r.realtime:
+        return f"{r.name:<24} -        not realtime"
+    rt = format_cpulist(v.vcpu for v in r.spec.realtime_vcpus) or "-"
+    if r.compliant:
+        return f"{r.name:<24} RT {rt:<6} ✓ compliant"
+    first = "; ".join(f"{v.check}: {v.detail}" for v in r.violations[:2])
+    more = f" (+{len(r.violations) - 2} more)" if len(r.violations) > 2 else ""
+    return f"{r.name:<24} RT {rt:<6} ✗ {first}{more}"
+
+
+def thread_table(r: DomainReport) -> list[str]:
+    lines = [f"{'TID':>8}  {'THREAD':<16} {'ROLE':<9} {'VCPU':>4}  {'POLICY':<9} {'CPUS':<8} {'WANT':<16} OK"]
+    for tp in r.threads:
+        t, w = tp.thread, tp.want
+        want = "-" if w.policy is None else (f"{w.policy}:{w.priority}" if w.policy in ("fifo", "rr") else w.policy)
+        want += f" @{format_cpulist(w.cpus)}" if w.cpus is not None else ""
+        lines.append(f"{t.tid:>8}  {t.name:<16} {t.role:<9} {'' if t.vcpu is None else t.vcpu:>4}  "
+                     f"{t.policy + ':' + str(t.priority):<9} {format_cpulist(t.cpus):<8} {want:<16} "
+                     f"{'✓' if tp.ok else '✗'}")
+    return lines

@@ -1,0 +1,221 @@
+"""One guest, end to end: intent → observe → plan → (apply) → report.
+
+This is the only place that strings the pure core (intent, plan) together
+with the readers (observe) and writers (apply, rtgroup, libvirt).  ``check``,
+``apply`` and the daemon all go through :class:`Tuner`, so every path applies
+the same safety rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config
+from ..cpulist import format_cpulist
+from ..errors import DomainXMLError
+from ..intent import derive_spec
+from ..model import RealtimeSpec, Violation
+from . import rtgroup
+from .apply import Pinner, Result, execute
+from .memory import verify_memory
+from .observe import Observed, ProcessGone, find_qemu_pid, observe_process
+from .plan import REALTIME, SetScheduler, ThreadPlan, plan_actions, plan_domain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DomainReport:
+    name: str
+    uuid: str
+    spec: RealtimeSpec
+    pid: int | None = None
+    observed: Observed | None = None
+    threads: list[ThreadPlan] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    changes: list[Result] = field(default_factory=list)
+    observed_at: float = 0.0
+
+    @property
+    def realtime(self) -> bool:
+        return self.spec.realtime
+
+    @property
+    def compliant(self) -> bool:
+        """A guest without realtime intent has nothing to comply with."""
+        return not self.violations
+
+    @property
+    def failures(self) -> list[Result]:
+        return [r for r in self.changes if r.outcome == "failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "pid": self.pid,
+            "realtime": spec.realtime,
+            "source": spec.source,
+            "valid": spec.valid,
+            "compliant": self.compliant,
+            "realtime_vcpus": format_cpulist(v.vcpu for v in spec.realtime_vcpus),
+            "errors": list(spec.errors),
+            "warnings": list(spec.warnings),
+            "violations": [v.to_json() for v in self.violations],
+            "threads": [thread_row(tp) for tp in self.threads],
+            "changes": [r.to_json() for r in self.changes],
+            "memory": None if self.observed is None else {
+                "required_bytes": spec.memory.size_bytes,
+                "locked_bytes": self.observed.memory.vm_lck_bytes,
+                "hugetlb_bytes": self.observed.memory.hugetlb_bytes,
+                "memlock_hard": self.observed.memory.memlock_hard,
+            },
+        }
+
+
+def thread_row(tp: ThreadPlan) -> dict[str, Any]:
+    t = tp.thread
+    return {
+        "tid": t.tid,
+        "name": t.name,
+        "role": t.role,
+        "kind": t.kind,
+        "vcpu": t.vcpu,
+        "policy": t.policy,
+        "priority": t.priority,
+        "cpus": format_cpulist(t.cpus),
+        "want": tp.want.to_json(),
+        "ok": tp.ok,
+        "run_delay_ns": t.run_delay_ns,
+        "nonvoluntary_ctxt_switches": t.nonvoluntary_ctxt_switches,
+    }
+
+
+class Tuner:
+    """Checks and tunes guests.  ``host`` is a :class:`LibvirtHost` (may be
+    None for tests that drive processes that are not guests)."""
+
+    def __init__(self, config: Config, host=None, *, proc_root: str = "/proc",
+                 run_root: str = "/run/libvirt/qemu"):
+        assert config.partition is not None, "the tuner needs a resolved host partition"
+        self.config = config
+        self.host = host
+        self.proc_root = proc_root
+        self.run_root = run_root
+        self.rt_hierarchy = rtgroup.find_cpu_hierarchy(proc_root)
+        # Realtime vCPU cgroups of every realtime guest seen, by UUID: the RT
+        # budget is shared host-wide, so granting for one guest must count all.
+        self.rt_cgroups: dict[str, set[str]] = {}
+
+    # -- read-only --------------------------------------------------------
+
+    def spec_for(self, dom) -> RealtimeSpec:
+        return derive_spec(self.host.domain_xml(dom), self.config)
+
+    def inspect(self, dom, spec: RealtimeSpec | None = None) -> DomainReport:
+        """Observe a running guest and compare it with its plan; changes nothing."""
+        name, uuid = dom.name(), dom.UUIDString()
+        if spec is None:
+            try:
+                spec = self.spec_for(dom)
+            except DomainXMLError as err:
+                spec = RealtimeSpec(domain=name, uuid=uuid, realtime=True, errors=(str(err),))
+        report = DomainReport(name=name, uuid=uuid, spec=spec, observed_at=time.time())
+        if not spec.realtime:
+            return report
+        if not spec.valid:
+            report.violations = [Violation("intent", e) for e in spec.errors]
+            return report
+        pid = find_qemu_pid(name, uuid, run_root=self.run_root, proc_root=self.proc_root)
+        if pid is None:
+            report.violations = [Violation("process", f"QEMU process of {name!r} not found")]
+            return report
+        return self.inspect_process(report, pid)
+
+    def inspect_process(self, report: DomainReport, pid: int) -> DomainReport:
+        spec = report.spec
+        report.pid = pid
+        try:
+            observed = observe_process(pid, proc_root=self.proc_root)
+        except ProcessGone:
+            report.violations = [Violation("process", f"QEMU process {pid} of {report.name!r} exited")]
+            return report
+        report.observed = observed
+        plan = plan_domain(spec, observed, self.config.partition, self.config.realtime)
+        report.threads = plan.threads
+        violations: list[Violation] = []
+        for tp in plan.threads:
+            violations += tp.violations()
+        violations += plan.violations
+        violations += verify_memory(spec.memory, observed.memory)
+        violations += self._budget_violations(plan.threads)
+        report.violations = violations
+        self.rt_cgroups[report.uuid] = {c for c in plan.realtime_cgroups if c != "/"}
+        return report
+
+    def _budget_violations(self, threads: list[ThreadPlan]) -> list[Violation]:
+        if self.rt_hierarchy is None:
+            return []
+        out = []
+        for tp in threads:
+            t = tp.thread
+            if tp.want.policy not in REALTIME or tp.policy_ok or not t.cgroup_cpu or t.kind == "kvm-pit":
+                continue
+            zero = [p for p, v in rtgroup.chain_budget(self.rt_hierarchy, t.cgroup_cpu) if v <= 0]
+            if zero:
+                out.append(Violation("rt_budget", f"{t.name} (tid {t.tid}) cannot be realtime: cgroup "
+                                     f"{zero[0]} has cpu.rt_runtime_us 0 (RT group scheduling)"))
+        return out
+
+    # -- enforcement --------------------------------------------------------
+
+    def forget(self, uuid: str) -> None:
+        self.rt_cgroups.pop(uuid, None)
+
+    def grant_budget(self) -> rtgroup.BudgetPlan | None:
+        """Grant RT budget to every known realtime vCPU cgroup (idempotent)."""
+        if self.rt_hierarchy is None:
+            return None
+        leaves = set().union(*self.rt_cgroups.values()) if self.rt_cgroups else set()
+        leaves = {p for p in leaves if os.path.isdir(os.path.join(self.rt_hierarchy, p.lstrip("/")))}
+        if not leaves:
+            return None
+        fixed = self.config.realtime.rt_budget_us
+        return rtgroup.apply_budgets(self.rt_hierarchy, leaves, None if fixed == "auto" else int(fixed))
+
+    def apply(self, dom, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
+        """Bring a guest to its plan; returns the report *after* the changes
+        (re-observed), with ``changes`` listing what was done."""
+        report = report or self.inspect(dom)
+        if not (report.realtime and report.spec.valid) or report.observed is None:
+            return report
+        actions = plan_actions(report.threads)
+        if not actions:
+            return report
+        budget_error: list[str] = []
+        if not dry_run and any(isinstance(a, SetScheduler) and a.policy in REALTIME for a in actions):
+            try:
+                self.grant_budget()
+            except (rtgroup.BudgetError, OSError) as err:
+                budget_error.append(str(err))
+                log.warning("RT budget for %s: %s", report.name, err)
+        pinner = Pinner(self.host, dom) if self.host is not None else None
+        results = execute(actions, pinner, dry_run=dry_run)
+        if dry_run:
+            report.changes = results
+            return report
+        after = self.inspect_process(DomainReport(name=report.name, uuid=report.uuid, spec=report.spec,
+                                                  observed_at=time.time()), report.pid)
+        after.changes = results
+        for err in budget_error:
+            after.violations.append(Violation("rt_budget", err))
+        for r in results:
+            if r.outcome in ("changed", "failed"):
+                log.info("%s: %s: %s%s", report.name, r.outcome, r.action.describe(),
+                         f" ({r.detail})" if r.detail else "")
+        return after

@@ -1,0 +1,255 @@
+"""Pure planning: what each thread of a guest should look like, and the
+ordered actions that get it there from what was observed.
+
+No I/O here.  The rules that keep a host safe live in this module, so they
+hold on every path (one-shot apply, daemon reconcile, drift correction):
+
+* a thread only becomes realtime *after* its affinity is narrowed to its
+  dedicated pCPU (a FIFO thread with a wide mask may land on a core shared
+  with SCHED_OTHER work and starve it);
+* a realtime thread that must lose its realtime policy loses it *before* its
+  affinity is widened;
+* nothing is ever planned above ``realtime.max_priority`` for guest threads
+  (kvm-pit, which must preempt the vCPUs, is the documented exception: one
+  above the highest vCPU, capped at 99).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Partition, RealtimeConfig
+from ..cpulist import format_cpulist
+from ..model import RealtimeSpec, Violation
+from .observe import Observed, ThreadInfo
+
+REALTIME = frozenset({"fifo", "rr"})
+
+
+@dataclass(frozen=True)
+class Want:
+    """Desired state of one thread; ``None`` fields are not managed."""
+
+    policy: str | None = None  # "fifo" | "rr" | "other"
+    priority: int = 0
+    cpus: frozenset[int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "priority": self.priority,
+            "cpus": None if self.cpus is None else format_cpulist(self.cpus),
+        }
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    thread: ThreadInfo
+    want: Want
+    # "vcpu" | "emulator" | "kthread": the prefix of violation check names.
+    check: str
+    # How affinity is changed: through libvirt for the threads libvirt owns a
+    # cgroup cpuset for, by syscall for the rest.
+    pin_via: str = "thread"  # "vcpu" | "emulator" | "iothread" | "thread"
+    iothread: int | None = None
+
+    @property
+    def policy_ok(self) -> bool:
+        w, t = self.want, self.thread
+        if w.policy is None:
+            return True
+        if w.policy in REALTIME:
+            return t.policy == w.policy and t.priority == w.priority
+        # Non-realtime wanted: any non-realtime policy (batch/idle set by the
+        # operator) is acceptable, a realtime one is not.
+        return t.policy not in REALTIME and t.policy != "deadline"
+
+    @property
+    def affinity_ok(self) -> bool:
+        return self.want.cpus is None or self.thread.cpus == self.want.cpus
+
+    @property
+    def ok(self) -> bool:
+        return self.policy_ok and self.affinity_ok
+
+    def violations(self) -> list[Violation]:
+        t = self.thread
+        label = f"vCPU {t.vcpu}" if t.role == "vcpu" else f"{t.name!r}"
+        out = []
+        if not self.affinity_ok:
+            out.append(Violation(f"{self.check}_affinity",
+                                 f"{label} (tid {t.tid}) runs on CPU {format_cpulist(t.cpus)}, "
+                                 f"want {format_cpulist(self.want.cpus or ())}"))
+        if not self.policy_ok:
+            want = self.want.policy if self.want.policy not in REALTIME else f"{self.want.policy}:{self.want.priority}"
+            out.append(Violation(f"{self.check}_policy",
+                                 f"{label} (tid {t.tid}) is {t.policy}:{t.priority}, want {want}"))
+        return out
+
+
+# -- actions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetAffinity:
+    tid: int
+    cpus: frozenset[int]
+    via: str = "thread"  # "vcpu" | "emulator" | "iothread" | "thread"
+    vcpu: int | None = None
+    iothread: int | None = None
+    name: str = ""
+    before: frozenset[int] = frozenset()
+
+    def describe(self) -> str:
+        return f"{self.name} (tid {self.tid}) affinity {format_cpulist(self.before)} -> {format_cpulist(self.cpus)}"
+
+
+@dataclass(frozen=True)
+class SetScheduler:
+    tid: int
+    policy: str
+    priority: int
+    name: str = ""
+    before: str = ""
+    # The CPU set the thread must be confined to for this change to be safe;
+    # the executor re-checks it right before the syscall.
+    require_cpus: frozenset[int] | None = None
+
+    def describe(self) -> str:
+        return f"{self.name} (tid {self.tid}) policy {self.before} -> {self.policy}:{self.priority}"
+
+
+Action = SetAffinity | SetScheduler
+
+
+@dataclass
+class DomainPlan:
+    threads: list[ThreadPlan] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def realtime_cgroups(self) -> set[str]:
+        """cpu-controller cgroups of the threads that must run realtime."""
+        return {
+            tp.thread.cgroup_cpu
+            for tp in self.threads
+            if tp.want.policy in REALTIME and tp.thread.cgroup_cpu is not None and tp.thread.kind != "kvm-pit"
+        }
+
+
+def _vcpu_want(spec: RealtimeSpec, t: ThreadInfo, partition: Partition) -> Want:
+    vs = spec.vcpu(t.vcpu) if t.vcpu is not None else None
+    if vs is None:
+        # A vCPU the XML does not describe (hotplugged beyond <vcpu>?):
+        # keep it away from the realtime pCPUs, never realtime.
+        return Want(policy="other", cpus=_fallback_cpus(spec, partition))
+    if vs.realtime:
+        return Want(policy=vs.policy, priority=vs.priority, cpus=vs.cpus)
+    return Want(policy="other", cpus=vs.cpus or _fallback_cpus(spec, partition))
+
+
+def _fallback_cpus(spec: RealtimeSpec, partition: Partition) -> frozenset[int]:
+    """Where unpinned non-realtime work of a realtime guest goes: the
+    emulator set, else the host's housekeeping CPUs."""
+    return spec.emulator_cpus or partition.housekeeping
+
+
+def _kvm_pit_want(spec: RealtimeSpec, partition: Partition, rt: RealtimeConfig) -> Want | None:
+    if rt.kvm_pit == "off":
+        return None
+    if rt.kvm_pit == "housekeeping":
+        return Want(policy="other", cpus=partition.housekeeping)
+    # KubeVirt's placement: the PIT thread injects timer interrupts into the
+    # guest, so it must preempt the vCPUs (one priority above) and sit on a
+    # CPU where it does not compete with a realtime vCPU.
+    top = max((v.priority for v in spec.realtime_vcpus), default=rt.default_priority)
+    nonrt = [v for v in spec.nonrealtime_vcpus if v.cpus]
+    cpus = nonrt[0].cpus if nonrt else (spec.emulator_cpus or partition.housekeeping)
+    return Want(policy="fifo", priority=min(top + 1, 99), cpus=cpus)
+
+
+def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt: RealtimeConfig) -> DomainPlan:
+    """Desired state of every thread of a valid realtime guest, and the
+    guest-level violations (vCPU count, host partition)."""
+    plan = DomainPlan()
+    if not (spec.realtime and spec.valid):
+        return plan
+    iothread_cpus = {t.iothread: t.cpus for t in spec.iothreads}
+    emulator_cpus = spec.emulator_cpus or partition.housekeeping
+    seen_vcpus = set()
+    for t in observed.threads:
+        if t.role == "vcpu":
+            seen_vcpus.add(t.vcpu)
+            plan.threads.append(ThreadPlan(t, _vcpu_want(spec, t, partition), "vcpu", pin_via="vcpu"))
+        elif t.role == "emulator":
+            io = _iothread_id(t.name)
+            if io is not None and io in iothread_cpus and iothread_cpus[io]:
+                plan.threads.append(ThreadPlan(t, Want(policy="other", cpus=iothread_cpus[io]),
+                                               "emulator", pin_via="iothread", iothread=io))
+            else:
+                plan.threads.append(ThreadPlan(t, Want(policy="other", cpus=emulator_cpus), "emulator",
+                                               pin_via="emulator"))
+        else:
+            # Per-VM kernel workers inside QEMU (vhost, kvm-nx-lpage-recovery):
+            # emulator-class work, off the realtime pCPUs.
+            plan.threads.append(ThreadPlan(t, Want(policy="other", cpus=emulator_cpus), "kthread"))
+    pit_want = _kvm_pit_want(spec, partition, rt)
+    for k in observed.kthreads:
+        if k.kind == "kvm-pit":
+            if pit_want is not None:
+                plan.threads.append(ThreadPlan(k, pit_want, "kthread"))
+        else:
+            plan.threads.append(ThreadPlan(k, Want(policy="other", cpus=emulator_cpus), "kthread"))
+
+    want_vcpus = {v.vcpu for v in spec.vcpus}
+    missing = sorted(v.vcpu for v in spec.realtime_vcpus if v.vcpu not in seen_vcpus)
+    if missing:
+        plan.violations.append(Violation("vcpu_count", f"realtime vCPU {format_cpulist(missing)} has no thread "
+                                          f"(found {len(seen_vcpus)} vCPU threads, XML has {len(want_vcpus)})"))
+    if partition.realtime:
+        outside = sorted(c for v in spec.realtime_vcpus for c in v.cpus if c not in partition.realtime)
+        if outside:
+            plan.violations.append(Violation(
+                "partition", f"realtime vCPUs pinned to CPU {format_cpulist(outside)}, not a realtime CPU of "
+                f"this host (realtime CPUs {format_cpulist(partition.realtime)})"))
+    else:
+        plan.violations.append(Violation(
+            "partition", "the host has no realtime CPUs (host.realtime_cpus is auto and neither isolcpus "
+            "nor nohz_full is set): kernel threads and IRQs share the realtime vCPUs' cores"))
+    return plan
+
+
+def _iothread_id(name: str) -> int | None:
+    # QEMU names the thread of <iothreads> N "IO iothreadN" (libvirt's ids).
+    if name.startswith("IO iothread") and name[len("IO iothread"):].isdigit():
+        return int(name[len("IO iothread"):])
+    return None
+
+
+def plan_actions(threads: list[ThreadPlan]) -> list[Action]:
+    """Ordered actions for every thread that differs from its plan.
+
+    Per thread: going realtime → affinity first, then the scheduler (with the
+    target CPU set recorded so the executor refuses if the narrowing did not
+    take); leaving realtime → scheduler first, then affinity.
+    """
+    actions: list[Action] = []
+    for tp in threads:
+        if tp.ok:
+            continue
+        t, w = tp.thread, tp.want
+        aff: list[Action] = []
+        if not tp.affinity_ok and w.cpus is not None:
+            aff.append(SetAffinity(tid=t.tid, cpus=w.cpus, via=tp.pin_via, vcpu=t.vcpu, iothread=tp.iothread,
+                                   name=t.name, before=t.cpus))
+        sched: list[Action] = []
+        if not tp.policy_ok:
+            sched.append(SetScheduler(tid=t.tid, policy=w.policy or "other", priority=w.priority, name=t.name,
+                                      before=f"{t.policy}:{t.priority}",
+                                      require_cpus=w.cpus if w.policy in REALTIME else None))
+        if w.policy in REALTIME:
+            actions += aff + sched
+        else:
+            actions += sched + aff
+    return actions
