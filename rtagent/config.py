@@ -56,6 +56,13 @@ class HostTuningConfig:
     kthread_priorities: bool = True
     irqs: bool = True
     workqueues: bool = True
+    # Original values of everything the host partition enforcer changed, saved
+    # the first time it changes them; `rtagent host restore` puts them back.
+    state_file: str = "/var/lib/rtagent/host-saved.json"
+    # An IRQ corrected more than this many times within the window is reported
+    # as a conflict (irqbalance or another tool keeps moving it back).
+    irq_conflict_threshold: int = 5
+    irq_conflict_window_s: float = 60.0
 
 
 @dataclass(frozen=True)
