@@ -1,0 +1,162 @@
+"""observe_process and verify_memory against real processes and threads.
+
+The helper's threads only sleep; the one thread made SCHED_FIFO is pinned
+first (to CPU 0, the housekeeping CPU) and put back to SCHED_OTHER before the
+helper is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+
+import pytest
+
+from rtagent.model import MemorySpec
+from rtagent.tuning.memory import verify_memory
+from rtagent.tuning.observe import (
+    ProcessGone,
+    find_qemu_pid,
+    list_qemu_processes,
+    observe_process,
+    read_thread,
+)
+
+pytestmark = pytest.mark.threads
+
+MiB = 1 << 20
+
+POLICY = {
+    os.SCHED_OTHER: "other",
+    os.SCHED_FIFO: "fifo",
+    os.SCHED_RR: "rr",
+    os.SCHED_BATCH: "batch",
+    os.SCHED_IDLE: "idle",
+}
+
+
+def kernel_view(tid: int) -> tuple[str, int, frozenset[int]]:
+    return (
+        POLICY[os.sched_getscheduler(tid)],
+        os.sched_getparam(tid).sched_priority,
+        frozenset(os.sched_getaffinity(tid)),
+    )
+
+
+def test_classification_of_qemu_like_threads(qemu_like):
+    h = qemu_like("--vcpus", "3", "--thread", "worker")
+    o = observe_process(h.pid)
+
+    assert o.pid == h.pid
+    assert {i: t.tid for i, t in o.vcpu_threads.items()} == h.vcpu_tids == {
+        0: h.threads["CPU 0/KVM"], 1: h.threads["CPU 1/KVM"], 2: h.threads["CPU 2/KVM"]}
+    kinds = {t.tid: t.kind for t in o.emulator_threads}
+    assert kinds[h.pid] == "main"
+    assert kinds[h.threads["call_rcu"]] == "call_rcu"
+    assert kinds[h.threads["IO mon_iothread"]] == "iothread"
+    assert kinds[h.threads["worker"]] == "worker"
+    # every thread the helper reported is there, and nothing is a kthread
+    assert {t.tid for t in o.threads} >= set(h.all_tids)
+    assert all(t.role != "kthread" for t in o.threads)
+    assert o.kthreads == ()
+    assert o.cmdline[1].endswith("qemu_like.py")
+
+
+def test_tcg_names(qemu_like):
+    h = qemu_like("--tcg", "--vcpus", "2", "--no-default-threads")
+    o = observe_process(h.pid)
+    assert sorted(o.vcpu_threads) == [0, 1]
+    assert o.vcpu_threads[1].name == "CPU 1/TCG"
+
+
+def test_policy_affinity_and_stats_match_the_kernel(qemu_like):
+    h = qemu_like()
+    o = observe_process(h.pid)
+    for t in o.threads:
+        assert (t.policy, t.priority, t.cpus) == kernel_view(t.tid), t.name
+        assert t.run_time_ns is not None and t.timeslices is not None and t.timeslices >= 1
+        assert t.voluntary_ctxt_switches >= 0
+    with open(f"/proc/{h.pid}/cgroup") as f:
+        own = [line.split(":", 2) for line in f.read().splitlines()]
+    cpu_path = next((p for _, c, p in own if "cpu" in c.split(",")), None)
+    expected = cpu_path if cpu_path is not None else next(p for h_, c, p in own if h_ == "0")
+    assert o.vcpu_threads[0].cgroup_cpu == expected
+
+
+def test_fifo_thread_reads_back(qemu_like):
+    h = qemu_like()
+    tid = h.threads["CPU 1/KVM"]
+    # affinity first, then policy: a FIFO thread never lands on a realtime CPU by accident
+    os.sched_setaffinity(tid, {0})
+    try:
+        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError as e:  # pragma: no cover - host not prepared
+        pytest.fail(f"SCHED_FIFO refused ({e}): RT group scheduling gives this cgroup no rt_runtime_us")
+    try:
+        o = observe_process(h.pid)
+        t = o.vcpu_threads[1]
+        assert (t.policy, t.priority, t.cpus) == ("fifo", 1, frozenset({0}))
+        assert t.realtime
+        assert (t.policy, t.priority, t.cpus) == kernel_view(tid)
+        # the others are untouched
+        assert o.vcpu_threads[0].policy == "other"
+        # a single-thread read agrees
+        assert read_thread(h.pid, tid).policy == "fifo"
+    finally:
+        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+
+
+def test_rr_and_batch_read_back(qemu_like):
+    h = qemu_like("--vcpus", "1")
+    rr, batch = h.threads["CPU 0/KVM"], h.threads["call_rcu"]
+    os.sched_setaffinity(rr, {0})
+    os.sched_setscheduler(rr, os.SCHED_RR, os.sched_param(2))
+    try:
+        os.sched_setscheduler(batch, os.SCHED_BATCH, os.sched_param(0))
+        o = observe_process(h.pid)
+        assert (o.thread(rr).policy, o.thread(rr).priority) == ("rr", 2)
+        assert (o.thread(batch).policy, o.thread(batch).priority) == ("batch", 0)
+    finally:
+        os.sched_setscheduler(rr, os.SCHED_OTHER, os.sched_param(0))
+
+
+def test_memlock_verified_on_a_locking_helper(qemu_like):
+    h = qemu_like("--mlock", str(4 * MiB))
+    assert h.mlocked == 4 * MiB
+    mem = observe_process(h.pid).memory
+    assert mem.vm_lck_bytes >= 4 * MiB
+    assert mem.memlock_hard is None or mem.memlock_hard >= 4 * MiB
+    vs = verify_memory(MemorySpec(size_bytes=4 * MiB, locked=True), mem)
+    assert [v.check for v in vs] == ["hugepages"]  # locked, but not hugepage-backed
+
+
+def test_memlock_violation_without_mlock(qemu_like):
+    h = qemu_like()
+    mem = observe_process(h.pid).memory
+    assert mem.vm_lck_bytes == 0
+    vs = verify_memory(MemorySpec(size_bytes=4 * MiB, locked=True), mem)
+    memlock = [v for v in vs if v.check == "memlock"]
+    assert len(memlock) == 1
+    assert memlock[0].detail.startswith("VmLck 0 B < guest memory 4 MiB (RLIMIT_MEMLOCK ")
+
+
+def test_find_qemu_pid_and_list(qemu_like, tmp_path):
+    name = f"rtt-observe-{os.getpid()}"
+    uuid = str(uuidlib.uuid4())
+    h = qemu_like("--comm", "qemu-system-x86", "-name", f"guest={name},debug-threads=on", "-uuid", uuid)
+    assert h.main == "qemu-system-x86"
+    (tmp_path / f"{name}.pid").write_text(str(h.pid))
+    assert find_qemu_pid(name, uuid, run_root=str(tmp_path)) == h.pid
+    assert find_qemu_pid(name, None, run_root=str(tmp_path)) == h.pid
+    # no pid file: found by the -uuid scan
+    assert find_qemu_pid(name, uuid, run_root=str(tmp_path / "none")) == h.pid
+    assert list_qemu_processes()[h.pid] == uuid
+    # the main thread was renamed but is still the main thread
+    assert observe_process(h.pid).thread(h.pid).kind == "main"
+
+
+def test_process_gone_after_exit(qemu_like):
+    h = qemu_like("--no-default-threads", "--vcpus", "1")
+    h.stop()
+    with pytest.raises(ProcessGone):
+        observe_process(h.pid)
