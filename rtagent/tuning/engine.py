@@ -111,6 +111,9 @@ class Tuner:
         # Realtime vCPU cgroups of every realtime guest seen, by UUID: the RT
         # budget is shared host-wide, so granting for one guest must count all.
         self.rt_cgroups: dict[str, set[str]] = {}
+        # Groups this tuner granted budget to, so that it can take it back
+        # from a vCPU that stopped being realtime (its cgroup lives on).
+        self.granted: set[str] = set()
 
     # -- read-only --------------------------------------------------------
 
@@ -181,12 +184,18 @@ class Tuner:
         """Grant RT budget to every known realtime vCPU cgroup (idempotent)."""
         if self.rt_hierarchy is None:
             return None
-        leaves = set().union(*self.rt_cgroups.values()) if self.rt_cgroups else set()
-        leaves = {p for p in leaves if os.path.isdir(os.path.join(self.rt_hierarchy, p.lstrip("/")))}
-        if not leaves:
+        def exists(p: str) -> bool:
+            return os.path.isdir(os.path.join(self.rt_hierarchy, p.lstrip("/")))
+
+        leaves = {p for p in set().union(*self.rt_cgroups.values()) if exists(p)}
+        release = {p for p in self.granted - leaves if exists(p)}
+        self.granted &= {p for p in self.granted if exists(p)}
+        if not leaves and not release:
             return None
         fixed = self.config.realtime.rt_budget_us
-        return rtgroup.apply_budgets(self.rt_hierarchy, leaves, None if fixed == "auto" else int(fixed))
+        plan = rtgroup.apply_budgets(self.rt_hierarchy, leaves, None if fixed == "auto" else int(fixed), release)
+        self.granted = (self.granted | leaves) - release
+        return plan
 
     def apply(self, dom, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
         """Bring a guest to its plan; returns the report *after* the changes

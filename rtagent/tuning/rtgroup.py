@@ -105,27 +105,33 @@ def plan_budgets(
     children: dict[str, list[str]],
     root_runtime: int,
     fixed_us: int | None = None,
+    release: set[str] = frozenset(),
 ) -> BudgetPlan:
     """Plan the writes for ``leaves`` given a snapshot.
 
     ``runtime`` maps every path on the managed tree (root "/" included) and
     each of their children to its current ``cpu.rt_runtime_us``; ``children``
-    maps each managed path (and "/") to its child paths.  Pure.
+    maps each managed path (and "/") to its child paths.  ``release`` are
+    groups rtagent granted budget to earlier that no longer need it (a vCPU
+    that stopped being realtime): they go back to 0.  Pure.
     """
-    if not leaves:
+    release = {p for p in release if p in runtime and p not in leaves}
+    if not leaves and not release:
         return BudgetPlan(per_vcpu_us=0)
     managed: set[str] = set()
-    for leaf in leaves:
+    for leaf in leaves | release:
         managed.update(_ancestors(leaf))
     # Budget held by groups we do not manage but which hang off our paths
     # (another guest's groups, another tool's realtime group) stays theirs.
     unmanaged = 0
     for node in managed | {"/"}:
         for child in children.get(node, []):
-            if child not in managed and child not in leaves:
+            if child not in managed and child not in leaves and child not in release:
                 unmanaged += max(runtime.get(child, 0), 0)
     available = root_runtime - unmanaged
-    if fixed_us is not None:
+    if not leaves:
+        per = 0
+    elif fixed_us is not None:
         per = fixed_us
         if per * len(leaves) > available:
             raise BudgetError(
@@ -137,6 +143,7 @@ def plan_budgets(
             raise BudgetError(f"no realtime budget left: the root group's {root_runtime} µs is held by "
                               f"other groups ({unmanaged} µs)")
     target: dict[str, int] = {leaf: per for leaf in leaves}
+    target.update({p: 0 for p in release})
     # Ancestors: exactly the sum of their children's targets (unmanaged
     # children at their current value), deepest first.
     for node in sorted(managed, key=lambda p: p.count("/"), reverse=True):
@@ -155,6 +162,7 @@ def _read_int(path: Path) -> int:
 
 
 def snapshot(hierarchy: str, leaves: set[str]) -> tuple[dict[str, int], dict[str, list[str]], int]:
+    """``leaves`` here is every group of interest (to grant and to release)."""
     """Read what :func:`plan_budgets` needs from the mounted hierarchy."""
     root = Path(hierarchy)
     root_period = _read_int(root / PERIOD)
@@ -185,11 +193,14 @@ def snapshot(hierarchy: str, leaves: set[str]) -> tuple[dict[str, int], dict[str
     return runtime, children, root_runtime
 
 
-def apply_budgets(hierarchy: str, leaves: set[str], fixed_us: int | None = None) -> BudgetPlan:
-    """Grant realtime budget to ``leaves`` (and their ancestors).  Idempotent:
-    no write happens when every group already has its target."""
-    runtime, children, root_runtime = snapshot(hierarchy, leaves)
-    plan = plan_budgets(leaves, runtime, children, root_runtime, fixed_us)
+def apply_budgets(hierarchy: str, leaves: set[str], fixed_us: int | None = None,
+                  release: set[str] = frozenset()) -> BudgetPlan:
+    """Grant realtime budget to ``leaves`` (and their ancestors), take it back
+    from ``release``.  Idempotent: no write happens when every group already
+    has its target."""
+    release = {p for p in release if Path(hierarchy, p.lstrip("/"), RUNTIME).exists()}
+    runtime, children, root_runtime = snapshot(hierarchy, leaves | release)
+    plan = plan_budgets(leaves, runtime, children, root_runtime, fixed_us, release)
     for w in plan.writes:
         target = Path(hierarchy, w.path.lstrip("/"), RUNTIME)
         try:
