@@ -52,8 +52,9 @@ def print_table(spec: RealtimeSpec, out: TextIO) -> None:
     memory, and the errors and warnings last where the eye ends up."""
     state = "realtime" if spec.realtime else "not realtime"
     validity = "valid" if spec.valid else "INVALID"
-    source = spec.source_detail or spec.source or "no intent"
-    print(f"domain {spec.domain} ({spec.uuid or 'no uuid'}): {state}, intent from {source}, {validity}", file=out)
+    source = spec.source_detail or spec.source
+    origin = f"intent from {source}" if source else "no realtime intent"
+    print(f"domain {spec.domain} ({spec.uuid or 'no uuid'}): {state}, {origin}, {validity}", file=out)
     rows = [("vcpu", "realtime", "policy", "priority", "cpus")]
     rows += [(str(v.vcpu), _yes(v.realtime), v.policy, str(v.priority), _cpus(v.cpus)) for v in spec.vcpus]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -101,7 +101,7 @@ def test_json_invalid_exit_1(capsys, no_config) -> None:
 def test_not_realtime_exit_0(capsys, no_config) -> None:
     code, out, _ = plan(capsys, "--config", no_config, "--xml", xml("plain.xml"))
     assert code == 0
-    assert out.splitlines()[0] == "domain plain (no uuid): not realtime, intent from no intent, valid"
+    assert out.splitlines()[0] == "domain plain (no uuid): not realtime, no realtime intent, valid"
     assert "0     no        other   0         2-3" in out
     assert "emulator cpus: 2-3 (nonrealtime-vcpus)" in out
     assert "memory: 2 GiB, locked no, hugepages no, nosharepages no" in out
