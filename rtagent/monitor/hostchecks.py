@@ -410,8 +410,9 @@ def _check_intruders(partition: Partition, proc_root: str, exclude_pids: Iterabl
     if not found:
         return _ok("intruders", f"no user thread outside the guests may run on realtime CPUs {rts}")
     procs: dict[int, str] = {}
-    for tgid, tid, comm in found:
-        procs.setdefault(tgid, comm)
+    for tgid, _tid, comm in found:
+        if tgid not in procs:
+            procs[tgid] = (_read(Path(proc_root, str(tgid), "comm")) or comm).strip()
     examples = ", ".join(f"{comm}[{pid}]" for pid, comm in list(procs.items())[:5])
     more = f" and {len(procs) - 5} more" if len(procs) > 5 else ""
     return _warn("intruders",

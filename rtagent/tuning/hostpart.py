@@ -576,7 +576,7 @@ class HostPartitionEnforcer:
                 else:
                     irqmod.write_irq_affinity(a.irq, a.cpus, self.proc_root)
             elif a.kind == "workqueue_cpumask":
-                wqmod.write_mask(a.path, a.cpus)
+                wqmod.write_mask_text(a.path, _hex(a.cpus))
             else:  # pragma: no cover - planner bug
                 return "error", f"unknown kind {a.kind}"
         except OSError as err:

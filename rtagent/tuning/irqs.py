@@ -115,7 +115,7 @@ def irq_target(cpus: frozenset[int], partition: Partition) -> frozenset[int] | N
 
 def write_raw(path: str | os.PathLike, text: str) -> None:
     """One ``write(2)`` of ``text`` (sysfs/procfs want the whole value at once)."""
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, text.encode())
     finally:

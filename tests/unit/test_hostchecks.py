@@ -1,0 +1,282 @@
+"""Host readiness checks on fixture /proc, /sys and /etc trees: the good and the
+bad value of each check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtagent.config import Partition
+from rtagent.cpulist import parse_cpulist
+from rtagent.monitor import hostchecks
+from rtagent.monitor.hostchecks import CHECK_NAMES, HostCheck, run_host_checks
+from rtagent.tuning import irqs
+
+pytestmark = pytest.mark.unit
+
+PF_KTHREAD = 0x00200000
+
+
+def part(online="0-3", realtime="2-3"):
+    on = parse_cpulist(online)
+    rt = parse_cpulist(realtime, allow_empty=True)
+    return Partition(frozenset(on), frozenset(rt), frozenset(on - rt))
+
+
+def _stat(pid, comm, flags):
+    rest = ["0"] * 50
+    rest[0], rest[1], rest[6] = "S", "1", str(flags)
+    return f"{pid} ({comm}) " + " ".join(rest) + "\n"
+
+
+class Host:
+    """A fixture host whose every value is the good one; tests spoil one."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.proc = root / "proc"
+        self.sys = root / "sys"
+        self.etc = root / "etc"
+        for d in (self.proc / "sys/kernel", self.sys, self.etc):
+            d.mkdir(parents=True)
+        self.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 isolcpus=managed_irq,domain,2-3 nohz_full=2-3 "
+                     "rcu_nocbs=2-3 irqaffinity=0-1 quiet")
+        self.sysctl("sched_rt_runtime_us", "-1")
+        self.sysctl("sched_rt_period_us", "1000000")
+        self.sysctl("task_delayacct", "0")
+        self.sysctl("timer_migration", "0")
+        self.write("sys/kernel/mm/transparent_hugepage/enabled", "always madvise [never]")
+        self.write("sys/kernel/mm/ksm/run", "0")
+        self.hugepages("2048kB", 0, 0)
+        self.hugepages("1048576kB", 8, 4)
+        self.write("sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids")
+        self.process(1, "systemd", "0-1")
+        self.process(300, "sshd", "0-1", threads=[(301, "sshd-worker", "0-1")])
+        self.kthread(22, "ksoftirqd/2", "2")
+
+    def write(self, rel, text):
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text + "\n")
+        return p
+
+    def cmdline(self, text):
+        self.write("proc/cmdline", text)
+
+    def sysctl(self, name, value):
+        self.write(f"proc/sys/kernel/{name}", value)
+
+    def hugepages(self, size, total, free):
+        self.write(f"sys/kernel/mm/hugepages/hugepages-{size}/nr_hugepages", str(total))
+        self.write(f"sys/kernel/mm/hugepages/hugepages-{size}/free_hugepages", str(free))
+
+    def process(self, pid, comm, cpus, threads=(), flags=0, environ=None):
+        d = self.proc / str(pid)
+        d.mkdir()
+        (d / "stat").write_text(_stat(pid, comm, flags))
+        (d / "comm").write_text(comm + "\n")
+        (d / "status").write_text(f"Name:\t{comm}\nCpus_allowed_list:\t{cpus}\n")
+        if environ is not None:
+            (d / "environ").write_bytes(environ)
+        for tid, tcomm, tcpus in ((pid, comm, cpus), *threads):
+            td = d / "task" / str(tid)
+            td.mkdir(parents=True)
+            (td / "status").write_text(f"Name:\t{tcomm}\nCpus_allowed_list:\t{tcpus}\n")
+            (td / "comm").write_text(tcomm + "\n")
+
+    def kthread(self, pid, comm, cpus):
+        self.process(pid, comm, cpus, flags=PF_KTHREAD)
+
+    def checks(self, partition=None, **kw) -> dict[str, HostCheck]:
+        result = run_host_checks(partition or part(), str(self.proc), str(self.sys), etc_root=str(self.etc), **kw)
+        assert [c.name for c in result] == list(CHECK_NAMES)
+        return {c.name: c for c in result}
+
+
+@pytest.fixture
+def host(tmp_path):
+    return Host(tmp_path)
+
+
+def test_good_host_passes_everything(host):
+    checks = host.checks()
+    bad = {n: c.detail for n, c in checks.items() if not c.ok}
+    assert bad == {}
+    for c in checks.values():
+        assert c.severity == "info" and c.detail
+        assert set(c.to_json()) == {"name", "ok", "detail", "severity"}
+
+
+@pytest.mark.parametrize("cmdline,name,fragment", [
+    ("quiet nohz_full=2-3 rcu_nocbs=2-3 irqaffinity=0-1", "isolcpus", "isolcpus=managed_irq,domain,2-3"),
+    ("isolcpus=2 nohz_full=2-3 rcu_nocbs=2-3 irqaffinity=0-1", "isolcpus", "does not cover realtime CPU 3"),
+    ("isolcpus=domain,2-3 nohz_full=2-3 irqaffinity=0-1", "isolcpus", "managed_irq"),
+    ("isolcpus=managed_irq,2-3 rcu_nocbs=2-3 irqaffinity=0-1", "nohz_full", "nohz_full=2-3"),
+    ("isolcpus=managed_irq,2-3 nohz_full=3 rcu_nocbs=2-3 irqaffinity=0-1", "nohz_full", "CPU 2"),
+    ("isolcpus=managed_irq,2-3 irqaffinity=0-1", "rcu_nocbs", "rcu_nocbs=2-3"),
+    ("isolcpus=managed_irq,2-3 nohz_full=2-3 rcu_nocbs=2-3", "irqaffinity", "irqaffinity=0-1"),
+    ("isolcpus=managed_irq,2-3 nohz_full=2-3 rcu_nocbs=2-3 irqaffinity=0-3", "irqaffinity", "includes realtime"),
+])
+def test_cmdline_bad(host, cmdline, name, fragment):
+    host.cmdline(cmdline)
+    c = host.checks()[name]
+    assert not c.ok and c.severity == "warning"
+    assert fragment in c.detail
+
+
+def test_cmdline_variants_good(host):
+    # nohz_full implies rcu_nocbs; isolcpus with the nohz flag; "--" ends kernel params
+    host.cmdline("isolcpus=nohz,domain,managed_irq,2-3 nohz_full=2-3 irqaffinity=0-1 -- isolcpus=0")
+    checks = host.checks()
+    assert checks["isolcpus"].ok and checks["rcu_nocbs"].ok
+    assert "implies" in checks["rcu_nocbs"].detail
+    host.cmdline("x")
+    checks = host.checks(cmdline_path=str(host.write("alt_cmdline", "isolcpus=managed_irq,2-3 nohz_full=2-3 "
+                                                                  "irqaffinity=0")))
+    assert checks["isolcpus"].ok and checks["nohz_full"].ok and checks["irqaffinity"].ok
+
+
+def test_parse_isolcpus():
+    assert hostchecks.parse_isolcpus("managed_irq,domain,2-3,6") == (frozenset({2, 3, 6}),
+                                                                    frozenset({"managed_irq", "domain"}))
+    assert hostchecks.parse_isolcpus("1") == (frozenset({1}), frozenset())
+
+
+@pytest.mark.parametrize("runtime,period,ok,severity,fragment", [
+    ("-1", "1000000", True, "info", "off"),
+    ("1000000", "1000000", True, "info", "off"),
+    ("950000", "1000000", False, "warning", "stopped for 50 ms"),
+    ("0", "1000000", False, "error", "no SCHED_FIFO thread"),
+])
+def test_rt_throttling(host, runtime, period, ok, severity, fragment):
+    host.sysctl("sched_rt_runtime_us", runtime)
+    host.sysctl("sched_rt_period_us", period)
+    c = host.checks()["rt_throttling"]
+    assert (c.ok, c.severity) == (ok, severity)
+    assert fragment in c.detail
+    if not ok:
+        assert "sched_rt_runtime_us = -1" in c.detail
+
+
+def test_rt_group_sched(host):
+    c = host.checks()["rt_group_sched"]
+    assert c.ok and "cgroup v2" in c.detail
+    host.write("sys/fs/cgroup/cpu/cpu.rt_runtime_us", "950000")
+    c = host.checks()["rt_group_sched"]
+    assert c.ok and c.severity == "info"
+    assert "cgroup v1" in c.detail and "budget" in c.detail and "rtagent grants" in c.detail
+    host.write("sys/fs/cgroup/cpu/cpu.rt_runtime_us", "0")
+    c = host.checks()["rt_group_sched"]
+    assert not c.ok and c.severity == "error"
+
+
+@pytest.mark.parametrize("value,ok", [("[always] madvise never", False), ("always [madvise] never", True),
+                                      ("always madvise [never]", True)])
+def test_thp(host, value, ok):
+    host.write("sys/kernel/mm/transparent_hugepage/enabled", value)
+    c = host.checks()["thp"]
+    assert c.ok is ok
+    if not ok:
+        assert c.severity == "warning" and "madvise or never" in c.detail
+
+
+@pytest.mark.parametrize("value,ok", [("1", False), ("0", True), ("2", True)])
+def test_ksm(host, value, ok):
+    host.write("sys/kernel/mm/ksm/run", value)
+    c = host.checks()["ksm"]
+    assert c.ok is ok
+    if not ok:
+        assert c.severity == "warning" and "nosharepages" in c.detail
+
+
+@pytest.mark.parametrize("name,sysctl", [("delayacct", "task_delayacct"), ("timer_migration", "timer_migration")])
+def test_sysctl_flags(host, name, sysctl):
+    host.sysctl(sysctl, "1")
+    c = host.checks()[name]
+    assert not c.ok and c.severity == "warning" and f"kernel.{sysctl} = 0" in c.detail
+    host.sysctl(sysctl, "0")
+    assert host.checks()[name].ok
+
+
+def test_hugepages(host):
+    c = host.checks()["hugepages"]
+    assert c.ok and "1048576kB: 4 free of 8" in c.detail and "2048kB: 0 free of 0" in c.detail
+    host.hugepages("1048576kB", 8, 0)
+    c = host.checks()["hugepages"]
+    assert not c.ok and c.severity == "info" and "no free pages" in c.detail
+    host.hugepages("1048576kB", 0, 0)
+    c = host.checks()["hugepages"]
+    assert not c.ok and c.severity == "info" and "no hugepages reserved" in c.detail
+
+
+def test_intruders(host):
+    assert host.checks()["intruders"].ok
+    # a QEMU process on the realtime CPUs is excluded; a stray thread is not
+    host.process(900, "qemu-system-x86", "0-3", threads=[(901, "CPU 0/KVM", "2")])
+    host.process(950, "stress", "0-1", threads=[(951, "stress-worker", "0-3")])
+    c = host.checks(exclude_pids={900})["intruders"]
+    assert not c.ok and c.severity == "warning"
+    assert c.detail.startswith("1 user threads in 1 processes") and "stress[950]" in c.detail
+    c = host.checks()["intruders"]
+    assert "3 user threads in 2 processes" in c.detail
+    found = hostchecks.find_intruders(frozenset({2, 3}), str(host.proc), {900})
+    assert found == [(950, 951, "stress-worker")]
+
+
+def test_kernel_threads_are_not_intruders(host):
+    host.kthread(60, "kworker/2:1", "2")
+    assert host.checks()["intruders"].ok
+
+
+def test_irqbalance(host):
+    assert host.checks()["irqbalance"].ok
+    host.process(700, "irqbalance", "0-3", environ=b"PATH=/usr/bin\0")
+    c = host.checks()["irqbalance"]
+    assert not c.ok and c.severity == "warning" and "IRQBALANCE_BANNED_CPULIST=2-3" in c.detail
+    host.write("etc/default/irqbalance", '# comment\nIRQBALANCE_BANNED_CPULIST="2-3"\n')
+    c = host.checks()["irqbalance"]
+    assert c.ok and "/etc/default/irqbalance" in c.detail
+
+
+def test_irqbalance_environ_wins_and_hex_mask(tmp_path):
+    h = Host(tmp_path)
+    h.write("etc/sysconfig/irqbalance", "IRQBALANCE_BANNED_CPUS=0000000c\n")
+    h.process(700, "irqbalance", "0-3", environ=b"IRQBALANCE_BANNED_CPUS=00000008\0")
+    info = irqs.detect_irqbalance(str(h.proc), str(h.etc), str(h.sys))
+    assert info.running and info.banned == frozenset({3}) and info.source == "/proc/700/environ"
+    c = h.checks()["irqbalance"]
+    assert not c.ok and "only 3" in c.detail
+    # the cpulist variable beats the hex one
+    (h.proc / "700/environ").write_bytes(b"IRQBALANCE_BANNED_CPUS=00000008\0IRQBALANCE_BANNED_CPULIST=2-3\0")
+    assert h.checks()["irqbalance"].ok
+
+
+def test_irqbalance_implicit_isolcpus_ban(tmp_path):
+    h = Host(tmp_path)
+    h.process(700, "irqbalance", "0-3", environ=b"")
+    h.write("sys/devices/system/cpu/isolated", "2-3")
+    c = h.checks()["irqbalance"]
+    assert c.ok and "isolcpus" in c.detail
+
+
+def test_parse_shell_vars():
+    env = irqs.parse_shell_vars('A=1\n#B=2\nexport C="x y" # trailing\nnot a var\nD=\n')
+    assert env == {"A": "1", "C": "x y", "D": ""}
+
+
+def test_no_realtime_cpus(host):
+    checks = host.checks(part("0-3", ""))
+    for name in ("isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity", "intruders"):
+        assert not checks[name].ok and checks[name].severity == "warning"
+        assert "no realtime CPUs are configured" in checks[name].detail
+    assert checks["thp"].ok
+
+
+def test_missing_files_do_not_crash(tmp_path):
+    proc, sys_ = tmp_path / "proc", tmp_path / "sys"
+    proc.mkdir()
+    sys_.mkdir()
+    result = run_host_checks(part(), str(proc), str(sys_), etc_root=str(tmp_path / "etc"))
+    assert [c.name for c in result] == list(CHECK_NAMES)
+    assert all(c.detail and c.severity in hostchecks.SEVERITIES for c in result)
