@@ -235,3 +235,17 @@ def test_host_checks_on_this_machine():
     # and with the partition this machine resolves by itself ("auto")
     auto = run_host_checks(parse_config({}).partition)
     assert [c.name for c in auto] == list(CHECK_NAMES)
+
+
+def test_cli_apply_without_realtime_cpus_does_nothing(tmp_path, capsys):
+    if parse_config({}).partition.realtime:
+        pytest.skip("this host has isolcpus/nohz_full CPUs: 'auto' is not empty")
+    conf = tmp_path / "auto.toml"
+    conf.write_text(f'[host_tuning]\nstate_file = "{tmp_path}/saved.json"\n')
+    before = snapshot()
+    assert cli.main(["host", "apply", "--config", str(conf)]) == 0
+    assert "no realtime CPUs are configured" in capsys.readouterr().out
+    assert not (tmp_path / "saved.json").exists()
+    assert cli.main(["host", "restore", "--config", str(conf)]) == 0
+    assert "nothing to restore" in capsys.readouterr().out
+    assert_same(before, snapshot())

@@ -248,6 +248,8 @@ def test_wide_masks(tree):
     tree.wq("", "ffffffff,ffffffff")
     p = plan(tree, part("0-63", "32-63"))
     assert by_item(p)["workqueue cpumask (global)"].after == "ffffffff"
+    p = plan(tree, part("0-63", "0-31"))
+    assert by_item(p)["workqueue cpumask (global)"].after == "ffffffff,00000000"
 
 
 def test_tuning_switches_and_empty_partition(tree):
