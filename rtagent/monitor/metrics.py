@@ -1,0 +1,476 @@
+"""Prometheus metrics: a custom collector over the daemon's state store.
+
+The collector owns no state of its own.  Every scrape takes the store's lock
+once, copies the handful of numbers it needs into plain tuples, releases the
+lock and only then builds metric families — the daemon loop never waits for
+an HTTP client.  Because each scrape reads only what is in the store *now*,
+the series of a guest that stopped (and was dropped from the store) vanish on
+the next scrape; there is no registry of children to forget to clean up.
+
+Conventions (prometheus.io, "Writing exporters"): base units (seconds,
+bytes), ``_total`` only on counters, guests identified by ``domain`` (the
+libvirt name) and vCPUs by ``vcpu`` (the index) — never by thread ID, which
+changes whenever QEMU restarts — and guest metadata in
+``rtagent_domain_info{domain, uuid, source}``.  docs/metrics.md lists every
+metric.
+
+Per-vCPU series exist for *realtime* vCPUs only (``spec.vcpu(i).realtime``):
+the timing evidence (run-queue delay, involuntary switches) means something
+only for a thread that should own its core; a housekeeping vCPU shares CPUs
+by design and would only add noise to the alerts.  A vCPU that stops being
+realtime therefore loses its series, like a stopped guest.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from .. import __version__
+from ..config import MetricsConfig
+from ..errors import RtagentError
+from ..state import GuestState, Histogram, StateStore
+
+__all__ = ["RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
+
+NS = "rtagent"
+
+# rtagent_host_check_severity: the severity of a check's current result.
+SEVERITY_LEVELS = {"info": 0, "warning": 1, "error": 2}
+
+
+# ---------------------------------------------------------------------------
+# plain copies taken under the store's lock
+
+
+@dataclass(frozen=True)
+class _Hist:
+    buckets: tuple[tuple[str, int], ...]
+    total: float
+
+    @classmethod
+    def of(cls, h: Histogram) -> _Hist:
+        acc, out = 0, []
+        for bound, n in zip([*h.buckets, float("inf")], h.counts, strict=True):
+            acc += n
+            out.append((floatToGoString(bound), acc))
+        return cls(tuple(out), float(h.total))
+
+
+@dataclass(frozen=True)
+class _Vcpu:
+    vcpu: int
+    policy: str
+    priority: int
+    tuned: bool
+    run_delay_ns: int | None
+    run_time_ns: int | None
+    nonvoluntary: int
+
+
+@dataclass(frozen=True)
+class _Guest:
+    name: str
+    uuid: str
+    source: str
+    has_report: bool
+    realtime: bool
+    valid: bool
+    compliant: bool
+    violations: tuple[tuple[str, int], ...]
+    memory: tuple[int, int, int] | None  # required, locked, hugetlb bytes
+    vcpus: tuple[_Vcpu, ...]
+    corrections: tuple[tuple[str, int], ...]
+    correction_failures: tuple[tuple[str, int], ...]
+    correction_latency: _Hist
+    event_to_tuned_s: float | None
+
+
+@dataclass(frozen=True)
+class _HostCheck:
+    name: str
+    ok: bool
+    severity: int
+    value: float | None
+
+
+@dataclass
+class _Snapshot:
+    libvirt_up: bool = False
+    reconnects: int = 0
+    proc_connector: bool = False
+    events: tuple[tuple[str, int], ...] = ()
+    events_dropped: tuple[tuple[str, int], ...] = ()
+    resyncs: int = 0
+    last_resync_at: float | None = None
+    host_checks: tuple[_HostCheck, ...] = ()
+    host_corrections: tuple[tuple[str, int], ...] = ()
+    host_refused: tuple[tuple[str, int], ...] = ()
+    reconcile: _Hist | None = None
+    event_to_tuned: _Hist | None = None
+    guests: list[_Guest] = field(default_factory=list)
+
+
+def _items(counter: Any) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((str(k), int(v)) for k, v in dict(counter).items()))
+
+
+def _copy_guest(g: GuestState) -> _Guest:
+    r = g.report
+    vcpus: list[_Vcpu] = []
+    memory = None
+    realtime = valid = compliant = False
+    source = ""
+    violations: tuple[tuple[str, int], ...] = ()
+    if r is not None:
+        spec = r.spec
+        realtime, valid, compliant = bool(spec.realtime), bool(spec.valid), bool(r.compliant)
+        source = spec.source or ""
+        counts: dict[str, int] = {}
+        for v in r.violations:
+            counts[v.check] = counts.get(v.check, 0) + 1
+        violations = tuple(sorted(counts.items()))
+        if r.observed is not None:
+            memory = (int(spec.memory.size_bytes), int(r.observed.memory.vm_lck_bytes),
+                      int(r.observed.memory.hugetlb_bytes))
+        seen: set[int] = set()
+        for tp in r.threads:
+            t = tp.thread
+            if t.role != "vcpu" or t.vcpu is None or t.vcpu in seen:
+                continue
+            vs = spec.vcpu(t.vcpu)
+            if vs is None or not vs.realtime:
+                continue
+            seen.add(t.vcpu)
+            vcpus.append(_Vcpu(t.vcpu, t.policy, int(t.priority), bool(tp.ok), t.run_delay_ns, t.run_time_ns,
+                               int(t.nonvoluntary_ctxt_switches)))
+    return _Guest(
+        name=g.name, uuid=g.uuid, source=source, has_report=r is not None, realtime=realtime, valid=valid,
+        compliant=compliant, violations=violations, memory=memory,
+        vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)),
+        corrections=_items(g.corrections), correction_failures=_items(g.correction_failures),
+        correction_latency=_Hist.of(g.correction_latency), event_to_tuned_s=g.event_to_tuned_s,
+    )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _take(store: StateStore) -> _Snapshot:
+    """Runs under the store's lock: copy, compute nothing expensive."""
+    d = store.daemon
+    checks = []
+    for row in (d.host.get("checks") or ()) if isinstance(d.host, dict) else ():
+        if not isinstance(row, dict) or "name" not in row:
+            continue
+        checks.append(_HostCheck(str(row["name"]), bool(row.get("ok")),
+                                 SEVERITY_LEVELS.get(str(row.get("severity", "info")), 0),
+                                 _number(row.get("value"))))
+    # One set of series per guest name: if the store briefly holds two guests
+    # of one name (a transient guest re-created with a new UUID), export the
+    # newer one rather than duplicate series.
+    by_name: dict[str, GuestState] = {}
+    for g in store.guests.values():
+        old = by_name.get(g.name)
+        if old is None or g.first_seen >= old.first_seen:
+            by_name[g.name] = g
+    return _Snapshot(
+        libvirt_up=bool(d.libvirt_connected), reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
+        events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
+        last_resync_at=d.last_resync_at, host_checks=tuple(checks),
+        host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
+        reconcile=_Hist.of(d.reconcile_duration), event_to_tuned=_Hist.of(d.event_to_tuned),
+        guests=[_copy_guest(g) for _, g in sorted(by_name.items())],
+    )
+
+
+# ---------------------------------------------------------------------------
+# the collector
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+
+
+def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+
+
+def _histogram(name: str, doc: str, labels: Iterable[str] = ()) -> HistogramMetricFamily:
+    return HistogramMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+
+
+class RtagentCollector(Collector):
+    """Reads the :class:`StateStore` on every scrape."""
+
+    def __init__(self, store: StateStore, *, version: str = __version__):
+        self.store = store
+        self.version = version
+
+    def describe(self) -> list[Metric]:
+        # Nothing to pre-declare: names are checked by the tests, and an empty
+        # describe() keeps registration from running a full collect().
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        t0 = time.perf_counter()
+        snap: _Snapshot = self.store.read(_take)
+        families = [*self._daemon(snap), *self._host(snap), *self._guests(snap.guests)]
+        scrape = _gauge("scrape_duration_seconds",
+                        "Time this collector took to read the state store and build the metrics (this scrape).")
+        scrape.add_metric([], time.perf_counter() - t0)
+        families.append(scrape)
+        yield from families
+
+    # -- the agent and its connections -----------------------------------
+
+    def _daemon(self, s: _Snapshot) -> list[Metric]:
+        out: list[Metric] = []
+        m = _gauge("build_info", "rtagent version; always 1.", ["version"])
+        m.add_metric([self.version], 1)
+        out.append(m)
+        m = _gauge("libvirt_up", "1 if the daemon is connected to libvirt, else 0.")
+        m.add_metric([], 1 if s.libvirt_up else 0)
+        out.append(m)
+        m = _counter("libvirt_reconnects", "Reconnections to libvirt after the connection was lost.")
+        m.add_metric([], s.reconnects)
+        out.append(m)
+        m = _gauge("proc_connector_up", "1 if the kernel proc connector (thread creation events) is in use, else 0.")
+        m.add_metric([], 1 if s.proc_connector else 0)
+        out.append(m)
+        m = _counter("events", "Events received, by source (libvirt, proc).", ["source"])
+        for source, n in s.events:
+            m.add_metric([source], n)
+        out.append(m)
+        m = _counter("events_dropped", "Events dropped (queue full), by source.", ["source"])
+        for source, n in s.events_dropped:
+            m.add_metric([source], n)
+        out.append(m)
+        m = _counter("resyncs", "Periodic full resyncs of every guest.")
+        m.add_metric([], s.resyncs)
+        out.append(m)
+        if s.last_resync_at is not None:
+            m = _gauge("last_resync_timestamp_seconds", "Unix time of the last completed resync.")
+            m.add_metric([], s.last_resync_at)
+            out.append(m)
+        if s.reconcile is not None:
+            m = _histogram("reconcile_duration_seconds", "Time to reconcile one guest (observe, plan, apply).")
+            m.add_metric([], list(s.reconcile.buckets), s.reconcile.total)
+            out.append(m)
+        if s.event_to_tuned is not None:
+            m = _histogram("event_to_tuned_seconds",
+                           "Time from a guest's libvirt STARTED event until all its realtime vCPUs were tuned.")
+            m.add_metric([], list(s.event_to_tuned.buckets), s.event_to_tuned.total)
+            out.append(m)
+        return out
+
+    # -- the host partition -------------------------------------------------
+
+    def _host(self, s: _Snapshot) -> list[Metric]:
+        ok = _gauge("host_check_ok", "1 if the host readiness check passes, else 0 (docs/host-partition.md).",
+                    ["check"])
+        sev = _gauge("host_check_severity",
+                     "Severity of the host check's current result: 0 ok/info, 1 warning, 2 error.", ["check"])
+        seen: set[str] = set()
+        intruders: float | None = None
+        for c in s.host_checks:
+            if c.name in seen:
+                continue
+            seen.add(c.name)
+            ok.add_metric([c.name], 1 if c.ok else 0)
+            sev.add_metric([c.name], c.severity)
+            if c.name == "intruders" and c.value is not None:
+                intruders = c.value
+        out: list[Metric] = [ok, sev]
+        if intruders is not None:
+            m = _gauge("host_intruder_threads", "User threads outside the guests whose affinity allows a realtime CPU.")
+            m.add_metric([], intruders)
+            out.append(m)
+        m = _counter("host_corrections", "Host partition corrections (kthread, IRQ, workqueue moves), by kind.",
+                     ["kind"])
+        for kind, n in s.host_corrections:
+            m.add_metric([kind], n)
+        out.append(m)
+        m = _gauge("host_refused", "Host objects the kernel refuses to move off the realtime CPUs "
+                   "(managed IRQs, per-CPU kthreads), by kind.", ["kind"])
+        for kind, n in s.host_refused:
+            m.add_metric([kind], n)
+        out.append(m)
+        return out
+
+    # -- guests ---------------------------------------------------------------
+
+    def _guests(self, guests: list[_Guest]) -> list[Metric]:
+        d, dv = ["domain"], ["domain", "vcpu"]
+        info = _gauge("domain_info", "Guest metadata; always 1.", ["domain", "uuid", "source"])
+        realtime = _gauge("domain_realtime", "1 if the guest has realtime intent, else 0.", d)
+        valid = _gauge("domain_realtime_intent_valid",
+                       "1 if the guest's realtime intent is valid (or it has none), 0 if invalid (nothing applied).", d)
+        compliant = _gauge("domain_compliant", "1 if the guest matches its realtime intent (no violations), else 0.", d)
+        violations = _gauge("domain_violations", "Current violations of the guest, by check (docs/checks.md); "
+                            "a check without a series has none.", ["domain", "check"])
+        required = _gauge("domain_memory_required_bytes", "Guest RAM size from the domain XML.", d)
+        locked = _gauge("domain_memory_locked_bytes", "VmLck of the guest's QEMU process.", d)
+        hugetlb = _gauge("domain_memory_hugetlb_bytes", "HugetlbPages of the guest's QEMU process.", d)
+        tuned_s = _gauge("domain_event_to_tuned_seconds",
+                         "Time from this guest's STARTED event until its realtime vCPUs were all tuned.", d)
+        corrections = _counter("drift_corrections", "Configuration drift corrected, by kind.", ["domain", "kind"])
+        failures = _counter("drift_correction_failures", "Drift corrections that failed, by kind.",
+                            ["domain", "kind"])
+        latency = _histogram("drift_correction_seconds", "Time from detecting drift to having corrected it "
+                             "(realtime guests).", d)
+        delay = _counter("vcpu_run_delay_seconds",
+                         "Time the realtime vCPU thread was runnable but waiting for a CPU (schedstat field 2).", dv)
+        cpu = _counter("vcpu_cpu_seconds", "Time the realtime vCPU thread ran on a CPU (schedstat field 1).", dv)
+        nvcsw = _counter("vcpu_involuntary_context_switches",
+                         "Involuntary context switches of the realtime vCPU thread (preemptions).", dv)
+        policy = _gauge("vcpu_policy_info", "Observed scheduling policy of the realtime vCPU thread; always 1.",
+                        ["domain", "vcpu", "policy"])
+        prio = _gauge("vcpu_priority", "Observed realtime priority of the vCPU thread (0 if not realtime).", dv)
+        tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
+                       dv)
+        for g in guests:
+            info.add_metric([g.name, g.uuid, g.source], 1)
+            for kind, n in g.corrections:
+                corrections.add_metric([g.name, kind], n)
+            for kind, n in g.correction_failures:
+                failures.add_metric([g.name, kind], n)
+            if g.realtime:
+                latency.add_metric([g.name], list(g.correction_latency.buckets), g.correction_latency.total)
+            if g.event_to_tuned_s is not None:
+                tuned_s.add_metric([g.name], g.event_to_tuned_s)
+            if not g.has_report:
+                continue
+            realtime.add_metric([g.name], 1 if g.realtime else 0)
+            valid.add_metric([g.name], 1 if g.valid else 0)
+            compliant.add_metric([g.name], 1 if g.compliant else 0)
+            for check, n in g.violations:
+                violations.add_metric([g.name, check], n)
+            if g.memory is not None:
+                required.add_metric([g.name], g.memory[0])
+                locked.add_metric([g.name], g.memory[1])
+                hugetlb.add_metric([g.name], g.memory[2])
+            for v in g.vcpus:
+                labels = [g.name, str(v.vcpu)]
+                if v.run_delay_ns is not None:
+                    delay.add_metric(labels, v.run_delay_ns / 1e9)
+                if v.run_time_ns is not None:
+                    cpu.add_metric(labels, v.run_time_ns / 1e9)
+                nvcsw.add_metric(labels, v.nonvoluntary)
+                policy.add_metric([*labels, v.policy], 1)
+                prio.add_metric(labels, v.priority)
+                tuned.add_metric(labels, 1 if v.tuned else 0)
+        return [info, realtime, valid, compliant, violations, required, locked, hugetlb, tuned_s,
+                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned]
+
+
+# ---------------------------------------------------------------------------
+# the HTTP endpoint
+
+
+class MetricsServer:
+    """A running /metrics endpoint; :meth:`close` stops it and joins its thread."""
+
+    def __init__(self, httpd, thread: threading.Thread, registry: CollectorRegistry, tls: bool):
+        self._httpd = httpd
+        self._thread = thread
+        self.registry = registry
+        self.host, self.port = httpd.server_address[:2]
+        self.tls = tls
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/metrics"
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._httpd is None:
+            return
+        httpd, self._httpd = self._httpd, None
+        httpd.shutdown()
+        httpd.server_close()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``); port 0 = any free port (tests)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise RtagentError(f"metrics.listen = {listen!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _check_tls(cfg: MetricsConfig) -> None:
+    """Load the TLS files before binding: prometheus_client binds first and
+    would leave the socket open if the certificate then failed to load."""
+    if not (cfg.tls_cert or cfg.tls_key or cfg.tls_client_ca):
+        return
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise RtagentError(f"metrics.tls_cert = {cfg.tls_cert!r}, metrics.tls_key = {cfg.tls_key!r}: "
+                           "both must be set for TLS")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(certfile=cfg.tls_cert, keyfile=cfg.tls_key)
+    except (OSError, ssl.SSLError) as err:
+        raise RtagentError(f"metrics.tls_cert = {cfg.tls_cert!r} / metrics.tls_key = {cfg.tls_key!r}: "
+                           f"cannot load: {err}") from None
+    if cfg.tls_client_ca:
+        try:
+            ctx.load_verify_locations(cafile=cfg.tls_client_ca)
+        except (OSError, ssl.SSLError) as err:
+            raise RtagentError(f"metrics.tls_client_ca = {cfg.tls_client_ca!r}: cannot load: {err}") from None
+
+
+def serve(store: StateStore, metrics_config: MetricsConfig,
+          registry: CollectorRegistry | None = None) -> MetricsServer:
+    """Serve ``/metrics`` for ``store`` on ``metrics_config.listen``.
+
+    A private registry (not prometheus_client's global one) holds the
+    collector, so nothing else in the process can add series by accident.
+    With ``tls_cert``/``tls_key`` the endpoint speaks HTTPS; with
+    ``tls_client_ca`` it also requires a client certificate signed by it.
+    """
+    host, port = _listen(metrics_config.listen)
+    _check_tls(metrics_config)
+    if registry is None:
+        registry = CollectorRegistry()
+        # The agent's own CPU, memory, file descriptors, start time.
+        ProcessCollector(registry=registry)
+    collector = RtagentCollector(store)
+    registry.register(collector)
+    tls = bool(metrics_config.tls_cert and metrics_config.tls_key)
+    try:
+        httpd, thread = start_http_server(
+            port, host, registry=registry,
+            certfile=metrics_config.tls_cert or None, keyfile=metrics_config.tls_key or None,
+            client_cafile=metrics_config.tls_client_ca or None,
+            client_auth_required=bool(metrics_config.tls_client_ca),
+        )
+    except socket.gaierror as err:
+        registry.unregister(collector)
+        raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot resolve {host!r}: "
+                           f"{err.strerror}") from None
+    except OSError as err:
+        registry.unregister(collector)
+        raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot listen: "
+                           f"{err.strerror or err}") from None
+    return MetricsServer(httpd, thread, registry, tls)
