@@ -64,6 +64,36 @@ class Pinner:
             self.host.pin_iothread(self.dom, a.iothread, a.cpus)
 
 
+def _v1_mounts(proc_root: str = "/proc") -> dict[str, str]:
+    """controller -> mount point of each cgroup v1 hierarchy."""
+    out = {}
+    with open(os.path.join(proc_root, "self/mounts")) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) > 3 and parts[2] == "cgroup":
+                for opt in parts[3].split(","):
+                    if opt in ("cpu", "cpuset", "cpuacct"):
+                        out[opt] = parts[1]
+    return out
+
+
+def join_cgroups(pid: int, tid: int, proc_root: str = "/proc") -> None:
+    """Move thread ``tid`` into the cpu/cpuset cgroups of QEMU's main thread
+    (libvirt's emulator cgroups): where a per-VM kernel worker that was born
+    in a realtime vCPU's cgroup belongs."""
+    main: dict[str, str] = {}
+    with open(os.path.join(proc_root, str(pid), "task", str(pid), "cgroup")) as fh:
+        for line in fh:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(","):
+                main[c] = path
+    for controller, mount in _v1_mounts(proc_root).items():
+        if controller in main:
+            with open(os.path.join(mount, main[controller].lstrip("/"), "tasks"), "w") as fh:
+                fh.write(str(tid))
+    log.debug("moved thread %d into the cgroups of QEMU %d's main thread", tid, pid)
+
+
 def _gone(err: OSError) -> bool:
     return err.errno in (errno.ESRCH, errno.ENOENT)
 
@@ -92,8 +122,19 @@ def execute(actions: list[Action], pinner: Pinner | None = None, *, dry_run: boo
                 except libvirt.libvirtError as err:
                     # Fall through to the syscall; report libvirt's reason if that fails too.
                     log.debug("libvirt pin of %s failed: %s", a.name, err.get_error_message())
-                os.sched_setaffinity(a.tid, a.cpus)
+                try:
+                    os.sched_setaffinity(a.tid, a.cpus)
+                except OSError as err:
+                    if err.errno != errno.EINVAL or not a.join_cgroups_of:
+                        raise
+                    # The thread's cpuset cgroup excludes the target CPUs.
+                    join_cgroups(a.join_cgroups_of, a.tid)
+                    os.sched_setaffinity(a.tid, a.cpus)
                 got = frozenset(os.sched_getaffinity(a.tid))
+                if got != a.cpus and a.join_cgroups_of:
+                    join_cgroups(a.join_cgroups_of, a.tid)
+                    os.sched_setaffinity(a.tid, a.cpus)
+                    got = frozenset(os.sched_getaffinity(a.tid))
                 if got != a.cpus:
                     # A cpuset cgroup narrower than the request intersects it.
                     failed_affinity.add(a.tid)

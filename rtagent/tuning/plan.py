@@ -53,6 +53,9 @@ class ThreadPlan:
     # cgroup cpuset for, by syscall for the rest.
     pin_via: str = "thread"  # "vcpu" | "emulator" | "iothread" | "thread"
     iothread: int | None = None
+    # For kernel workers inside QEMU: the QEMU pid whose main-thread cgroups
+    # they may be moved into when their own cpuset forbids the target CPUs.
+    join_cgroups_of: int | None = None
 
     @property
     def policy_ok(self) -> bool:
@@ -100,6 +103,7 @@ class SetAffinity:
     iothread: int | None = None
     name: str = ""
     before: frozenset[int] = frozenset()
+    join_cgroups_of: int | None = None
 
     def describe(self) -> str:
         return f"{self.name} (tid {self.tid}) affinity {format_cpulist(self.before)} -> {format_cpulist(self.cpus)}"
@@ -178,10 +182,21 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
     iothread_cpus = {t.iothread: t.cpus for t in spec.iothreads}
     emulator_cpus = spec.emulator_cpus or partition.housekeeping
     seen_vcpus = set()
+    per_vcpu_cgroups = any(_in_own_vcpu_cgroup(t) for t in observed.threads if t.role == "vcpu")
     for t in observed.threads:
         if t.role == "vcpu":
             seen_vcpus.add(t.vcpu)
-            plan.threads.append(ThreadPlan(t, _vcpu_want(spec, t, partition), "vcpu", pin_via="vcpu"))
+            want = _vcpu_want(spec, t, partition)
+            if per_vcpu_cgroups and not _in_own_vcpu_cgroup(t) and want.policy in REALTIME:
+                # libvirt has not yet moved this (new) vCPU thread into its
+                # vcpuN cgroup.  A realtime thread cannot be moved into a
+                # cgroup without RT budget, so tuning it now would make
+                # libvirt's move (and the hotplug) fail: wait for the move.
+                plan.violations.append(Violation(
+                    "vcpu_pending", f"vCPU {t.vcpu} (tid {t.tid}) is not yet in its vcpu{t.vcpu} cgroup "
+                    f"(in {t.cgroup_cpu}); tuned once libvirt has placed it"))
+                continue
+            plan.threads.append(ThreadPlan(t, want, "vcpu", pin_via="vcpu"))
         elif t.role == "emulator":
             io = _iothread_id(t.name)
             if io is not None and io in iothread_cpus and iothread_cpus[io]:
@@ -192,8 +207,11 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
                                                pin_via="emulator"))
         else:
             # Per-VM kernel workers inside QEMU (vhost, kvm-nx-lpage-recovery):
-            # emulator-class work, off the realtime pCPUs.
-            plan.threads.append(ThreadPlan(t, Want(policy="other", cpus=emulator_cpus), "kthread"))
+            # emulator-class work, off the realtime pCPUs.  The kernel creates
+            # kvm-nx-lpage-recovery from whichever vCPU runs first, so it may
+            # sit in a realtime vCPU's cpuset cgroup.
+            plan.threads.append(ThreadPlan(t, Want(policy="other", cpus=emulator_cpus), "kthread",
+                                           join_cgroups_of=observed.pid))
     pit_want = _kvm_pit_want(spec, partition, rt)
     for k in observed.kthreads:
         if k.kind == "kvm-pit":
@@ -220,6 +238,10 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
     return plan
 
 
+def _in_own_vcpu_cgroup(t: ThreadInfo) -> bool:
+    return bool(t.cgroup_cpu) and t.cgroup_cpu.rstrip("/").endswith(f"/vcpu{t.vcpu}")
+
+
 def _iothread_id(name: str) -> int | None:
     # QEMU names the thread of <iothreads> N "IO iothreadN" (libvirt's ids).
     if name.startswith("IO iothread") and name[len("IO iothread"):].isdigit():
@@ -242,7 +264,7 @@ def plan_actions(threads: list[ThreadPlan]) -> list[Action]:
         aff: list[Action] = []
         if not tp.affinity_ok and w.cpus is not None:
             aff.append(SetAffinity(tid=t.tid, cpus=w.cpus, via=tp.pin_via, vcpu=t.vcpu, iothread=tp.iothread,
-                                   name=t.name, before=t.cpus))
+                                   name=t.name, before=t.cpus, join_cgroups_of=tp.join_cgroups_of))
         sched: list[Action] = []
         if not tp.policy_ok:
             sched.append(SetScheduler(tid=t.tid, policy=w.policy or "other", priority=w.priority, name=t.name,

@@ -14,7 +14,9 @@ RT = RealtimeConfig()
 
 
 def thread(tid, name, role="emulator", vcpu=None, kind="other", policy="other", prio=0, cpus=(0, 1, 2, 3),
-           cgroup="/machine/g/emulator"):
+           cgroup=None):
+    if cgroup is None:
+        cgroup = f"/machine/g/vcpu{vcpu}" if role == "vcpu" else "/machine/g/emulator"
     return ThreadInfo(tid=tid, name=name, role=role, vcpu=vcpu, kind=kind, policy=policy, priority=prio,
                       cpus=frozenset(cpus), cgroup_cpu=cgroup, run_time_ns=0, run_delay_ns=0, timeslices=0,
                       voluntary_ctxt_switches=0, nonvoluntary_ctxt_switches=0, delayacct_blkio_ticks=0)
@@ -138,3 +140,19 @@ def test_iothreads_follow_their_pinning():
     plan = plan_domain(s, observed(io), P, RT)
     tp = plan.threads[0]
     assert tp.pin_via == "iothread" and tp.iothread == 1 and tp.want.cpus == {1}
+
+
+def test_vcpu_not_yet_in_its_cgroup_is_not_made_realtime():
+    # A hotplugged vCPU thread still in the emulator cgroup: libvirt would
+    # fail to move a FIFO thread into a vcpuN cgroup without budget.
+    v2 = thread(103, "CPU 2/KVM", "vcpu", 2, "vcpu", cpus=(3,), cgroup="/machine/g/emulator")
+    plan = plan_domain(spec(), observed(*guest_threads(v2=v2)), P, RT)
+    assert 103 not in {tp.thread.tid for tp in plan.threads}
+    assert [v.check for v in plan.violations] == ["vcpu_pending"]
+    assert all(a.tid != 103 for a in plan_actions(plan.threads))
+
+
+def test_no_per_vcpu_cgroups_means_no_waiting():
+    ts = [thread(101 + i, f"CPU {i}/KVM", "vcpu", i, "vcpu", cpus=(1 + i,), cgroup="/") for i in range(3)]
+    plan = plan_domain(spec(), observed(*ts), P, RT)
+    assert {tp.thread.tid for tp in plan.threads} == {101, 102, 103}
