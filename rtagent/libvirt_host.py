@@ -150,8 +150,17 @@ class LibvirtHost:
             except libvirt.libvirtError:  # domain vanished between event and name()
                 log.debug("lifecycle event for a vanished domain")
 
+        def metadata(_conn, dom, _mtype, _nsuri, _opaque):
+            try:
+                on_event(DomainEvent(uuid=dom.UUIDString(), name=dom.name(), event="metadata", detail=0))
+            except libvirt.libvirtError:
+                log.debug("metadata event for a vanished domain")
+
         self._callback_ids.append(
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None))
+        # The realtime intent lives in the metadata: a change re-derives it.
+        self._callback_ids.append(
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, metadata, None))
         conn.registerCloseCallback(lambda _conn, reason, _opaque: on_close(reason), None)
         try:
             conn.setKeepAlive(keepalive_interval, keepalive_count)

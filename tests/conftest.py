@@ -88,21 +88,44 @@ def libvirtd():
 
 
 @pytest.fixture(scope="session")
-def conn(libvirtd):
+def _conn_holder(libvirtd):
     import libvirt
 
-    c = libvirt.open(libvirtd)
-    yield c
+    holder = {"conn": libvirt.open(libvirtd)}
+    yield holder
     try:
-        c.close()
+        holder["conn"].close()
     except libvirt.libvirtError:
         pass
+
+
+def _live(holder: dict, uri: str):
+    """The held connection, reopened when a test restarted libvirtd."""
+    import libvirt
+
+    c = holder["conn"]
+    try:
+        # isAlive() only knows what the last RPC saw: make one.
+        c.getLibVersion()
+        alive = True
+    except libvirt.libvirtError:
+        alive = False
+    if not alive:
+        _wait(_libvirt_answers, 30, "libvirtd to answer")
+        c = holder["conn"] = libvirt.open(uri)
+    return c
+
+
+@pytest.fixture
+def conn(_conn_holder, libvirtd):
+    return _live(_conn_holder, libvirtd)
 
 
 @dataclass
 class Guest:
     name: str
     dom: object  # libvirt.virDomain
+    uuid_str: str = ""
 
     @property
     def uuid(self) -> str:
@@ -141,7 +164,7 @@ def unique_name(prefix: str = "rtt") -> str:
 
 
 @pytest.fixture
-def guest_factory(conn):
+def guest_factory(_conn_holder, libvirtd):
     """``guest_factory(xml_or_builder, ...)`` starts a transient guest.
 
     Pass a full XML string, or keyword arguments for
@@ -156,8 +179,8 @@ def guest_factory(conn):
         name = name or unique_name()
         if xml is None:
             xml = guests.rt_guest_xml(name, **kw)
-        dom = conn.createXML(xml, 0)
-        g = Guest(name=name, dom=dom)
+        dom = _live(_conn_holder, libvirtd).createXML(xml, 0)
+        g = Guest(name=name, dom=dom, uuid_str=dom.UUIDString())
         created.append(g)
         if wait_vcpus:
             nvcpus = dom.maxVcpus() if dom.isActive() else 0
@@ -167,6 +190,6 @@ def guest_factory(conn):
     yield start
     for g in created:
         try:
-            g.dom.destroy()
+            _live(_conn_holder, libvirtd).lookupByUUIDString(g.uuid_str).destroy()
         except libvirt.libvirtError:
             pass

@@ -225,6 +225,6 @@ class Tuner:
             after.violations.append(Violation("rt_budget", err))
         for r in results:
             if r.outcome in ("changed", "failed"):
-                log.info("%s: %s: %s%s", report.name, r.outcome, r.action.describe(),
+                log.debug("%s: %s: %s%s", report.name, r.outcome, r.action.describe(),
                          f" ({r.detail})" if r.detail else "")
         return after

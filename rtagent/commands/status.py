@@ -1,0 +1,98 @@
+"""``rtagent status``: ask the running daemon over its Unix socket.
+
+Exit 0 all compliant, 1 some violation, 3 daemon not reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..config import StatusConfig, load_config
+from ..errors import ConfigError
+from ..status import fetch
+
+
+def _socket_path(args) -> str:
+    if args.socket:
+        return args.socket
+    try:
+        return load_config(args.config, sys_root=None).status.socket
+    except ConfigError:
+        if args.config is None:
+            return StatusConfig().socket
+        raise
+
+
+def run(args) -> int:
+    path = _socket_path(args)
+    data = fetch(path)
+    domains = data.get("domains", [])
+    if args.domain:
+        domains = [d for d in domains if args.domain in (d.get("name"), d.get("uuid"))]
+        if not domains:
+            print(f"rtagent: no realtime guest {args.domain!r} is tracked by the daemon")
+            return 1
+    compliant = all(d.get("compliant") is not False for d in domains) and (
+        args.domain is not None or data.get("compliant", True))
+    if args.json:
+        out = dict(data)
+        out["domains"] = domains
+        print(json.dumps(out, indent=2))
+        return 0 if compliant else 1
+    print("\n".join(render(data, domains, detail=args.domain is not None)))
+    return 0 if compliant else 1
+
+
+def _ago(ts) -> str:
+    if not ts:
+        return "never"
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
+    d, host = data.get("daemon", {}), data.get("host", {})
+    lv = d.get("libvirt", {})
+    lines = [
+        f"rtagent: up {d.get('uptime_s', 0):.0f}s, libvirt {'connected' if lv.get('connected') else 'DISCONNECTED'}"
+        f" ({lv.get('uri', '?')}, {lv.get('reconnects', 0)} reconnects), proc connector "
+        f"{'on' if d.get('proc_connector') else 'off'}, last resync {_ago(d.get('last_resync_at'))}",
+        f"host: realtime CPUs {host.get('realtime_cpus') or '(none)'}, housekeeping CPUs "
+        f"{host.get('housekeeping_cpus', '?')}",
+    ]
+    failing = [c for c in host.get("checks", []) if not c.get("ok")]
+    for c in failing:
+        lines.append(f"  {'✗' if c.get('severity') == 'error' else '!'} {c['name']}: {c['detail']}")
+    lines.append("")
+    lines.append(f"{'DOMAIN':<24} {'RT VCPUS':<9} {'OK':<3} {'DRIFT':>5}  {'RUNQ DELAY':>12}  VIOLATIONS")
+    if not domains:
+        lines.append("(no realtime guests)")
+    for g in domains:
+        ok = "✓" if g.get("compliant") else "✗"
+        rt = {int(k) for k in (g.get("realtime_vcpus") or "").replace("-", ",").split(",") if k.isdigit()}
+        stats = g.get("vcpu_stats", {})
+        rate = sum(v.get("run_delay_rate_ns_per_s", 0) for k, v in stats.items() if int(k) in rt or not rt)
+        viol = ", ".join(sorted({v["check"] for v in g.get("violations", [])})) or "-"
+        lines.append(f"{g.get('name', '?'):<24} {g.get('realtime_vcpus') or '-':<9} {ok:<3} "
+                     f"{g.get('drift_corrections_total', 0):>5}  {rate / 1000:>9.1f}µs/s  {viol}")
+        if detail:
+            lines.append("")
+            lines.append(f"  {'TID':>8}  {'THREAD':<16} {'ROLE':<9} {'VCPU':>4}  {'POLICY':<9} {'CPUS':<6} "
+                         f"{'WANT':<16} OK")
+            for t in g.get("threads", []):
+                w = t.get("want", {})
+                want = "-" if w.get("policy") is None else (
+                    f"{w['policy']}:{w['priority']}" if w["policy"] in ("fifo", "rr") else w["policy"])
+                if w.get("cpus") is not None:
+                    want += f" @{w['cpus']}"
+                vcpu = "" if t.get("vcpu") is None else t["vcpu"]
+                lines.append(f"  {t['tid']:>8}  {t['name']:<16} {t['role']:<9} {vcpu:>4}  "
+                             f"{t['policy'] + ':' + str(t['priority']):<9} {t['cpus']:<6} {want:<16} "
+                             f"{'✓' if t.get('ok') else '✗'}")
+            for v in g.get("violations", []):
+                lines.append(f"  ✗ {v['check']}: {v['detail']}")
+            if g.get("drift_corrections"):
+                lines.append("  drift corrections: " + ", ".join(f"{k} {n}" for k, n in
+                                                                   sorted(g["drift_corrections"].items())))
+    return lines

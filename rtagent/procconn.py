@@ -1,0 +1,154 @@
+"""Thread birth and naming events from the kernel's proc connector (cn_proc).
+
+A QEMU thread that appears while a guest runs (a hotplugged vCPU, an
+iothread added live, a vhost worker) must be tuned at birth, not at the next
+resync.  The kernel multicasts every fork/exec/comm/exit on the host; we
+keep only those of the QEMU processes being tracked (a set lookup), and hand
+the PID to the daemon's queue.  Under load the kernel drops messages
+(ENOBUFS): we report it and ask for an immediate resync, the safety net.
+
+Needs CAP_NET_ADMIN (and root in the initial user namespace).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+
+from pyroute2.netlink.connector.cn_proc import (
+    CN_IDX_PROC,
+    CN_VAL_PROC,
+    PROC_CN_MCAST_IGNORE,
+    PROC_CN_MCAST_LISTEN,
+    PROC_EVENT_COMM,
+    PROC_EVENT_FORK,
+)
+
+log = logging.getLogger(__name__)
+
+NETLINK_CONNECTOR = 11
+NLMSG_DONE = 3
+_NLMSGHDR = struct.Struct("=IHHII")
+_CN_MSG = struct.Struct("=IIIIHH")
+# proc_event: what, cpu, timestamp_ns, then the event's own fields.
+_EVENT = struct.Struct("=IIQ")
+_EVENT_AT = _NLMSGHDR.size + _CN_MSG.size
+_DATA_AT = _EVENT_AT + _EVENT.size
+_FORK = struct.Struct("=IIII")  # parent_pid, parent_tgid, child_pid, child_tgid
+_COMM = struct.Struct("=II")  # process_pid, process_tgid
+
+
+def parse_event(data: bytes, offset: int = 0) -> tuple[str, int, int] | None:
+    """``(event, tgid, tid)`` for FORK and COMM messages, None for the rest.
+
+    Hand-decoded with ``struct``: the kernel multicasts every fork on the
+    host and this runs for each, so it must be cheap.
+    """
+    if len(data) < offset + _DATA_AT + _COMM.size:
+        return None
+    what = _EVENT.unpack_from(data, offset + _EVENT_AT)[0]
+    if what == PROC_EVENT_COMM:
+        tid, tgid = _COMM.unpack_from(data, offset + _DATA_AT)
+        return "comm", tgid, tid
+    if what == PROC_EVENT_FORK and len(data) >= offset + _DATA_AT + _FORK.size:
+        _ppid, _ptgid, tid, tgid = _FORK.unpack_from(data, offset + _DATA_AT)
+        return "fork", tgid, tid
+    return None
+
+
+def _control(op: int) -> bytes:
+    payload = struct.pack("=I", op)
+    cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn
+
+
+class ProcConnector:
+    """Watches the proc connector on its own thread.
+
+    We read the netlink socket directly (pyroute2 supplies the protocol
+    constants): pyroute2 0.9's ``ProcEventSocket`` buffers datagrams in its
+    own queue, so ``select()`` on its descriptor misses events that arrived
+    together with an earlier one.
+    """
+
+    def __init__(self, on_thread: Callable[[int, int, str], None], on_overflow: Callable[[], None]):
+        """``on_thread(pid, tid, event)`` for tracked processes; ``on_overflow()``
+        when events were lost.  Both are called on the watcher thread and
+        must only enqueue."""
+        self.on_thread = on_thread
+        self.on_overflow = on_overflow
+        self.tracked: frozenset[int] = frozenset()
+        self.events = 0
+        self.dropped = 0
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Subscribe; raises OSError (EPERM without CAP_NET_ADMIN)."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
+        try:
+            sock.bind((0, CN_IDX_PROC))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.send(_control(PROC_CN_MCAST_LISTEN))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, name="proc-connector", daemon=True)
+        self._thread.start()
+
+    def set_tracked(self, pids: set[int]) -> None:
+        # Replaced atomically: the watcher thread reads it without a lock.
+        self.tracked = frozenset(pids)
+
+    def _run(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([sock], [], [], 0.5)
+                if not ready:
+                    continue
+                data = sock.recv(65536)
+            except OSError as err:
+                if self._stop.is_set():
+                    return
+                if err.errno == errno.ENOBUFS:
+                    # The kernel dropped events: our view may have holes.
+                    self.dropped += 1
+                    log.warning("proc connector overflow (ENOBUFS): events lost, resyncing")
+                    self.on_overflow()
+                    continue
+                log.error("proc connector failed: %s; relying on the periodic resync", err)
+                self.on_overflow()
+                return
+            offset = 0
+            tracked = self.tracked
+            while offset + _NLMSGHDR.size <= len(data):
+                length = _NLMSGHDR.unpack_from(data, offset)[0]
+                if length < _NLMSGHDR.size:
+                    break
+                ev = parse_event(data, offset)
+                if ev is not None and ev[1] in tracked:
+                    self.events += 1
+                    self.on_thread(ev[1], ev[2], ev[0])
+                offset += (length + 3) & ~3
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self._sock is not None:
+            try:
+                self._sock.send(_control(PROC_CN_MCAST_IGNORE))
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None

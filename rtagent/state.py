@@ -1,0 +1,169 @@
+"""The daemon's state store: what it knows about each guest and about itself.
+
+One writer (the daemon loop) and several readers (the status socket, the
+Prometheus collector) on other threads: every access goes through one lock,
+and readers get copies (:meth:`StateStore.snapshot`, :meth:`StateStore.read`)
+so they never see a guest half-updated.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .tuning.engine import DomainReport
+
+# Seconds.  Corrections and reactions on this host range from milliseconds
+# (proc connector) to a resync interval or two.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative histogram in Prometheus' shape (upper bounds, +Inf last)."""
+
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, acc = [], 0
+        for bound, n in zip([*map(str, self.buckets), "+Inf"], self.counts, strict=True):
+            acc += n
+            out.append((bound, acc))
+        return out
+
+
+@dataclass
+class VcpuCounters:
+    """Per realtime vCPU evidence, from schedstat and status."""
+
+    run_delay_ns: int = 0
+    run_time_ns: int = 0
+    nonvoluntary_ctxt_switches: int = 0
+    # Rate of run-queue delay over the last two observations (ns per second).
+    run_delay_rate: float = 0.0
+    observed_at: float = 0.0
+
+
+@dataclass
+class GuestState:
+    uuid: str
+    name: str
+    report: DomainReport | None = None
+    first_seen: float = field(default_factory=time.time)
+    started_event_at: float | None = None  # monotonic time of the STARTED event
+    tuned_at: float | None = None  # wall time when realtime vCPUs were first all tuned
+    event_to_tuned_s: float | None = None
+    corrections: Counter = field(default_factory=Counter)  # kind -> count
+    correction_failures: Counter = field(default_factory=Counter)
+    last_correction_at: float | None = None
+    vcpus: dict[int, VcpuCounters] = field(default_factory=dict)
+    correction_latency: Histogram = field(default_factory=Histogram)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.report.to_json() if self.report is not None else {
+            "name": self.name, "uuid": self.uuid, "realtime": None, "valid": None, "compliant": None,
+            "violations": [], "threads": []}
+        out.pop("changes", None)
+        out["drift_corrections"] = dict(self.corrections)
+        out["drift_corrections_total"] = sum(self.corrections.values())
+        out["correction_failures"] = dict(self.correction_failures)
+        out["last_correction_at"] = self.last_correction_at
+        out["tuned_at"] = self.tuned_at
+        out["event_to_tuned_s"] = self.event_to_tuned_s
+        out["vcpu_stats"] = {
+            str(i): {"run_delay_ns": c.run_delay_ns, "run_delay_rate_ns_per_s": round(c.run_delay_rate, 1),
+                     "run_time_ns": c.run_time_ns, "nonvoluntary_ctxt_switches": c.nonvoluntary_ctxt_switches}
+            for i, c in sorted(self.vcpus.items())
+        }
+        return out
+
+
+@dataclass
+class DaemonState:
+    started_at: float = field(default_factory=time.time)
+    libvirt_connected: bool = False
+    libvirt_uri: str = ""
+    reconnects: int = 0
+    last_reconnect_s: float | None = None
+    proc_connector: bool = False
+    events: Counter = field(default_factory=Counter)  # source -> count ("libvirt", "proc")
+    events_dropped: Counter = field(default_factory=Counter)
+    resyncs: int = 0
+    last_resync_at: float | None = None
+    host: dict[str, Any] = field(default_factory=dict)  # partition summary + checks
+    host_corrections: Counter = field(default_factory=Counter)  # kind -> count
+    host_refused: Counter = field(default_factory=Counter)  # "irq" | "kthread" -> count refusing to move
+    reconcile_duration: Histogram = field(default_factory=Histogram)
+    event_to_tuned: Histogram = field(default_factory=Histogram)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "libvirt": {"uri": self.libvirt_uri, "connected": self.libvirt_connected,
+                        "reconnects": self.reconnects, "last_reconnect_s": self.last_reconnect_s},
+            "proc_connector": self.proc_connector,
+            "events": dict(self.events),
+            "events_dropped": dict(self.events_dropped),
+            "resyncs": self.resyncs,
+            "last_resync_at": self.last_resync_at,
+            "host_corrections": dict(self.host_corrections),
+            "host_refused": dict(self.host_refused),
+        }
+
+
+class StateStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.daemon = DaemonState()
+        self.guests: dict[str, GuestState] = {}
+
+    def update(self, fn: Callable[[StateStore], Any]) -> Any:
+        """Run ``fn(store)`` under the lock (the writer's entry point)."""
+        with self._lock:
+            return fn(self)
+
+    def read(self, fn: Callable[[StateStore], Any]) -> Any:
+        """Run a reader under the lock; ``fn`` must copy what it keeps."""
+        with self._lock:
+            return fn(self)
+
+    def guest(self, uuid: str, name: str) -> GuestState:
+        """Get or create (caller holds the lock via :meth:`update`)."""
+        g = self.guests.get(uuid)
+        if g is None:
+            g = self.guests[uuid] = GuestState(uuid=uuid, name=name)
+        return g
+
+    def drop(self, uuid: str) -> None:
+        with self._lock:
+            self.guests.pop(uuid, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything, JSON-ready: the status socket's answer."""
+        with self._lock:
+            guests = [g.to_json() for g in sorted(self.guests.values(), key=lambda g: g.name)]
+            daemon = self.daemon.to_json()
+            host = copy.deepcopy(self.daemon.host)
+        checks = host.get("checks", [])
+        compliant = all(g.get("compliant") is not False for g in guests) and not any(
+            not c["ok"] and c.get("severity") == "error" for c in checks)
+        return {"host": host, "daemon": daemon, "domains": guests, "compliant": compliant}

@@ -1,0 +1,134 @@
+"""The daemon as a subprocess, with a real sd_notify datagram socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rtagent.status import fetch
+
+
+@dataclass
+class RunningDaemon:
+    proc: subprocess.Popen
+    config: Path
+    socket: str
+    log: Path
+    notify: socket.socket
+    messages: list[str] = field(default_factory=list)
+
+    def status(self) -> dict:
+        return fetch(self.socket)
+
+    def drain_notify(self) -> list[str]:
+        self.notify.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self.notify.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        return self.messages
+
+    def wait_notify(self, needle: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        self.notify.settimeout(0.2)
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if needle in m:
+                    return m
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except (TimeoutError, BlockingIOError):
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.log.read_text()}")
+        raise AssertionError(f"no {needle!r} from the daemon in {timeout}s; got {self.messages}; "
+                             f"log:\n{self.log.read_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def guest(self, name: str) -> dict | None:
+        for d in self.status().get("domains", []):
+            if d["name"] == name:
+                return d
+        return None
+
+
+def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "") -> Path:
+    path.write_text(f"""
+[host]
+realtime_cpus = "1"
+[daemon]
+resync_interval_s = {resync}
+[status]
+socket = "{sock}"
+[metrics]
+enabled = false
+[host_tuning]
+kthreads = false
+kthread_priorities = false
+irqs = false
+workqueues = false
+{extra}
+""")
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def daemon_factory(libvirtd, tmp_path):
+    started: list[RunningDaemon] = []
+
+    def start(resync: float = 0.5, extra: str = "", watchdog_usec: int = 2_000_000) -> RunningDaemon:
+        n = len(started)
+        sock = str(tmp_path / f"rtagent{n}.sock")
+        cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra)
+        notify_path = str(tmp_path / f"notify{n}.sock")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(notify_path)
+        log = tmp_path / f"daemon{n}.log"
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC=str(watchdog_usec), PYTHONUNBUFFERED="1")
+        env.pop("WATCHDOG_PID", None)
+        proc = subprocess.Popen([sys.executable, "-m", "rtagent", "--log-level", "debug", "run", "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
+        d = RunningDaemon(proc=proc, config=cfg, socket=sock, log=log, notify=ns)
+        started.append(d)
+        d.wait_notify("READY=1")
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                d.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait()
+        d.notify.close()
+        text = d.log.read_text() if d.log.exists() else ""
+        # A daemon that logged a traceback failed, whatever the test checked.
+        assert "Traceback" not in text, text
+
+
+__all__ = ["RunningDaemon", "wait_for", "json"]
