@@ -10,8 +10,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends \
+apt-get -o DPkg::Lock::Timeout=600 update -q
+apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients \
   qemu-system-x86 qemu-utils libvirt-dev pkg-config libcap-dev \
   python3-venv python3-dev gcc rt-tests stress-ng prometheus \
