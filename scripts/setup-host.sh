@@ -29,13 +29,13 @@ for key in user group; do
 done
 
 # hugetlbfs for hugepage-backed test guests: libvirt reads mounts when it
-# starts, so mount before libvirtd.  A few 2 MiB pages (64 MiB) are enough.
+# starts, so mount before libvirtd.  256 × 2 MiB (512 MiB): a handful of 64 MiB test guests at once.
 mkdir -p /dev/hugepages
 if ! mountpoint -q /dev/hugepages; then
   mount -t hugetlbfs -o pagesize=2M hugetlbfs /dev/hugepages
   mounted_now=1
 fi
-want=${RTAGENT_HUGEPAGES:-64}
+want=${RTAGENT_HUGEPAGES:-256}
 have=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)
 if [ "$have" -lt "$want" ]; then
   echo "$want" > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
