@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import Partition
@@ -89,9 +89,14 @@ class HostCheck:
     ok: bool
     detail: str
     severity: str = "info"
+    # A count behind the check where there is one (intruder threads), for metrics.
+    value: int | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "severity": self.severity}
+        out: dict[str, object] = {"name": self.name, "ok": self.ok, "detail": self.detail, "severity": self.severity}
+        if self.value is not None:
+            out["value"] = self.value
+        return out
 
 
 def _ok(name: str, detail: str) -> HostCheck:
@@ -408,17 +413,17 @@ def _check_intruders(partition: Partition, proc_root: str, exclude_pids: Iterabl
     found = find_intruders(partition.realtime, proc_root, exclude_pids)
     rts = format_cpulist(partition.realtime)
     if not found:
-        return _ok("intruders", f"no user thread outside the guests may run on realtime CPUs {rts}")
+        return replace(_ok("intruders", f"no user thread outside the guests may run on realtime CPUs {rts}"), value=0)
     procs: dict[int, str] = {}
     for tgid, _tid, comm in found:
         if tgid not in procs:
             procs[tgid] = (_read(Path(proc_root, str(tgid), "comm")) or comm).strip()
     examples = ", ".join(f"{comm}[{pid}]" for pid, comm in list(procs.items())[:5])
     more = f" and {len(procs) - 5} more" if len(procs) > 5 else ""
-    return _warn("intruders",
+    return replace(_warn("intruders",
                  f"{len(found)} user threads in {len(procs)} processes may run on realtime CPUs {rts} "
                  f"(e.g. {examples}{more}); rtagent does not move them: boot with isolcpus={rts} or set "
-                 f"systemd's CPUAffinity={format_cpulist(partition.housekeeping)} in system.conf")
+                 f"systemd's CPUAffinity={format_cpulist(partition.housekeeping)} in system.conf"), value=len(found))
 
 
 def _check_irqbalance(partition: Partition, proc_root: str, etc_root: str, sys_root: str) -> HostCheck:
