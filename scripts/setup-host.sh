@@ -20,13 +20,19 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
 # QEMU must run as root to open /dev/kvm on hosts where the kvm group is not set
 # up (the PVM /dev/kvm here is 0600 root).
 conf=/etc/libvirt/qemu.conf
-for key in user group; do
-  if grep -qE "^${key} = " "$conf"; then
-    sed -i -E "s/^${key} = .*/${key} = \"root\"/" "$conf"
+set_conf() {  # set_conf KEY VALUE: idempotent "KEY = VALUE" in qemu.conf
+  if grep -qE "^$1 = " "$conf"; then
+    sed -i -E "s|^$1 = .*|$1 = $2|" "$conf"
   else
-    echo "${key} = \"root\"" >> "$conf"
+    echo "$1 = $2" >> "$conf"
   fi
-done
+}
+set_conf user '"root"'
+set_conf group '"root"'
+# QEMU runs as root here, so there is no owner to remember; the trusted.*
+# xattrs libvirt would write need CAP_SYS_ADMIN on the image directory's
+# filesystem, which a restricted libvirtd (or an overlay) may lack.
+set_conf remember_owner 0
 
 # hugetlbfs for hugepage-backed test guests: libvirt reads mounts when it
 # starts, so mount before libvirtd.  256 × 2 MiB (512 MiB): a handful of 64 MiB test guests at once.
