@@ -147,6 +147,18 @@ class Guest:
                 continue
         return out
 
+    def kvm_pit_tid(self) -> int | None:
+        """The guest's ``kvm-pit/<qemu pid>`` kernel thread (KVM guests only)."""
+        want = f"kvm-pit/{self.pid}"
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "comm").read_text().strip() == want:
+                        return int(entry.name)
+                except OSError:
+                    continue
+        return None
+
     def vcpu_tids(self) -> dict[int, int]:
         """vCPU index → thread id, from libvirt's own view (QEMU's query-cpus)."""
         import re

@@ -31,17 +31,6 @@ def _fifo(tid: int, prio: int = 1) -> bool:
         return False
 
 
-def _kvm_pit(qemu_pid: int) -> int | None:
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                if Path(f"/proc/{e}/comm").read_text().strip() == f"kvm-pit/{qemu_pid}":
-                    return int(e)
-            except OSError:
-                pass
-    return None
-
-
 def test_sd_notify_ready_status_and_watchdog(daemon_factory):
     d = daemon_factory(watchdog_usec=1_000_000)
     ready = d.wait_notify("READY=1")
@@ -92,7 +81,7 @@ def test_foreign_drift_is_corrected_within_a_resync_and_counted(daemon_factory, 
     assert _fifo(tid)
 
     # taskset on kvm-pit (a kthread, not clamped by libvirt's cgroups).
-    pit = _kvm_pit(g.pid)
+    pit = g.kvm_pit_tid()
     if pit is not None:
         subprocess.run(["taskset", "-pc", "0-1", str(pit)], check=True, capture_output=True)
         wait_for(lambda: os.sched_getaffinity(pit) == {0}, resync * 4, "kvm-pit drift corrected", interval=0.01)

@@ -33,17 +33,6 @@ def _sched(tid: int) -> tuple[int, int]:
     return os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
 
 
-def _kvm_pit_tid(qemu_pid: int) -> int | None:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().strip() == f"kvm-pit/{qemu_pid}":
-                    return int(entry)
-            except OSError:
-                pass
-    return None
-
-
 def _run_json(capsys, argv: list[str]) -> tuple[int, dict]:
     code = main(argv + ["--json"])
     out = capsys.readouterr().out
@@ -78,7 +67,7 @@ def test_apply_tunes_guest_and_check_reports_only_memlock(guest_factory, rt_conf
         assert os.sched_getaffinity(tid) == {0}, name
         assert os.sched_getscheduler(tid) == os.SCHED_OTHER, name
     if guests.kvm_usable():
-        pit = _kvm_pit_tid(g.pid)
+        pit = g.kvm_pit_tid()
         assert pit is not None
         assert _sched(pit) == (os.SCHED_FIFO, 2)  # one above the vCPUs (KubeVirt)
         assert os.sched_getaffinity(pit) == {0}  # the first non-realtime vCPU's CPU
@@ -134,6 +123,7 @@ def test_dry_run_changes_nothing(guest_factory, rt_config, capsys):
     tid = g.vcpu_tids()[1]
     code = main(["apply", "--dry-run", "--config", rt_config, g.name])
     out = capsys.readouterr().out
+    assert code == 1  # still non-compliant: nothing was changed
     assert "would change" in out
     assert _sched(tid) == (os.SCHED_OTHER, 0)
 
