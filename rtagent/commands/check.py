@@ -36,7 +36,7 @@ def run(args) -> int:
     for r in reports:
         print(guest_line(r))
         if args.domains and r.realtime:
-            for line in thread_table(r):
+            for line in thread_table(r.to_json()["threads"]):
                 print("  " + line)
             for v in r.violations:
                 print(f"  ✗ {v.check}: {v.detail}")

@@ -47,13 +47,17 @@ def guest_line(r: DomainReport) -> str:
     return f"{r.name:<24} RT {rt:<6} ✗ {first}{more}"
 
 
-def thread_table(r: DomainReport) -> list[str]:
+def thread_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-thread table, from the JSON rows of ``check`` and ``status``."""
     lines = [f"{'TID':>8}  {'THREAD':<16} {'ROLE':<9} {'VCPU':>4}  {'POLICY':<9} {'CPUS':<8} {'WANT':<16} OK"]
-    for tp in r.threads:
-        t, w = tp.thread, tp.want
-        want = "-" if w.policy is None else (f"{w.policy}:{w.priority}" if w.policy in ("fifo", "rr") else w.policy)
-        want += f" @{format_cpulist(w.cpus)}" if w.cpus is not None else ""
-        lines.append(f"{t.tid:>8}  {t.name:<16} {t.role:<9} {'' if t.vcpu is None else t.vcpu:>4}  "
-                     f"{t.policy + ':' + str(t.priority):<9} {format_cpulist(t.cpus):<8} {want:<16} "
-                     f"{'✓' if tp.ok else '✗'}")
+    for t in rows:
+        w = t.get("want") or {}
+        want = "-" if w.get("policy") is None else (
+            f"{w['policy']}:{w['priority']}" if w["policy"] in ("fifo", "rr") else w["policy"])
+        if w.get("cpus") is not None:
+            want += f" @{w['cpus']}"
+        vcpu = "" if t.get("vcpu") is None else t["vcpu"]
+        lines.append(f"{t['tid']:>8}  {t['name']:<16} {t['role']:<9} {vcpu:>4}  "
+                     f"{t['policy'] + ':' + str(t['priority']):<9} {t['cpus']:<8} {want:<16} "
+                     f"{'✓' if t.get('ok') else '✗'}")
     return lines

@@ -11,6 +11,7 @@ import time
 from ..config import StatusConfig, load_config
 from ..errors import ConfigError
 from ..status import fetch
+from .common import thread_table
 
 
 def _socket_path(args) -> str:
@@ -78,18 +79,7 @@ def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
                      f"{g.get('drift_corrections_total', 0):>5}  {rate / 1000:>9.1f}µs/s  {viol}")
         if detail:
             lines.append("")
-            lines.append(f"  {'TID':>8}  {'THREAD':<16} {'ROLE':<9} {'VCPU':>4}  {'POLICY':<9} {'CPUS':<6} "
-                         f"{'WANT':<16} OK")
-            for t in g.get("threads", []):
-                w = t.get("want", {})
-                want = "-" if w.get("policy") is None else (
-                    f"{w['policy']}:{w['priority']}" if w["policy"] in ("fifo", "rr") else w["policy"])
-                if w.get("cpus") is not None:
-                    want += f" @{w['cpus']}"
-                vcpu = "" if t.get("vcpu") is None else t["vcpu"]
-                lines.append(f"  {t['tid']:>8}  {t['name']:<16} {t['role']:<9} {vcpu:>4}  "
-                             f"{t['policy'] + ':' + str(t['priority']):<9} {t['cpus']:<6} {want:<16} "
-                             f"{'✓' if t.get('ok') else '✗'}")
+            lines += ["  " + line for line in thread_table(g.get("threads", []))]
             for v in g.get("violations", []):
                 lines.append(f"  ✗ {v['check']}: {v['detail']}")
             if g.get("drift_corrections"):
