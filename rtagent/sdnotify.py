@@ -36,7 +36,9 @@ class Notifier:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
-            self._sock.sendto("\n".join(lines).encode(), self.address)
+            # Never block the main loop on a receiver that does not read
+            # (its queue full): a lost STATUS= is harmless, a wedged loop is not.
+            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self.address)
             return True
         except OSError as err:
             log.debug("sd_notify failed: %s", err)
