@@ -364,6 +364,10 @@ class Daemon:
                   retry: bool = False) -> DomainReport | None:
         t0 = time.monotonic()
         attempts = self._soon.pop(uuid, (0.0, 0))[1] if retry else 0
+        if self._disconnected_at is not None:
+            # No libvirt (``host.conn`` would try to connect and raise
+            # LibvirtUnavailable): the resync after the reconnect covers it.
+            return None
         try:
             dom = self.host.conn.lookupByUUIDString(uuid)
             state, reason = dom.state()
@@ -386,6 +390,9 @@ class Daemon:
                 self.forget(uuid)
             else:
                 log.warning("libvirt: cannot inspect %s: %s", uuid, err.get_error_message())
+            return None
+        except LibvirtUnavailable as err:
+            log.warning("libvirt: cannot inspect %s: %s", uuid, err)
             return None
         except Exception:
             # Never die on a guest's behalf.
