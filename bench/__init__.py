@@ -1,0 +1,1 @@
+"""rtagent benchmarks: python -m bench [--quick|--full] (docs/benchmarks.md)."""

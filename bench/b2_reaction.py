@@ -1,0 +1,392 @@
+"""B2 — reaction and correction time, seen through the kernel.
+
+(a) a guest starts → its realtime vCPU is SCHED_FIFO and pinned (polled with
+    ``sched_getscheduler``/``sched_getaffinity`` every ~1 ms), timed from the
+    STARTED/RESUMED lifecycle event this process receives; plus what the vCPU
+    threads did *before* that (schedstat), to answer "did tuning land before
+    the guest's vCPUs ran?".
+(b) a foreign tool undoes the tuning (``chrt -o -p 0``; ``virsh vcpupin
+    --live``) → corrected, at resync intervals of 1 s and 0.25 s.
+(c) a new thread appears (``virsh iothreadadd --live``) → pinned to the
+    emulator set, with the proc connector and a 60 s resync (so the resync is
+    not what fixes it); the same without a daemon, to see what libvirt does
+    on its own.
+
+No assertions: numbers go to tables.  Guests are ``rtbench-b2-<pid>-…``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+
+from .common import (
+    EventClock, Guests, fifo_on, format_table, guest_xml, ms, on_housekeeping, qemu_pid, schedstat, start_daemon,
+    summary, thread_names, vcpu_tid, wait_for,
+)
+
+RT_CPUS = {1}
+EMU_CPUS = {0}
+POLL_S = 0.001
+B2_BUDGET_US = 10_000  # fixed, small: leave the RT budget to whoever else runs realtime guests here
+
+
+def _prefix() -> str:
+    return f"rtbench-b2-{os.getpid()}-"
+
+
+# ---------------------------------------------------------------------------
+# (a) STARTED → FIFO
+
+
+def _policy(tid: int) -> int | None:
+    try:
+        return os.sched_getscheduler(tid)
+    except OSError:
+        return None
+
+
+def _start_trial(guests: Guests, clock: EventClock, daemon, name: str, timeout: float = 30.0) -> dict:
+    samples: list[tuple[float, int | None, tuple | None, tuple | None]] = []  # t, policy, schedstat vcpu1, vcpu0
+    out: dict = {"name": name}
+    done = threading.Event()
+
+    def poll() -> None:
+        deadline = time.monotonic() + timeout
+        pid = tid1 = tid0 = None
+        while not done.is_set() and time.monotonic() < deadline:
+            if pid is None:
+                pid = qemu_pid(name)
+                if pid is not None and not os.path.isdir(f"/proc/{pid}"):
+                    pid = None
+            if pid is not None and tid1 is None:
+                tid1, tid0 = vcpu_tid(pid, 1), vcpu_tid(pid, 0)
+                if tid1 is not None:
+                    out["thread_seen_at"] = time.monotonic()
+            if tid1 is not None:
+                now = time.monotonic()
+                tuned = fifo_on(tid1, RT_CPUS)
+                samples.append((now, os.SCHED_FIFO if tuned else _policy(tid1), schedstat(pid, tid1),
+                                schedstat(pid, tid0) if tid0 else None))
+                if tuned:
+                    out["fifo_at"] = now
+                    return
+            time.sleep(POLL_S)
+
+    t = threading.Thread(target=poll, name="b2-poll", daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    guests.start(name)
+    out["create_returned_s"] = time.monotonic() - t0
+    t.join(timeout + 1)
+    done.set()
+    ev = wait_for(lambda: clock.get(name), 5, 0.01)
+    out["event_at"] = ev
+    fifo_at = out.get("fifo_at")
+    if ev is not None and fifo_at is not None:
+        out["event_to_fifo_s"] = fifo_at - ev
+    if fifo_at is not None:
+        out["create_to_fifo_s"] = fifo_at - t0
+    # Did the daemon's first attempt fail (e.g. EPERM: another realtime user
+    # holds the host's whole RT budget), leaving it to the next resync?
+    out["tuning_refused"] = f"{name}: failed" in daemon.log_text()
+    entry = wait_for(lambda: (g := daemon.guest(name)) and g.get("event_to_tuned_s") is not None and g, 5)
+    out["daemon_event_to_tuned_s"] = entry["event_to_tuned_s"] if entry else None
+    # What the vCPU threads did before the kernel showed FIFO.
+    if samples and fifo_at is not None:
+        first, last = samples[0], samples[-1]
+        at_event = None
+        if ev is not None:
+            before_ev = [s for s in samples if s[0] <= ev]
+            at_event = before_ev[-1] if before_ev else None
+        out["policy_at_event"] = None if at_event is None else (
+            "fifo" if at_event[1] == os.SCHED_FIFO else "other" if at_event[1] == os.SCHED_OTHER else at_event[1])
+        if first[2] and last[2]:
+            out["vcpu1_run_before_fifo_us"] = (last[2][0] - first[2][0]) / 1000
+            out["vcpu1_slices_before_fifo"] = last[2][2] - first[2][2]
+            out["vcpu1_run_total_at_fifo_us"] = last[2][0] / 1000
+        if first[3] and last[3]:
+            out["vcpu0_run_before_fifo_us"] = (last[3][0] - first[3][0]) / 1000
+        if at_event is not None and at_event[2] and last[2]:
+            out["vcpu1_run_event_to_fifo_us"] = (last[2][0] - at_event[2][0]) / 1000
+            out["vcpu1_slices_event_to_fifo"] = last[2][2] - at_event[2][2]
+        if at_event is not None and at_event[3] and last[3]:
+            out["vcpu0_run_event_to_fifo_us"] = (last[3][0] - at_event[3][0]) / 1000
+        out["samples"] = len(samples)
+    return out
+
+
+def run_start(n: int) -> dict:
+    prefix = _prefix() + "start-"
+    guests = Guests()
+    clock = EventClock(prefix)
+    daemon = start_daemon(prefix, resync=30.0, rt_budget_us=B2_BUDGET_US)
+    trials = []
+    try:
+        for i in range(n):
+            name = f"{prefix}{i}"
+            try:
+                trials.append(_start_trial(guests, clock, daemon, name))
+            finally:
+                guests.destroy(name)
+            wait_for(lambda: daemon.guest(name) is None, 5)
+            time.sleep(0.3)
+        reconnects = daemon.status()["daemon"]["libvirt"]["reconnects"]
+    finally:
+        daemon.stop()
+        guests.close()
+        clock.close()
+    return {"trials": trials,
+            "event_to_fifo": summary([t["event_to_fifo_s"] for t in trials if "event_to_fifo_s" in t]),
+            "event_to_fifo_first_try": summary([t["event_to_fifo_s"] for t in trials
+                                                if "event_to_fifo_s" in t and not t["tuning_refused"]]),
+            "refused": sum(1 for t in trials if t.get("tuning_refused")),
+            "libvirt_reconnects": reconnects,
+            "daemon_event_to_tuned": summary([t["daemon_event_to_tuned_s"] for t in trials
+                                              if t.get("daemon_event_to_tuned_s") is not None]),
+            "create_to_fifo": summary([t["create_to_fifo_s"] for t in trials if "create_to_fifo_s" in t]),
+            "missed": sum(1 for t in trials if "fifo_at" not in t),
+            "policy_at_event": [t.get("policy_at_event") for t in trials],
+            "vcpu1_run_event_to_fifo_us": summary([t["vcpu1_run_event_to_fifo_us"] for t in trials
+                                                   if "vcpu1_run_event_to_fifo_us" in t]),
+            "vcpu1_slices_event_to_fifo": summary([t["vcpu1_slices_event_to_fifo"] for t in trials
+                                                   if "vcpu1_slices_event_to_fifo" in t]),
+            "vcpu0_run_event_to_fifo_us": summary([t["vcpu0_run_event_to_fifo_us"] for t in trials
+                                                   if "vcpu0_run_event_to_fifo_us" in t]),
+            "vcpu1_run_before_fifo_us": summary([t["vcpu1_run_before_fifo_us"] for t in trials
+                                                 if "vcpu1_run_before_fifo_us" in t])}
+
+
+# ---------------------------------------------------------------------------
+# (b) foreign drift → corrected
+
+
+def _drift_trial(cmd: list[str], tid: int, timeout: float) -> dict:
+    """Run the foreign tool; time from the first poll that sees the drift to
+    the first that sees FIFO on CPU 1 again."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    drift_at = fixed_at = None
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        ok = fifo_on(tid, RT_CPUS)
+        if not ok and drift_at is None:
+            drift_at = now
+        elif ok and (drift_at is not None or p.poll() is not None):
+            fixed_at = now
+            break
+        time.sleep(POLL_S)
+    rc = p.wait()
+    err = p.stderr.read().decode().strip() if p.stderr else ""
+    out = {"rc": rc, "tool_error": err or None, "drift_seen": drift_at is not None}
+    if fixed_at is not None:
+        out["correct_s"] = fixed_at - (drift_at if drift_at is not None else t0)
+    return out
+
+
+def run_drift(n: int, intervals: tuple[float, ...] = (1.0, 0.25)) -> dict:
+    results = {}
+    for interval in intervals:
+        prefix = _prefix() + f"drift{int(interval * 1000)}-"
+        name = prefix + "0"
+        guests = Guests()
+        daemon = None
+        try:
+            daemon = start_daemon(prefix, resync=interval, rt_budget_us=B2_BUDGET_US)
+            guests.start(name)
+            pid = wait_for(lambda: qemu_pid(name), 30)
+            tid = wait_for(lambda: vcpu_tid(pid, 1), 30)
+            if not wait_for(lambda: fifo_on(tid, RT_CPUS), 30):
+                raise RuntimeError(f"{name}: vCPU 1 never became FIFO on CPU 1:\n{daemon.log_text()[-2000:]}")
+            timeout = interval * 6 + 3
+            kinds = {
+                "chrt -o -p 0": ["chrt", "-o", "-p", "0", str(tid)],
+                "virsh vcpupin --live": ["virsh", "-q", "-c", "qemu:///system", "vcpupin", name, "1", "0-1",
+                                         "--live"],
+            }
+            per_kind = {}
+            for kind, cmd in kinds.items():
+                trials = []
+                for _ in range(n):
+                    time.sleep(random.uniform(0, interval))  # random phase against the resync timer
+                    wait_for(lambda: fifo_on(tid, RT_CPUS), timeout, 0.005)
+                    trials.append(_drift_trial(cmd, tid, timeout))
+                per_kind[kind] = {"trials": trials,
+                                  "correct": summary([t["correct_s"] for t in trials if "correct_s" in t]),
+                                  "missed": sum(1 for t in trials if "correct_s" not in t),
+                                  "drift_unseen": sum(1 for t in trials if not t["drift_seen"])}
+            counts = (daemon.guest(name) or {}).get("drift_corrections", {})
+            results[str(interval)] = {"resync_s": interval, "kinds": per_kind, "daemon_counted": counts,
+                                      "libvirt_reconnects": daemon.status()["daemon"]["libvirt"]["reconnects"]}
+        finally:
+            guests.close()
+            if daemon is not None:
+                daemon.stop()
+    return results
+
+
+# ---------------------------------------------------------------------------
+# (c) new thread → tuned
+
+
+def _iothread_trial(name: str, pid: int, iothread: int, daemon_log=None, timeout: float = 5.0) -> dict:
+    before = set(thread_names(pid))
+    want = f"IO iothread{iothread}"
+    t0 = time.monotonic()
+    p = subprocess.Popen(["virsh", "-q", "-c", "qemu:///system", "iothreadadd", name, str(iothread), "--live"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tid = born = wide = fixed = None
+    virsh_done = None
+    stable_since = None
+    while time.monotonic() - t0 < timeout:
+        now = time.monotonic()
+        if virsh_done is None and p.poll() is not None:
+            virsh_done = now
+        if tid is None:
+            for t, n in thread_names(pid).items():
+                if t not in before and n == want:
+                    tid, born = t, now
+                    break
+        if tid is not None:
+            try:
+                aff = os.sched_getaffinity(tid)
+            except OSError:
+                break
+            if aff != EMU_CPUS:
+                if wide is None:
+                    wide = now
+                fixed = stable_since = None
+            else:
+                if wide is not None and fixed is None:
+                    fixed = now
+                stable_since = stable_since or now
+            # Done: virsh finished and the thread has sat in the emulator set for 0.3 s.
+            if virsh_done is not None and stable_since is not None and now - stable_since >= 0.3:
+                break
+            # Without a daemon nothing may ever fix it: 2 s after virsh is enough to say so.
+            if daemon_log is None and virsh_done is not None and now - virsh_done > 2.0:
+                break
+        time.sleep(POLL_S / 2)
+    p.wait()
+    out = {"iothread": iothread, "tid": tid, "virsh_rc": p.returncode,
+           "virsh_s": (virsh_done - t0) if virsh_done else None,
+           "born_s": (born - t0) if born else None, "widened": wide is not None,
+           "final_ok": stable_since is not None}
+    if wide is not None and fixed is not None:
+        out["exposed_s"] = fixed - wide  # time outside the emulator set
+        out["fixed_after_add_s"] = fixed - t0
+    elif tid is not None and wide is None:
+        out["exposed_s"] = 0.0
+        out["fixed_after_add_s"] = born - t0
+    if daemon_log is not None and tid is not None:
+        text = daemon_log()
+        out["fixed_by_daemon"] = f"(tid {tid}) affinity" in text
+    subprocess.run(["virsh", "-q", "-c", "qemu:///system", "iothreaddel", name, str(iothread), "--live"],
+                   capture_output=True)
+    if tid is not None:
+        wait_for(lambda: tid not in thread_names(pid), 5)
+    return out
+
+
+def run_iothreads(n: int, n_baseline: int) -> dict:
+    from tests.guests import pinned_cputune
+
+    prefix = _prefix() + "io-"
+    results = {}
+    for mode, count in (("rtagent (proc connector, resync 60 s)", n), ("no daemon (libvirt alone)", n_baseline)):
+        if count <= 0:
+            continue
+        name = f"{prefix}{len(results)}"
+        guests = Guests()
+        daemon = None
+        try:
+            if mode.startswith("rtagent"):
+                daemon = start_daemon(prefix, resync=60.0, rt_budget_us=B2_BUDGET_US)
+            guests.start(name, xml=guest_xml(name, iothreads=1, cputune=pinned_cputune(
+                {0: "0", 1: "1"}, extra="<iothreadpin iothread='1' cpuset='0'/>")))
+            pid = wait_for(lambda: qemu_pid(name), 30)
+            tid = wait_for(lambda: vcpu_tid(pid, 1), 30)
+            if daemon is not None:
+                wait_for(lambda: fifo_on(tid, RT_CPUS), 30)
+            time.sleep(1.0)
+            trials = [_iothread_trial(name, pid, 10 + i, daemon.log_text if daemon else None) for i in range(count)]
+            results[mode] = {
+                "trials": trials,
+                "exposed": summary([t["exposed_s"] for t in trials if "exposed_s" in t]),
+                "fixed_after_add": summary([t["fixed_after_add_s"] for t in trials if "fixed_after_add_s" in t]),
+                "virsh": summary([t["virsh_s"] for t in trials if t.get("virsh_s") is not None]),
+                "fixed_by_daemon": sum(1 for t in trials if t.get("fixed_by_daemon")),
+                "widened": sum(1 for t in trials if t["widened"]),
+                "not_fixed": sum(1 for t in trials if not t["final_ok"]),
+                "proc_events": (daemon.status()["daemon"]["events"].get("proc", 0) if daemon else None),
+            }
+        finally:
+            guests.close()
+            if daemon is not None:
+                daemon.stop()
+    return results
+
+
+# ---------------------------------------------------------------------------
+
+
+def run(quick: bool = True) -> dict:
+    with on_housekeeping():
+        t0 = time.monotonic()
+        out = {
+            "start": run_start(5 if quick else 20),
+            "drift": run_drift(5 if quick else 20),
+            "iothread": run_iothreads(5 if quick else 20, 3 if quick else 10),
+        }
+        out["elapsed_s"] = time.monotonic() - t0
+    return out
+
+
+def format(res: dict) -> str:  # noqa: A001 - the bench entry point's convention
+    parts = []
+    s = res["start"]
+    rows = []
+    for label, key in (("STARTED event → FIFO+pinned (kernel, polled 1 ms)", "event_to_fifo"),
+                       ("  same, trials where the first attempt was not refused", "event_to_fifo_first_try"),
+                       ("daemon's own event_to_tuned_s", "daemon_event_to_tuned"),
+                       ("createXML call → FIFO+pinned", "create_to_fifo")):
+        x = s[key]
+        rows.append([label, x["n"], ms(x["p50"]), ms(x["p99"]), ms(x["max"])])
+    parts.append(format_table(["B2a guest start (resync 30 s)", "n", "p50 ms", "p99 ms", "max ms"], rows))
+    pol = [p for p in s["policy_at_event"] if p]
+    v1, sl, v0 = s["vcpu1_run_event_to_fifo_us"], s["vcpu1_slices_event_to_fifo"], s["vcpu0_run_event_to_fifo_us"]
+    parts.append(
+        f"Before tuning landed: vCPU 1 policy at the STARTED event: {', '.join(sorted(set(pol))) or '?'} "
+        f"({len(pol)} trials); between the event and FIFO the realtime vCPU 1 thread ran "
+        f"p50 {v1['p50']:.0f} µs (max {v1['max']:.0f} µs) in p50 {sl['p50']:.0f} timeslices, and vCPU 0 "
+        f"(the BSP, running firmware) p50 {v0['p50']:.0f} µs — the guest was already executing as SCHED_OTHER."
+        + (f" Missed (no FIFO within 30 s): {s['missed']}." if s["missed"] else "")
+        + (f" In {s['refused']} trial(s) the kernel refused FIFO at first (EPERM: the host's RT budget was "
+           f"held by another realtime user) and the guest was tuned by the next resync." if s["refused"] else "")
+        + (f" libvirtd restarts seen by the daemon: {s['libvirt_reconnects']}." if s["libvirt_reconnects"] else ""))
+    rows = []
+    for iv, r in res["drift"].items():
+        for kind, k in r["kinds"].items():
+            c = k["correct"]
+            rows.append([kind, f"{r['resync_s']:g}", c["n"], ms(c["p50"]), ms(c["p99"]), ms(c["max"]),
+                         f"{c['p50'] / r['resync_s']:.2f}" if c["n"] else "–", k["missed"]])
+    parts.append(format_table(["B2b foreign drift → corrected", "resync s", "n", "p50 ms", "p99 ms", "max ms",
+                               "p50/resync", "missed"], rows))
+    rc = {iv: r.get("libvirt_reconnects") for iv, r in res["drift"].items() if r.get("libvirt_reconnects")}
+    if rc:
+        parts.append(f"libvirtd restarts (by concurrent tests) seen during B2b, by resync interval: {rc}.")
+    rows = []
+    for mode, r in res["iothread"].items():
+        e, f = r["exposed"], r["fixed_after_add"]
+        rows.append([mode, e["n"], ms(e["p50"]), ms(e["p99"]), ms(f["p50"]), ms(f["p99"]), ms(r["virsh"]["p50"]),
+                     f"{r['fixed_by_daemon']}/{len(r['trials'])}", r["not_fixed"]])
+    parts.append(format_table(["B2c iothreadadd → IO thread in emulator set", "n", "exposed p50 ms",
+                               "exposed p99 ms", "add→ok p50 ms", "add→ok p99 ms", "virsh p50 ms",
+                               "fixed by rtagent", "never ok"], rows))
+    parts.append("exposed = time the new thread's affinity was outside the emulator set (CPU 0), from the first "
+                 "poll that saw it widened to the first that saw it back; add→ok = from starting virsh.")
+    return "\n\n".join(parts)
