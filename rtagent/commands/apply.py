@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import guest_line, open_tuner, selected_domains
+import libvirt
+
+from ..libvirt_host import is_gone
+from .common import guest_line, inspect_running, open_tuner, selected_domains
 
 
 def run(args) -> int:
@@ -18,12 +21,16 @@ def run(args) -> int:
         doms = selected_domains(host, args.domains)
         # Inspect every guest first: the RT budget is shared host-wide, so
         # the grant for one guest must know all realtime vCPU cgroups.
-        reports = [(dom, tuner.inspect(dom)) for dom in doms]
+        reports = inspect_running(tuner, doms)
         if args.domains:
             # The budget must also count realtime guests that were not named.
             for d in host.active_domains():
                 if d.uuid not in {r.uuid for _, r in reports}:
-                    tuner.inspect(host.conn.lookupByUUIDString(d.uuid))
+                    try:
+                        tuner.inspect(host.conn.lookupByUUIDString(d.uuid))
+                    except libvirt.libvirtError as err:
+                        if not is_gone(err):  # another guest stopped meanwhile: normal
+                            raise
         after = [tuner.apply(dom, dry_run=args.dry_run, report=r) for dom, r in reports]
     finally:
         host.close()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 
-from .common import guest_line, host_summary, open_tuner, selected_domains, thread_table
+from .common import guest_line, host_summary, inspect_running, open_tuner, selected_domains, thread_table
 from .hostinfo import host_checks_json
 
 
 def run(args) -> int:
     config, host, tuner = open_tuner(args)
     try:
-        reports = [tuner.inspect(dom) for dom in selected_domains(host, args.domains)]
+        reports = [r for _, r in inspect_running(tuner, selected_domains(host, args.domains))]
     finally:
         host.close()
     checks = host_checks_json(config, guest_pids={r.pid for r in reports if r.pid})

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import libvirt
 
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..libvirt_host import LibvirtHost
+from ..libvirt_host import LibvirtHost, is_gone
 from ..tuning.engine import DomainReport, Tuner
+
+log = logging.getLogger(__name__)
 
 
 def open_tuner(args) -> tuple[Config, LibvirtHost, Tuner]:
@@ -22,7 +27,29 @@ def selected_domains(host: LibvirtHost, names: list[str]) -> list:
     if names:
         doms = [host.lookup(n) for n in names]
         return doms
-    return [host.conn.lookupByUUIDString(d.uuid) for d in host.active_domains()]
+    doms = []
+    for d in host.active_domains():
+        try:
+            doms.append(host.conn.lookupByUUIDString(d.uuid))
+        except libvirt.libvirtError as err:
+            if not is_gone(err):
+                raise
+            log.debug("guest %s stopped while listing", d.name)
+    return doms
+
+
+def inspect_running(tuner: Tuner, doms: list) -> list[tuple[Any, DomainReport]]:
+    """``(dom, report)`` per guest; a guest that stops meanwhile is left out
+    (guests come and go while a one-shot command runs)."""
+    out = []
+    for dom in doms:
+        try:
+            out.append((dom, tuner.inspect(dom)))
+        except libvirt.libvirtError as err:
+            if not is_gone(err):
+                raise
+            log.warning("guest stopped while being inspected: %s", err.get_error_message())
+    return out
 
 
 def host_summary(config: Config) -> dict[str, Any]:
