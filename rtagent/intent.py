@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from xml.parsers import expat
 
 from .config import Config
-from .cpulist import CpuListError, format_cpulist, parse_cpulist, parse_realtime_mask
+from .cpulist import MAX_CPU, CpuListError, format_cpulist, parse_cpulist, parse_realtime_mask
 from .errors import DomainXMLError
 from .model import REALTIME_POLICIES, IOThreadSpec, MemorySpec, RealtimeSpec, VcpuSpec
 
@@ -52,6 +52,10 @@ __all__ = [
 
 RT_NS = "urn:rtagent:realtime:1"
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.0"
+
+# Upper bound on <vcpu>: QEMU's largest machine types allow 4096 (q35 with
+# x2APIC); the CPU list parsers' bound is MAX_CPU + 1.
+MAX_VCPUS = MAX_CPU + 1
 
 # libvirt's <vcpusched scheduler=…> values; "other"/"none" = SCHED_OTHER.
 _NON_RT_SCHEDULERS = frozenset({"batch", "idle", "other", "none"})
@@ -223,6 +227,11 @@ def _read_vcpus(root: ET.Element, problems: list[str]) -> tuple[int, int | None,
     if count is None or count < 1:
         problems.append(f"<vcpu> count {(elem.text or '').strip()!r} is not a positive integer")
         count = 0
+    elif count > MAX_VCPUS:
+        # Every vCPU gets a spec (and maybe an error line): an absurd count
+        # would make derivation hang ``rtagent plan`` or the daemon.
+        problems.append(f"<vcpu> count {count} is above {MAX_VCPUS} (no hypervisor runs that many vCPUs)")
+        count = 0
     current = _int(elem.get("current"))
     cpuset = _attr_cpuset(elem, "cpuset", "<vcpu>", problems)
     return count, current, cpuset
@@ -261,6 +270,9 @@ def _read_iothreads(root: ET.Element, cputune: ET.Element | None, fallback: froz
         count = _int(count_elem.text)
         if count is None:
             problems.append(f"<iothreads> count {(count_elem.text or '').strip()!r} is not an integer")
+            count = 0
+        elif count > MAX_VCPUS:
+            problems.append(f"<iothreads> count {count} is above {MAX_VCPUS}")
             count = 0
         # libvirt numbers the iothreads not listed in <iothreadids> from 1 up.
         candidate = 1
