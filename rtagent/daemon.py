@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from . import __version__
+from . import __version__, privileges
 from .config import Config, load_config
 from .cpulist import format_cpulist
 from .errors import RtagentError
@@ -142,6 +142,8 @@ class Daemon:
         return True
 
     def start(self) -> None:
+        # Before any thread exists: capabilities are per thread, inherited at creation.
+        privs = privileges.enforce(self.config)
         self._confine_self()
         start_event_loop()  # before the first connection (keepalive, events)
         while not self._connect():
@@ -151,7 +153,7 @@ class Daemon:
                 raise RtagentError("stopped before libvirt was reachable")
             self.notifier.status(f"waiting for libvirt at {self.config.libvirt.uri}")
             time.sleep(max(0.0, self._next_connect - time.monotonic()))
-        if self.config.daemon.proc_connector:
+        if self.config.daemon.proc_connector and privs.proc_connector:
             self.procconn = ProcConnector(self._on_thread, self._on_overflow)
             try:
                 self.procconn.start()
