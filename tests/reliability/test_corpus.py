@@ -142,7 +142,7 @@ def _rt_budgets(name: str) -> dict[str, str]:
             out[str(p)] = p.read_text().strip()
         except OSError:
             pass
-    root = Path(f"/sys/fs/cgroup/cpu/machine/cpu.rt_runtime_us")
+    root = Path("/sys/fs/cgroup/cpu/machine/cpu.rt_runtime_us")
     if root.exists():
         out[str(root)] = root.read_text().strip()
     return out

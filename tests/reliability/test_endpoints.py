@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rtagent.config import DEFAULT_METRICS_PORT, MetricsConfig, parse_config
-from tests.reliability.conftest import is_fifo, wait_for
+from tests.reliability.conftest import wait_for, wait_tuned
 
 pytestmark = pytest.mark.reliability
 
@@ -79,7 +79,8 @@ def test_status_socket_mode_group_and_writes_ignored(rel_daemon, guest_factory):
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
     assert st.st_gid == grp.getgrnam("kvm").gr_gid and st.st_uid == 0
     g = guest_factory()
-    wait_for(lambda: is_fifo(g.vcpu_tids()[1]) and d.guest(g.name), 30, "tuned")
+    wait_tuned(d, g)
+    wait_for(lambda: d.guest(g.name), 10, "status entry")
     before = _state(d)
     for payload in (b"stop\n", b'{"command": "reload"}\n', b"SIGTERM", os.urandom(256 * 1024)):
         answer = _ask_with_writes(d.socket, payload)
@@ -99,7 +100,8 @@ def test_metrics_loopback_only_and_no_writes(rel_daemon, guest_factory):
     port = d.metrics_port
     assert _listening(port) == ["0100007F"], _listening(port)  # 127.0.0.1 only
     g = guest_factory()
-    wait_for(lambda: is_fifo(g.vcpu_tids()[1]) and d.guest(g.name), 30, "tuned")
+    wait_tuned(d, g)
+    wait_for(lambda: d.guest(g.name), 10, "status entry")
     url = f"http://127.0.0.1:{port}/metrics"
     before = _state(d)
     body_before = urllib.request.urlopen(url, timeout=10).read().decode()

@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import _live
 from tests.guests import pinned_cputune
 from tests.reliability.conftest import (
+    create_guest,
     fd_count,
     is_fifo,
     kill_libvirtd,
@@ -35,8 +36,8 @@ from tests.reliability.conftest import (
     rss_kib,
     scale,
     start_libvirtd,
-    create_guest,
     wait_for,
+    wait_tuned,
 )
 
 pytestmark = [pytest.mark.system, pytest.mark.reliability]
@@ -114,7 +115,7 @@ def test_libvirtd_sigkilled_and_restarted_while_guests_start_and_stop(
             _destroy(lambda: _live(_conn_holder, libvirtd), [g])
             gone.append(g)
     for g in running:
-        wait_for(lambda: _tuned(g), 30, f"{g.name} tuned after the restarts")
+        wait_tuned(d, g)
     mine_running = {g.uuid_str for g in running}
     mine_gone = {g.uuid_str for g in gone}
     wait_for(lambda: mine_running <= (u := _status_uuids(d)) and not (u & mine_gone), 30,
@@ -137,13 +138,13 @@ def test_start_stop_churn_leaves_no_state_and_no_leak(rel_daemon, guest_factory,
     width = 3
     d = rel_daemon(resync=0.5, metrics=True)
     pid, port = d.proc.pid, d.metrics_port
-    conn = lambda: _live(_conn_holder, libvirtd)  # noqa: E731
+    conn = lambda: _live(_conn_holder, libvirtd)
 
     def round_(wait_tuned: bool) -> list:
         gs = [create_guest(guest_factory, wait_vcpus=False) for _ in range(width)]
         if wait_tuned:
             for g in gs:
-                wait_for(lambda: _tuned(g), 30, f"{g.name} tuned")
+                wait_tuned(d, g)
         _scrape(port)  # scrapes race with the churn too
         _destroy(conn, gs)
         return gs
@@ -185,7 +186,7 @@ def test_start_stop_churn_leaves_no_state_and_no_leak(rel_daemon, guest_factory,
 def test_qemu_sigkilled_under_the_daemon_is_dropped_cleanly(rel_daemon, guest_factory):
     d = rel_daemon(resync=0.5, metrics=True)
     g = create_guest(guest_factory)
-    wait_for(lambda: _tuned(g), 30, "tuned")
+    wait_tuned(d, g)
     wait_for(lambda: d.guest(g.name), 10, "status entry")
     assert _series_for(_scrape(d.metrics_port), g.name)
     os.kill(g.pid, signal.SIGKILL)  # the QEMU of a guest this test started
@@ -208,7 +209,7 @@ def test_cn_proc_overflow_from_a_fork_storm_is_recovered_by_resync(rel_daemon, g
     assert d.status()["daemon"]["proc_connector"] is True
     g = create_guest(guest_factory, iothreads=1, cputune=pinned_cputune(
         {0: "0", 1: "1"}, extra="<iothreadpin iothread='1' cpuset='0'/>"))
-    wait_for(lambda: _tuned(g), 30, "tuned")
+    wait_tuned(d, g)
     before = d.status()["daemon"]
     tasks = scale(60000, 20000)
     storm = subprocess.Popen(["taskset", "-c", "0", sys.executable, str(HELPERS / "fork_storm.py"),
@@ -247,7 +248,7 @@ def test_cn_proc_overflow_from_a_fork_storm_is_recovered_by_resync(rel_daemon, g
 def test_daemon_sigkilled_and_restarted_picks_up_guests_and_corrects_drift(rel_daemon, guest_factory):
     d = rel_daemon(resync=0.5)
     g1 = create_guest(guest_factory)
-    wait_for(lambda: _tuned(g1), 30, "g1 tuned")
+    wait_tuned(d, g1)
     d.proc.kill()  # the daemon this test started, by PID
     d.proc.wait()
     # While it is down: drift on a tuned guest, and a guest it never saw.
@@ -258,7 +259,8 @@ def test_daemon_sigkilled_and_restarted_picks_up_guests_and_corrects_drift(rel_d
     assert not is_fifo(tid) and not _tuned(g2)
     t0 = time.monotonic()
     d2 = rel_daemon.restart(d)
-    wait_for(lambda: _tuned(g1) and _tuned(g2), 30, "both guests tuned after the restart")
+    wait_tuned(d2, g1)
+    wait_tuned(d2, g2)
     took = time.monotonic() - t0
     assert {g1.uuid_str, g2.uuid_str} <= _status_uuids(d2)
     problems = log_problems(d2.log_text())

@@ -25,7 +25,13 @@ from rtagent.config import Partition, RealtimeConfig
 from rtagent.intent import derive_spec
 from rtagent.tuning.apply import execute
 from rtagent.tuning.observe import Observed, ProcessMemory, ThreadInfo
-from rtagent.tuning.plan import REALTIME, SetAffinity, SetScheduler, plan_actions, plan_domain
+from rtagent.tuning.plan import (
+    REALTIME,
+    SetAffinity,
+    SetScheduler,
+    plan_actions,
+    plan_domain,
+)
 from tests.unit.test_intent_properties import CFG, MAX_PRIORITY, PCPUS, any_guests
 
 pytestmark = pytest.mark.reliability

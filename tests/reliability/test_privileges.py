@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import daemon_config, is_fifo, task_ids, wait_for
+from tests.reliability.conftest import daemon_config, task_ids, wait_tuned
 
 pytestmark = pytest.mark.reliability
 
@@ -26,7 +26,7 @@ needs_capsh = pytest.mark.skipif(shutil.which("capsh") is None, reason="capsh (l
 
 
 def _cap_mask(pid: int, field: str) -> int:
-    m = re.search(rf"^{field}:\s+([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.M)
+    m = re.search(rf"^{field}:\s+([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
     assert m
     return int(m.group(1), 16)
 
@@ -91,14 +91,13 @@ def test_missing_cap_net_admin_only_disables_the_proc_connector(rel_daemon, gues
     assert st["daemon"]["proc_connector"] is False
     assert "missing capability CAP_NET_ADMIN" in d.log_text() and "proc connector disabled" in d.log_text()
     g = guest_factory()
-    wait_for(lambda: is_fifo(g.vcpu_tids()[1]), 30, "tuned without the proc connector")
+    wait_tuned(d, g)  # without the proc connector
 
 
 @pytest.mark.system
 def test_daemon_keeps_only_the_capabilities_it_needs_and_is_never_realtime(rel_daemon, guest_factory):
     d = rel_daemon()
     g = guest_factory()
-    wait_for(lambda: is_fifo(g.vcpu_tids()[1]), 30, "tuned")
     pid = d.proc.pid
     need = _bits(CAP_NET_ADMIN, CAP_SYS_NICE)
     for field in ("CapBnd", "CapPrm", "CapEff"):
@@ -111,6 +110,9 @@ def test_daemon_keeps_only_the_capabilities_it_needs_and_is_never_realtime(rel_d
         assert os.sched_getscheduler(tid) == os.SCHED_OTHER, tid
         assert os.sched_getaffinity(tid) == {0}, (tid, os.sched_getaffinity(tid))
     assert "capabilities kept: CAP_SYS_NICE, CAP_NET_ADMIN" in d.log_text()
+    # ...and with only those it still tunes a guest (and stays confined after).
+    wait_tuned(d, g)
+    assert all(os.sched_getscheduler(t) == os.SCHED_OTHER for t in task_ids(pid))
 
 
 @pytest.mark.system

@@ -39,11 +39,11 @@ def test_unit_exposure_score_not_above_the_recorded_one():
 
 def test_unit_keeps_what_the_daemon_needs():
     text = UNIT.read_text()
-    caps = re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1).split()
+    caps = re.search(r"^CapabilityBoundingSet=(.*)$", text, re.MULTILINE).group(1).split()
     assert set(caps) == {"CAP_SYS_NICE", "CAP_NET_ADMIN"}
-    families = re.search(r"^RestrictAddressFamilies=(.*)$", text, re.M).group(1).split()
+    families = re.search(r"^RestrictAddressFamilies=(.*)$", text, re.MULTILINE).group(1).split()
     assert {"AF_UNIX", "AF_NETLINK", "AF_INET"} <= set(families)
-    rw = re.search(r"^ReadWritePaths=(.*)$", text, re.M).group(1).split()
+    rw = re.search(r"^ReadWritePaths=(.*)$", text, re.MULTILINE).group(1).split()
     assert {"/sys/fs/cgroup", "/proc/irq"} <= set(rw)
     assert "RestrictRealtime=yes" not in text  # it sets SCHED_FIFO on guest threads
 
