@@ -184,11 +184,13 @@ class Tuner:
         """Grant RT budget to every known realtime vCPU cgroup (idempotent)."""
         if self.rt_hierarchy is None:
             return None
+
         def exists(p: str) -> bool:
             return os.path.isdir(os.path.join(self.rt_hierarchy, p.lstrip("/")))
 
         leaves = {p for p in set().union(*self.rt_cgroups.values()) if exists(p)}
         release = {p for p in self.granted - leaves if exists(p)}
+        release |= rtgroup.stale_guest_groups(self.rt_hierarchy, leaves)
         self.granted &= {p for p in self.granted if exists(p)}
         if not leaves and not release:
             return None

@@ -215,6 +215,39 @@ def apply_budgets(hierarchy: str, leaves: set[str], fixed_us: int | None = None,
     return plan
 
 
+def stale_guest_groups(hierarchy: str, leaves: set[str]) -> set[str]:
+    """Budget held by dead guests: libvirt guest cgroups (``qemu-…``,
+    ``machine-qemu…``) next to our guests' cgroups that contain no task at
+    all yet hold realtime budget.  libvirt sometimes fails to remove a
+    stopped guest's cgroup; without this its budget would be lost until
+    reboot.  Returns every budget-holding group in such subtrees."""
+    parents = {_parent(_parent(leaf)) for leaf in leaves if leaf.count("/") >= 2}
+    out: set[str] = set()
+    for parent in parents:
+        base = Path(hierarchy, parent.lstrip("/"))
+        try:
+            siblings = [e for e in base.iterdir() if e.is_dir() and "qemu" in e.name]
+        except OSError:
+            continue
+        for guest in siblings:
+            rel = "/" + str(guest.relative_to(hierarchy))
+            if any(leaf == rel or leaf.startswith(rel + "/") for leaf in leaves):
+                continue
+            holding, busy = [], False
+            for d, _dirs, _files in os.walk(guest):
+                try:
+                    if Path(d, "tasks").read_text().strip():
+                        busy = True
+                        break
+                    if _read_int(Path(d, RUNTIME)) > 0:
+                        holding.append("/" + str(Path(d).relative_to(hierarchy)))
+                except (OSError, ValueError):
+                    continue
+            if not busy:
+                out.update(holding)
+    return out
+
+
 def chain_budget(hierarchy: str, path: str) -> list[tuple[str, int]]:
     """``(path, rt_runtime_us)`` from the root to ``path``: a zero anywhere
     means a thread there cannot be realtime."""

@@ -118,3 +118,24 @@ def test_any_rebalance_keeps_the_invariant_at_every_write(first, second):
     rt = simulate(rt, children, plan.writes)
     assert all(rt[leaf] == plan.per_vcpu_us > 0 for leaf in l2)
     assert all(rt[leaf] == 0 for leaf in l1 - l2)
+
+
+def test_stale_guest_groups_are_found_in_a_fixture_hierarchy(tmp_path):
+    from rtagent.tuning.rtgroup import RUNTIME, stale_guest_groups
+
+    def group(path, runtime, tasks=""):
+        d = tmp_path / path
+        d.mkdir(parents=True, exist_ok=True)
+        (d / RUNTIME).write_text(f"{runtime}\n")
+        (d / "tasks").write_text(tasks)
+
+    group("machine", 950000)
+    group("machine/qemu-1-live", 475000)
+    group("machine/qemu-1-live/vcpu1", 475000, "123\n")
+    group("machine/qemu-2-dead", 475000)  # libvirt left it behind, empty
+    group("machine/qemu-2-dead/vcpu1", 475000)
+    group("machine/qemu-3-busy", 0)
+    group("machine/qemu-3-busy/vcpu0", 0, "456\n")
+    group("machine/other-tool", 100000)  # not a libvirt guest group: never touched
+    stale = stale_guest_groups(str(tmp_path), {"/machine/qemu-1-live/vcpu1"})
+    assert stale == {"/machine/qemu-2-dead", "/machine/qemu-2-dead/vcpu1"}
