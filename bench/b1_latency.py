@@ -106,7 +106,7 @@ class Phase:
     policy_samples: int = 0
     policy_wrong: int = 0
     rq_wait_ms: float | None = None  # vCPU 1 thread's run-queue wait during the phase (host schedstat)
-    host_cpu1_busy: float | None = None
+    rt_budget_us: int | None = None  # cpu.rt_runtime_us of vCPU 1's cgroup (per 1 s) when the phase began
     note: str = ""
 
     @property
@@ -197,18 +197,19 @@ def untune(tid: int) -> None:
         os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
 
-def cpu_busy_fraction(cpu: int, seconds: float) -> float:
-    def read():
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith(f"cpu{cpu} "):
-                    v = [int(x) for x in line.split()[1:]]
-                    return sum(v), v[3] + v[4]
-        return 0, 0
-    t0, i0 = read()
-    time.sleep(seconds)
-    t1, i1 = read()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
+def rt_budget_us(pid: int, tid: int) -> int | None:
+    """RT group scheduling budget of the thread's cpu cgroup (cgroup v1), None if not applicable."""
+    try:
+        for line in Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            if "cpu" in ctrls.split(","):
+                for mnt in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
+                    f = Path(mnt + path) / "cpu.rt_runtime_us"
+                    if f.exists():
+                        return int(f.read_text())
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -386,7 +387,7 @@ def run(quick: bool = False, *, mode: str = "probe", params: Params | None = Non
                     elif m := re.search(r"RTPROBE begin phase=(\d+)", line):
                         ph = phases[int(m.group(1))]
                         rq0 = common.schedstat(qpid, tid)
-                        ph.host_cpu1_busy = None
+                        ph.rt_budget_us = rt_budget_us(qpid, tid)
                         with lock:
                             state["phase"] = ph
                     elif r := parse_result(line):
@@ -503,7 +504,8 @@ def phase_line(ph: Phase) -> str:
         f"  REJECTED ({ph.note or f'policy wrong in {ph.policy_wrong}/{ph.policy_samples} samples'})"
     return (f"phase {ph.phase:2d} {ph.scenario}: n={s.get('n')} avg={us(s.get('avg_ns'))} "
             f"p99={us(s.get('p99_ns'))} max={us(s.get('max_ns'))} µs, overruns={s.get('overruns')}, "
-            f"vCPU rq-wait {ph.rq_wait_ms if ph.rq_wait_ms is None else round(ph.rq_wait_ms)} ms{flag}")
+            f"vCPU rq-wait {ph.rq_wait_ms if ph.rq_wait_ms is None else round(ph.rq_wait_ms)} ms, "
+            f"RT budget {ph.rt_budget_us} µs/s{flag}")
 
 
 def tables(res: dict) -> str:
@@ -529,8 +531,10 @@ def tables(res: dict) -> str:
         prow.append([ph["phase"], ph["scenario"], s.get("n", "–"), us(s.get("avg_ns")), us(s.get("p99_ns")),
                      us(s.get("max_ns")), s.get("overruns", "–"),
                      "–" if ph["rq_wait_ms"] is None else round(ph["rq_wait_ms"]),
+                     "–" if ph["rt_budget_us"] is None else ph["rt_budget_us"] // 1000,
                      "yes" if ph["valid"] else ("warm-up" if ph["scenario"] == "W" else "no")])
-    t3 = common.format_table(["phase", "sc", "n", "avg µs", "p99 µs", "max µs", "overruns", "rq-wait ms", "counted"],
+    t3 = common.format_table(["phase", "sc", "n", "avg µs", "p99 µs", "max µs", "overruns", "rq-wait ms",
+                              "RT budget ms/s", "counted"],
                              prow, title="per phase, in run order")
     return "\n\n".join([t1, t2, t3])
 
