@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         try:
             mod = importlib.import_module(BENCHES[key])
-        except Exception as err:  # B1 may not be there yet; never let it stop B2/B3
+        except Exception as err:  # noqa: BLE001 - B1 may not be there yet; never let it stop B2/B3
             why = "not there yet" if isinstance(err, ModuleNotFoundError) and err.name == BENCHES[key] else \
                 f"import failed: {type(err).__name__}: {err}"
             print(f"{key.upper()} skipped: {BENCHES[key]} {why}\n", flush=True)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run(quick=quick)
         except KeyboardInterrupt:
             raise
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001
             tb = traceback.format_exc()
             print(f"{key.upper()} failed after {time.monotonic() - t0:.0f} s: {type(err).__name__}: {err}\n{tb}",
                   flush=True)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt = _formatter(mod)
         try:
             text = fmt(res) if fmt else json.dumps(res, indent=2, default=str)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001
             text = f"(formatting failed: {type(err).__name__}: {err})\n" + json.dumps(res, indent=2, default=str)
         print(text)
         print(f"\n({key.upper()} took {time.monotonic() - t0:.0f} s)\n", flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -66,7 +67,7 @@ def summary(values: Sequence[float]) -> dict:
 
 def ms(seconds: float) -> str:
     """Seconds as milliseconds for a table cell."""
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return "–"
     return f"{seconds * 1000:.1f}"
 
@@ -108,7 +109,7 @@ def machine_info() -> dict:
         return "?"
 
     info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": platform.node(),
         "kernel": platform.release(),
         "cpu": first("/proc/cpuinfo", "model name"),
@@ -128,7 +129,7 @@ def machine_info() -> dict:
             info["qemu"] = f"{q // 1000000}.{q // 1000 % 1000}.{q % 1000}"
         finally:
             c.close()
-    except Exception as err:  # informational only
+    except Exception as err:  # noqa: BLE001 - informational only
         info["libvirt"] = f"unavailable ({err})"
     return info
 
@@ -276,9 +277,29 @@ class Guests:
                     raise
                 time.sleep(0.5)
 
-    def start(self, name: str, xml: str | None = None, **kw):
+    def start(self, name: str, xml: str | None = None, *, flags: int = 0, **kw):
+        """createXML; if the connection breaks meanwhile (a concurrent test
+        restarting libvirtd), reconnect and either adopt the guest (it was
+        created) or create it again."""
+        import libvirt
+
         xml = xml or guest_xml(name, **kw)
-        dom = self.conn.createXML(xml, 0)
+        for attempt in range(3):
+            try:
+                dom = self.conn.createXML(xml, flags)
+                break
+            except libvirt.libvirtError as err:
+                if err.get_error_code() not in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR,
+                                                libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
+                                                libvirt.VIR_ERR_RPC) or attempt == 2:
+                    raise
+                self._conn = None
+                time.sleep(1.0)
+                try:
+                    dom = self.conn.lookupByName(name)
+                    break
+                except libvirt.libvirtError:
+                    continue
         self.started[name] = dom.UUIDString()
         return dom
 
