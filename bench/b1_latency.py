@@ -541,7 +541,7 @@ def tables(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.b1_latency", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 repeats × 15 s phases (≈ 8 min) instead of 5 × 40 s")
+    ap.add_argument("--quick", action="store_true", help="3 repeats × 15 s phases (≈ 6 min + boot) instead of 5 × 40 s (≈ 19 min + boot)")
     ap.add_argument("--mode", choices=("probe", "cyclictest"), default="probe",
                     help="probe: in-kernel measuring thread (works on PVM); cyclictest: userspace "
                          "cyclictest in an initramfs (hardware KVM only)")
