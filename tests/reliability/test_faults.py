@@ -140,9 +140,9 @@ def test_start_stop_churn_leaves_no_state_and_no_leak(rel_daemon, guest_factory,
     pid, port = d.proc.pid, d.metrics_port
     conn = lambda: _live(_conn_holder, libvirtd)
 
-    def round_(wait_tuned: bool) -> list:
+    def round_(until_tuned: bool) -> list:
         gs = [create_guest(guest_factory, wait_vcpus=False) for _ in range(width)]
-        if wait_tuned:
+        if until_tuned:
             for g in gs:
                 wait_tuned(d, g)
         _scrape(port)  # scrapes race with the churn too
@@ -157,7 +157,7 @@ def test_start_stop_churn_leaves_no_state_and_no_leak(rel_daemon, guest_factory,
     while done < cycles:
         # Odd rounds stop the guests at once: threads vanish while the
         # daemon is still reconciling them.
-        stopped += round_(wait_tuned=r % 2 == 0)
+        stopped += round_(until_tuned=r % 2 == 0)
         done += width
         r += 1
     took = time.monotonic() - t0
