@@ -290,7 +290,7 @@ class Daemon:
         pid = self.tracked.pop(uuid, None)
         self.specs.pop(uuid, None)
         self._soon.pop(uuid, None)
-        self.tuner.forget(uuid)
+        self.tuner.forget(uuid, pid)
         self.store.drop(uuid)
         self._update_tracked()
         if pid is not None:
@@ -423,7 +423,10 @@ class Daemon:
         done = time.monotonic()
         self._record(uuid, before, after, detected, done, started, done - t0)
         pending = any(v.check == "vcpu_pending" for v in after.violations)
-        if pending or (retry and attempts < SETTLE_ATTEMPTS):
+        # A refused change (EPERM while budget is short, a cpuset in flux) is
+        # retried on the same backoff, not only at the next resync.
+        refused = bool(after.failures) or any(v.check == "rt_budget" for v in after.violations)
+        if pending or refused or (retry and attempts < SETTLE_ATTEMPTS):
             self._schedule(uuid, attempts)
         return after
 

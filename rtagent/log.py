@@ -43,6 +43,4 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pyroute2 logs every netlink message at debug: far too much for ours.
-    logging.getLogger("pyroute2").setLevel(max(logging.INFO, root.level))
     logging.getLogger("asyncio").setLevel(max(logging.INFO, root.level))

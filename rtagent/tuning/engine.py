@@ -8,6 +8,7 @@ the same safety rules.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from ..model import RealtimeSpec, Violation
 from . import rtgroup
 from .apply import Pinner, Result, execute
 from .memory import verify_memory
-from .observe import Observed, ProcessGone, find_qemu_pid, observe_process
+from .observe import Observed, ProcessGone, ThreadInfo, find_kvm_pit, find_qemu_pid, observe_process, read_thread
 from .plan import REALTIME, SetScheduler, ThreadPlan, plan_actions, plan_domain
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ class Tuner:
         # Groups this tuner granted budget to, so that it can take it back
         # from a vCPU that stopped being realtime (its cgroup lives on).
         self.granted: set[str] = set()
+        # QEMU pid -> (monotonic time of the scan, ((kthread pid, kind), ...)).
+        # Finding kvm-pit/<pid> means reading the comm of every process on
+        # the host; the kthread lives as long as the VM, so scan rarely.
+        self._kthreads: dict[int, tuple[float, tuple[tuple[int, str], ...]]] = {}
 
     # -- read-only --------------------------------------------------------
 
@@ -144,7 +149,8 @@ class Tuner:
         spec = report.spec
         report.pid = pid
         try:
-            observed = observe_process(pid, proc_root=self.proc_root)
+            observed = observe_process(pid, proc_root=self.proc_root, with_kthreads=False)
+            observed = dataclasses.replace(observed, kthreads=self._vm_kthreads(observed))
         except ProcessGone:
             report.violations = [Violation("process", f"QEMU process {pid} of {report.name!r} exited")]
             return report
@@ -160,6 +166,31 @@ class Tuner:
         report.violations = violations
         self.rt_cgroups[report.uuid] = {c for c in plan.realtime_cgroups if c != "/"}
         return report
+
+    KTHREAD_RESCAN_S = 30.0
+
+    def _vm_kthreads(self, observed: Observed) -> tuple[ThreadInfo, ...]:
+        """The guest's separate per-VM kthreads (kvm-pit, old vhost), from a
+        cached scan re-validated by name; a full scan when the cache is
+        missing, stale, or a cached thread is gone or renamed."""
+        pid = observed.pid
+        cached = self._kthreads.get(pid)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.KTHREAD_RESCAN_S:
+            out = []
+            for kpid, kind in cached[1]:
+                try:
+                    t = read_thread(kpid, kpid, self.proc_root, role="kthread", kind=kind)
+                except (FileNotFoundError, ProcessLookupError):
+                    break
+                if kind == "kvm-pit" and t.name != f"kvm-pit/{pid}":
+                    break  # pid reused
+                out.append(t)
+            else:
+                return tuple(out)
+        found = tuple(find_kvm_pit(pid, self.proc_root, tids=[t.tid for t in observed.threads]))
+        self._kthreads[pid] = (now, tuple((t.tid, t.kind) for t in found))
+        return found
 
     def _budget_violations(self, threads: list[ThreadPlan]) -> list[Violation]:
         if self.rt_hierarchy is None:
@@ -177,8 +208,10 @@ class Tuner:
 
     # -- enforcement --------------------------------------------------------
 
-    def forget(self, uuid: str) -> None:
+    def forget(self, uuid: str, pid: int | None = None) -> None:
         self.rt_cgroups.pop(uuid, None)
+        if pid is not None:
+            self._kthreads.pop(pid, None)
 
     def grant_budget(self) -> rtgroup.BudgetPlan | None:
         """Grant RT budget to every known realtime vCPU cgroup (idempotent)."""
