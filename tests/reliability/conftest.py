@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import RunningDaemon, wait_for
+from tests.system.conftest import RunningDaemon, wait_for, write_config
 from tests.threads.conftest import qemu_like  # noqa: F401  (the fixture, for the threads-tier tests here)
 
 FULL = os.environ.get("RTAGENT_FULL") == "1"
@@ -213,26 +213,8 @@ def libvirtd_guard(libvirtd):
 
 def daemon_config(path: Path, *, sock: str, resync: float, metrics_port: int | None = None,
                   extra: str = "", status_group: str = "root") -> Path:
-    metrics = (f'enabled = true\nlisten = "127.0.0.1:{metrics_port}"' if metrics_port
-               else "enabled = false")
-    path.write_text(f"""
-[host]
-realtime_cpus = "1"
-[daemon]
-resync_interval_s = {resync}
-[status]
-socket = "{sock}"
-group = "{status_group}"
-[metrics]
-{metrics}
-[host_tuning]
-kthreads = false
-kthread_priorities = false
-irqs = false
-workqueues = false
-{extra}
-""")
-    return path
+    return write_config(path, sock=sock, resync=resync, extra=extra, metrics_port=metrics_port,
+                        status_group=status_group)
 
 
 class DaemonFactory:

@@ -64,7 +64,12 @@ class RunningDaemon:
         return None
 
 
-def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "") -> Path:
+def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
+                 metrics_port: int | None = None, status_group: str = "root") -> Path:
+    """A daemon config for tests: CPU 1 realtime, host tuning off (tests that
+    move kernel threads and IRQs turn it on themselves and restore)."""
+    metrics = (f'enabled = true\nlisten = "127.0.0.1:{metrics_port}"' if metrics_port
+               else "enabled = false")
     path.write_text(f"""
 [host]
 realtime_cpus = "1"
@@ -72,8 +77,9 @@ realtime_cpus = "1"
 resync_interval_s = {resync}
 [status]
 socket = "{sock}"
+group = "{status_group}"
 [metrics]
-enabled = false
+{metrics}
 [host_tuning]
 kthreads = false
 kthread_priorities = false
