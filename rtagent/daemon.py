@@ -306,7 +306,7 @@ class Daemon:
         if self._disconnected_at is not None or not self.host.connected:
             return
         try:
-            active = {d.uuid: d for d in self.host.active_domains()}
+            active = self.host.active_domain_states()
         except libvirt.libvirtError as err:
             log.warning("libvirt: listing guests failed: %s", err)
             self._on_close(-1)
@@ -314,8 +314,8 @@ class Daemon:
         for uuid in list(self.tracked) + [u for u in self.store.read(lambda s: list(s.guests)) if u not in active]:
             if uuid not in active:
                 self.forget(uuid)
-        for uuid in active:
-            self.reconcile(uuid)
+        for uuid, (dom, state, reason) in active.items():
+            self.reconcile(uuid, known=(dom, state, reason))
         self._enforce_host()
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
                                      setattr(s.daemon, "last_resync_at", time.time())))
@@ -363,7 +363,9 @@ class Daemon:
                 log.info("host: %s", r.to_json())
 
     def reconcile(self, uuid: str, *, cause_at: float | None = None, started: bool = False,
-                  retry: bool = False) -> DomainReport | None:
+                  retry: bool = False, known: tuple | None = None) -> DomainReport | None:
+        """Bring one guest to its plan.  ``known`` = (domain, state, reason)
+        from the resync's one-RPC listing, saving two round trips a guest."""
         t0 = time.monotonic()
         attempts = self._soon.pop(uuid, (0.0, 0))[1] if retry else 0
         if self._disconnected_at is not None:
@@ -371,8 +373,11 @@ class Daemon:
             # LibvirtUnavailable): the resync after the reconnect covers it.
             return None
         try:
-            dom = self.host.conn.lookupByUUIDString(uuid)
-            state, reason = dom.state()
+            if known is not None:
+                dom, state, reason = known
+            else:
+                dom = self.host.conn.lookupByUUIDString(uuid)
+                state, reason = dom.state()
             if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
                 self.forget(uuid)
                 return None

@@ -181,6 +181,17 @@ class LibvirtHost:
                 continue  # stopped while listing
         return out
 
+    def active_domain_states(self) -> dict[str, tuple[libvirt.virDomain, int, int]]:
+        """uuid -> (domain, state, reason) of every active domain, in one RPC
+        (the resync's listing: no per-guest lookup and state() round trips)."""
+        out = {}
+        stats = self.conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE,
+                                            libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        for dom, st in stats:
+            out[dom.UUIDString()] = (dom, st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE),
+                                     st.get("state.reason", 0))
+        return out
+
     def lookup(self, name_or_uuid: str) -> libvirt.virDomain:
         try:
             if len(name_or_uuid) == 36 and name_or_uuid.count("-") == 4:
