@@ -264,14 +264,7 @@ class DaemonFactory:
 
     def close(self) -> None:
         for d in self.started:
-            if d.proc.poll() is None:
-                d.proc.send_signal(signal.SIGTERM)
-                try:
-                    d.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    d.proc.kill()
-                    d.proc.wait()
-            d.notify.close()
+            d.stop(timeout=15)
         for logfile in self.logs:
             text = logfile.read_text() if logfile.exists() else ""
             assert "Traceback" not in text, text[-20000:]

@@ -54,6 +54,17 @@ class RunningDaemon:
         raise AssertionError(f"no {needle!r} from the daemon in {timeout}s; got {self.messages}; "
                              f"log:\n{self.log.read_text()}")
 
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM (by PID), then SIGKILL if it does not exit in ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.notify.close()
+
     def log_text(self) -> str:
         return self.log.read_text()
 
@@ -124,14 +135,7 @@ def daemon_factory(libvirtd, tmp_path):
 
     yield start
     for d in started:
-        if d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGTERM)
-            try:
-                d.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                d.proc.kill()
-                d.proc.wait()
-        d.notify.close()
+        d.stop()
         text = d.log.read_text() if d.log.exists() else ""
         # A daemon that logged a traceback failed, whatever the test checked.
         assert "Traceback" not in text, text
