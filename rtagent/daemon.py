@@ -28,8 +28,8 @@ from .procconn import ProcConnector
 from .sdnotify import Notifier
 from .state import StateStore, VcpuCounters
 from .status import StatusServer
-from .tuning.apply import SetAffinity
-from .tuning.engine import DomainReport, Tuner
+from .tuning.guest.plan import SetAffinity
+from .tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
 

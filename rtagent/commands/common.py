@@ -10,7 +10,7 @@ import libvirt
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
 from ..libvirt_host import LibvirtHost, is_gone
-from ..tuning.engine import DomainReport, Tuner
+from ..tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
 
