@@ -403,9 +403,9 @@ def synthetic_store(n_guests: int, rt_vcpus: int):
     from rtagent.config import Partition, RealtimeConfig
     from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
     from rtagent.state import StateStore, VcpuCounters
-    from rtagent.tuning.engine import DomainReport
-    from rtagent.tuning.observe import Observed, ProcessMemory, ThreadInfo
-    from rtagent.tuning.plan import plan_domain
+    from rtagent.tuning.guest.report import DomainReport
+    from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
+    from rtagent.tuning.guest.plan import plan_domain
 
     part = Partition(online=frozenset(range(rt_vcpus + 1)), realtime=frozenset(range(1, rt_vcpus + 1)),
                      housekeeping=frozenset({0}))
