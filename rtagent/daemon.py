@@ -30,8 +30,8 @@ from .sdnotify import Notifier
 from .selector import GuestSelector
 from .state import StateStore, VcpuCounters
 from .status import StatusServer
-from .tuning.apply import SetAffinity
-from .tuning.engine import DomainReport, Tuner
+from .tuning.guest.plan import SetAffinity
+from .tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
 

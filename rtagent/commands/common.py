@@ -12,7 +12,7 @@ from ..config import Config, load_config
 from ..cpulist import format_cpulist
 from ..libvirt_host import LibvirtHost, is_gone
 from ..selector import GuestSelector
-from ..tuning.engine import DomainReport, Tuner
+from ..tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
 
