@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import libvirt
-
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..libvirt_host import LibvirtHost, is_gone
+from ..errors import GuestGone
+from ..libvirt_host import Guest, LibvirtHost
 from ..tuning.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
@@ -17,38 +16,27 @@ log = logging.getLogger(__name__)
 
 def open_tuner(args) -> tuple[Config, LibvirtHost, Tuner]:
     config = load_config(args.config)
-    host = LibvirtHost(config.libvirt.uri)
+    host = LibvirtHost(config.libvirt.uri, config.libvirt.call_timeout_s)
     host.connect()
-    return config, host, Tuner(config, host)
+    return config, host, Tuner(config)
 
 
-def selected_domains(host: LibvirtHost, names: list[str]) -> list:
+def selected_domains(host: LibvirtHost, names: list[str]) -> list[Guest]:
     """The running guests named (any order, by name or UUID), or all running guests."""
     if names:
-        doms = [host.lookup(n) for n in names]
-        return doms
-    doms = []
-    for d in host.active_domains():
-        try:
-            doms.append(host.conn.lookupByUUIDString(d.uuid))
-        except libvirt.libvirtError as err:
-            if not is_gone(err):
-                raise
-            log.debug("guest %s stopped while listing", d.name)
-    return doms
+        return [host.lookup(n) for n in names]
+    return list(host.active_guests().values())
 
 
-def inspect_running(tuner: Tuner, doms: list) -> list[tuple[Any, DomainReport]]:
-    """``(dom, report)`` per guest; a guest that stops meanwhile is left out
+def inspect_running(tuner: Tuner, guests: list[Guest]) -> list[tuple[Guest, DomainReport]]:
+    """``(guest, report)`` per guest; a guest that stops meanwhile is left out
     (guests come and go while a one-shot command runs)."""
     out = []
-    for dom in doms:
+    for guest in guests:
         try:
-            out.append((dom, tuner.inspect(dom)))
-        except libvirt.libvirtError as err:
-            if not is_gone(err):
-                raise
-            log.warning("guest stopped while being inspected: %s", err.get_error_message())
+            out.append((guest, tuner.inspect(guest)))
+        except GuestGone as err:
+            log.warning("guest stopped while being inspected: %s", err)
     return out
 
 
