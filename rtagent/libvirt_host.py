@@ -263,9 +263,10 @@ class LibvirtHost:
 
     @property
     def conn(self) -> libvirt.virConnect:
+        """The open connection; never connects by itself (the daemon decides
+        when to reconnect, with backoff)."""
         if self._conn is None:
-            self.connect()
-        assert self._conn is not None
+            raise LibvirtUnavailable(f"not connected to libvirt at {self.uri}")
         return self._conn
 
     def connect(self) -> None:

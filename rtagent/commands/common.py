@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -9,6 +10,7 @@ from ..config import Config, load_config
 from ..cpulist import format_cpulist
 from ..errors import GuestGone
 from ..libvirt_host import Guest, LibvirtHost
+from ..selector import GuestSelector
 from ..tuning.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
@@ -21,20 +23,29 @@ def open_tuner(args) -> tuple[Config, LibvirtHost, Tuner]:
     return config, host, Tuner(config)
 
 
-def selected_domains(host: LibvirtHost, names: list[str]) -> list[Guest]:
-    """The running guests named (any order, by name or UUID), or all running guests."""
+def selected_domains(host: LibvirtHost, names: list[str], selector: GuestSelector | None = None) -> list[Guest]:
+    """The running guests named (any order, by name or UUID), or all running
+    guests the daemon's guest selector manages (``[daemon] guest_names``).
+    A guest named explicitly is inspected even outside the selection."""
     if names:
         return [host.lookup(n) for n in names]
-    return list(host.active_guests().values())
+    return [g for g in host.active_guests().values() if selector is None or selector.matches_name(g.name)]
 
 
-def inspect_running(tuner: Tuner, guests: list[Guest]) -> list[tuple[Guest, DomainReport]]:
+def inspect_running(tuner: Tuner, guests: list[Guest],
+                    selector: GuestSelector | None = None) -> list[tuple[Guest, DomainReport]]:
     """``(guest, report)`` per guest; a guest that stops meanwhile is left out
-    (guests come and go while a one-shot command runs)."""
+    (guests come and go while a one-shot command runs).  With a selector
+    that requires rtagent's metadata, other guests are reported as not
+    realtime, as the daemon treats them."""
     out = []
     for guest in guests:
         try:
-            out.append((guest, tuner.inspect(guest)))
+            report = tuner.inspect(guest)
+            if selector is not None and selector.require_metadata and report.spec.source != "metadata":
+                report.spec = dataclasses.replace(report.spec, realtime=False)
+                report.violations = []
+            out.append((guest, report))
         except GuestGone as err:
             log.warning("guest stopped while being inspected: %s", err)
     return out

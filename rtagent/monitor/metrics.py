@@ -11,7 +11,8 @@ Conventions (prometheus.io, "Writing exporters"): base units (seconds,
 bytes), ``_total`` only on counters, guests identified by ``domain`` (the
 libvirt name) and vCPUs by ``vcpu`` (the index) — never by thread ID, which
 changes whenever QEMU restarts — and guest metadata in
-``rtagent_domain_info{domain, uuid, source}``.  docs/metrics.md lists every
+``rtagent_domain_info{domain, uuid, source, flavor}`` (flavor: Nova's
+``<nova:flavor name=…>``, empty when the XML has none).  docs/metrics.md lists every
 metric.
 
 Per-vCPU series exist for *realtime* vCPUs only (``spec.vcpu(i).realtime``):
@@ -83,6 +84,7 @@ class _Guest:
     name: str
     uuid: str
     source: str
+    flavor: str
     has_report: bool
     realtime: bool
     valid: bool
@@ -130,12 +132,12 @@ def _copy_guest(g: GuestState) -> _Guest:
     vcpus: list[_Vcpu] = []
     memory = None
     realtime = valid = compliant = False
-    source = ""
+    source = flavor = ""
     violations: tuple[tuple[str, int], ...] = ()
     if r is not None:
         spec = r.spec
         realtime, valid, compliant = bool(spec.realtime), bool(spec.valid), bool(r.compliant)
-        source = spec.source or ""
+        source, flavor = spec.source or "", spec.flavor or ""
         counts: dict[str, int] = {}
         for v in r.violations:
             counts[v.check] = counts.get(v.check, 0) + 1
@@ -155,7 +157,7 @@ def _copy_guest(g: GuestState) -> _Guest:
             vcpus.append(_Vcpu(t.vcpu, t.policy, int(t.priority), bool(tp.ok), t.run_delay_ns, t.run_time_ns,
                                int(t.nonvoluntary_ctxt_switches)))
     return _Guest(
-        name=g.name, uuid=g.uuid, source=source, has_report=r is not None, realtime=realtime, valid=valid,
+        name=g.name, uuid=g.uuid, source=source, flavor=flavor, has_report=r is not None, realtime=realtime, valid=valid,
         compliant=compliant, violations=violations, memory=memory,
         vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)),
         corrections=_items(g.corrections), correction_failures=_items(g.correction_failures),
@@ -315,7 +317,9 @@ class RtagentCollector(Collector):
 
     def _guests(self, guests: list[_Guest]) -> list[Metric]:
         d, dv = ["domain"], ["domain", "vcpu"]
-        info = _gauge("domain_info", "Guest metadata; always 1.", ["domain", "uuid", "source"])
+        # uuid is Nova's instance UUID for Nova guests; flavor joins fleet
+        # queries to flavors ("which flavors lose tuning").
+        info = _gauge("domain_info", "Guest metadata; always 1.", ["domain", "uuid", "source", "flavor"])
         realtime = _gauge("domain_realtime", "1 if the guest has realtime intent, else 0.", d)
         valid = _gauge("domain_realtime_intent_valid",
                        "1 if the guest's realtime intent is valid (or it has none), 0 if invalid (nothing applied).", d)
@@ -343,7 +347,7 @@ class RtagentCollector(Collector):
         tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
                        dv)
         for g in guests:
-            info.add_metric([g.name, g.uuid, g.source], 1)
+            info.add_metric([g.name, g.uuid, g.source, g.flavor], 1)
             for kind, n in g.corrections:
                 corrections.add_metric([g.name, kind], n)
             for kind, n in g.correction_failures:
