@@ -1,12 +1,10 @@
 """``rtagent run``: the loop — timers, the event queue and signals.
 
-libvirt's callbacks, the proc connector thread, signal handlers and the
-resync timer only *enqueue*; this loop, in the main thread, takes items off
-the queue and hands them to the guest supervisor (``guests.py``) and the
-host-side supervisor (``hostside.py``), so reconciles never race each other.
-No libvirt call here can block longer than ``[libvirt] call_timeout_s``
-(``libvirt_host`` runs them on a worker), so the watchdog, petted only by
-this loop, says whether *enforcement* is alive, not whether libvirt is.
+Callbacks (libvirt, proc connector), signal handlers and timers only
+*enqueue*; this loop, in the main thread, hands items to the guest and
+host-side supervisors, so reconciles never race.  No libvirt call blocks it
+longer than ``[libvirt] call_timeout_s``, so the watchdog (petted only here)
+says whether *enforcement* is alive, not whether libvirt is.
 """
 
 from __future__ import annotations
@@ -18,18 +16,18 @@ import signal
 import time
 from dataclasses import dataclass
 
-from .. import __version__, privileges
+from .. import __version__
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
 from ..errors import RtagentError
-from ..libvirt_host import DomainEvent, LibvirtHost, start_event_loop
+from ..libvirt_host import LibvirtHost
 from ..sdnotify import Notifier
 from ..state import StateStore
 from .guests import GuestSupervisor
 from .hostside import HostSupervisor
 from .link import LibvirtLink
 from .lock import InstanceLock
-from .services import Services, confine_self
+from .services import Services, prepare, reload_config, status_line
 
 log = logging.getLogger(__name__)
 
@@ -61,43 +59,25 @@ class Daemon:
         self.lock = InstanceLock(config.daemon.lock_file)
         self.host = LibvirtHost(config.libvirt.uri, config.libvirt.call_timeout_s)
         self.link = LibvirtLink(self.host, self.store, config.libvirt.reconnect_max_backoff_s,
-                                self._put_event, lambda reason: self._put(Kind.CLOSED, reason))
-        self.services = Services(self.store, self._put_thread, self._on_overflow)
+                                lambda ev: self._put(Kind.EVENT, ev), lambda reason: self._put(Kind.CLOSED, reason))
+        self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
+                                 lambda: self._put(Kind.RESYNC))
         self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked)
         self.hostside = HostSupervisor(config, self.store)
         self._stop = False
         self._next_resync = 0.0
         self._last_status = ""
 
-    # -- callbacks (other threads): enqueue only -------------------------------
-
     def _put(self, kind: Kind, payload: object = None) -> None:
         self.queue.put(Item(kind, payload, time.monotonic()))
-
-    def _put_event(self, ev: DomainEvent) -> None:
-        self._put(Kind.EVENT, ev)
-
-    def _put_thread(self, pid: int, _tid: int, _what: str) -> None:
-        self._put(Kind.THREAD, pid)
-
-    def _on_overflow(self) -> None:
-        self.store.update(lambda s: s.daemon.events_dropped.update({"proc": 1}))
-        self._put(Kind.RESYNC)
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._put(Kind.STOP))
         signal.signal(signal.SIGINT, lambda *_: self._put(Kind.STOP))
         signal.signal(signal.SIGHUP, lambda *_: self._put(Kind.RELOAD))
 
-    # -- start-up ---------------------------------------------------------------
-
     def start(self) -> None:
-        # First of all: a second daemon must not touch the first one's socket or port.
-        self.lock.acquire()
-        # Before any other thread exists: capabilities are per thread, inherited at creation.
-        privs = privileges.enforce(self.config)
-        confine_self(self.config.partition.housekeeping)
-        start_event_loop()  # before the first connection (keepalive, events)
+        privs = prepare(self.config, self.lock)
         while not self.link.connect():
             # READY=1 only once libvirt answers; the unit's start timeout bounds this wait.
             if self._stop:
@@ -106,12 +86,10 @@ class Daemon:
             time.sleep(max(0.0, self.link.next_connect - time.monotonic()))
         self.services.start(self.config, privs)
         self.resync()
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(status_line(self.store, self.host))
         log.info("rtagent %s ready: %d realtime guest(s), realtime CPUs %s, housekeeping CPUs %s",
                  __version__, len(self.guests.tracked), format_cpulist(self.config.partition.realtime) or "(none)",
                  format_cpulist(self.config.partition.housekeeping))
-
-    # -- the loop -------------------------------------------------------------------
 
     def run_forever(self) -> None:
         self._next_resync = time.monotonic() + self.config.daemon.resync_interval_s
@@ -176,8 +154,6 @@ class Daemon:
         elif item.kind == Kind.EVENT:
             self.guests.on_event(item.payload, item.at)
 
-    # -- work -------------------------------------------------------------------------
-
     def resync(self) -> None:
         """Every managed guest, then the host partition; a lost connection is
         noticed here too (a libvirtd restart loses events)."""
@@ -189,34 +165,18 @@ class Daemon:
         self.hostside.enforce(set(self.guests.tracked.values()))
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
                                      setattr(s.daemon, "last_resync_at", time.time())))
-        line = self._status_line()
+        line = status_line(self.store, self.host)
         if line != self._last_status:
             self.notifier.status(line)
             self._last_status = line
 
     def reload(self) -> None:
-        try:
-            new = load_config(self.config_path)
-        except RtagentError as err:
-            log.error("reload refused, keeping the running config: %s", err)
-            return
-        if (new.status.socket, new.metrics.listen, new.libvirt.uri, new.daemon.lock_file) != (
-                self.config.status.socket, self.config.metrics.listen, self.config.libvirt.uri,
-                self.config.daemon.lock_file):
-            log.warning("reload: status.socket, metrics.listen, libvirt.uri and daemon.lock_file "
-                        "take effect at restart")
-        self.config = new
-        self.guests.reload(new)
-        self.hostside.configure(new)
-        log.info("reloaded config from %s", new.path or "(defaults)")
-        self.resync()
-
-    def _status_line(self) -> str:
-        n, bad = self.store.read(lambda s: (len(s.guests), sum(
-            1 for g in s.guests.values() if g.report is not None and not g.report.compliant)))
-        hung = self.host.unresponsive_s()
-        return f"{n} realtime guest(s), {bad} non-compliant" + (
-            "" if hung is None else f"; libvirt unresponsive for {hung:.0f}s")
+        new = reload_config(self.config, self.config_path)
+        if new is not None:
+            self.config = new
+            self.guests.reload(new)
+            self.hostside.configure(new)
+            self.resync()
 
     def close(self) -> None:
         self.notifier.stopping()
