@@ -11,7 +11,7 @@ from ..cpulist import format_cpulist
 from ..errors import GuestGone
 from ..libvirt_host import Guest, LibvirtHost
 from ..selector import GuestSelector
-from ..tuning.engine import DomainReport, Tuner
+from ..tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..state import DaemonState, GuestState, VcpuCounters
-from ..tuning.apply import SetAffinity
-from ..tuning.engine import DomainReport
+from ..tuning.guest.plan import SetAffinity
+from ..tuning.guest.engine import DomainReport
 
 REALTIME_POLICIES = ("fifo", "rr")
 

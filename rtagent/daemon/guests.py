@@ -27,7 +27,7 @@ from ..errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnrespo
 from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
 from ..selector import GuestSelector
 from ..state import StateStore
-from ..tuning.engine import DomainReport, Tuner
+from ..tuning.guest.engine import DomainReport, Tuner
 from . import drift
 from .retry import RetrySchedule
 

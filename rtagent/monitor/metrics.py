@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -41,6 +41,7 @@ from .. import __version__
 from ..config import MetricsConfig
 from ..errors import RtagentError
 from ..state import GuestState, Histogram, StateStore
+from . import httpserve
 
 __all__ = ["RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
 
@@ -423,11 +424,11 @@ def _listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check_tls(cfg: MetricsConfig) -> None:
-    """Load the TLS files before binding: prometheus_client binds first and
-    would leave the socket open if the certificate then failed to load."""
+def _check_tls(cfg: MetricsConfig) -> ssl.SSLContext | None:
+    """Load the TLS files before binding, so a bad certificate leaves no
+    socket open; the context returned is the one the server uses."""
     if not (cfg.tls_cert or cfg.tls_key or cfg.tls_client_ca):
-        return
+        return None
     if not (cfg.tls_cert and cfg.tls_key):
         raise RtagentError(f"metrics.tls_cert = {cfg.tls_cert!r}, metrics.tls_key = {cfg.tls_key!r}: "
                            "both must be set for TLS")
@@ -442,6 +443,8 @@ def _check_tls(cfg: MetricsConfig) -> None:
             ctx.load_verify_locations(cafile=cfg.tls_client_ca)
         except (OSError, ssl.SSLError) as err:
             raise RtagentError(f"metrics.tls_client_ca = {cfg.tls_client_ca!r}: cannot load: {err}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def serve(store: StateStore, metrics_config: MetricsConfig,
@@ -454,7 +457,7 @@ def serve(store: StateStore, metrics_config: MetricsConfig,
     ``tls_client_ca`` it also requires a client certificate signed by it.
     """
     host, port = _listen(metrics_config.listen)
-    _check_tls(metrics_config)
+    tls_context = _check_tls(metrics_config)
     if registry is None:
         registry = CollectorRegistry()
         # The agent's own CPU, memory, file descriptors, start time.
@@ -463,12 +466,7 @@ def serve(store: StateStore, metrics_config: MetricsConfig,
     registry.register(collector)
     tls = bool(metrics_config.tls_cert and metrics_config.tls_key)
     try:
-        httpd, thread = start_http_server(
-            port, host, registry=registry,
-            certfile=metrics_config.tls_cert or None, keyfile=metrics_config.tls_key or None,
-            client_cafile=metrics_config.tls_client_ca or None,
-            client_auth_required=bool(metrics_config.tls_client_ca),
-        )
+        httpd, thread = httpserve.start(host, port, registry, tls_context)
     except socket.gaierror as err:
         registry.unregister(collector)
         raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot resolve {host!r}: "

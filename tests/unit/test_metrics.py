@@ -14,9 +14,9 @@ from rtagent.errors import RtagentError
 from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.metrics import RtagentCollector, serve
 from rtagent.state import StateStore
-from rtagent.tuning.engine import DomainReport
-from rtagent.tuning.observe import Observed, ProcessMemory, ThreadInfo
-from rtagent.tuning.plan import plan_domain
+from rtagent.tuning.guest.report import DomainReport
+from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
+from rtagent.tuning.guest.plan import plan_domain
 
 pytestmark = pytest.mark.unit
 

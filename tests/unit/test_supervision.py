@@ -18,10 +18,10 @@ from rtagent.errors import LibvirtUnresponsive
 from rtagent.libvirt_host import CallWorker
 from rtagent.model import RealtimeSpec
 from rtagent.state import DaemonState, GuestState
-from rtagent.tuning.apply import Result
-from rtagent.tuning.engine import DomainReport
-from rtagent.tuning.observe import Observed, ProcessMemory, ThreadInfo
-from rtagent.tuning.plan import SetAffinity, SetScheduler, ThreadPlan, Want
+from rtagent.tuning.guest.apply import Result
+from rtagent.tuning.guest.engine import DomainReport
+from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
+from rtagent.tuning.guest.plan import SetAffinity, SetScheduler, ThreadPlan, Want
 
 pytestmark = pytest.mark.unit
 

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..cpulist import format_cpulist
-from ..errors import LibvirtError
+from ...cpulist import format_cpulist
+from ...errors import LibvirtError
 from .plan import REALTIME, Action, SetAffinity, SetScheduler
 
 log = logging.getLogger(__name__)
