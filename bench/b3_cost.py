@@ -318,10 +318,10 @@ def _cprofile(prefix: str, config_path: Path, resyncs: int) -> dict:
         from rtagent.monitor.hostchecks import run_host_checks
 
         t = time.thread_time()
-        run_host_checks(cfg.partition, exclude_pids=set(d.tracked.values()))
+        run_host_checks(cfg.partition, exclude_pids=set(d.guests.tracked.values()))
         out["host_checks_cpu_ms"] = 1000 * (time.thread_time() - t)
-        d._next_host_checks = float("inf")
-        out["guests"] = len(d.tracked)
+        d.hostside.next_checks = float("inf")
+        out["guests"] = len(d.guests.tracked)
         times = []
         for _ in range(resyncs):
             t = time.thread_time()

@@ -30,6 +30,7 @@ from ..state import StateStore
 from ..tuning.guest.engine import DomainReport, Tuner
 from . import drift
 from .retry import RetrySchedule
+from .steady import SteadyCheck
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class GuestSupervisor:
         self._wall = wall
         self._on_tracked = on_tracked
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
+        self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
         self.guests: dict[str, Guest] = {}  # uuid -> Guest of every managed guest
         self.tracked: dict[str, int] = {}  # uuid -> QEMU pid
         self.specs: dict[str, tuple[int | None, object]] = {}  # uuid -> (pid, RealtimeSpec)
@@ -122,6 +124,7 @@ class GuestSupervisor:
         whose events we missed.  False when libvirt could not list guests
         (connection lost); an unresponsive libvirt still enforces the known
         guests from the kernel side."""
+        self.store.update(lambda s: setattr(s.daemon, "full_checks", s.daemon.full_checks + 1))
         try:
             active = {u: g for u, g in self.host.active_guests().items() if self.selector.matches_name(g.name)}
         except LibvirtUnresponsive as err:
@@ -141,6 +144,12 @@ class GuestSupervisor:
             self.reconcile(uuid, guest=guest)
         return True
 
+    def check_steady(self) -> None:
+        """The resync between full checks: only the guests whose threads'
+        policy, priority or affinity differ from the last reconcile are
+        reconciled; no libvirt call, no /proc text (steady.py)."""
+        self.steady.run(list(self.tracked), self.reconcile)
+
     def enforce_known(self) -> None:
         """Without libvirt (hung or disconnected): the guests already known,
         from their cached intent and the kernel's view."""
@@ -157,6 +166,7 @@ class GuestSupervisor:
         self.guests.pop(uuid, None)
         self.intent_changed.discard(uuid)
         self.retry.discard(uuid)
+        self.steady.forget(uuid)
         self.tuner.forget(uuid, pid)
         self.store.drop(uuid)
         self._tracked_changed()
@@ -244,6 +254,7 @@ class GuestSupervisor:
             return None
         self._account(uuid, before, after, drift.Times(cause.at if cause.at is not None else t0,
                                                        self._clock(), self._wall()), cause.started, t0)
+        self.steady.record(uuid, after)
         pending = any(v.check == "vcpu_pending" for v in after.violations)
         # A refused change (EPERM while budget is short, a cpuset in flux) is
         # retried on the same backoff, not only at the next resync.
