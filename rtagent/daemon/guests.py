@@ -65,6 +65,7 @@ class GuestSupervisor:
         self._on_tracked = on_tracked
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
         self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
+        self.next_full = 0.0  # monotonic time the next resync must be a full check
         self.guests: dict[str, Guest] = {}  # uuid -> Guest of every managed guest
         self.tracked: dict[str, int] = {}  # uuid -> QEMU pid
         self.specs: dict[str, tuple[int | None, object]] = {}  # uuid -> (pid, RealtimeSpec)
@@ -124,6 +125,7 @@ class GuestSupervisor:
         whose events we missed.  False when libvirt could not list guests
         (connection lost); an unresponsive libvirt still enforces the known
         guests from the kernel side."""
+        self.next_full = self._clock() + self.config.daemon.full_check_interval_s
         self.store.update(lambda s: setattr(s.daemon, "full_checks", s.daemon.full_checks + 1))
         try:
             active = {u: g for u, g in self.host.active_guests().items() if self.selector.matches_name(g.name)}
@@ -144,11 +146,12 @@ class GuestSupervisor:
             self.reconcile(uuid, guest=guest)
         return True
 
-    def check_steady(self) -> None:
+    def check_steady(self) -> bool:
         """The resync between full checks: only the guests whose threads'
         policy, priority or affinity differ from the last reconcile are
         reconciled; no libvirt call, no /proc text (steady.py)."""
         self.steady.run(list(self.tracked), self.reconcile)
+        return True
 
     def enforce_known(self) -> None:
         """Without libvirt (hung or disconnected): the guests already known,

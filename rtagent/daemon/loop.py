@@ -66,7 +66,6 @@ class Daemon:
         self.hostside = HostSupervisor(config, self.store)
         self._stop = False
         self._next_resync = 0.0
-        self._next_full = 0.0  # monotonic time of the next full check
         self._last_status = ""
 
     def _put(self, kind: Kind, payload: object = None) -> None:
@@ -118,7 +117,7 @@ class Daemon:
         if due is not None and now >= due and self.link.connect():
             self.resync()
         if now >= self._next_resync:
-            self.resync(full=now >= self._next_full)
+            self.resync(full=now >= self.guests.next_full)
             self._next_resync = time.monotonic() + self.config.daemon.resync_interval_s
 
     def _handle_batch(self, first: Item) -> None:
@@ -160,12 +159,8 @@ class Daemon:
         re-read every guest (noticing a lost connection); else daemon/steady.py."""
         if not self.link.up:
             self.guests.enforce_known()
-        elif not full:
-            self.guests.check_steady()
-        elif not self.guests.resync():
+        elif not (self.guests.resync() if full else self.guests.check_steady()):
             self.link.lost("listing guests failed", time.monotonic())
-        if full:
-            self._next_full = time.monotonic() + self.config.daemon.full_check_interval_s
         self.link.publish_responsiveness()
         self.hostside.enforce(set(self.guests.tracked.values()))
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
