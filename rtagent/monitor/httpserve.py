@@ -20,7 +20,9 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
+
+from .exposition import make_wsgi_app  # rtagent's families rendered fast (exposition.py)
 
 _READ_METHODS = ("GET", "HEAD")
 
