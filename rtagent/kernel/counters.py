@@ -38,22 +38,45 @@ def _read(path: str, size: int) -> bytes:
 
 
 class CounterReader:
+    """Reads ``schedstat`` first (~7 µs), ``status`` (~15 µs, the kernel
+    formats ~55 lines) only when the thread has run since the last read: a
+    thread whose time on CPU did not grow cannot have been preempted, so its
+    involuntary-switch count is the one read last time."""
+
     def __init__(self, kernel: Kernel):
         self._kernel = kernel
+        self._last: dict[tuple[int, int], ThreadCounters] = {}
+        self.status_reads = 0
 
     def read(self, pid: int, tid: int) -> ThreadCounters | None:
         """The counters of task ``tid`` of ``pid``; None when it is gone."""
         base = self._kernel.proc_path(str(pid), "task", str(tid))
-        try:
-            status = _read(base + "/status", 8192)
-        except OSError:
-            return None
-        i = status.rfind(_NVCSW)
-        nvcsw = int(status[i + len(_NVCSW):].split(None, 1)[0]) if i >= 0 else 0
+        key = (pid, tid)
         try:
             sched = _read(base + "/schedstat", 256).split()
+        except FileNotFoundError:
+            sched = []  # no CONFIG_SCHED_INFO (or gone: status says)
         except OSError:
-            sched = []  # no CONFIG_SCHED_INFO, or gone since: unknown, not zero
-        if len(sched) >= 2:
-            return ThreadCounters(int(sched[0]), int(sched[1]), nvcsw)
-        return ThreadCounters(None, None, nvcsw)
+            self._last.pop(key, None)
+            return None
+        run_time, run_delay = (int(sched[0]), int(sched[1])) if len(sched) >= 2 else (None, None)
+        last = self._last.get(key)
+        if last is not None and run_time is not None and last.run_time_ns == run_time:
+            out = ThreadCounters(run_time, run_delay, last.nonvoluntary_ctxt_switches)
+        else:
+            try:
+                status = _read(base + "/status", 8192)
+            except OSError:
+                self._last.pop(key, None)
+                return None
+            self.status_reads += 1
+            i = status.rfind(_NVCSW)
+            nvcsw = int(status[i + len(_NVCSW):].split(None, 1)[0]) if i >= 0 else 0
+            out = ThreadCounters(run_time, run_delay, nvcsw)
+        self._last[key] = out
+        return out
+
+    def keep(self, keys: set[tuple[int, int]]) -> None:
+        """Forget threads no longer asked about (they left the exports)."""
+        for key in [k for k in self._last if k not in keys]:
+            del self._last[key]

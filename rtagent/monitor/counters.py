@@ -29,7 +29,8 @@ Key = tuple[int, int]  # (pid, tid)
 class CounterCache:
     def __init__(self, reader: Callable[[int, int], ThreadCounters | None] | None = None, *,
                  ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic):
-        self._reader = reader or CounterReader(Kernel()).read
+        self._kernel_reader = CounterReader(Kernel()) if reader is None else None
+        self._reader = reader or self._kernel_reader.read
         self.ttl_s = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -50,4 +51,6 @@ class CounterCache:
                     self.reads += 1
                 fresh[key] = hit
             self._values = fresh
+            if self._kernel_reader is not None and len(fresh) < len(old):
+                self._kernel_reader.keep(set(fresh))
         return {k: v[1] for k, v in fresh.items()}

@@ -93,13 +93,15 @@ class FastMetric(Metric):
 
     # -- our own writer --------------------------------------------------------
 
-    def _labelstr(self, values: tuple[str, ...], memo: dict) -> str:
-        key = (self._labelnames, values)
+    def _prefix(self, sample: str, values: tuple[str, ...], memo: dict) -> str:
+        """``name{labels} `` of one series, built once and kept across scrapes
+        (label sets are stable: guests and vCPUs come and go rarely)."""
+        key = (sample, values)
         s = memo.get(key)
         if s is None:
-            names, order = self._labelnames, self._order
-            s = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in order)
-            memo[key] = s
+            names = self._labelnames
+            ls = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in self._order)
+            s = memo[key] = f"{sample}{{{ls}}} " if ls else f"{sample} "
         return s
 
     def write(self, out: list[str], openmetrics: bool, memo: dict) -> None:
@@ -113,19 +115,31 @@ class FastMetric(Metric):
             self._write_histogram(out, memo)
             return
         sample = name + "_total" if self.type == "counter" else name
-        for values, value, _ in self._rows:
-            ls = self._labelstr(values, memo) if values else ""
-            out.append(f"{sample}{{{ls}}} {fmt_value(value)}\n" if ls else f"{sample} {fmt_value(value)}\n")
+        prefix = self._prefix
+        out.extend(f"{prefix(sample, values, memo)}{fmt_value(value)}\n" for values, value, _ in self._rows)
 
     def _write_histogram(self, out: list[str], memo: dict) -> None:
         name = self.name
         for values, buckets, sum_value in self._rows:
-            ls = self._labelstr(values, memo) if values else ""
-            # "le" sorts after every label rtagent uses (domain, …), as in prometheus_client.
-            pre = f"{name}_bucket{{{ls}," if ls else f"{name}_bucket{{"
-            out.extend(f'{pre}le="{le}"}} {fmt_value(count)}\n' for le, count in buckets)
-            lab = f"{{{ls}}}" if ls else ""
-            out.append(f"{name}_count{lab} {fmt_value(buckets[-1][1])}\n{name}_sum{lab} {fmt_value(sum_value)}\n")
+            # A histogram row rarely changes (corrections are rare): its
+            # whole block is kept, keyed by what it shows.
+            key = (name, values, tuple(buckets), sum_value)
+            block = memo.get(key)
+            if block is None:
+                names = self._labelnames
+                inner = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in self._order)
+                ls = f"{{{inner}}}" if inner else ""
+                pre = f"{name}_bucket{{{inner}," if inner else f"{name}_bucket{{"
+                lines = [f'{pre}le="{le}"}} {fmt_value(count)}\n' for le, count in buckets]
+                lines.append(f"{name}_count{ls} {fmt_value(buckets[-1][1])}\n{name}_sum{ls} {fmt_value(sum_value)}\n")
+                block = memo[key] = "".join(lines)
+            out.append(block)
+
+
+# Series prefixes and histogram blocks, kept across scrapes; dropped whole
+# when it grows past this (guests churned), so it stays bounded.
+_MEMO: dict = {}
+_MEMO_MAX = 200_000
 
 
 class _Listed(Collector):
@@ -149,7 +163,9 @@ def render(registry: Collector, library_encoder: Callable[[Collector], bytes], o
     if openmetrics and body.endswith(_OM_EOF):
         body = body[:-len(_OM_EOF)]
     out: list[str] = []
-    memo: dict = {}
+    if len(_MEMO) > _MEMO_MAX:
+        _MEMO.clear()
+    memo = _MEMO
     for m in fast:
         m.write(out, openmetrics, memo)
     return body + "".join(out).encode("utf-8") + (_OM_EOF if openmetrics else b"")
