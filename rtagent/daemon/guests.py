@@ -89,6 +89,7 @@ class GuestSupervisor:
             self.intent_changed.add(ev.uuid)
             self.reconcile(ev.uuid, Cause(at))
         elif ev.event in _LOOK:
+            self._running(ev.uuid)
             self.reconcile(ev.uuid, Cause(at))
             self.retry.schedule(ev.uuid, 0)
 
@@ -99,8 +100,16 @@ class GuestSupervisor:
             uuid = by_pid.get(pid)
             if uuid is not None:
                 log.debug("new or renamed thread in QEMU %d (%s)", pid, uuid)
+                self._running(uuid)
                 self.reconcile(uuid, Cause(at))
                 self.retry.schedule(uuid, 0)
+
+    def _running(self, uuid: str) -> None:
+        """The event itself says the guest runs (a re-pin, a hotplug, a new
+        QEMU thread): spare the reconcile a state() round trip to libvirt."""
+        guest = self.guests.get(uuid)
+        if guest is not None:
+            guest.known_state = RunState.RUNNING
 
     def run_due(self) -> None:
         for due in self.retry.due():
@@ -150,7 +159,14 @@ class GuestSupervisor:
         """The resync between full checks: only the guests whose threads'
         policy, priority or affinity differ from the last reconcile are
         reconciled; no libvirt call, no /proc text (steady.py)."""
-        self.steady.run(list(self.tracked), self.reconcile)
+        def look(uuid: str) -> None:
+            # Its threads answered the last syscalls: no state() round trip;
+            # a QEMU that exited shows as "process not found" until its
+            # STOPPED event (or the full check) drops it.
+            self._running(uuid)
+            self.reconcile(uuid)
+
+        self.steady.run(list(self.tracked), look)
         return True
 
     def enforce_known(self) -> None:
