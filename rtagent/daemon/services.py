@@ -13,7 +13,7 @@ from ..config import Config, load_config
 from ..errors import RtagentError
 from ..cpulist import format_cpulist
 from ..libvirt_host import LibvirtHost, start_event_loop
-from ..procconn import ProcConnector
+from ..kernel.procconn import ProcConnector
 from ..state import StateStore
 from ..status import StatusServer
 from .lock import InstanceLock
