@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import libvirt
 
 from . import __version__, privileges
-from .config import Config, load_config
+from .config import Config, load_config, partition_warning
 from .cpulist import format_cpulist
 from .errors import RtagentError
 from .libvirt_host import DomainEvent, LibvirtHost, LibvirtUnavailable, is_gone, start_event_loop
@@ -29,6 +29,7 @@ from .procconn import ProcConnector
 from .sdnotify import Notifier
 from .selector import GuestSelector
 from .state import StateStore, VcpuCounters
+from .monitor.endpoints import start_endpoints
 from .status import StatusServer
 from .tuning.apply import SetAffinity
 from .tuning.engine import DomainReport, Tuner
@@ -147,6 +148,8 @@ class Daemon:
     def start(self) -> None:
         # Before any thread exists: capabilities are per thread, inherited at creation.
         privs = privileges.enforce(self.config)
+        if (warning := partition_warning(self.config)) is not None:
+            log.warning("%s", warning)
         self._confine_self()
         start_event_loop()  # before the first connection (keepalive, events)
         while not self._connect():
@@ -165,12 +168,8 @@ class Daemon:
                 log.warning("proc connector unavailable (%s): new threads are tuned at the next resync "
                             "(needs CAP_NET_ADMIN)", err)
                 self.procconn = None
-        self.status = StatusServer(self.config.status.socket, self.config.status.group, self.store.snapshot)
-        self.status.start()
-        if self.config.metrics.enabled:
-            from .monitor.metrics import serve
-
-            self.metrics = serve(self.store, self.config.metrics)
+        # Bounded, timed-out client servers within a descriptor budget.
+        self.status, self.metrics = start_endpoints(self.config, self.store)
         self._setup_host_enforcer()
         self.resync()
         n = sum(1 for uuid in self.tracked)
@@ -519,6 +518,8 @@ class Daemon:
         if new.status.socket != self.config.status.socket or new.metrics.listen != self.config.metrics.listen \
                 or new.libvirt.uri != self.config.libvirt.uri:
             log.warning("reload: status.socket, metrics.listen and libvirt.uri take effect at restart")
+        if (warning := partition_warning(new)) is not None:
+            log.warning("reload: %s", warning)
         old_tuner = self.tuner
         self.specs.clear()  # rules may have changed
         self.config = new

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -41,13 +40,18 @@ from .. import __version__
 from ..config import MetricsConfig
 from ..errors import RtagentError
 from ..state import GuestState, Histogram, StateStore
+from .connserver import ConnectionServer, Limits
+from .httpd import RENDER_REUSE_S, MetricsHandler
 
-__all__ = ["RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
+__all__ = ["LISTEN_BACKLOG", "RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
 
 NS = "rtagent"
 
 # rtagent_host_check_severity: the severity of a check's current result.
 SEVERITY_LEVELS = {"info": 0, "warning": 1, "error": 2}
+# Clients beyond metrics.max_connections wait here (kernel memory, not our
+# descriptors); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 
 
 # ---------------------------------------------------------------------------
@@ -385,14 +389,45 @@ class RtagentCollector(Collector):
 # the HTTP endpoint
 
 
+class ClientServersCollector(Collector):
+    """Connection counters of the metrics endpoint and the status socket:
+    evidence of clients that hold or flood the daemon's sockets."""
+
+    def __init__(self, servers: dict[str, ConnectionServer]):
+        self.servers = servers
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        open_ = _gauge("client_connections", "Client connections open now, by server (metrics, status).",
+                       ["server"])
+        peak = _gauge("client_connections_peak", "Most client connections open at once since start.", ["server"])
+        cap = _gauge("client_connections_max", "Cap on open client connections (the rest wait in the backlog).",
+                     ["server"])
+        accepted = _counter("client_connections_accepted", "Client connections accepted.", ["server"])
+        closed = _counter("client_connections_closed", "Client connections closed, by reason (done, "
+                          "idle_timeout, request_timeout, write_timeout, evicted, accept_emfile, …).",
+                          ["server", "reason"])
+        for name, srv in sorted(self.servers.items()):
+            st = srv.stats
+            open_.add_metric([name], st.open)
+            peak.add_metric([name], st.peak_open)
+            cap.add_metric([name], srv.limits.max_connections)
+            accepted.add_metric([name], st.accepted)
+            for reason, n in sorted(dict(st.closed).items()):
+                closed.add_metric([name, reason], n)
+        yield from (open_, peak, cap, accepted, closed)
+
+
 class MetricsServer:
     """A running /metrics endpoint; :meth:`close` stops it and joins its thread."""
 
-    def __init__(self, httpd, thread: threading.Thread, registry: CollectorRegistry, tls: bool):
-        self._httpd = httpd
-        self._thread = thread
+    def __init__(self, server: ConnectionServer, handler: MetricsHandler, registry: CollectorRegistry, tls: bool):
+        self.server = server
+        self.handler = handler
         self.registry = registry
-        self.host, self.port = httpd.server_address[:2]
+        self.host, self.port = server.listener.getsockname()[:2]
         self.tls = tls
 
     @property
@@ -401,12 +436,9 @@ class MetricsServer:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/metrics"
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._httpd is None:
-            return
-        httpd, self._httpd = self._httpd, None
-        httpd.shutdown()
-        httpd.server_close()
-        self._thread.join(timeout)
+        server, self.server = self.server, None
+        if server is not None:
+            server.close(timeout)
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -423,15 +455,15 @@ def _listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check_tls(cfg: MetricsConfig) -> None:
-    """Load the TLS files before binding: prometheus_client binds first and
-    would leave the socket open if the certificate then failed to load."""
+def _tls_context(cfg: MetricsConfig) -> ssl.SSLContext | None:
+    """Load the TLS files before binding, naming the key that fails."""
     if not (cfg.tls_cert or cfg.tls_key or cfg.tls_client_ca):
-        return
+        return None
     if not (cfg.tls_cert and cfg.tls_key):
         raise RtagentError(f"metrics.tls_cert = {cfg.tls_cert!r}, metrics.tls_key = {cfg.tls_key!r}: "
                            "both must be set for TLS")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(certfile=cfg.tls_cert, keyfile=cfg.tls_key)
     except (OSError, ssl.SSLError) as err:
@@ -442,39 +474,58 @@ def _check_tls(cfg: MetricsConfig) -> None:
             ctx.load_verify_locations(cafile=cfg.tls_client_ca)
         except (OSError, ssl.SSLError) as err:
             raise RtagentError(f"metrics.tls_client_ca = {cfg.tls_client_ca!r}: cannot load: {err}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
-def serve(store: StateStore, metrics_config: MetricsConfig,
-          registry: CollectorRegistry | None = None) -> MetricsServer:
+def _bind(cfg: MetricsConfig) -> socket.socket:
+    host, port = _listen(cfg.listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise RtagentError(f"metrics.listen = {cfg.listen!r}: cannot resolve {host!r}: {err.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as err:
+        sock.close()
+        raise RtagentError(f"metrics.listen = {cfg.listen!r}: cannot listen: {err.strerror or err}") from None
+    return sock
+
+
+def serve(store: StateStore, metrics_config: MetricsConfig, registry: CollectorRegistry | None = None, *,
+          max_connections: int | None = None, status_server: ConnectionServer | None = None,
+          reuse_s: float = RENDER_REUSE_S) -> MetricsServer:
     """Serve ``/metrics`` for ``store`` on ``metrics_config.listen``.
 
     A private registry (not prometheus_client's global one) holds the
     collector, so nothing else in the process can add series by accident.
     With ``tls_cert``/``tls_key`` the endpoint speaks HTTPS; with
     ``tls_client_ca`` it also requires a client certificate signed by it.
+    ``max_connections`` overrides the config's cap (the daemon's descriptor
+    budget, :mod:`rtagent.monitor.fdlimit`); ``status_server`` adds the
+    status socket's connection counters.
     """
-    host, port = _listen(metrics_config.listen)
-    _check_tls(metrics_config)
+    ctx = _tls_context(metrics_config)
+    sock = _bind(metrics_config)
     if registry is None:
         registry = CollectorRegistry()
         # The agent's own CPU, memory, file descriptors, start time.
         ProcessCollector(registry=registry)
-    collector = RtagentCollector(store)
-    registry.register(collector)
-    tls = bool(metrics_config.tls_cert and metrics_config.tls_key)
-    try:
-        httpd, thread = start_http_server(
-            port, host, registry=registry,
-            certfile=metrics_config.tls_cert or None, keyfile=metrics_config.tls_key or None,
-            client_cafile=metrics_config.tls_client_ca or None,
-            client_auth_required=bool(metrics_config.tls_client_ca),
-        )
-    except socket.gaierror as err:
-        registry.unregister(collector)
-        raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot resolve {host!r}: "
-                           f"{err.strerror}") from None
-    except OSError as err:
-        registry.unregister(collector)
-        raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot listen: "
-                           f"{err.strerror or err}") from None
-    return MetricsServer(httpd, thread, registry, tls)
+    registry.register(RtagentCollector(store))
+    limits = Limits(max_connections=max_connections or metrics_config.max_connections,
+                    idle_timeout_s=metrics_config.idle_timeout_s,
+                    request_timeout_s=metrics_config.request_timeout_s)
+    handler = MetricsHandler(registry, reuse_s=reuse_s)
+    server = ConnectionServer(sock, handler, limits, name="metrics-http", ssl_context=ctx)
+    servers = {"metrics": server}
+    if status_server is not None:
+        servers["status"] = status_server
+    registry.register(ClientServersCollector(servers))
+    server.start()
+    return MetricsServer(server, handler, registry, ctx is not None)
