@@ -94,6 +94,7 @@ class ServerStats:
     answered: int = 0
     open: int = 0
     peak_open: int = 0
+    wakeups: int = 0  # loop iterations: a spinning loop shows here
     closed: Counter = field(default_factory=Counter)  # reason -> count
 
 
@@ -168,6 +169,7 @@ class ConnectionServer:
     def _once(self) -> None:
         now = time.monotonic()
         events = self._sel.select(self._timeout(now))
+        self.stats.wakeups += 1
         for key, _mask in events:
             if key.fileobj is self._wake_r:
                 try:
@@ -251,14 +253,19 @@ class ConnectionServer:
             self._respond(conn, self.handler.answer(b"") or b"")
             return
         self._want(conn, selectors.EVENT_READ)
+        # A client that waited in the backlog has usually sent its request
+        # already: answer it now, before newer clients can evict it.
+        self._step(conn)
 
     def _evict(self) -> bool:
-        """Close the oldest connection still waiting for its client; False
-        if every open connection is being answered."""
+        """Close a connection still waiting for its client — one that has sent
+        nothing first, the oldest first; False if every open connection is
+        being answered."""
         waiting = [c for c in self._conns.values() if c.phase in (Phase.HANDSHAKE, Phase.READING, Phase.LINGER)]
         if not waiting:
             return False
-        self._close(min(waiting, key=lambda c: c.opened), "evicted")
+        victim = min(waiting, key=lambda c: (c.phase is not Phase.LINGER, bool(c.inbuf), c.opened))
+        self._close(victim, "evicted")
         return True
 
     # -- one connection ---------------------------------------------------------
