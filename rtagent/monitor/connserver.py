@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import os
 import selectors
 import socket
 import ssl
@@ -54,6 +55,8 @@ ACCEPT_BATCH = 64
 # send a reset that can destroy the answer in flight (a POST body).
 LINGER_S = 1.0
 RECV_CHUNK = 16384
+# Nice value of the server threads (the daemon's main loop stays at 0).
+CLIENT_NICE = 10
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _LOG_EVERY_S = 60.0
 
@@ -159,6 +162,12 @@ class ConnectionServer:
     # -- the loop -------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            # Clients come second: under a flood the kernel runs the
+            # enforcement loop first (it shares one housekeeping CPU and the GIL).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLIENT_NICE)
+        except OSError as err:
+            log.debug("%s: cannot lower its priority: %s", self.name, err)
         while not self._stop.is_set():
             try:
                 self._once()
