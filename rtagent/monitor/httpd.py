@@ -2,7 +2,8 @@
 
 The exposition (text format or OpenMetrics by ``Accept``, gzip by
 ``Accept-Encoding``) is prometheus_client's own ``choose_encoder`` over the
-daemon's private registry; the socket handling is
+daemon's private registry (present in every version we support, down to
+Debian 12's 0.16); the socket handling is
 :class:`~rtagent.monitor.connserver.ConnectionServer` (bounded connections,
 timeouts, no thread per client).  One request per connection, as
 prometheus_client's ``http.server`` handler does (HTTP/1.0 semantics,
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,11 @@ def response(status: int, body: bytes, headers: list[tuple[str, str]] = (), *, h
     return "\r\n".join(lines).encode("latin-1") + (b"" if head_only else body)
 
 
+def _gzip_accepted(accept_encoding: str) -> bool:
+    """prometheus_client has this only from 0.17 on; Debian 12 ships 0.16."""
+    return any(part.split(";")[0].strip().lower() == "gzip" for part in accept_encoding.split(","))
+
+
 class MetricsHandler:
     reads_request = True
     linger = True
@@ -110,7 +116,7 @@ class MetricsHandler:
 
     def _render(self, accept: str, accept_encoding: str) -> tuple[bytes, list[tuple[str, str]]]:
         encoder, content_type = choose_encoder(accept)
-        gz = gzip_accepted(accept_encoding)
+        gz = _gzip_accepted(accept_encoding)
         headers = [("Content-Type", content_type)] + ([("Content-Encoding", "gzip")] if gz else [])
         now = time.monotonic()
         cached = self._cache.get((content_type, gz))

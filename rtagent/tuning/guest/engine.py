@@ -12,100 +12,30 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
-from ..config import Config
-from ..cpulist import format_cpulist
-from ..errors import DomainXMLError
-from ..intent import derive_spec
-from ..model import RealtimeSpec, Violation
+from ...config import Config
+from ...errors import DomainXMLError
+from ...intent import derive_spec
+from ...model import RealtimeSpec, Violation
 from . import rtgroup
-from .apply import Pinner, Result, execute
+from .apply import Pinner, execute
 from .memory import verify_memory
 from .observe import Observed, ProcessGone, ThreadInfo, find_kvm_pit, find_qemu_pid, observe_process, read_thread
 from .plan import REALTIME, SetScheduler, ThreadPlan, plan_actions, plan_domain
+from .report import DomainReport
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DomainReport:
-    name: str
-    uuid: str
-    spec: RealtimeSpec
-    pid: int | None = None
-    observed: Observed | None = None
-    threads: list[ThreadPlan] = field(default_factory=list)
-    violations: list[Violation] = field(default_factory=list)
-    changes: list[Result] = field(default_factory=list)
-    observed_at: float = 0.0
-
-    @property
-    def realtime(self) -> bool:
-        return self.spec.realtime
-
-    @property
-    def compliant(self) -> bool:
-        """A guest without realtime intent has nothing to comply with."""
-        return not self.violations
-
-    @property
-    def failures(self) -> list[Result]:
-        return [r for r in self.changes if r.outcome == "failed"]
-
-    def to_json(self) -> dict[str, Any]:
-        spec = self.spec
-        return {
-            "name": self.name,
-            "uuid": self.uuid,
-            "pid": self.pid,
-            "realtime": spec.realtime,
-            "source": spec.source,
-            "valid": spec.valid,
-            "compliant": self.compliant,
-            "realtime_vcpus": format_cpulist(v.vcpu for v in spec.realtime_vcpus),
-            "errors": list(spec.errors),
-            "warnings": list(spec.warnings),
-            "violations": [v.to_json() for v in self.violations],
-            "threads": [thread_row(tp) for tp in self.threads],
-            "changes": [r.to_json() for r in self.changes],
-            "memory": None if self.observed is None else {
-                "required_bytes": spec.memory.size_bytes,
-                "locked_bytes": self.observed.memory.vm_lck_bytes,
-                "hugetlb_bytes": self.observed.memory.hugetlb_bytes,
-                "memlock_hard": self.observed.memory.memlock_hard,
-            },
-        }
-
-
-def thread_row(tp: ThreadPlan) -> dict[str, Any]:
-    t = tp.thread
-    return {
-        "tid": t.tid,
-        "name": t.name,
-        "role": t.role,
-        "kind": t.kind,
-        "vcpu": t.vcpu,
-        "policy": t.policy,
-        "priority": t.priority,
-        "cpus": format_cpulist(t.cpus),
-        "want": tp.want.to_json(),
-        "ok": tp.ok,
-        "run_delay_ns": t.run_delay_ns,
-        "nonvoluntary_ctxt_switches": t.nonvoluntary_ctxt_switches,
-    }
-
-
 class Tuner:
-    """Checks and tunes guests.  ``host`` is a :class:`LibvirtHost` (may be
-    None for tests that drive processes that are not guests)."""
+    """Checks and tunes guests.  A guest is a ``libvirt_host.Guest`` (name,
+    uuid, live XML, pin calls); ``apply(None, report=…)`` drives a process
+    that is not a guest (tests) with syscalls only."""
 
-    def __init__(self, config: Config, host=None, *, proc_root: str = "/proc",
+    def __init__(self, config: Config, *, proc_root: str = "/proc",
                  run_root: str = "/run/libvirt/qemu"):
         assert config.partition is not None, "the tuner needs a resolved host partition"
         self.config = config
-        self.host = host
         self.proc_root = proc_root
         self.run_root = run_root
         self.rt_hierarchy = rtgroup.find_cpu_hierarchy(proc_root)
@@ -122,15 +52,15 @@ class Tuner:
 
     # -- read-only --------------------------------------------------------
 
-    def spec_for(self, dom) -> RealtimeSpec:
-        return derive_spec(self.host.domain_xml(dom), self.config)
+    def spec_for(self, guest) -> RealtimeSpec:
+        return derive_spec(guest.xml(), self.config)
 
-    def inspect(self, dom, spec: RealtimeSpec | None = None) -> DomainReport:
+    def inspect(self, guest, spec: RealtimeSpec | None = None) -> DomainReport:
         """Observe a running guest and compare it with its plan; changes nothing."""
-        name, uuid = dom.name(), dom.UUIDString()
+        name, uuid = guest.name, guest.uuid
         if spec is None:
             try:
-                spec = self.spec_for(dom)
+                spec = self.spec_for(guest)
             except DomainXMLError as err:
                 spec = RealtimeSpec(domain=name, uuid=uuid, realtime=True, errors=(str(err),))
         report = DomainReport(name=name, uuid=uuid, spec=spec, observed_at=time.time())
@@ -232,10 +162,10 @@ class Tuner:
         self.granted = (self.granted | leaves) - release
         return plan
 
-    def apply(self, dom, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
+    def apply(self, guest, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
         """Bring a guest to its plan; returns the report *after* the changes
         (re-observed), with ``changes`` listing what was done."""
-        report = report or self.inspect(dom)
+        report = report or self.inspect(guest)
         if not (report.realtime and report.spec.valid) or report.observed is None:
             return report
         actions = plan_actions(report.threads)
@@ -248,7 +178,7 @@ class Tuner:
             except (rtgroup.BudgetError, OSError) as err:
                 budget_error.append(str(err))
                 log.warning("RT budget for %s: %s", report.name, err)
-        pinner = Pinner(self.host, dom) if self.host is not None else None
+        pinner = Pinner(guest)
         results = execute(actions, pinner, dry_run=dry_run)
         if dry_run:
             report.changes = results
