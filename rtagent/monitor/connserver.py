@@ -11,9 +11,11 @@ enforcement path cannot open ``/proc`` any more and the accept loop spins on
   one descriptor and a few hundred bytes, never a thread;
 - at most ``max_connections`` are open at once.  When the cap is reached a
   new client evicts the oldest connection that is still waiting for its
-  client (handshake or request not complete); if none can be evicted the
-  listener is left alone until a slot frees, and new clients wait in the
-  kernel's listen backlog (backlog entries are not the daemon's descriptors);
+  client (handshake or request not complete) and is older than
+  :data:`EVICT_GRACE_S`; if none can be evicted the listener is left alone
+  until one can or a slot frees, and new clients wait in the kernel's listen
+  backlog (backlog entries are not the daemon's descriptors).  A flood is
+  thus accepted at a bounded rate, at a bounded CPU cost;
 - every connection has deadlines: ``idle_timeout_s`` without a byte while
   waiting for the request, ``request_timeout_s`` for the whole request and
   again for writing the answer (a client that never reads is dropped);
@@ -55,6 +57,10 @@ ACCEPT_BATCH = 64
 # send a reset that can destroy the answer in flight (a POST body).
 LINGER_S = 1.0
 RECV_CHUNK = 16384
+# A connection is never evicted younger than this: a client that waited in
+# the backlog gets at least this long to send its request, and a flood of
+# connections is accepted at most max_connections per this period.
+EVICT_GRACE_S = 0.2
 # Nice value of the server threads (the daemon's main loop stays at 0).
 CLIENT_NICE = 10
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -131,6 +137,7 @@ class ConnectionServer:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._accepting = False
         self._resume_at: float | None = None  # accept paused until (None: until a slot frees)
+        self._evict_at: float | None = None
         self._conns: dict[int, _Conn] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -221,7 +228,8 @@ class ConnectionServer:
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
             if len(self._conns) >= self.limits.max_connections and not self._evict():
-                self._set_accepting(False)  # resume when a slot frees
+                # Resume when a connection may be evicted, or when a slot frees.
+                self._set_accepting(False, self._evict_at)
                 return
             try:
                 sock, _addr = self.listener.accept()
@@ -268,12 +276,17 @@ class ConnectionServer:
 
     def _evict(self) -> bool:
         """Close a connection still waiting for its client — one that has sent
-        nothing first, the oldest first; False if every open connection is
-        being answered."""
+        nothing first, the oldest first — but none younger than
+        :data:`EVICT_GRACE_S`, so a real client always has that long to send
+        its request.  False if none can go (then :attr:`_evict_at` says when
+        one could, or is None if every open connection is being answered)."""
+        now = time.monotonic()
         waiting = [c for c in self._conns.values() if c.phase in (Phase.HANDSHAKE, Phase.READING, Phase.LINGER)]
-        if not waiting:
+        old = [c for c in waiting if now - c.opened >= EVICT_GRACE_S]
+        if not old:
+            self._evict_at = min(c.opened for c in waiting) + EVICT_GRACE_S if waiting else None
             return False
-        victim = min(waiting, key=lambda c: (c.phase is not Phase.LINGER, bool(c.inbuf), c.opened))
+        victim = min(old, key=lambda c: (c.phase is not Phase.LINGER, bool(c.inbuf), c.opened))
         self._close(victim, "evicted")
         return True
 

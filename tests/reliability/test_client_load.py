@@ -134,9 +134,10 @@ def test_drift_is_corrected_within_one_resync_while_a_local_user_floods_the_endp
         slow.stop()
         peak = fds.stop()
     assert d.proc.poll() is None
-    # The correcting resync is r0 + 1; one more may finish in the moment
-    # before r1 is read.  Uncorrected drift would need more resyncs.
-    assert 1 <= r1 - r0 <= 2, (r0, r1, took)
+    # Corrected by resync r0 + 1 at the latest (or earlier, by a retry the
+    # daemon had scheduled for the guest); one more resync may finish in the
+    # moment before r1 is read.  Drift left uncorrected would need more.
+    assert r1 - r0 <= 2, (r0, r1, took)
     assert f'domain="{g.name}"' in body and "rtagent_client_connections" in body
     assert burst.failed == 0, (burst.ok, burst.failed, burst.errors[:3])
     # The clients never reached the descriptors kept for enforcement.
