@@ -1,0 +1,1 @@
+"""The kernel floor: thin, typed wrappers over kernel interfaces."""
