@@ -24,8 +24,8 @@ daemons manage every guest that carries the metadata, and re-tuned this one
 in the middle of "untuned" phases.  The daemon runs with the host partition
 (kthreads, IRQs, workqueues) off: it would re-partition the whole shared host
 under the other tests running on it.  It is the real ``rtagent run`` limited
-to this guest's name prefix (:func:`bench.common.scoped_daemon_main`), so it
-does not touch the guests of concurrent tests.
+to this guest's name prefix by its guest selector (``[daemon] guest_names``),
+so it does not touch the guests of concurrent tests.
 
 A phase counts only if the vCPU thread's policy, sampled every 0.25 s while
 the phase ran, was what the scenario says the whole time (another rtagent

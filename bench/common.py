@@ -3,11 +3,10 @@ real libvirt guests, and the daemon as a subprocess.
 
 Everything the benchmarks create is named ``rtbench-…`` and is destroyed (by
 UUID) and stopped (by PID) in ``finally`` blocks; nothing else on the host is
-touched.  The daemon under test is the real ``rtagent run`` code in its own
-process, with one difference: :func:`scoped_daemon_main` limits it to guests
-whose name starts with a prefix, because other tests and benchmarks run their
-own guests (and their own daemons) on this host at the same time, and rtagent
-has no option to ignore a realtime guest.
+touched.  The daemon under test is the real ``rtagent run`` in its own
+process, limited by its guest selector (``[daemon] guest_names``) to guests
+whose name starts with the run's prefix, because other tests and benchmarks
+run their own guests (and their own daemons) on this host at the same time.
 """
 
 from __future__ import annotations
@@ -387,16 +386,19 @@ class EventClock:
 
 def daemon_config(path: Path, *, socket_path: str, resync: float, prefix: str,
                   rt_budget_us: int | None = None) -> Path:
-    """The daemon's config: CPU 1 realtime, vCPU 1 of guests named
-    ``prefix*`` realtime (FIFO 1, Nova's mask ``^0``), host partition
-    enforcement off (it would move the whole host's kthreads and IRQs, not
-    ours to touch), metrics off (measured separately, in-process)."""
+    """The daemon's config: CPU 1 realtime, manages only guests named
+    ``prefix*`` (the guest selector), vCPU 1 of those realtime (FIFO 1,
+    Nova's mask ``^0``), host partition enforcement off (it would move the
+    whole host's kthreads and IRQs, not ours to touch), metrics off
+    (measured separately, in-process)."""
+    assert prefix.startswith(PREFIX)
     budget = f"rt_budget_us = {rt_budget_us}\n" if rt_budget_us else ""
     path.write_text(f"""[host]
 realtime_cpus = "1"
 [realtime]
 {budget}[daemon]
 resync_interval_s = {resync}
+guest_names = ["{prefix}*"]
 [status]
 socket = "{socket_path}"
 [metrics]
@@ -412,41 +414,6 @@ realtime_mask = "^0"
 priority = 1
 """)
     return path
-
-
-def scoped_daemon_main(argv: list[str] | None = None) -> int:
-    """``rtagent run`` limited to guests named ``--prefix…``.
-
-    Two narrow patches, nothing else changed: the resync's guest list and the
-    lifecycle-event callback skip other guests.  Used as
-    ``python -c 'from bench.common import scoped_daemon_main; …'``.
-    """
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prefix", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--log-level", default="info")
-    args = ap.parse_args(argv)
-    assert args.prefix.startswith(PREFIX)
-
-    from rtagent import daemon as daemon_mod
-    from rtagent import libvirt_host
-    from rtagent.cli import main
-
-    orig_active = libvirt_host.LibvirtHost.active_domains
-    orig_event = daemon_mod.Daemon._on_event
-
-    def active_domains(self):
-        return [d for d in orig_active(self) if d.name.startswith(args.prefix)]
-
-    def on_event(self, ev):
-        if ev.name.startswith(args.prefix):
-            orig_event(self, ev)
-
-    libvirt_host.LibvirtHost.active_domains = active_domains
-    daemon_mod.Daemon._on_event = on_event
-    return main(["--log-level", args.log_level, "run", "--config", args.config])
 
 
 @dataclass
@@ -518,11 +485,9 @@ def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     env.pop("WATCHDOG_USEC", None)
     env.pop("WATCHDOG_PID", None)
-    code = ("import sys; from bench.common import scoped_daemon_main; "
-            "sys.exit(scoped_daemon_main(sys.argv[1:]))")
     with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, "--prefix", prefix, "--config", str(cfg),
-                                 "--log-level", log_level],
+        proc = subprocess.Popen([sys.executable, "-m", "rtagent", "--log-level", log_level, "run",
+                                 "--config", str(cfg)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                 cwd=str(REPO))
     dp = DaemonProc(proc=proc, dir=d, socket=sock, log=log, notify=ns)

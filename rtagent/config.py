@@ -69,6 +69,12 @@ class HostTuningConfig:
 class DaemonConfig:
     resync_interval_s: float = 1.0
     proc_connector: bool = True
+    # The guest selector (rtagent/selector.py): which guests this daemon
+    # manages.  Name globs, exclusions applied after, and whether rtagent's
+    # own metadata element is required.
+    guest_names: tuple[str, ...] = ("*",)
+    guest_names_exclude: tuple[str, ...] = ()
+    guest_require_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,7 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     if budget != "auto" and (isinstance(budget, bool) or not isinstance(budget, int) or not 1000 <= budget <= 1_000_000):
         raise chk.fail("realtime.rt_budget_us", budget, "must be \"auto\" or an integer in 1000..1000000 (µs per 1 s period)")
 
-    daemon: DaemonConfig = sections.get("daemon", DaemonConfig())
+    daemon: DaemonConfig = _check_selector(chk, sections.get("daemon", DaemonConfig()))
     if not 0.05 <= daemon.resync_interval_s <= 3600:
         raise chk.fail("daemon.resync_interval_s", daemon.resync_interval_s, "must be in 0.05..3600 seconds")
     lv: LibvirtConfig = sections.get("libvirt", LibvirtConfig())
@@ -334,6 +340,30 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
         host_tuning=sections.get("host_tuning", HostTuningConfig()),
         daemon=daemon, status=status, metrics=metrics, rules=rules,
         partition=partition, path=path,
+    )
+
+
+def _check_globs(chk: _Checker, key: str, value: object, *, allow_empty: bool) -> tuple[str, ...]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+        raise chk.fail(key, value, "must be an array of strings (name globs)")
+    if not value and not allow_empty:
+        raise chk.fail(key, value, 'must name at least one glob ("*" = every guest)')
+    for glob in value:
+        if not glob.strip():
+            raise chk.fail(key, value, "an empty glob matches no guest")
+    return tuple(value)
+
+
+def _check_selector(chk: _Checker, daemon: DaemonConfig) -> DaemonConfig:
+    from dataclasses import replace
+
+    return replace(
+        daemon,
+        guest_names=_check_globs(chk, "daemon.guest_names", daemon.guest_names, allow_empty=False),
+        guest_names_exclude=_check_globs(chk, "daemon.guest_names_exclude", daemon.guest_names_exclude,
+                                         allow_empty=True),
     )
 
 

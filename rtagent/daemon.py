@@ -9,6 +9,7 @@ state store under its lock.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -26,10 +27,11 @@ from .errors import RtagentError
 from .libvirt_host import DomainEvent, LibvirtHost, LibvirtUnavailable, is_gone, start_event_loop
 from .procconn import ProcConnector
 from .sdnotify import Notifier
+from .selector import GuestSelector
 from .state import StateStore, VcpuCounters
 from .status import StatusServer
-from .tuning.apply import SetAffinity
-from .tuning.engine import DomainReport, Tuner
+from .tuning.guest.plan import SetAffinity
+from .tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Daemon:
         self.queue: queue.Queue[Item] = queue.Queue()
         self.host = LibvirtHost(config.libvirt.uri)
         self.tuner = Tuner(config, self.host)
+        self.selector = GuestSelector.from_config(config.daemon)
         self.procconn: ProcConnector | None = None
         self.status: StatusServer | None = None
         self.metrics = None
@@ -381,6 +384,12 @@ class Daemon:
             if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
                 self.forget(uuid)
                 return None
+            if not self.selector.matches_name(dom.name()):
+                # Not selected: as if it did not exist (another daemon's, or
+                # not rolled out yet).  Drop state if the selection changed.
+                if uuid in self.tracked or self.store.read(lambda s: uuid in s.guests):
+                    self.forget(uuid)
+                return None
             if state == libvirt.VIR_DOMAIN_PAUSED and reason in _STARTING:
                 # libvirt is still creating cgroups and pinning threads; its
                 # STARTED/RESUMED event brings us back.
@@ -405,6 +414,8 @@ class Daemon:
             # Never die on a guest's behalf.
             log.exception("inspecting guest %s failed", uuid)
             return None
+        if self.selector.require_metadata and before.spec.source != "metadata":
+            before.spec = dataclasses.replace(before.spec, realtime=False)
         if not before.realtime:
             # Not ours to manage; keep no state (and no metrics series) for it.
             if uuid in self.tracked or self.store.read(lambda s: uuid in s.guests):
@@ -512,6 +523,7 @@ class Daemon:
         self.specs.clear()  # rules may have changed
         self.config = new
         self.tuner = Tuner(new, self.host)
+        self.selector = GuestSelector.from_config(new.daemon)
         self.tuner.rt_cgroups, self.tuner.granted = old_tuner.rt_cgroups, old_tuner.granted
         self._setup_host_enforcer()
         log.info("reloaded config from %s", new.path or "(defaults)")

@@ -109,7 +109,7 @@ def check(config: Config, *, proc_root: str = "/proc") -> PrivilegeReport:
     Raises :class:`CapabilityError` naming the capability (or file) and what
     it is for when something required is missing.
     """
-    from .tuning.rtgroup import RUNTIME, find_cpu_hierarchy
+    from .tuning.guest.rtgroup import RUNTIME, find_cpu_hierarchy
 
     report = PrivilegeReport()
     if not has_capability("CAP_SYS_NICE"):

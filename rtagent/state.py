@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tuning.engine import DomainReport
+from .tuning.guest.report import DomainReport
 
 # Seconds.  Corrections and reactions on this host range from milliseconds
 # (proc connector) to a resync interval or two.

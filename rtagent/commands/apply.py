@@ -12,18 +12,21 @@ import sys
 import libvirt
 
 from ..libvirt_host import is_gone
+from ..selector import GuestSelector
 from .common import guest_line, inspect_running, open_tuner, selected_domains
 
 
 def run(args) -> int:
     config, host, tuner = open_tuner(args)
     try:
-        doms = selected_domains(host, args.domains)
+        selector = GuestSelector.from_config(config.daemon)
+        doms = selected_domains(host, args.domains, selector)
         # Inspect every guest first: the RT budget is shared host-wide, so
         # the grant for one guest must know all realtime vCPU cgroups.
-        reports = inspect_running(tuner, doms)
-        if args.domains:
-            # The budget must also count realtime guests that were not named.
+        reports = inspect_running(tuner, doms, selector)
+        if args.domains or not selector.selects_all:
+            # The budget must also count realtime guests that were not named
+            # (or are outside the selection: the kernel's budget is shared).
             for d in host.active_domains():
                 if d.uuid not in {r.uuid for _, r in reports}:
                     try:

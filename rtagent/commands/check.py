@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from ..selector import GuestSelector
 from .common import guest_line, host_summary, inspect_running, open_tuner, selected_domains, thread_table
 from .hostinfo import host_checks_json
 
@@ -15,7 +16,8 @@ from .hostinfo import host_checks_json
 def run(args) -> int:
     config, host, tuner = open_tuner(args)
     try:
-        reports = [r for _, r in inspect_running(tuner, selected_domains(host, args.domains))]
+        selector = GuestSelector.from_config(config.daemon)
+        reports = [r for _, r in inspect_running(tuner, selected_domains(host, args.domains, selector), selector)]
     finally:
         host.close()
     checks = host_checks_json(config, guest_pids={r.pid for r in reports if r.pid})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -10,7 +11,8 @@ import libvirt
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
 from ..libvirt_host import LibvirtHost, is_gone
-from ..tuning.engine import DomainReport, Tuner
+from ..selector import GuestSelector
+from ..tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +24,17 @@ def open_tuner(args) -> tuple[Config, LibvirtHost, Tuner]:
     return config, host, Tuner(config, host)
 
 
-def selected_domains(host: LibvirtHost, names: list[str]) -> list:
-    """The running guests named (any order, by name or UUID), or all running guests."""
+def selected_domains(host: LibvirtHost, names: list[str], selector: GuestSelector | None = None) -> list:
+    """The running guests named (any order, by name or UUID), or all running
+    guests the daemon's guest selector manages (``[daemon] guest_names``).
+    A guest named explicitly is inspected even outside the selection."""
     if names:
         doms = [host.lookup(n) for n in names]
         return doms
     doms = []
     for d in host.active_domains():
+        if selector is not None and not selector.matches_name(d.name):
+            continue
         try:
             doms.append(host.conn.lookupByUUIDString(d.uuid))
         except libvirt.libvirtError as err:
@@ -38,13 +44,19 @@ def selected_domains(host: LibvirtHost, names: list[str]) -> list:
     return doms
 
 
-def inspect_running(tuner: Tuner, doms: list) -> list[tuple[Any, DomainReport]]:
+def inspect_running(tuner: Tuner, doms: list, selector: GuestSelector | None = None) -> list[tuple[Any, DomainReport]]:
     """``(dom, report)`` per guest; a guest that stops meanwhile is left out
-    (guests come and go while a one-shot command runs)."""
+    (guests come and go while a one-shot command runs).  With a selector
+    that requires rtagent's metadata, other guests are reported as not
+    realtime, as the daemon treats them."""
     out = []
     for dom in doms:
         try:
-            out.append((dom, tuner.inspect(dom)))
+            report = tuner.inspect(dom)
+            if selector is not None and selector.require_metadata and report.spec.source != "metadata":
+                report.spec = dataclasses.replace(report.spec, realtime=False)
+                report.violations = []
+            out.append((dom, report))
         except libvirt.libvirtError as err:
             if not is_gone(err):
                 raise

@@ -11,7 +11,8 @@ Conventions (prometheus.io, "Writing exporters"): base units (seconds,
 bytes), ``_total`` only on counters, guests identified by ``domain`` (the
 libvirt name) and vCPUs by ``vcpu`` (the index) — never by thread ID, which
 changes whenever QEMU restarts — and guest metadata in
-``rtagent_domain_info{domain, uuid, source}``.  docs/metrics.md lists every
+``rtagent_domain_info{domain, uuid, source, flavor}`` (flavor: Nova's
+``<nova:flavor name=…>``, empty when the XML has none).  docs/metrics.md lists every
 metric.
 
 Per-vCPU series exist for *realtime* vCPUs only (``spec.vcpu(i).realtime``):
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -40,6 +41,7 @@ from .. import __version__
 from ..config import MetricsConfig
 from ..errors import RtagentError
 from ..state import GuestState, Histogram, StateStore
+from . import httpserve
 
 __all__ = ["RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
 
@@ -83,6 +85,7 @@ class _Guest:
     name: str
     uuid: str
     source: str
+    flavor: str
     has_report: bool
     realtime: bool
     valid: bool
@@ -130,12 +133,12 @@ def _copy_guest(g: GuestState) -> _Guest:
     vcpus: list[_Vcpu] = []
     memory = None
     realtime = valid = compliant = False
-    source = ""
+    source = flavor = ""
     violations: tuple[tuple[str, int], ...] = ()
     if r is not None:
         spec = r.spec
         realtime, valid, compliant = bool(spec.realtime), bool(spec.valid), bool(r.compliant)
-        source = spec.source or ""
+        source, flavor = spec.source or "", spec.flavor or ""
         counts: dict[str, int] = {}
         for v in r.violations:
             counts[v.check] = counts.get(v.check, 0) + 1
@@ -155,7 +158,7 @@ def _copy_guest(g: GuestState) -> _Guest:
             vcpus.append(_Vcpu(t.vcpu, t.policy, int(t.priority), bool(tp.ok), t.run_delay_ns, t.run_time_ns,
                                int(t.nonvoluntary_ctxt_switches)))
     return _Guest(
-        name=g.name, uuid=g.uuid, source=source, has_report=r is not None, realtime=realtime, valid=valid,
+        name=g.name, uuid=g.uuid, source=source, flavor=flavor, has_report=r is not None, realtime=realtime, valid=valid,
         compliant=compliant, violations=violations, memory=memory,
         vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)),
         corrections=_items(g.corrections), correction_failures=_items(g.correction_failures),
@@ -315,7 +318,9 @@ class RtagentCollector(Collector):
 
     def _guests(self, guests: list[_Guest]) -> list[Metric]:
         d, dv = ["domain"], ["domain", "vcpu"]
-        info = _gauge("domain_info", "Guest metadata; always 1.", ["domain", "uuid", "source"])
+        # uuid is Nova's instance UUID for Nova guests; flavor joins fleet
+        # queries to flavors ("which flavors lose tuning").
+        info = _gauge("domain_info", "Guest metadata; always 1.", ["domain", "uuid", "source", "flavor"])
         realtime = _gauge("domain_realtime", "1 if the guest has realtime intent, else 0.", d)
         valid = _gauge("domain_realtime_intent_valid",
                        "1 if the guest's realtime intent is valid (or it has none), 0 if invalid (nothing applied).", d)
@@ -343,7 +348,7 @@ class RtagentCollector(Collector):
         tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
                        dv)
         for g in guests:
-            info.add_metric([g.name, g.uuid, g.source], 1)
+            info.add_metric([g.name, g.uuid, g.source, g.flavor], 1)
             for kind, n in g.corrections:
                 corrections.add_metric([g.name, kind], n)
             for kind, n in g.correction_failures:
@@ -419,11 +424,11 @@ def _listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check_tls(cfg: MetricsConfig) -> None:
-    """Load the TLS files before binding: prometheus_client binds first and
-    would leave the socket open if the certificate then failed to load."""
+def _check_tls(cfg: MetricsConfig) -> ssl.SSLContext | None:
+    """Load the TLS files before binding, so a bad certificate leaves no
+    socket open; the context returned is the one the server uses."""
     if not (cfg.tls_cert or cfg.tls_key or cfg.tls_client_ca):
-        return
+        return None
     if not (cfg.tls_cert and cfg.tls_key):
         raise RtagentError(f"metrics.tls_cert = {cfg.tls_cert!r}, metrics.tls_key = {cfg.tls_key!r}: "
                            "both must be set for TLS")
@@ -438,6 +443,8 @@ def _check_tls(cfg: MetricsConfig) -> None:
             ctx.load_verify_locations(cafile=cfg.tls_client_ca)
         except (OSError, ssl.SSLError) as err:
             raise RtagentError(f"metrics.tls_client_ca = {cfg.tls_client_ca!r}: cannot load: {err}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def serve(store: StateStore, metrics_config: MetricsConfig,
@@ -450,7 +457,7 @@ def serve(store: StateStore, metrics_config: MetricsConfig,
     ``tls_client_ca`` it also requires a client certificate signed by it.
     """
     host, port = _listen(metrics_config.listen)
-    _check_tls(metrics_config)
+    tls_context = _check_tls(metrics_config)
     if registry is None:
         registry = CollectorRegistry()
         # The agent's own CPU, memory, file descriptors, start time.
@@ -459,12 +466,7 @@ def serve(store: StateStore, metrics_config: MetricsConfig,
     registry.register(collector)
     tls = bool(metrics_config.tls_cert and metrics_config.tls_key)
     try:
-        httpd, thread = start_http_server(
-            port, host, registry=registry,
-            certfile=metrics_config.tls_cert or None, keyfile=metrics_config.tls_key or None,
-            client_cafile=metrics_config.tls_client_ca or None,
-            client_auth_required=bool(metrics_config.tls_client_ca),
-        )
+        httpd, thread = httpserve.start(host, port, registry, tls_context)
     except socket.gaierror as err:
         registry.unregister(collector)
         raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot resolve {host!r}: "

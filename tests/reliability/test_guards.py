@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from rtagent.config import Partition, RealtimeConfig
 from rtagent.intent import derive_spec
-from rtagent.tuning.apply import execute
-from rtagent.tuning.observe import Observed, ProcessMemory, ThreadInfo
-from rtagent.tuning.plan import (
+from rtagent.tuning.guest.apply import execute
+from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
+from rtagent.tuning.guest.plan import (
     REALTIME,
     SetAffinity,
     SetScheduler,

@@ -70,7 +70,7 @@ def test_missing_cap_chown_for_a_status_group_names_it(tmp_path):
 @pytest.mark.threads
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed")
 def test_read_only_cgroup_rt_files_name_the_file(tmp_path):
-    from rtagent.tuning.rtgroup import find_cpu_hierarchy
+    from rtagent.tuning.guest.rtgroup import find_cpu_hierarchy
 
     hierarchy = find_cpu_hierarchy()
     if hierarchy is None:

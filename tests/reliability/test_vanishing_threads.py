@@ -23,10 +23,10 @@ import pytest
 
 from rtagent.config import parse_config
 from rtagent.intent import derive_spec
-from rtagent.tuning.apply import execute
-from rtagent.tuning.engine import DomainReport, Tuner
-from rtagent.tuning.observe import ProcessGone
-from rtagent.tuning.plan import SetAffinity, SetScheduler
+from rtagent.tuning.guest.apply import execute
+from rtagent.tuning.guest.engine import DomainReport, Tuner
+from rtagent.tuning.guest.observe import ProcessGone
+from rtagent.tuning.guest.plan import SetAffinity, SetScheduler
 from tests.guests import rt_guest_xml
 from tests.reliability.conftest import report, scale, task_ids
 

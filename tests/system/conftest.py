@@ -76,7 +76,7 @@ class RunningDaemon:
 
 
 def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
-                 metrics_port: int | None = None, status_group: str = "root") -> Path:
+                 metrics_port: int | None = None, status_group: str = "root", daemon: str = "") -> Path:
     """A daemon config for tests: CPU 1 realtime, host tuning off (tests that
     move kernel threads and IRQs turn it on themselves and restore)."""
     metrics = (f'enabled = true\nlisten = "127.0.0.1:{metrics_port}"' if metrics_port
@@ -86,6 +86,7 @@ def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
 realtime_cpus = "1"
 [daemon]
 resync_interval_s = {resync}
+{daemon}
 [status]
 socket = "{sock}"
 group = "{status_group}"
@@ -116,10 +117,11 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 def daemon_factory(libvirtd, tmp_path):
     started: list[RunningDaemon] = []
 
-    def start(resync: float = 0.5, extra: str = "", watchdog_usec: int = 2_000_000) -> RunningDaemon:
+    def start(resync: float = 0.5, extra: str = "", watchdog_usec: int = 2_000_000, daemon: str = "") -> RunningDaemon:
+        """``extra``: TOML appended after the tables; ``daemon``: lines in [daemon]."""
         n = len(started)
         sock = str(tmp_path / f"rtagent{n}.sock")
-        cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra)
+        cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra, daemon=daemon)
         notify_path = str(tmp_path / f"notify{n}.sock")
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.bind(notify_path)

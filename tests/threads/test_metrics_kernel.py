@@ -26,9 +26,9 @@ from rtagent.config import Partition, RealtimeConfig, read_online
 from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.metrics import RtagentCollector
 from rtagent.state import StateStore
-from rtagent.tuning.engine import DomainReport
-from rtagent.tuning.observe import observe_process
-from rtagent.tuning.plan import plan_domain
+from rtagent.tuning.guest.report import DomainReport
+from rtagent.tuning.guest.observe import observe_process
+from rtagent.tuning.guest.plan import plan_domain
 
 pytestmark = pytest.mark.threads
 

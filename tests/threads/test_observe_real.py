@@ -13,8 +13,8 @@ import uuid as uuidlib
 import pytest
 
 from rtagent.model import MemorySpec
-from rtagent.tuning.memory import verify_memory
-from rtagent.tuning.observe import (
+from rtagent.tuning.guest.memory import verify_memory
+from rtagent.tuning.guest.observe import (
     ProcessGone,
     find_qemu_pid,
     list_qemu_processes,

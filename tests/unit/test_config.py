@@ -44,6 +44,11 @@ CASES = [
     ('[[rule]]\npriority = 1\n', "rule[0]", "", "needs match_name"),
     ('[metrics]\nlisten = "localhost"\n', "metrics.listen", "'localhost'", "HOST:PORT"),
     ('[status]\nsocket = "rel/path.sock"\n', "status.socket", "'rel/path.sock'", "absolute path"),
+    ('[daemon]\nguest_names = "rt-*"\n', "daemon.guest_names", "'rt-*'", "array of strings"),
+    ('[daemon]\nguest_names = []\n', "daemon.guest_names", "[]", "at least one glob"),
+    ('[daemon]\nguest_names_exclude = [""]\n', "daemon.guest_names_exclude", "['']", "empty glob"),
+    ('[daemon]\nguest_names = ["a", 3]\n', "daemon.guest_names", "['a', 3]", "array of strings"),
+    ('[daemon]\nguest_require_metadata = "yes"\n', "daemon.guest_require_metadata", "'yes'", "true or false"),
 ]
 
 

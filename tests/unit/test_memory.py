@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rtagent.model import MemorySpec, Violation
-from rtagent.tuning.memory import format_bytes, verify_memory
-from rtagent.tuning.observe import ProcessMemory
+from rtagent.tuning.guest.memory import format_bytes, verify_memory
+from rtagent.tuning.guest.observe import ProcessMemory
 
 pytestmark = pytest.mark.unit
 

@@ -14,9 +14,9 @@ from rtagent.errors import RtagentError
 from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.metrics import RtagentCollector, serve
 from rtagent.state import StateStore
-from rtagent.tuning.engine import DomainReport
-from rtagent.tuning.observe import Observed, ProcessMemory, ThreadInfo
-from rtagent.tuning.plan import plan_domain
+from rtagent.tuning.guest.report import DomainReport
+from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
+from rtagent.tuning.guest.plan import plan_domain
 
 pytestmark = pytest.mark.unit
 
@@ -32,9 +32,10 @@ def thread(tid, name, role="emulator", vcpu=None, kind="other", policy="other", 
                       delayacct_blkio_ticks=0)
 
 
-def make_report(name="rt1", uuid="11111111-2222-3333-4444-555555555555", *, v2_policy="fifo") -> DomainReport:
+def make_report(name="rt1", uuid="11111111-2222-3333-4444-555555555555", *, v2_policy="fifo",
+                flavor=None) -> DomainReport:
     spec = RealtimeSpec(
-        domain=name, uuid=uuid, realtime=True, source="metadata",
+        domain=name, uuid=uuid, realtime=True, source="metadata", flavor=flavor,
         vcpus=(VcpuSpec(0, False, "other", 0, frozenset({1})),
                VcpuSpec(1, True, "fifo", 1, frozenset({2})),
                VcpuSpec(2, True, "fifo", 1, frozenset({3}))),
@@ -167,11 +168,22 @@ def test_no_intruder_gauge_without_a_value():
     assert value(s, "rtagent_host_check_ok", check="intruders") == 0
 
 
+def test_domain_info_carries_the_nova_flavor():
+    """A fleet query joins on domain_info to ask which flavors lose tuning."""
+    store = StateStore()
+    store.update(lambda s: setattr(s.guest("u-1", "instance-0001"), "report",
+                                   make_report("instance-0001", "u-1", flavor="rt.large")))
+    _, s = scrape(store)
+    [info] = s["rtagent_domain_info"]
+    assert info.labels == {"domain": "instance-0001", "uuid": "u-1", "source": "metadata", "flavor": "rt.large"}
+
+
 def test_guest_metrics():
     _, s = scrape(populated_store())
     assert value(s, "rtagent_domain_info", domain="rt1") == 1
     info = [x for x in s["rtagent_domain_info"] if x.labels["domain"] == "rt1"][0]
-    assert info.labels == {"domain": "rt1", "uuid": "11111111-2222-3333-4444-555555555555", "source": "metadata"}
+    assert info.labels == {"domain": "rt1", "uuid": "11111111-2222-3333-4444-555555555555", "source": "metadata",
+                           "flavor": ""}
     assert value(s, "rtagent_domain_info", domain="plain", source="") == 1
     assert value(s, "rtagent_domain_info", domain="starting") == 1
 

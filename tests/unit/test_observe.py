@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rtagent.tuning import observe
-from rtagent.tuning.observe import (
+from rtagent.tuning.guest import observe
+from rtagent.tuning.guest.observe import (
     ProcessGone,
     ProcessMemory,
     classify,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtagent.tuning.rtgroup import BudgetError, plan_budgets
+from rtagent.tuning.guest.rtgroup import BudgetError, plan_budgets
 
 pytestmark = pytest.mark.unit
 
@@ -121,7 +121,7 @@ def test_any_rebalance_keeps_the_invariant_at_every_write(first, second):
 
 
 def test_stale_guest_groups_are_found_in_a_fixture_hierarchy(tmp_path):
-    from rtagent.tuning.rtgroup import RUNTIME, stale_guest_groups
+    from rtagent.tuning.guest.rtgroup import RUNTIME, stale_guest_groups
 
     def group(path, runtime, tasks=""):
         d = tmp_path / path

@@ -4,8 +4,8 @@ import pytest
 
 from rtagent.config import Partition, RealtimeConfig
 from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
-from rtagent.tuning.observe import Observed, ProcessMemory, ThreadInfo
-from rtagent.tuning.plan import SetAffinity, SetScheduler, plan_actions, plan_domain
+from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
+from rtagent.tuning.guest.plan import SetAffinity, SetScheduler, plan_actions, plan_domain
 
 pytestmark = pytest.mark.unit
 

@@ -12,89 +12,19 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
-from ..config import Config
-from ..cpulist import format_cpulist
-from ..errors import DomainXMLError
-from ..intent import derive_spec
-from ..model import RealtimeSpec, Violation
+from ...config import Config
+from ...errors import DomainXMLError
+from ...intent import derive_spec
+from ...model import RealtimeSpec, Violation
 from . import rtgroup
-from .apply import Pinner, Result, execute
+from .apply import Pinner, execute
 from .memory import verify_memory
 from .observe import Observed, ProcessGone, ThreadInfo, find_kvm_pit, find_qemu_pid, observe_process, read_thread
 from .plan import REALTIME, SetScheduler, ThreadPlan, plan_actions, plan_domain
+from .report import DomainReport
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DomainReport:
-    name: str
-    uuid: str
-    spec: RealtimeSpec
-    pid: int | None = None
-    observed: Observed | None = None
-    threads: list[ThreadPlan] = field(default_factory=list)
-    violations: list[Violation] = field(default_factory=list)
-    changes: list[Result] = field(default_factory=list)
-    observed_at: float = 0.0
-
-    @property
-    def realtime(self) -> bool:
-        return self.spec.realtime
-
-    @property
-    def compliant(self) -> bool:
-        """A guest without realtime intent has nothing to comply with."""
-        return not self.violations
-
-    @property
-    def failures(self) -> list[Result]:
-        return [r for r in self.changes if r.outcome == "failed"]
-
-    def to_json(self) -> dict[str, Any]:
-        spec = self.spec
-        return {
-            "name": self.name,
-            "uuid": self.uuid,
-            "pid": self.pid,
-            "realtime": spec.realtime,
-            "source": spec.source,
-            "valid": spec.valid,
-            "compliant": self.compliant,
-            "realtime_vcpus": format_cpulist(v.vcpu for v in spec.realtime_vcpus),
-            "errors": list(spec.errors),
-            "warnings": list(spec.warnings),
-            "violations": [v.to_json() for v in self.violations],
-            "threads": [thread_row(tp) for tp in self.threads],
-            "changes": [r.to_json() for r in self.changes],
-            "memory": None if self.observed is None else {
-                "required_bytes": spec.memory.size_bytes,
-                "locked_bytes": self.observed.memory.vm_lck_bytes,
-                "hugetlb_bytes": self.observed.memory.hugetlb_bytes,
-                "memlock_hard": self.observed.memory.memlock_hard,
-            },
-        }
-
-
-def thread_row(tp: ThreadPlan) -> dict[str, Any]:
-    t = tp.thread
-    return {
-        "tid": t.tid,
-        "name": t.name,
-        "role": t.role,
-        "kind": t.kind,
-        "vcpu": t.vcpu,
-        "policy": t.policy,
-        "priority": t.priority,
-        "cpus": format_cpulist(t.cpus),
-        "want": tp.want.to_json(),
-        "ok": tp.ok,
-        "run_delay_ns": t.run_delay_ns,
-        "nonvoluntary_ctxt_switches": t.nonvoluntary_ctxt_switches,
-    }
 
 
 class Tuner:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..cpulist import CpuListError, parse_cpulist
+from ...cpulist import CpuListError, parse_cpulist
 
 __all__ = [
     "ProcessGone",

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Partition, RealtimeConfig
-from ..cpulist import format_cpulist
-from ..model import RealtimeSpec, Violation
+from ...config import Partition, RealtimeConfig
+from ...cpulist import format_cpulist
+from ...model import RealtimeSpec, Violation
 from .observe import Observed, ThreadInfo
 
 REALTIME = frozenset({"fifo", "rr"})

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..cpulist import format_cpulist
+from ...cpulist import format_cpulist
 from .plan import REALTIME, Action, SetAffinity, SetScheduler
 
 log = logging.getLogger(__name__)

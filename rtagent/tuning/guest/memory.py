@@ -8,7 +8,7 @@ for ``<locked/>`` or ``<hugepages/>`` gets a violation too.
 
 from __future__ import annotations
 
-from ..model import MemorySpec, Violation
+from ...model import MemorySpec, Violation
 from .observe import ProcessMemory
 
 __all__ = ["verify_memory", "format_bytes"]

@@ -1,0 +1,49 @@
+"""The guest selector: which guests a daemon manages ([daemon] guest_names …)."""
+
+import pytest
+
+from rtagent.config import parse_config
+from rtagent.selector import GuestSelector
+from tests.guests import domain_xml, rt_metadata
+
+pytestmark = pytest.mark.unit
+
+
+def test_default_selects_every_guest():
+    sel = GuestSelector.from_config(parse_config({}, sys_root=None).daemon)
+    assert sel.selects_all
+    assert sel.matches_name("anything")
+    assert sel.matches("anything", None)
+
+
+def test_globs_then_exclusions():
+    cfg = parse_config({"daemon": {"guest_names": ["nodeA-*", "db?"],
+                                   "guest_names_exclude": ["nodeA-test*"]}}, sys_root=None)
+    sel = GuestSelector.from_config(cfg.daemon)
+    assert not sel.selects_all
+    assert sel.matches_name("nodeA-vm1")
+    assert sel.matches_name("db1")
+    assert not sel.matches_name("db10")
+    assert not sel.matches_name("nodeA-test1")
+    assert not sel.matches_name("nodeB-vm1")
+    # Case-sensitive, as libvirt domain names are.
+    assert not sel.matches_name("NODEA-vm1")
+
+
+def test_require_metadata_reads_the_rtagent_element():
+    sel = GuestSelector(require_metadata=True)
+    with_md = domain_xml("g1", metadata=rt_metadata())
+    without = domain_xml("g2")
+    assert sel.matches("g1", with_md)
+    assert not sel.matches("g2", without)
+    assert not sel.matches("g2", None)
+    # An unparsable XML never selects a guest that had to opt in.
+    assert not sel.matches("g3", "<domain><metadata>")
+    # enabled='no' is still the element: selected, and its intent says "not realtime".
+    assert sel.matches("g4", domain_xml("g4", metadata=rt_metadata(enabled="no")))
+
+
+def test_config_round_trips_to_json():
+    cfg = parse_config({"daemon": {"guest_names": ["a*"]}}, sys_root=None)
+    assert cfg.to_json()["daemon"]["guest_names"] == ("a*",)
+    assert cfg.daemon.guest_names == ("a*",)
