@@ -66,6 +66,7 @@ class Daemon:
         self.selector = GuestSelector.from_config(config.daemon)
         self.procconn: ProcConnector | None = None
         self.status: StatusServer | None = None
+        self.interference = None  # monitor.interference_service.InterferenceService
         self.metrics = None
         self.host_enforcer = None
         self.tracked: dict[str, int] = {}  # uuid -> QEMU pid
@@ -165,12 +166,18 @@ class Daemon:
                 log.warning("proc connector unavailable (%s): new threads are tuned at the next resync "
                             "(needs CAP_NET_ADMIN)", err)
                 self.procconn = None
-        self.status = StatusServer(self.config.status.socket, self.config.status.group, self.store.snapshot)
+        from .monitor import interference_service as itf
+
+        self.interference = itf.InterferenceService.start(self.config, self.store)
+        self.status = StatusServer(self.config.status.socket, self.config.status.group,
+                                   lambda: {**self.store.snapshot(), "interference": itf.status_json(self.interference)})
         self.status.start()
         if self.config.metrics.enabled:
             from .monitor.metrics import serve
 
             self.metrics = serve(self.store, self.config.metrics)
+            if self.interference is not None:
+                self.metrics.registry.register(itf.InterferenceCollector(self.interference))
         self._setup_host_enforcer()
         self.resync()
         n = sum(1 for uuid in self.tracked)
@@ -542,6 +549,8 @@ class Daemon:
             self.status.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.interference is not None:
+            self.interference.stop()
         self.host.close()
         self.notifier.close()
 

@@ -14,8 +14,8 @@ an interrupt, the foreign time is also charged to that owner as
 Bounds (so a hostile workload cannot grow memory or label cardinality):
 ``MAX_SOURCES`` distinct (kind, source) keys per CPU in the accountant (the
 rest fold into ``(kind, "other")``), and :class:`StickyTop` exports at most
-``top_n`` sources per CPU, the rest as ``other`` — monotonic counters either
-way (see :class:`StickyTop`).
+``top_n`` sources per CPU (the recent top), the rest as ``other`` —
+monotonic counters either way (see :class:`StickyTop`).
 """
 
 from __future__ import annotations
@@ -260,24 +260,44 @@ class CpuAccount:
 class StickyTop:
     """At most ``top_n`` exported sources per CPU, plus ``other`` per kind.
 
-    Counters must never go down, so a source keeps its series once exported
-    and a newly admitted source starts from its value at admission (what it
-    had before stays in ``other``).  Free slots go to the largest unexported
-    sources at each export; later newcomers stay in ``other`` — the live
-    top culprits are in the one-minute window (``rtagent status``).
+    The exported set follows the *recent* top (time over the status
+    window): free slots go to the largest recent sources, and a newcomer
+    replaces the weakest exported source only when its recent time is more
+    than twice that one's (hysteresis, so series do not flap).  Counters
+    stay monotonic: a source is exported from its total at admission (what
+    it had before stays in ``other``), and an evicted source's whole total
+    moves into ``other`` (which only grows) while its series ends; if it
+    comes back, its new series starts at 0, which ``rate()`` reads as a
+    counter reset.
     """
+
+    HYSTERESIS = 2.0
 
     def __init__(self, top_n: int):
         self.top_n = top_n
         self._base: dict[tuple[Kind, str], tuple[int, int]] = {}
 
-    def export(self, totals: Mapping[tuple[Kind, str], Tally]) -> dict[tuple[Kind, str], tuple[int, int]]:
-        free = self.top_n - len(self._base)
-        if free > 0:
-            candidates = sorted((k for k in totals if k not in self._base and k[1] != OTHER),
-                                key=lambda k: (-totals[k].ns, k[0].value, k[1]))
-            for key in candidates[:free]:
+    def _rank(self, totals: Mapping[tuple[Kind, str], Tally],
+              recent: Mapping[tuple[Kind, str], int]) -> None:
+        def score(k: tuple[Kind, str]) -> int:
+            return recent.get(k, 0)
+
+        cands = sorted((k for k in totals if k[1] != OTHER and k not in self._base and score(k) > 0),
+                       key=lambda k: (-score(k), k[0].value, k[1]))
+        for key in cands:
+            if len(self._base) < self.top_n:
                 self._base[key] = (totals[key].ns, totals[key].count)
+                continue
+            weakest = min(self._base, key=lambda k: (score(k), k[0].value, k[1]))
+            if score(key) <= self.HYSTERESIS * score(weakest):
+                break
+            del self._base[weakest]
+            self._base[key] = (totals[key].ns, totals[key].count)
+
+    def export(self, totals: Mapping[tuple[Kind, str], Tally],
+               recent: Mapping[tuple[Kind, str], int] | None = None) -> dict[tuple[Kind, str], tuple[int, int]]:
+        """``recent``: ns per source over the recent window (default: the totals)."""
+        self._rank(totals, recent if recent is not None else {k: t.ns for k, t in totals.items()})
         out: dict[tuple[Kind, str], tuple[int, int]] = {}
         other: dict[tuple[Kind, str], tuple[int, int]] = {}
         for key, tally in totals.items():
@@ -337,6 +357,13 @@ class Window:
         # Keep one sample at or before the window's start as the baseline.
         while len(self.samples) >= 2 and self.samples[1][0] <= t - self.span_s:
             self.samples.popleft()
+
+    def recent(self) -> dict[tuple[Kind, str], int]:
+        """ns per source over the window."""
+        if not self.samples:
+            return {}
+        first, last = self.samples[0][1], self.samples[-1][1]
+        return {k: ns - first.get(k, (0, 0))[0] for k, (ns, _c) in last.items()}
 
     def view(self, cpu: int, top: int = 3) -> WindowView:
         if not self.samples:

@@ -115,6 +115,7 @@ class ProcClassifier:
         self._guests = guests
         self._proc = proc_root
         self._cache: dict[tuple[int, str], tuple[Kind, str]] = {}
+        self._qemu: dict[int, str | None] = {}
         self._limit = limit
 
     def __call__(self, pid: int, comm: str) -> tuple[Kind, str]:
@@ -136,9 +137,35 @@ class ProcClassifier:
         except (OSError, ValueError, IndexError, KeyError):
             return Kind.TASK, fold_comm(comm)
         domain = self._guests().get(tgid) if tgid is not None else None
+        if domain is None and tgid is not None:
+            # A guest the daemon does not manage is still another guest.
+            domain = self._qemu_guest(tgid)
         if domain is not None:
             return Kind.GUEST, domain
         return Kind.TASK, fold_comm(comm)
+
+    def _qemu_guest(self, tgid: int) -> str | None:
+        if tgid not in self._qemu:
+            if len(self._qemu) >= self._limit:
+                self._qemu.clear()
+            try:
+                self._qemu[tgid] = guest_name_from_cmdline(Path(self._proc, str(tgid), "cmdline").read_bytes())
+            except OSError:
+                return None
+        return self._qemu[tgid]
+
+
+def guest_name_from_cmdline(cmdline: bytes) -> str | None:
+    """The domain name of a QEMU started by libvirt (``-name guest=NAME,...``)."""
+    args = cmdline.split(b"\0")
+    for i, arg in enumerate(args[:-1]):
+        if arg == b"-name":
+            value = args[i + 1].decode("utf-8", "replace")
+            for part in value.split(","):
+                if part.startswith("guest="):
+                    return part[len("guest="):]
+            return value.split(",")[0] or None
+    return None
 
 
 def _tgid(path: Path) -> int | None:
@@ -213,13 +240,14 @@ class InterferenceSampler:
             raise tracefs.TracefsError("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
         if not self.cpus:
             raise tracefs.TracefsError("no realtime CPUs to account")
+        # The window starts before tracing does, so no event predates it.
+        started = time.monotonic()
         self._inst = tracefs.Instance.create(root, self.instance_name, self.cpus, EVENTS,
                                              optional_events=OPTIONAL_EVENTS, buffer_kb=self._buffer_kb)
         self._decoder = Decoder(self._inst.formats)
         self._clock_is_mono = self._inst.clock_name() == "mono"
-        now = time.monotonic()
         for c in self.cpus:
-            self._window[c].add(now, {})
+            self._window[c].add(started, {})
 
     def start(self) -> None:
         self.open()
@@ -278,11 +306,11 @@ class InterferenceSampler:
                 if self._clock_is_mono:
                     acc.advance(now_ns)
                 self._window[c].add(now, acc.totals)
-                # Admission into the exported top N happens here, early and
-                # often, so a source's series starts near zero.
-                self._exported[c] = self._top[c].export(acc.totals)
+                # The exported top N follows the window's recent top; ranked
+                # here, early and often, so a new series starts near zero.
+                self._exported[c] = self._top[c].export(acc.totals, self._window[c].recent())
 
-    def snapshot(self) -> InterferenceSnapshot:
+    def snapshot(self, top: int = 3) -> InterferenceSnapshot:
         with self._lock:
             cpus = []
             for c in self.cpus:
@@ -294,7 +322,7 @@ class InterferenceSampler:
                         merged = pre.setdefault(label, {})
                         for k, ns in per.items():
                             merged[k] = merged.get(k, 0) + ns
-                cpus.append(CpuSnapshot(c, dict(self._exported[c]), self._window[c].view(c),
+                cpus.append(CpuSnapshot(c, dict(self._exported[c]), self._window[c].view(c, top),
                                         acc.lost, pre))
         clock = self._inst.clock_name() if self._inst is not None else ""
         return InterferenceSnapshot(self._inst is not None, self.instance_name, clock, tuple(cpus), self.error)

@@ -35,8 +35,9 @@ def sampler_factory():
     made: list[InterferenceSampler] = []
 
     def make(**kw) -> InterferenceSampler:
-        s = InterferenceSampler([RT_CPU], instance=unique_name("itf"), housekeeping=[HK_CPU], **kw)
-        s.open()
+        s = InterferenceSampler([RT_CPU], instance=unique_name("itf"), housekeeping=[HK_CPU],
+                                poll_interval_s=0.2, **kw)
+        s.start()   # its own reader thread, as in the daemon
         made.append(s)
         return s
 
@@ -69,25 +70,38 @@ def finish(proc: subprocess.Popen) -> int:
     return int(out.strip())
 
 
+def steal_ns(cpu: int) -> int:
+    """Time the hypervisor took from ``cpu`` (this test machine is a VM): the
+    trace clock runs on through it, the task's own run time does not."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        f = line.split()
+        if f[0] == f"cpu{cpu}":
+            return int(f[8]) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return 0
+
+
 def settle(s: InterferenceSampler) -> None:
-    time.sleep(0.3)
-    s.poll()
+    """Long enough for the reader thread to read what is in the buffers."""
+    time.sleep(4 * s._poll + 0.3)
 
 
 def total(s: InterferenceSampler, kind: Kind, source: str) -> tuple[int, int]:
-    t = s._acc[RT_CPU].totals.get((kind, source))
-    return (t.ns, t.count) if t else (0, 0)
+    with s._lock:
+        t = s._acc[RT_CPU].totals.get((kind, source))
+        return (t.ns, t.count) if t else (0, 0)
 
 
 @needs_tracefs
 def test_busy_task_is_attributed_within_ten_percent(sampler_factory):
     s = sampler_factory()
     name = comm_name("noise")
+    steal0 = steal_ns(RT_CPU)
     injected_ns = finish(busy(name, 0.5))
+    stolen = steal_ns(RT_CPU) - steal0
     settle(s)
     ns, count = total(s, Kind.TASK, name)
     assert count >= 1
-    assert abs(ns - injected_ns) <= 0.10 * injected_ns, (ns, injected_ns)
+    assert abs(ns - injected_ns) <= 0.10 * injected_ns + stolen, (ns, injected_ns, stolen)
     view = s.snapshot().cpus[0].window
     assert any(c.source == name and c.kind is Kind.TASK for c in view.culprits) or view.culprits[0].seconds >= ns / 1e9
 
@@ -100,13 +114,14 @@ def test_preempted_owner_is_charged_with_the_noise(sampler_factory):
     time.sleep(0.3)
     labels = {RT_CPU: {owner.pid: ("itf-guest", 1)}}
     s = sampler_factory(owners=lambda: labels)
-    s.poll()
     noise_name = comm_name("noise")
+    steal0 = steal_ns(RT_CPU)
     injected_ns = finish(busy(noise_name, 0.4))
+    stolen = steal_ns(RT_CPU) - steal0
     finish(owner)
     settle(s)
     ns, _ = total(s, Kind.TASK, noise_name)
-    assert abs(ns - injected_ns) <= 0.10 * injected_ns, (ns, injected_ns)
+    assert abs(ns - injected_ns) <= 0.10 * injected_ns + stolen, (ns, injected_ns, stolen)
     cpu = s.snapshot().cpus[0]
     preempted = cpu.preempted[("itf-guest", 1)]
     # Everything the noise ran while the owner waited, and nothing is charged
@@ -136,7 +151,7 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     held to at least 90 % (at most 150 %) of the injected work items and the time must be positive
     and below schedstat's."""
     s = sampler_factory()
-    s.poll()
+    settle(s)
     before_ns, before_n = total(s, Kind.KTHREAD, "kworker")
     kw_before = _kworker_runtime(RT_CPU)
     os.sched_setaffinity(0, {HK_CPU})
@@ -166,11 +181,11 @@ def _irq_on_cpu(irq: int, cpu: int) -> int:
 
 
 def _nic_rx_irq() -> tuple[int, str, str] | None:
-    """The RX IRQ of the default route's virtio NIC: (irq, action, gateway)."""
+    """The RX IRQ of the default route's virtio NIC: (irq, action, interface)."""
     for line in Path("/proc/net/route").read_text().splitlines()[1:]:
         f = line.split()
         if f[1] == "00000000":
-            dev, gw = f[0], socket.inet_ntoa(int(f[2], 16).to_bytes(4, "little"))
+            dev = f[0]
             break
     else:
         return None
@@ -181,19 +196,42 @@ def _nic_rx_irq() -> tuple[int, str, str] | None:
     for line in Path("/proc/interrupts").read_text().splitlines()[1:]:
         parts = line.split()
         if parts and parts[0].rstrip(":").isdigit() and parts[-1] == f"{virtio}-input.0":
-            return int(parts[0].rstrip(":")), parts[-1], gw
+            return int(parts[0].rstrip(":")), parts[-1], dev
     return None
 
 
-def _provoke_rx(gateway: str, n: int) -> None:
-    """Each refused TCP connect brings one RST back: one RX interrupt."""
+_QUERY = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+
+
+def _resolver() -> str | None:
+    try:
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            f = line.split()
+            if len(f) >= 2 and f[0] == "nameserver" and ":" not in f[1]:
+                return f[1]
+    except OSError:
+        pass
+    return None
+
+
+def _answered(server: str) -> bool:
+    """One DNS query; its answer arrives as one RX interrupt."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
+        sk.settimeout(0.5)
+        try:
+            sk.sendto(_QUERY, (server, 53))
+            sk.recv(512)
+        except OSError:
+            return False
+    return True
+
+
+def _provoke_rx(server: str, n: int) -> None:
+    deadline = time.monotonic() + 30
     for _ in range(n):
-        with socket.socket() as sk:
-            sk.settimeout(1)
-            try:
-                sk.connect((gateway, 9))
-            except OSError:
-                pass
+        if time.monotonic() > deadline:
+            break
+        _answered(server)
 
 
 @needs_tracefs
@@ -201,18 +239,21 @@ def test_irq_moved_there_and_triggered(sampler_factory):
     found = _nic_rx_irq()
     if found is None:
         pytest.skip("no virtio NIC RX IRQ behind the default route on this machine")
-    irq, action, gateway = found
+    irq, action, _dev = found
+    server = _resolver()
+    if server is None or not _answered(server):
+        pytest.skip("no DNS resolver answers here (its replies are the RX interrupts)")
     aff = Path(f"/proc/irq/{irq}/smp_affinity_list")
     saved = aff.read_text().strip()
     s = sampler_factory()
     try:
         aff.write_text(str(RT_CPU))
-        s.poll()
+        settle(s)
         before_ns, before_n = total(s, Kind.IRQ, action)
         seen_before = _irq_on_cpu(irq, RT_CPU)
         os.sched_setaffinity(0, {HK_CPU})
         try:
-            _provoke_rx(gateway, 300)
+            _provoke_rx(server, 300)
         finally:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         seen = _irq_on_cpu(irq, RT_CPU) - seen_before

@@ -138,12 +138,23 @@ def test_sticky_top_bounds_and_stays_monotonic():
     top = StickyTop(2)
     first = top.export(totals(a=(10, 1), b=(5, 1), c=(1, 1)))
     assert first == {(Kind.TASK, "a"): (0, 0), (Kind.TASK, "b"): (0, 0), (Kind.TASK, "other"): (16, 3)}
-    second = top.export(totals(a=(30, 2), b=(5, 1), c=(100, 9), d=(7, 1)))
-    assert second == {(Kind.TASK, "a"): (20, 1), (Kind.TASK, "b"): (0, 0), (Kind.TASK, "other"): (122, 12)}
+    # c is now the biggest recently but not twice a's: no eviction
+    second = top.export(totals(a=(30, 2), b=(5, 1), c=(20, 9)), recent={(Kind.TASK, "a"): 20, (Kind.TASK, "b"): 10, (Kind.TASK, "c"): 19})
+    assert second == {(Kind.TASK, "a"): (20, 1), (Kind.TASK, "b"): (0, 0), (Kind.TASK, "other"): (35, 11)}
     for key, (ns, count) in first.items():
         assert second[key][0] >= ns and second[key][1] >= count
-    # the sum of what is exported is everything that was accounted
-    assert sum(v[0] for v in second.values()) == 30 + 5 + 100 + 7
+    assert sum(v[0] for v in second.values()) == 30 + 5 + 20
+
+
+def test_sticky_top_evicts_the_weakest_for_a_much_bigger_newcomer():
+    top = StickyTop(2)
+    top.export(totals(a=(10, 1), b=(5, 1)))
+    t = totals(a=(40, 2), b=(6, 2), c=(100, 9))
+    out = top.export(t, recent={(Kind.TASK, "a"): 30, (Kind.TASK, "b"): 1, (Kind.TASK, "c"): 100})
+    # b (weakest) is evicted: its whole total goes to other; c starts at 0
+    assert out == {(Kind.TASK, "a"): (30, 1), (Kind.TASK, "c"): (0, 0), (Kind.TASK, "other"): (10 + 6 + 100, 12)}
+    again = top.export(totals(a=(40, 2), b=(6, 2), c=(150, 10)), recent={(Kind.TASK, "c"): 150})
+    assert again[(Kind.TASK, "c")] == (50, 1) and again[(Kind.TASK, "other")] == out[(Kind.TASK, "other")]
 
 
 def test_sticky_top_admits_into_free_slots_later():
@@ -153,6 +164,31 @@ def test_sticky_top_admits_into_free_slots_later():
     assert out[(Kind.TASK, "b")] == (0, 0)
     out = top.export(totals(a=(10, 1), b=(80, 3)))
     assert out[(Kind.TASK, "b")] == (30, 1) and out[(Kind.TASK, "other")] == (60, 3)
+
+
+def test_other_never_decreases_under_churn():
+    import random
+
+    rng = random.Random(7)
+    top = StickyTop(3)
+    state: dict[str, list[int]] = {}
+    last_other = 0
+    exported_before: dict = {}
+    for _ in range(300):
+        name = f"s{rng.randrange(12)}"
+        state.setdefault(name, [0, 0])
+        state[name][0] += rng.randrange(1, 1000)
+        state[name][1] += 1
+        recent = {(Kind.TASK, n): rng.randrange(0, 5000) for n in state}
+        out = top.export(totals(**{n: tuple(v) for n, v in state.items()}), recent=recent)
+        other = out[(Kind.TASK, "other")][0]
+        assert other >= last_other
+        assert len(out) <= 4
+        assert sum(v[0] for v in out.values()) == sum(v[0] for v in state.values())
+        for key, (ns, _c) in out.items():
+            if key in exported_before and key[1] != "other":
+                assert ns >= exported_before[key][0]
+        exported_before, last_other = out, other
 
 
 # -- window ------------------------------------------------------------------
