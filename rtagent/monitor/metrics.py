@@ -19,7 +19,9 @@ Per-vCPU series exist for *realtime* vCPUs only (``spec.vcpu(i).realtime``):
 the timing evidence (run-queue delay, involuntary switches) means something
 only for a thread that should own its core; a housekeeping vCPU shares CPUs
 by design and would only add noise to the alerts.  A vCPU that stops being
-realtime therefore loses its series, like a stopped guest.
+realtime therefore loses its series, like a stopped guest.  A realtime vCPU
+whose thread rtagent cannot tune (outside its vcpuN cgroup) keeps only
+``rtagent_vcpu_tuned 0``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class _Vcpu:
     run_delay_ns: int | None
     run_time_ns: int | None
     nonvoluntary: int
+    # False: the intent has this realtime vCPU but the report has no planned
+    # thread for it (not yet placed in its vcpuN cgroup, or moved out of it).
+    has_thread: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,11 @@ def _copy_guest(g: GuestState) -> _Guest:
             seen.add(t.vcpu)
             vcpus.append(_Vcpu(t.vcpu, t.policy, int(t.priority), bool(tp.ok), t.run_delay_ns, t.run_time_ns,
                                int(t.nonvoluntary_ctxt_switches)))
+        # A realtime vCPU rtagent cannot tune is reported untuned rather than
+        # silently losing its series (fleet views count untuned vCPUs).
+        for vs in spec.realtime_vcpus if r.observed is not None and spec.valid else ():
+            if vs.vcpu not in seen:
+                vcpus.append(_Vcpu(vs.vcpu, "", 0, False, None, None, 0, has_thread=False))
     return _Guest(
         name=g.name, uuid=g.uuid, source=source, flavor=flavor, has_report=r is not None, realtime=realtime, valid=valid,
         compliant=compliant, violations=violations, memory=memory,
@@ -370,6 +380,9 @@ class RtagentCollector(Collector):
                 hugetlb.add_metric([g.name], g.memory[2])
             for v in g.vcpus:
                 labels = [g.name, str(v.vcpu)]
+                if not v.has_thread:
+                    tuned.add_metric(labels, 0)
+                    continue
                 if v.run_delay_ns is not None:
                     delay.add_metric(labels, v.run_delay_ns / 1e9)
                 if v.run_time_ns is not None:
