@@ -115,6 +115,7 @@ class _HostCheck:
 @dataclass
 class _Snapshot:
     libvirt_up: bool = False
+    libvirt_unresponsive_since: float | None = None
     reconnects: int = 0
     proc_connector: bool = False
     events: tuple[tuple[str, int], ...] = ()
@@ -201,7 +202,8 @@ def _take(store: StateStore) -> _Snapshot:
         if old is None or g.first_seen >= old.first_seen:
             by_name[g.name] = g
     return _Snapshot(
-        libvirt_up=bool(d.libvirt_connected), reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
+        libvirt_up=bool(d.libvirt_connected), libvirt_unresponsive_since=d.libvirt_unresponsive_since,
+        reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
         events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
         last_resync_at=d.last_resync_at, host_checks=tuple(checks),
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
@@ -257,6 +259,13 @@ class RtagentCollector(Collector):
         out.append(m)
         m = _gauge("libvirt_up", "1 if the daemon is connected to libvirt, else 0.")
         m.add_metric([], 1 if s.libvirt_up else 0)
+        out.append(m)
+        # libvirt_up stays 1 while libvirtd hangs (the connection is open);
+        # this says how long a call has gone unanswered (0 = answering).
+        m = _gauge("libvirt_unresponsive_seconds", "Seconds a libvirt call has gone unanswered (libvirtd hung); "
+                   "0 while libvirt answers.  Known guests are enforced from the kernel side meanwhile.")
+        m.add_metric([], 0.0 if s.libvirt_unresponsive_since is None
+                     else max(0.0, time.time() - s.libvirt_unresponsive_since))
         out.append(m)
         m = _counter("libvirt_reconnects", "Reconnections to libvirt after the connection was lost.")
         m.add_metric([], s.reconnects)
