@@ -78,14 +78,15 @@ class InterferenceService:
     def stop(self) -> None:
         self.sampler.stop()
 
-    def snapshot(self) -> InterferenceSnapshot:
-        return self.sampler.snapshot()
+    def snapshot(self, top: int = 3) -> InterferenceSnapshot:
+        return self.sampler.snapshot(top)
 
 
 def status_json(service: InterferenceService | None) -> dict[str, Any]:
     if service is None:
         return {"running": False, "cpus": []}
-    return service.snapshot().to_json()
+    # JSON carries the top 10; the text view shows the first 3.
+    return service.snapshot(top=10).to_json()
 
 
 class InterferenceCollector(Collector):
@@ -142,8 +143,10 @@ def render_status(section: Mapping[str, Any] | None) -> list[str]:
     lines = []
     for c in section.get("cpus", []):
         culprits = ", ".join(f"{x['kind']}:{x['source']} {x['seconds'] * 1000:.1f}ms/{x['count']}"
-                             for x in c.get("culprits", [])) or "-"
+                             for x in c.get("culprits", [])[:3]) or "-"
         lost = f", {c['lost_events']} events lost" if c.get("lost_events") else ""
+        if section.get("error"):
+            lost += f", reader error: {section['error']}"
         lines.append(f"interference CPU {c['cpu']}: {c.get('share', 0) * 100:.2f}% foreign over the last "
                      f"{c.get('window_s', 0):.0f}s{lost}; top: {culprits}")
     return lines
