@@ -87,6 +87,10 @@ class DaemonConfig:
 class StatusConfig:
     socket: str = "/run/rtagent/rtagent.sock"
     group: str = "root"
+    # Clients answered at once (the rest wait in the listen backlog) and the
+    # time a client gets to take its answer (docs/security.md).
+    max_clients: int = 64
+    timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,11 @@ class MetricsConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Open connections at most; seconds without a byte while the request is
+    # incomplete; seconds for the whole request, and again for the answer.
+    max_connections: int = 64
+    idle_timeout_s: float = 5.0
+    request_timeout_s: float = 10.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -276,6 +285,16 @@ def read_auto_realtime(sys_root: str = "/") -> frozenset[int]:
     return frozenset(cpus)
 
 
+def _check_client_limits(chk: _Checker, status: StatusConfig, metrics: MetricsConfig) -> None:
+    for key, value in (("status.max_clients", status.max_clients), ("metrics.max_connections", metrics.max_connections)):
+        if not 1 <= value <= 10000:
+            raise chk.fail(key, value, "must be in 1..10000")
+    for key, value in (("status.timeout_s", status.timeout_s), ("metrics.idle_timeout_s", metrics.idle_timeout_s),
+                       ("metrics.request_timeout_s", metrics.request_timeout_s)):
+        if not 0.1 <= value <= 300:
+            raise chk.fail(key, value, "must be in 0.1..300 seconds")
+
+
 def resolve_partition(chk: _Checker, host: HostConfig, sys_root: str) -> Partition:
     online = read_online(sys_root)
     if host.realtime_cpus == "auto":
@@ -302,6 +321,26 @@ def resolve_partition(chk: _Checker, host: HostConfig, sys_root: str) -> Partiti
             raise chk.fail("host.housekeeping_cpus", host.housekeeping_cpus,
                            f"overlaps host.realtime_cpus on CPU {cpulist.format_cpulist(overlap)}")
     return Partition(online=online, realtime=frozenset(realtime), housekeeping=frozenset(housekeeping))
+
+
+def partition_warning(cfg: Config) -> str | None:
+    """The start-up warning for a host partition without realtime CPUs.
+
+    A warning, not a refusal (docs/host-partition.md): the daemon still
+    observes and reports every guest, and keeps emulator threads off the
+    vCPUs' cores, but makes no vCPU SCHED_FIFO/RR on a CPU outside the
+    realtime set (tuning/plan.py), so it cannot starve housekeeping work.
+    """
+    p = cfg.partition
+    if p is None or p.realtime:
+        return None
+    if cfg.host.realtime_cpus == "auto":
+        why = ('host.realtime_cpus = "auto" found no isolated CPU (/sys/devices/system/cpu/isolated and '
+               'nohz_full are empty)')
+    else:
+        why = f"host.realtime_cpus = {cfg.host.realtime_cpus!r} is empty"
+    return (f"{why}: no vCPU will be made realtime (guests report a partition violation); set "
+            f"host.realtime_cpus to a CPU list, e.g. \"{max(p.online)}\", or boot with isolcpus=/nohz_full=")
 
 
 def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str | None = "/") -> Config:
@@ -345,6 +384,7 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     if not os.path.isabs(status.socket):
         raise chk.fail("status.socket", status.socket, "must be an absolute path")
     metrics: MetricsConfig = sections.get("metrics", MetricsConfig())
+    _check_client_limits(chk, status, metrics)
     try:
         _split_listen(metrics.listen)
     except ValueError as err:
