@@ -21,19 +21,16 @@ So exactly that part is replaced, for rtagent's families only:
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder as _library_choose_encoder
-from prometheus_client.exposition import gzip_accepted
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["FastMetric", "render", "choose_encoder", "make_wsgi_app", "fmt_value"]
+__all__ = ["FastMetric", "render", "choose_encoder", "fmt_value"]
 
 _OM_EOF = b"# EOF\n"
 _OM = "application/openmetrics-text"
@@ -178,24 +175,3 @@ def choose_encoder(accept_header: str) -> tuple[Callable[[Collector], bytes], st
     openmetrics = content_type.startswith(_OM)
     return (lambda registry: render(registry, library, openmetrics)), content_type
 
-
-def make_wsgi_app(registry: CollectorRegistry) -> Callable:
-    """prometheus_client's ``make_wsgi_app`` (GET only here: the server
-    refuses other methods first), encoding with :func:`choose_encoder`."""
-
-    def app(environ: dict, start_response: Callable) -> list[bytes]:
-        if environ.get("PATH_INFO") == "/favicon.ico":
-            start_response("200 OK", [])
-            return [b""]
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        params = parse_qs(environ.get("QUERY_STRING", ""))
-        target = registry.restricted_registry(params["name[]"]) if "name[]" in params else registry
-        body = encoder(target)
-        headers = [("Content-Type", content_type)]
-        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            body = gzip.compress(body)
-            headers.append(("Content-Encoding", "gzip"))
-        start_response("200 OK", headers)
-        return [body]
-
-    return app

@@ -81,3 +81,11 @@ def test_fmt_value_matches_go_formatting():
     from prometheus_client.utils import floatToGoString
     for v in (0, 1, 7, 999_999, 1_000_000, 123_456_789, -3, 0.5, 1e-9, 2.0, float("inf"), float("nan")):
         assert fmt_value(v) == floatToGoString(v), v
+
+
+def test_the_endpoint_encodes_through_exposition():
+    """The HTTP handler must use this module's encoder, or rtagent's families
+    fall back to prometheus_client's per-sample writer (~8× the CPU)."""
+    from rtagent.monitor import exposition, httpd
+
+    assert httpd.choose_encoder is exposition.choose_encoder
