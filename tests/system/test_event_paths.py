@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_live_vcpupin_is_corrected_on_the_tunable_event(daemon_factory, guest_fa
     subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0-1", "--live"], check=True)
     wait_for(lambda: _fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.01)
     assert _quiet(d) == before, "a resync or full check ran: the event was not what corrected it"
-    wait_for(lambda: "libvirt event tunable for " + g.name in d.log_text(), 5, "TUNABLE event logged")
+    wait_for(lambda: "libvirt event tunable for " + g.name in d.log_text(), 10, "TUNABLE event logged")
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_affinity"), 10,
                        "affinity drift counted")
     assert counted >= 1
@@ -92,7 +93,7 @@ def test_device_added_event_reconciles_the_guest(daemon_factory, guest_factory):
                    check=True, capture_output=True)
     wait_for(lambda: _fifo_on(tid, {1}), 20, "reconciled on DEVICE_ADDED", interval=0.01)
     assert _quiet(d) == before, "a resync or full check ran: the event was not what reconciled"
-    assert "libvirt event device_added for " + g.name in d.log_text()
+    wait_for(lambda: "libvirt event device_added for " + g.name in d.log_text(), 10, "DEVICE_ADDED event logged")
 
 
 def test_full_check_catches_a_thread_whose_event_was_dropped(daemon_factory, guest_factory):
@@ -108,10 +109,16 @@ def test_full_check_catches_a_thread_whose_event_was_dropped(daemon_factory, gue
     subprocess.run(["virsh", "-q", "iothreadadd", g.name, "7", "--live"], check=True)
     new = wait_for(lambda: [t for t, n in g.thread_names().items() if t not in before and n == "IO iothread7"],
                    10, "the new iothread")[0]
-    time.sleep(0.5)  # libvirt places it in its own cgroup after QEMU reports it
+    # libvirt places it (its own iothread7 cgroup, then its affinity) after
+    # QEMU reports it; re-pin only once libvirt is done, or libvirt's own
+    # placement would undo the re-pin instead of the daemon.
+    wait_for(lambda: "/iothread7" in Path(f"/proc/{g.pid}/task/{new}/cgroup").read_text(), 10,
+             "libvirt placed the new iothread")
+    time.sleep(0.5)
+    full_before = _quiet(d)[1]  # read first: a full check may run right after the re-pin
     os.sched_setaffinity(new, {0, 1})  # behind the daemon's back, onto the realtime CPU
-    widened_at = _quiet(d)[1]
     assert os.sched_getaffinity(new) == {0, 1}, "the iothread's cpuset cgroup clamped the re-pin: no drift made"
     wait_for(lambda: os.sched_getaffinity(new) == {0}, 30, "new iothread back in the emulator set", interval=0.02)
-    assert _quiet(d)[1] > widened_at, "corrected without a full check: something else saw it"
-    assert f"(tid {new}) affinity" in d.log_text()
+    assert _quiet(d)[1] > full_before, "corrected without a full check: something else saw it"
+    # The log line follows the syscall (after the re-observation).
+    wait_for(lambda: f"(tid {new}) affinity" in d.log_text(), 10, "the correction logged")
