@@ -395,7 +395,9 @@ class Daemon:
                 # STARTED/RESUMED event brings us back.
                 return None
             cached = self.specs.get(uuid)
-            before = self.tuner.inspect(dom, spec=cached[1] if cached else None)
+            # A guest tuned before whose intent no longer says realtime is
+            # "withdrawn": its realtime threads go back to SCHED_OTHER.
+            before = self.tuner.inspect(dom, spec=cached[1] if cached else None, withdrawn=uuid in self.tracked)
             if cached and before.pid != cached[0]:
                 # A new QEMU process under the same UUID (restart we missed).
                 before = self.tuner.inspect(dom)
@@ -414,9 +416,11 @@ class Daemon:
             # Never die on a guest's behalf.
             log.exception("inspecting guest %s failed", uuid)
             return None
-        if self.selector.require_metadata and before.spec.source != "metadata":
-            before.spec = dataclasses.replace(before.spec, realtime=False)
-        if not before.realtime:
+        if self.selector.require_metadata and before.spec.source != "metadata" and before.spec.realtime:
+            before = self._inspect_safely(dom, dataclasses.replace(before.spec, realtime=False), uuid)
+            if before is None:
+                return None
+        if not (before.realtime or before.withdrawn):
             # Not ours to manage; keep no state (and no metrics series) for it.
             if uuid in self.tracked or self.store.read(lambda s: uuid in s.guests):
                 self.forget(uuid)
@@ -426,7 +430,7 @@ class Daemon:
             self._update_tracked()
         detected = cause_at if cause_at is not None else t0
         after = before
-        if before.spec.valid and before.observed is not None:
+        if (before.spec.valid or before.withdrawn) and before.observed is not None:
             try:
                 after = self.tuner.apply(dom, report=before)
             except libvirt.libvirtError as err:
@@ -445,6 +449,13 @@ class Daemon:
         if pending or refused or (retry and attempts < SETTLE_ATTEMPTS):
             self._schedule(uuid, attempts)
         return after
+
+    def _inspect_safely(self, dom, spec, uuid: str) -> DomainReport | None:
+        try:
+            return self.tuner.inspect(dom, spec=spec, withdrawn=uuid in self.tracked)
+        except Exception:  # never die on a guest's behalf
+            log.exception("inspecting guest %s failed", uuid)
+            return None
 
     def _schedule(self, uuid: str, attempts: int) -> None:
         """Look at a guest again soon, backing off: libvirt places a new thread
@@ -519,12 +530,11 @@ class Daemon:
         if new.status.socket != self.config.status.socket or new.metrics.listen != self.config.metrics.listen \
                 or new.libvirt.uri != self.config.libvirt.uri:
             log.warning("reload: status.socket, metrics.listen and libvirt.uri take effect at restart")
-        old_tuner = self.tuner
         self.specs.clear()  # rules may have changed
         self.config = new
-        self.tuner = Tuner(new, self.host)
+        # The RT-budget ledger is host state, not config: it carries over.
+        self.tuner = Tuner(new, self.host, ledger=self.tuner.ledger)
         self.selector = GuestSelector.from_config(new.daemon)
-        self.tuner.rt_cgroups, self.tuner.granted = old_tuner.rt_cgroups, old_tuner.granted
         self._setup_host_enforcer()
         log.info("reloaded config from %s", new.path or "(defaults)")
         self.resync()

@@ -30,10 +30,12 @@ def run(args) -> int:
             for d in host.active_domains():
                 if d.uuid not in {r.uuid for _, r in reports}:
                     try:
-                        tuner.inspect(host.conn.lookupByUUIDString(d.uuid))
+                        tuner.record_claim(tuner.inspect(host.conn.lookupByUUIDString(d.uuid)))
                     except libvirt.libvirtError as err:
                         if not is_gone(err):  # another guest stopped meanwhile: normal
                             raise
+        for _, r in reports:
+            tuner.record_claim(r)
         after = [tuner.apply(dom, dry_run=args.dry_run, report=r) for dom, r in reports]
     finally:
         host.close()
