@@ -30,6 +30,7 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+from . import tuned_side
 from .common import (
     REPO,
     Guests,
@@ -119,8 +120,35 @@ def _window(daemon, seconds: float) -> dict:
             "cpu0_busy_pct": 100.0 * (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])}
 
 
+def _tuned_row(prefix: str, window_s: float, windows: int, workdir: Path) -> dict:
+    """tuned's daemon on the same guests, right after rtagent's windows:
+    started, settled, sampled like rtagent, stopped by PID, rollback checked."""
+    why = tuned_side.available()
+    if why:
+        return {"error": why}
+    td = tuned_side.TunedDaemon(prefix, "1", workdir)
+    try:
+        pid = td.start()
+        cpu = [tuned_side.cpu_window(pid, window_s) for _ in range(windows)]
+        row = {"cpu_pct": median(cpu), "cpu_pct_all": cpu, "rss_mib": tuned_side.rss_mib(pid)}
+    except Exception as err:  # noqa: BLE001 - keep rtagent's rows; say what broke
+        row = {"error": f"{type(err).__name__}: {err}", "log_tail": td.log_tail()}
+    row["not_rolled_back"] = td.stop()
+    row["put_back_failed"] = td.put_back_failed
+    return row
+
+
+def _idle_rows(daemon, window_s: float, windows: int, workdir: Path, with_tuned: bool) -> dict:
+    """Both daemons with no guest of ours (the idle goal)."""
+    cpu = [100 * _window(daemon, window_s)["proc_cpu_s"] / window_s for _ in range(windows)]
+    out = {"rtagent_cpu_pct": median(cpu), "rtagent_rss_mib": rss_bytes(daemon.pid) / 2**20}
+    if with_tuned:
+        out["tuned"] = _tuned_row(_prefix(), window_s, windows, workdir)
+    return out
+
+
 def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bool = True,
-                    paused: bool = True, budget_wait_s: float = 60.0) -> dict:
+                    paused: bool = True, budget_wait_s: float = 60.0, with_tuned: bool = True) -> dict:
     """``paused``: start the guests paused (``VIR_DOMAIN_START_PAUSED``; QEMU,
     its vCPU threads and kvm-pit exist, the vCPUs never run).  Under PVM an
     idle guest in its firmware costs ≈ 1 % of CPU 0, where every guest's
@@ -150,6 +178,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
             print(f"  B3: only {_rt_budget_free()} µs RT budget free (need {need}); measuring anyway", flush=True)
         daemon = start_daemon(prefix, resync=RESYNC_S, rt_budget_us=B3_BUDGET_US)
         rss_idle = rss_bytes(daemon.pid)
+        idle = _idle_rows(daemon, window_s, windows, daemon.dir, with_tuned)
         for size in sizes:
           try:
             t_start = time.monotonic()
@@ -200,6 +229,8 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 "failed_changes": sum(s["failed_changes"] for s in samples),
                 "rt_budget_free_us": _rt_budget_free(),
             }
+            if with_tuned:
+                row["tuned"] = _tuned_row(prefix, window_s, windows, daemon.dir)
             rows.append(row)
             print(f"  B3: {size} guests: {row['resync_cpu_ms']:.2f} ms CPU/resync, "
                   f"{row['us_per_thread']:.1f} µs/thread, {row['cpu_pct']:.2f} % CPU, "
@@ -215,7 +246,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 prof["cprofile"] = _cprofile(prefix, daemon.dir / "rtagent.toml", resyncs=20)
             except Exception as err:  # noqa: BLE001
                 prof["error"] = f"{type(err).__name__}: {err}"
-        return {"rows": rows, "rss_idle_mib": rss_idle / 2**20, "resync_s": RESYNC_S, "window_s": window_s,
+        return {"rows": rows, "rss_idle_mib": rss_idle / 2**20, "idle": idle, "resync_s": RESYNC_S, "window_s": window_s,
                 "windows": windows, "profile": prof, "stalls": stalls, "errors": errors,
                 "guests_paused": paused}
     finally:
@@ -505,8 +536,68 @@ def run(quick: bool = True) -> dict:
     return out
 
 
+GOAL_IDLE_CPU_PCT = 0.05
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("pass" if ok else "FAIL")
+
+
+def goals_table(res: dict) -> str:
+    """One row per goal of the steady-state cost, measured against it."""
+    d = res.get("daemon") or {}
+    rows = []
+    for r in d.get("rows", []):
+        v = r["us_per_thread"]
+        rows.append([f"resync CPU per managed thread, {r['guests']} guests", f"{v:.1f} µs",
+                     f"≤ {GOAL_US_PER_THREAD:g} µs", _mark(v <= GOAL_US_PER_THREAD)])
+    if d.get("rows"):
+        last = d["rows"][-1]
+        at = f"{last['guests']} guests" + ("" if last["guests"] == 100 else " (goal is for 100)")
+        rows.append([f"daemon CPU, resync {d['resync_s']:g} s, {at}", f"{last['cpu_pct']:.2f} %",
+                     f"≤ {GOAL_CPU_PCT_100:g} %", _mark(last["cpu_pct"] <= GOAL_CPU_PCT_100)])
+        rows.append([f"daemon RSS, {at}", f"{last['rss_mib']:.1f} MiB", f"≤ {GOAL_RSS_MIB:g} MiB",
+                     _mark(last["rss_mib"] <= GOAL_RSS_MIB)])
+    idle = d.get("idle") or {}
+    if "rtagent_cpu_pct" in idle:
+        rows.append(["idle daemon (no realtime guest)", f"{idle['rtagent_cpu_pct']:.3f} %",
+                     f"≤ {GOAL_IDLE_CPU_PCT:g} %", _mark(idle["rtagent_cpu_pct"] <= GOAL_IDLE_CPU_PCT)])
+    for r in (res.get("scrape") or {}).get("rows", []):
+        if r["vcpu_series"] >= 1000:
+            p99 = r["wall"]["p99"] * 1000
+            rows.append([f"/metrics, {r['vcpu_series']} vCPU series (p99)", f"{p99:.1f} ms",
+                         f"≤ {GOAL_SCRAPE_MS_1000:g} ms", _mark(p99 <= GOAL_SCRAPE_MS_1000)])
+    rows += _tuned_goal_rows(d)
+    return format_table(["B3 goal", "measured", "goal", ""], rows)
+
+
+def _tuned_goal_rows(d: dict) -> list[list[str]]:
+    """tuned next to rtagent: CPU and RSS, and the ratio (no goal: a reference)."""
+    out = []
+    pairs = [("idle", (d.get("idle") or {}).get("rtagent_cpu_pct"), (d.get("idle") or {}).get("tuned"))]
+    pairs += [(f"{r['guests']} guests", r["cpu_pct"], r.get("tuned")) for r in d.get("rows", [])]
+    for label, ours, t in pairs:
+        if not t:
+            continue
+        if "cpu_pct" not in t:
+            out.append([f"tuned, {label}", t.get("error", "?")[:60], "reference", "n/a"])
+            continue
+        ratio = f" (rtagent/tuned CPU {ours / t['cpu_pct']:.2f}×)" if ours is not None and t["cpu_pct"] else ""
+        left = t.get("not_rolled_back") or []
+        out.append([f"tuned 2.20 daemon CPU / RSS, {label}",
+                    f"{t['cpu_pct']:.2f} % / {t['rss_mib']:.1f} MiB{ratio}",
+                    "reference", "rolled back" if not left else f"{len(left)} left changed"])
+    return out
+
+
 def format(res: dict) -> str:
-    parts = []
+    parts = [goals_table(res)]
+    d0 = res.get("daemon") or {}
+    left = sorted({x for r in [d0.get("idle") or {}, *d0.get("rows", [])]
+                   for x in ((r.get("tuned") or {}) if "tuned" in r else {}).get("not_rolled_back", [])})
+    if left:
+        parts.append("What tuned did not roll back when stopped by PID (put back by the benchmark):\n"
+                     + "\n".join(f"  {x}" for x in left[:20]))
     d = res.get("daemon") or {}
     rows = []
     for r in d.get("rows", []):

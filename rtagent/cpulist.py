@@ -160,6 +160,16 @@ def format_hexmask(cpus: Iterable[int]) -> str:
     return ",".join(reversed(groups))
 
 
+def format_kernel_hexmask(cpus: Iterable[int]) -> str:
+    """:func:`format_hexmask` without leading zeros when it fits one group
+    (``3``, ``1``): the form the kernel prints a short bitmap in, so that
+    before and after read alike."""
+    text = format_hexmask(cpus)
+    if "," in text:
+        return text
+    return text.lstrip("0") or "0"
+
+
 def parse_realtime_mask(text: str, vcpus: Iterable[int]) -> frozenset[int]:
     """Apply Nova's ``hw:cpu_realtime_mask`` to the guest's vCPU numbers.
 

@@ -25,7 +25,7 @@ from .config import Config, load_config
 from .cpulist import format_cpulist
 from .errors import RtagentError
 from .libvirt_host import DomainEvent, LibvirtHost, LibvirtUnavailable, is_gone, start_event_loop
-from .procconn import ProcConnector
+from .kernel.procconn import ProcConnector
 from .sdnotify import Notifier
 from .selector import GuestSelector
 from .state import StateStore, VcpuCounters

@@ -6,7 +6,8 @@
 # B1 (guest-observed latency) builds a minimal guest kernel from Debian's
 # linux-source-6.1 (bench/guest/build.py, cached in bench/.cache/) and, for the
 # userspace cyclictest mode on hardware KVM, an initramfs from busybox-static
-# and rt-tests' cyclictest.  The host noise is stress-ng.
+# and rt-tests' cyclictest.  The host noise is stress-ng.  B3 runs Debian's
+# tuned next to rtagent.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -22,6 +23,9 @@ pkgs=(
   busybox-static rt-tests cpio gzip
   # host noise
   stress-ng
+  # B3's side-by-side reference (its daemon is started and stopped by the
+  # benchmark itself; the package's service is not started without systemd)
+  tuned
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,7 +10,7 @@
         vm_lck_kb=65536, memlock=(8 << 20, 8 << 20),
     )
     tree.add_kthread(4250, "kvm-pit/4242")
-    observe_process(4242, proc_root=tree.proc)
+    observe_process(4242, tree.kernel())
 
 Files are written in the kernel's formats (full 52-field ``stat`` lines,
 ``status`` with tab-separated keys, NUL-separated ``cmdline``, the
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtagent.cpulist import format_cpulist, format_hexmask, parse_cpulist
+from rtagent.kernel import Kernel
 
 __all__ = ["FakeThread", "ProcTree", "stat_line", "POLICY_NUMBERS", "PF_KTHREAD", "PF_USER_WORKER"]
 
@@ -155,8 +156,52 @@ class ProcTree:
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 
+    @property
+    def sys(self) -> str:
+        path = self.base / "sys"
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def kernel(self) -> Kernel:
+        """The floor's root object over this tree."""
+        return Kernel(proc=self.proc, sys=self.sys, run=self.run, etc=str(self.base / "etc"))
+
     def path(self, *parts: object) -> Path:
         return self.base.joinpath("proc", *(str(p) for p in parts))
+
+    # -- cgroupfs -----------------------------------------------------------
+
+    def mount_cgroups(self, version: str = "v1", *, rt: bool = True) -> Path:
+        """A cgroup hierarchy under ``base/cgroup`` and the ``self/mounts``
+        line naming it: v1 with the ``cpu,cpuacct`` controllers, or v2
+        (``cgroup2``).  ``rt`` writes the root's RT budget files (RT group
+        scheduling on).  Returns the mount point."""
+        mount = self.base / "cgroup" / ("cpu,cpuacct" if version == "v1" else "unified")
+        mount.mkdir(parents=True, exist_ok=True)
+        if version == "v1":
+            line = f"cgroup {mount} cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0\n"
+        else:
+            line = f"cgroup2 {mount} cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n"
+        selfdir = self.path("self")
+        selfdir.mkdir(parents=True, exist_ok=True)
+        with open(selfdir / "mounts", "a") as fh:
+            fh.write("proc /proc proc rw 0 0\n" + line)
+        if rt:
+            (mount / "cpu.rt_runtime_us").write_text("950000\n")
+            (mount / "cpu.rt_period_us").write_text("1000000\n")
+        return mount
+
+    def add_cgroup(self, mount: Path, group: str, *, runtime: int | None = 0, tasks: str = "",
+                   version: str = "v1") -> Path:
+        """A group (``/machine/qemu-1-g.libvirt-qemu/vcpu0``) with its RT
+        budget files (``runtime=None``: none) and its task list."""
+        d = Path(mount, group.lstrip("/"))
+        d.mkdir(parents=True, exist_ok=True)
+        if runtime is not None:
+            (d / "cpu.rt_runtime_us").write_text(f"{runtime}\n")
+            (d / "cpu.rt_period_us").write_text("1000000\n")
+        (d / ("tasks" if version == "v1" else "cgroup.threads")).write_text(tasks)
+        return d
 
     # -- building -----------------------------------------------------------
 

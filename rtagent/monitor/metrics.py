@@ -19,7 +19,9 @@ Per-vCPU series exist for *realtime* vCPUs only (``spec.vcpu(i).realtime``):
 the timing evidence (run-queue delay, involuntary switches) means something
 only for a thread that should own its core; a housekeeping vCPU shares CPUs
 by design and would only add noise to the alerts.  A vCPU that stops being
-realtime therefore loses its series, like a stopped guest.
+realtime therefore loses its series, like a stopped guest.  A realtime vCPU
+whose thread rtagent cannot tune (outside its vcpuN cgroup) keeps only
+``rtagent_vcpu_tuned 0``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -41,6 +43,7 @@ from .. import __version__
 from ..config import MetricsConfig
 from ..errors import RtagentError
 from ..state import GuestState, Histogram, StateStore
+from . import httpserve
 
 __all__ = ["RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
 
@@ -77,6 +80,9 @@ class _Vcpu:
     run_delay_ns: int | None
     run_time_ns: int | None
     nonvoluntary: int
+    # False: the intent has this realtime vCPU but the report has no planned
+    # thread for it (not yet placed in its vcpuN cgroup, or moved out of it).
+    has_thread: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,11 @@ def _copy_guest(g: GuestState) -> _Guest:
             seen.add(t.vcpu)
             vcpus.append(_Vcpu(t.vcpu, t.policy, int(t.priority), bool(tp.ok), t.run_delay_ns, t.run_time_ns,
                                int(t.nonvoluntary_ctxt_switches)))
+        # A realtime vCPU rtagent cannot tune is reported untuned rather than
+        # silently losing its series (fleet views count untuned vCPUs).
+        for vs in spec.realtime_vcpus if r.observed is not None and spec.valid else ():
+            if vs.vcpu not in seen:
+                vcpus.append(_Vcpu(vs.vcpu, "", 0, False, None, None, 0, has_thread=False))
     return _Guest(
         name=g.name, uuid=g.uuid, source=source, flavor=flavor, has_report=r is not None, realtime=realtime, valid=valid,
         compliant=compliant, violations=violations, memory=memory,
@@ -369,6 +380,9 @@ class RtagentCollector(Collector):
                 hugetlb.add_metric([g.name], g.memory[2])
             for v in g.vcpus:
                 labels = [g.name, str(v.vcpu)]
+                if not v.has_thread:
+                    tuned.add_metric(labels, 0)
+                    continue
                 if v.run_delay_ns is not None:
                     delay.add_metric(labels, v.run_delay_ns / 1e9)
                 if v.run_time_ns is not None:
@@ -423,11 +437,11 @@ def _listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check_tls(cfg: MetricsConfig) -> None:
-    """Load the TLS files before binding: prometheus_client binds first and
-    would leave the socket open if the certificate then failed to load."""
+def _check_tls(cfg: MetricsConfig) -> ssl.SSLContext | None:
+    """Load the TLS files before binding, so a bad certificate leaves no
+    socket open; the context returned is the one the server uses."""
     if not (cfg.tls_cert or cfg.tls_key or cfg.tls_client_ca):
-        return
+        return None
     if not (cfg.tls_cert and cfg.tls_key):
         raise RtagentError(f"metrics.tls_cert = {cfg.tls_cert!r}, metrics.tls_key = {cfg.tls_key!r}: "
                            "both must be set for TLS")
@@ -442,6 +456,8 @@ def _check_tls(cfg: MetricsConfig) -> None:
             ctx.load_verify_locations(cafile=cfg.tls_client_ca)
         except (OSError, ssl.SSLError) as err:
             raise RtagentError(f"metrics.tls_client_ca = {cfg.tls_client_ca!r}: cannot load: {err}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def serve(store: StateStore, metrics_config: MetricsConfig,
@@ -454,7 +470,7 @@ def serve(store: StateStore, metrics_config: MetricsConfig,
     ``tls_client_ca`` it also requires a client certificate signed by it.
     """
     host, port = _listen(metrics_config.listen)
-    _check_tls(metrics_config)
+    tls_context = _check_tls(metrics_config)
     if registry is None:
         registry = CollectorRegistry()
         # The agent's own CPU, memory, file descriptors, start time.
@@ -463,12 +479,7 @@ def serve(store: StateStore, metrics_config: MetricsConfig,
     registry.register(collector)
     tls = bool(metrics_config.tls_cert and metrics_config.tls_key)
     try:
-        httpd, thread = start_http_server(
-            port, host, registry=registry,
-            certfile=metrics_config.tls_cert or None, keyfile=metrics_config.tls_key or None,
-            client_cafile=metrics_config.tls_client_ca or None,
-            client_auth_required=bool(metrics_config.tls_client_ca),
-        )
+        httpd, thread = httpserve.start(host, port, registry, tls_context)
     except socket.gaierror as err:
         registry.unregister(collector)
         raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot resolve {host!r}: "

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from rtagent.commands.status import render
-from rtagent.procconn import _CN_MSG, _EVENT, _NLMSGHDR, parse_event
+from rtagent.kernel.procconn import _CN_MSG, _EVENT, _NLMSGHDR, parse_event
 from rtagent.sdnotify import Notifier
 from rtagent.state import Histogram, StateStore
 

@@ -33,7 +33,7 @@ def thread(tid, name, role="emulator", vcpu=None, kind="other", policy="other", 
 
 
 def make_report(name="rt1", uuid="11111111-2222-3333-4444-555555555555", *, v2_policy="fifo",
-                flavor=None) -> DomainReport:
+                flavor=None, v2_thread=True) -> DomainReport:
     spec = RealtimeSpec(
         domain=name, uuid=uuid, realtime=True, source="metadata", flavor=flavor,
         vcpus=(VcpuSpec(0, False, "other", 0, frozenset({1})),
@@ -50,7 +50,7 @@ def make_report(name="rt1", uuid="11111111-2222-3333-4444-555555555555", *, v2_p
                    nvcsw=3),
             thread(4003, "CPU 2/KVM", "vcpu", 2, "vcpu", v2_policy, 1 if v2_policy == "fifo" else 0, cpus=(3,),
                    delay=250, run=5, nvcsw=0),
-        ),
+        )[:None if v2_thread else 3],
         kthreads=(),
         memory=ProcessMemory(vm_lck_bytes=4 * MiB, hugetlb_bytes=64 * MiB),
         cmdline=[],
@@ -176,6 +176,18 @@ def test_domain_info_carries_the_nova_flavor():
     _, s = scrape(store)
     [info] = s["rtagent_domain_info"]
     assert info.labels == {"domain": "instance-0001", "uuid": "u-1", "source": "metadata", "flavor": "rt.large"}
+
+
+def test_a_realtime_vcpu_without_a_thread_is_reported_untuned():
+    """vCPU 2's thread is not in the report (e.g. moved out of its vcpu2 cgroup):
+    its tuned series says 0 instead of vanishing; no timing series for it."""
+    store = StateStore()
+    store.update(lambda s: setattr(s.guest("u-1", "rt1"), "report", make_report("rt1", "u-1", v2_thread=False)))
+    _, s = scrape(store)
+    assert value(s, "rtagent_vcpu_tuned", domain="rt1", vcpu="1") == 1
+    assert value(s, "rtagent_vcpu_tuned", domain="rt1", vcpu="2") == 0
+    assert [x.labels["vcpu"] for x in s["rtagent_vcpu_run_delay_seconds_total"]] == ["1"]
+    assert [x.labels["vcpu"] for x in s["rtagent_vcpu_policy_info"]] == ["1"]
 
 
 def test_guest_metrics():

@@ -77,3 +77,37 @@ def test_alerts_have_for_severity_and_annotations():
         assert re.search(r"^\s*for:\s*\d+[smh]", b, re.M), name
         assert re.search(r"^\s*severity:\s*(warning|critical)\s*$", b, re.M), name
         assert re.search(r"^\s*summary:", b, re.M) and re.search(r"^\s*description:", b, re.M), name
+
+
+RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks"
+
+
+def test_every_alert_has_a_runbook():
+    """runbook_url names docs/runbooks/<alert>.md, which exists and says what
+    the alert means, how to confirm it with `rtagent status` and what to do."""
+    blocks = re.split(r"^\s*- (?=alert:|record:)", RULES.read_text(), flags=re.M)[1:]
+    for b in (b for b in blocks if b.startswith("alert:")):
+        name = b.split()[1]
+        url = re.search(r"^\s*runbook_url:\s*(.+)$", b, re.M)
+        assert url, f"{name}: no runbook_url"
+        assert url.group(1).rstrip("'\"").endswith(f"/{name}.md"), (name, url.group(1))
+        page = RUNBOOKS / f"{name}.md"
+        assert page.is_file(), f"{name}: {page} missing"
+        text = page.read_text()
+        for heading in ("## Meaning", "## Confirm", "## Fix"):
+            assert heading in text, f"{page}: no {heading!r}"
+        assert "rtagent status" in text or "curl" in text, page
+
+
+def test_alert_texts_name_the_node():
+    """Receivers show summary/description only: they must say which node
+    (and, for guest and vCPU alerts, which guest and vCPU)."""
+    blocks = re.split(r"^\s*- (?=alert:|record:)", RULES.read_text(), flags=re.M)[1:]
+    for b in (b for b in blocks if b.startswith("alert:")):
+        name = b.split()[1]
+        summary = re.search(r"^\s*summary:\s*(.+)$", b, re.M).group(1)
+        assert "$labels.instance" in summary, name
+        if "$labels.domain" in b.split("annotations:")[0] or "domain" in summary:
+            assert "$labels.domain" in summary, name
+        if "rtagent_vcpu_" in b.split("labels:")[0]:
+            assert "$labels.vcpu" in summary, name

@@ -1,0 +1,48 @@
+"""The file primitives every reader of the floor goes through.
+
+Module-level so that a test can make one of them racy (a task that exits
+between listing and reading) with a single ``monkeypatch``.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["read_text", "read_bytes", "read_int", "write_once", "listdir_ints"]
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_int(path: str) -> int | None:
+    """An integer file (a sysctl, a cgroup knob); None if absent or not a number."""
+    try:
+        return int(read_text(path).strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_once(path: str, text: str) -> None:
+    """One ``write(2)`` of ``text``: sysfs, procfs and cgroupfs want the whole
+    value at once, and report a refusal as the write's errno."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def listdir_ints(path: str) -> list[int]:
+    """The numeric entries of a directory (pids, tids, IRQs), sorted; [] if absent."""
+    try:
+        names = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
