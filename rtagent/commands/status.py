@@ -11,6 +11,7 @@ import time
 from ..config import StatusConfig, load_config
 from ..errors import ConfigError
 from ..status import fetch
+from ..monitor.interference_service import render_status as render_interference
 from .common import thread_table
 
 
@@ -52,11 +53,20 @@ def _ago(ts) -> str:
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
 
 
+def _libvirt_state(lv: dict) -> str:
+    if not lv.get("connected"):
+        return "DISCONNECTED"
+    if lv.get("unresponsive_for_s") is not None:
+        # Known guests are still enforced from the kernel side meanwhile.
+        return f"UNRESPONSIVE for {lv['unresponsive_for_s']:.0f}s"
+    return "connected"
+
+
 def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
     d, host = data.get("daemon", {}), data.get("host", {})
     lv = d.get("libvirt", {})
     lines = [
-        f"rtagent: up {d.get('uptime_s', 0):.0f}s, libvirt {'connected' if lv.get('connected') else 'DISCONNECTED'}"
+        f"rtagent: up {d.get('uptime_s', 0):.0f}s, libvirt {_libvirt_state(lv)}"
         f" ({lv.get('uri', '?')}, {lv.get('reconnects', 0)} reconnects), proc connector "
         f"{'on' if d.get('proc_connector') else 'off'}, last resync {_ago(d.get('last_resync_at'))}",
         f"host: realtime CPUs {host.get('realtime_cpus') or '(none)'}, housekeeping CPUs "
@@ -65,6 +75,7 @@ def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
     failing = [c for c in host.get("checks", []) if not c.get("ok")]
     for c in failing:
         lines.append(f"  {'✗' if c.get('severity') == 'error' else '!'} {c['name']}: {c['detail']}")
+    lines += render_interference(data.get("interference"))
     lines.append("")
     lines.append(f"{'DOMAIN':<24} {'RT VCPUS':<9} {'OK':<3} {'DRIFT':>5}  {'RUNQ DELAY':>12}  VIOLATIONS")
     if not domains:

@@ -28,18 +28,18 @@ log = logging.getLogger(__name__)
 
 
 class Tuner:
-    """Checks and tunes guests.  ``host`` is a :class:`LibvirtHost` (may be
-    None for tests that drive processes that are not guests).  ``ledger`` is
-    the host-wide RT-budget record; pass the same one to a new tuner (config
+    """Checks and tunes guests.  A guest is a ``libvirt_host.Guest`` (name,
+    uuid, live XML, pin calls); ``apply(None, report=…)`` drives a process
+    that is not a guest (tests) with syscalls only.  ``ledger`` is the
+    host-wide RT-budget record; pass the same one to a new tuner (config
     reload) so that budget granted before is still known."""
 
     KTHREAD_RESCAN_S = 30.0
 
-    def __init__(self, config: Config, host=None, *, proc_root: str = "/proc",
+    def __init__(self, config: Config, *, proc_root: str = "/proc",
                  run_root: str = "/run/libvirt/qemu", ledger: BudgetLedger | None = None):
         assert config.partition is not None, "the tuner needs a resolved host partition"
         self.config = config
-        self.host = host
         self.proc_root = proc_root
         self.run_root = run_root
         self.ledger = ledger if ledger is not None else BudgetLedger.for_host(config.realtime.rt_budget_us, proc_root)
@@ -56,18 +56,18 @@ class Tuner:
 
     # -- read-only --------------------------------------------------------
 
-    def spec_for(self, dom) -> RealtimeSpec:
-        return derive_spec(self.host.domain_xml(dom), self.config)
+    def spec_for(self, guest) -> RealtimeSpec:
+        return derive_spec(guest.xml(), self.config)
 
-    def inspect(self, dom, spec: RealtimeSpec | None = None, *, withdrawn: bool = False) -> DomainReport:
+    def inspect(self, guest, spec: RealtimeSpec | None = None, *, withdrawn: bool = False) -> DomainReport:
         """Observe a running guest and compare it with its plan; changes
         nothing (the budget ledger included).  ``withdrawn``: the caller
         tuned this guest as realtime before and its intent no longer says
         so (see :func:`assess`)."""
-        name, uuid = dom.name(), dom.UUIDString()
+        name, uuid = guest.name, guest.uuid
         if spec is None:
             try:
-                spec = self.spec_for(dom)
+                spec = self.spec_for(guest)
             except DomainXMLError as err:
                 spec = RealtimeSpec(domain=name, uuid=uuid, realtime=True, errors=(str(err),))
         withdrawn = withdrawn and not spec.realtime
@@ -146,12 +146,12 @@ class Tuner:
         elif not report.realtime:
             self.ledger.withdraw(report.uuid)
 
-    def apply(self, dom, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
+    def apply(self, guest, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
         """Bring a guest to its plan; returns the report *after* the changes
         (re-observed), with ``changes`` listing what was done.  Budget is
         granted before any thread goes realtime and released after threads
         left it (the kernel refuses the other orders)."""
-        report = report or self.inspect(dom)
+        report = report or self.inspect(guest)
         if not ((report.realtime and report.spec.valid) or report.withdrawn) or report.observed is None:
             return report
         if not dry_run:
@@ -165,8 +165,7 @@ class Tuner:
             report.changes = execute(actions, None, dry_run=True)
             return report
         budget_error = self._grant_for(report, actions)
-        pinner = Pinner(self.host, dom) if self.host is not None else None
-        results = execute(actions, pinner)
+        results = execute(actions, Pinner(guest))
         self.ledger.release_unclaimed()
         after = self.inspect_process(DomainReport(name=report.name, uuid=report.uuid, spec=report.spec,
                                                   observed_at=time.time(), withdrawn=report.withdrawn), report.pid)
