@@ -24,6 +24,7 @@ import pytest
 
 from rtagent.monitor.fdlimit import ENFORCEMENT_RESERVE
 from rtagent.status import ANSWER_REUSE_S, fetch
+from tests.conftest import unique_name
 from tests.local_user import Hog, local_user
 from tests.reliability.conftest import create_guest, fd_count, is_fifo, report, wait_for, wait_tuned
 
@@ -105,8 +106,10 @@ def resyncs(d) -> int:
 @pytest.mark.system
 def test_drift_is_corrected_within_one_resync_while_a_local_user_floods_the_endpoints(rel_daemon, guest_factory,
                                                                                        user):
-    d = rel_daemon(resync=RESYNC, metrics=True, argv_prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}"])
-    g = create_guest(guest_factory)
+    name = unique_name("rtscl")
+    d = rel_daemon(resync=RESYNC, metrics=True, argv_prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}"],
+                   daemon=f'guest_names = ["{name}"]')  # only our guest on this shared host
+    g = create_guest(guest_factory, name=name)
     wait_tuned(d, g)
     tid = g.vcpu_tids()[1]
     fds = FdPeak(d.proc.pid)
