@@ -69,3 +69,13 @@ def test_client_limits_are_validated(section, key, value):
     with pytest.raises(ConfigError) as err:
         parse_config({section: {key: value}}, sys_root=None)
     assert f"{section}.{key}" in str(err.value)
+
+
+def test_a_fifo_vcpu_outside_the_realtime_set_is_put_back_to_other():
+    from rtagent.tuning.guest.plan import SetScheduler, plan_actions
+
+    ts = guest_threads(v1=thread(102, "CPU 1/KVM", "vcpu", 1, "vcpu", policy="fifo", prio=1, cpus=(2,),
+                                 cgroup="/machine/g/vcpu1"))
+    plan = plan_domain(spec(), observed(*ts), NONE, RT)
+    acts = [a for a in plan_actions(plan.threads) if isinstance(a, SetScheduler) and a.tid == 102]
+    assert [(a.policy, a.priority) for a in acts] == [("other", 0)]
