@@ -113,6 +113,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class InterferenceConfig:
+    """Who ran on the realtime CPUs (docs/interference.md)."""
+
+    enabled: bool = True
+    # tracefs instance (instances/<name>), created at start and removed at
+    # stop; a leftover of the same name (a killed daemon's) is replaced.
+    instance: str = "rtagent"
+    # Sources exported per realtime CPU (the rest are "other").
+    top_n: int = 10
+    poll_interval_s: float = 0.5
+    buffer_kb: int = 1024
+    # `rtagent status` shows the foreign share over this last window.
+    window_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Rule:
     """Intent for guests whose XML carries none (Nova flavor semantics)."""
 
@@ -156,6 +172,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    interference: InterferenceConfig = field(default_factory=InterferenceConfig)
     rules: tuple[Rule, ...] = ()
     partition: Partition | None = None
     path: str | None = None
@@ -164,7 +181,7 @@ class Config:
         from dataclasses import asdict
 
         out: dict[str, Any] = {}
-        for name in ("libvirt", "host", "realtime", "host_tuning", "daemon", "status", "metrics"):
+        for name in ("libvirt", "host", "realtime", "host_tuning", "daemon", "status", "metrics", "interference"):
             out[name] = asdict(getattr(self, name))
         out["rule"] = [{k: v for k, v in asdict(r).items() if v is not None} for r in self.rules]
         if self.partition is not None:
@@ -183,6 +200,7 @@ _SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig,
     "status": StatusConfig,
     "metrics": MetricsConfig,
+    "interference": InterferenceConfig,
 }
 
 
@@ -377,6 +395,8 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     if metrics.tls_client_ca and not metrics.tls_cert:
         raise chk.fail("metrics.tls_client_ca", metrics.tls_client_ca, "client-certificate auth needs tls_cert and tls_key")
 
+    interference = _check_interference(chk, sections.get("interference", InterferenceConfig()))
+
     host: HostConfig = sections.get("host", HostConfig())
     for key in ("realtime_cpus", "housekeeping_cpus"):
         value = getattr(host, key)
@@ -388,7 +408,7 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     return Config(
         libvirt=lv, host=host, realtime=cfg_rt,
         host_tuning=sections.get("host_tuning", HostTuningConfig()),
-        daemon=daemon, status=status, metrics=metrics, rules=rules,
+        daemon=daemon, status=status, metrics=metrics, interference=interference, rules=rules,
         partition=partition, path=path,
     )
 
@@ -415,6 +435,22 @@ def _check_selector(chk: _Checker, daemon: DaemonConfig) -> DaemonConfig:
         guest_names_exclude=_check_globs(chk, "daemon.guest_names_exclude", daemon.guest_names_exclude,
                                          allow_empty=True),
     )
+
+
+def _check_interference(chk: _Checker, cfg: InterferenceConfig) -> InterferenceConfig:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.instance) or cfg.instance in (".", ".."):
+        raise chk.fail("interference.instance", cfg.instance, "must be 1-64 of letters, digits, '_', '-', '.'")
+    if not 1 <= cfg.top_n <= 100:
+        raise chk.fail("interference.top_n", cfg.top_n, "must be in 1..100")
+    if not 0.05 <= cfg.poll_interval_s <= 10:
+        raise chk.fail("interference.poll_interval_s", cfg.poll_interval_s, "must be in 0.05..10 seconds")
+    if not 64 <= cfg.buffer_kb <= 65536:
+        raise chk.fail("interference.buffer_kb", cfg.buffer_kb, "must be in 64..65536 (KiB per CPU)")
+    if not 5 <= cfg.window_s <= 3600:
+        raise chk.fail("interference.window_s", cfg.window_s, "must be in 5..3600 seconds")
+    return cfg
 
 
 def _parse_rules(chk: _Checker, raw: object, rt: RealtimeConfig) -> list[Rule]:

@@ -55,6 +55,7 @@ class Services:
         self.procconn: ProcConnector | None = None
         self.status: StatusServer | None = None
         self.metrics = None
+        self.interference = None  # monitor.interference_service.InterferenceService
 
     def _overflow(self) -> None:
         """The proc connector lost events: count it, and resync to catch up."""
@@ -76,13 +77,22 @@ class Services:
                 log.warning("proc connector unavailable (%s): new threads are tuned at the next resync "
                             "(needs CAP_NET_ADMIN)", err)
                 self.procconn = None
+        from ..monitor import interference_service as itf
+
+        self.interference = itf.InterferenceService.start(config, self.store)
         # Bounded, timed-out client servers within a descriptor budget.
-        self.status, self.metrics = start_endpoints(config, self.store)
+        self.status, self.metrics = start_endpoints(
+            config, self.store,
+            snapshot=lambda: {**self.store.snapshot(), "interference": itf.status_json(self.interference)})
+        if self.metrics is not None and self.interference is not None:
+            self.metrics.registry.register(itf.InterferenceCollector(self.interference))
 
     def close(self) -> None:
         for svc in (self.procconn, self.status, self.metrics):
             if svc is not None:
                 (svc.stop if svc is self.procconn else svc.close)()
+        if self.interference is not None:
+            self.interference.stop()   # removes its tracefs instance
 
 
 def reload_config(current: Config, path: str | None) -> Config | None:

@@ -22,15 +22,16 @@ log = logging.getLogger(__name__)
 __all__ = ["start_endpoints"]
 
 
-def start_endpoints(config: Config, store: StateStore):
+def start_endpoints(config: Config, store: StateStore, snapshot=None):
     """Bind and start the status socket and (if enabled) ``/metrics``;
-    returns ``(StatusServer, MetricsServer | None)``."""
+    returns ``(StatusServer, MetricsServer | None)``.  ``snapshot`` is the
+    status answer (default ``store.snapshot``)."""
     soft = fdlimit.raise_nofile()
     metrics_cap = config.metrics.max_connections if config.metrics.enabled else 0
     budget = fdlimit.client_budget(soft, metrics_cap, config.status.max_clients)
     log.debug("file descriptors: soft limit %d, client caps metrics %d + status %d, %d kept for enforcement",
               soft, budget.metrics, budget.status, fdlimit.ENFORCEMENT_RESERVE)
-    status = StatusServer(config.status.socket, config.status.group, store.snapshot,
+    status = StatusServer(config.status.socket, config.status.group, snapshot or store.snapshot,
                           max_clients=budget.status, timeout_s=config.status.timeout_s)
     status.start()
     metrics = None
