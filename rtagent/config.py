@@ -132,6 +132,9 @@ class InterferenceConfig:
     buffer_kb: int = 1024
     # `rtagent status` shows the foreign share over this last window.
     window_s: float = 60.0
+    # Foreign share of a realtime CPU above which RtagentCpuInterferenceHigh
+    # fires (exported as rtagent_cpu_interference_alert_share for the rule).
+    alert_share: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -457,6 +460,8 @@ def _check_interference(chk: _Checker, cfg: InterferenceConfig) -> InterferenceC
         raise chk.fail("interference.poll_interval_s", cfg.poll_interval_s, "must be in 0.05..10 seconds")
     if not 64 <= cfg.buffer_kb <= 65536:
         raise chk.fail("interference.buffer_kb", cfg.buffer_kb, "must be in 64..65536 (KiB per CPU)")
+    if not 0 < cfg.alert_share <= 1:
+        raise chk.fail("interference.alert_share", cfg.alert_share, "must be in (0, 1] (a share of the CPU's time)")
     if not 5 <= cfg.window_s <= 3600:
         raise chk.fail("interference.window_s", cfg.window_s, "must be in 5..3600 seconds")
     return cfg
