@@ -105,6 +105,8 @@ class _Guest:
     correction_failures: tuple[tuple[str, int], ...]
     correction_latency: _Hist
     event_to_tuned_s: float | None
+    # (pCPU, this guest's thread, owner guest, owner's thread) per conflict.
+    conflicts: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,10 @@ def _copy_guest(g: GuestState) -> _Guest:
         vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)),
         corrections=_items(g.corrections), correction_failures=_items(g.correction_failures),
         correction_latency=_Hist.of(g.correction_latency), event_to_tuned_s=g.event_to_tuned_s,
+        conflicts=tuple((str(c.cpu), c.claim.label if c.loser == g.name else c.owner_claim.label,
+                         c.owner if c.loser == g.name else c.loser,
+                         c.owner_claim.label if c.loser == g.name else c.claim.label)
+                        for c in (r.conflicts if r is not None else ())),
     )
 
 
@@ -369,7 +375,12 @@ class RtagentCollector(Collector):
         prio = _gauge("vcpu_priority", "Observed realtime priority of the vCPU thread (0 if not realtime).", dv)
         tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
                        dv)
+        conflict = _gauge("cpu_conflict", "1 per realtime pCPU this guest shares with another guest: "
+                          "thread = this guest's, other = the other guest, other_thread = its thread "
+                          "(docs/checks.md, cpu_conflict).", ["domain", "cpu", "thread", "other", "other_thread"])
         for g in guests:
+            for c in g.conflicts:
+                conflict.add_metric([g.name, *c], 1)
             info.add_metric([g.name, g.uuid, g.source, g.flavor], 1)
             for kind, n in g.corrections:
                 corrections.add_metric([g.name, kind], n)
@@ -404,7 +415,7 @@ class RtagentCollector(Collector):
                 prio.add_metric(labels, v.priority)
                 tuned.add_metric(labels, 1 if v.tuned else 0)
         return [info, realtime, valid, compliant, violations, required, locked, hugetlb, tuned_s,
-                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned]
+                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned, conflict]
 
 
 # ---------------------------------------------------------------------------
