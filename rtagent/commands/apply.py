@@ -23,7 +23,7 @@ def run(args) -> int:
         reports = inspect_running(tuner, doms, selector)
         # pCPU ownership and the RT budget are host-wide: count the guests
         # that were not named (or are outside the selection) too.
-        for r in judge_host_wide(tuner, host, reports) + [r for _, r in reports]:
+        for r in judge_host_wide(tuner, host, reports, selector) + [r for _, r in reports]:
             tuner.record_claim(r)
         after = [tuner.apply(guest, dry_run=args.dry_run, report=r) for guest, r in reports]
     finally:

@@ -56,17 +56,19 @@ def judge_host_wide(tuner: Tuner, host: LibvirtHost, pairs: list[tuple[Guest, Do
                     selector: GuestSelector | None = None) -> list[DomainReport]:
     """Judge each report (in place) against the pCPU claims of every running
     guest the selector manages (a realtime pCPU has one owner host-wide), as
-    the daemon does.  Returns the reports of the running guests not in
-    ``pairs``, which were looked at for their claims (and RT budget) only."""
+    the daemon does.  Returns the reports of every other running guest
+    (selected or not: the kernel's RT budget is shared by all of them)."""
     book = ClaimBook()
     mine = {r.uuid for _, r in pairs}
     others = []
     for uuid, guest in host.active_guests().items():
-        if uuid not in mine and (selector is None or selector.matches_name(guest.name)):
-            try:
-                others.append(tuner.inspect(guest))
-            except GuestGone:  # another guest stopped meanwhile: normal
-                continue
+        if uuid in mine:
+            continue
+        try:
+            others.append(tuner.inspect(guest))
+        except GuestGone:  # another guest stopped meanwhile: normal
+            continue
+        if selector is None or selector.matches_name(guest.name):
             book.record(uuid, others[-1].claims)
     for _, r in pairs:
         book.record(r.uuid, r.claims)
