@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
 import signal
 import time
@@ -25,6 +24,7 @@ from .config import Config, load_config
 from .cpulist import format_cpulist
 from .errors import RtagentError
 from .libvirt_host import DomainEvent, LibvirtHost, LibvirtUnavailable, is_gone, start_event_loop
+from .kernel import Kernel
 from .kernel.procconn import ProcConnector
 from .sdnotify import Notifier
 from .selector import GuestSelector
@@ -108,9 +108,7 @@ class Daemon:
         started after this inherit the mask."""
         hk = self.config.partition.housekeeping
         try:
-            os.sched_setaffinity(0, hk)
-            if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            Kernel().tasks.confine_self(hk)
         except OSError as err:
             log.warning("cannot confine rtagent to housekeeping CPUs %s: %s", format_cpulist(hk), err)
 
@@ -184,7 +182,7 @@ class Daemon:
         if not (ht.kthreads or ht.irqs or ht.workqueues or ht.kthread_priorities) or not self.config.partition.realtime:
             self.host_enforcer = None
             return
-        from .tuning.hostpart import HostPartitionEnforcer
+        from .tuning.host.enforcer import HostPartitionEnforcer
 
         self.host_enforcer = HostPartitionEnforcer(self.config.partition, ht,
                                                    vcpu_priority=self.config.realtime.default_priority)
@@ -331,10 +329,11 @@ class Daemon:
         now = time.monotonic()
         report = None
         if self.host_enforcer is not None:
-            prios = [v.priority for g in self.store.read(lambda s: [g.report for g in s.guests.values()])
-                     if g is not None for v in g.spec.realtime_vcpus]
+            from .tuning.host.priority import vcpu_priority
+
+            specs = self.store.read(lambda s: [g.report.spec for g in s.guests.values() if g.report is not None])
             try:
-                report = self.host_enforcer.enforce(vcpu_priority=max(prios, default=None))
+                report = self.host_enforcer.enforce(vcpu_priority(specs, self.config.realtime.default_priority))
             except Exception:  # the host partition must never take the daemon down
                 log.exception("host partition enforcement failed")
         checks = None
@@ -343,15 +342,14 @@ class Daemon:
             try:
                 from .monitor.hostchecks import run_host_checks
 
-                checks = [c.to_json() for c in run_host_checks(self.config.partition,
-                                                               exclude_pids=set(self.tracked.values()))]
+                checks = tuple(run_host_checks(self.config.partition, exclude_pids=set(self.tracked.values())))
             except Exception:
                 log.exception("host checks failed")
 
         def store(s: StateStore) -> None:
             s.daemon.host.update(self.config.partition.to_json())
             if checks is not None:
-                s.daemon.host["checks"] = checks
+                s.daemon.host_checks = checks
             if report is not None:
                 s.daemon.host_corrections.update(report.corrections_by_kind)
                 refused = Counter()
