@@ -239,6 +239,10 @@ class Tasks:
         """The threads of process ``pid``; raises FileNotFoundError if it is gone."""
         return sorted(int(n) for n in os.listdir(self._k.proc_path(str(pid), "task")) if n.isdigit())
 
+    def tids_of_self(self) -> list[int]:
+        """The threads of the calling process."""
+        return fs.listdir_ints(self._k.proc_path("self", "task"))
+
     def exists(self, pid: int, tid: int | None = None) -> bool:
         base = self._k.proc_path(str(pid)) if tid is None else self._k.proc_path(str(pid), "task", str(tid))
         return os.path.isdir(base)

@@ -9,10 +9,10 @@ import pytest
 
 from rtagent.config import Partition
 from rtagent.cpulist import parse_cpulist
-from rtagent.monitor import hostchecks
-from rtagent.monitor.hostchecks import CHECK_NAMES, HostCheck, run_host_checks
 from rtagent.kernel import Kernel
 from rtagent.kernel.irqbalance import detect_irqbalance, parse_shell_vars
+from rtagent.monitor import hostchecks
+from rtagent.monitor.hostchecks import CHECK_NAMES, HostCheck, run_host_checks
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from rtagent.kernel import Kernel, outcome_of
+from rtagent.kernel import Kernel, fs, outcome_of
 from rtagent.kernel import cgroups as cg
-from rtagent.kernel import fs
 from rtagent.kernel.errors import describe, refusal_reason
 from rtagent.kernel.irqbalance import detect_irqbalance
 from rtagent.kernel.tasks import PF_KTHREAD, parse_stat, policy_name

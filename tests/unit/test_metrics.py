@@ -15,9 +15,9 @@ from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.hostchecks import HostCheck
 from rtagent.monitor.metrics import RtagentCollector, serve
 from rtagent.state import StateStore
-from rtagent.tuning.guest.report import DomainReport
 from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
 from rtagent.tuning.guest.plan import plan_domain
+from rtagent.tuning.guest.report import DomainReport
 from rtagent.vocab import Severity
 
 pytestmark = pytest.mark.unit

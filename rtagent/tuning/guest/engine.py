@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 
 from ...config import Config
@@ -20,7 +19,10 @@ from ...model import RealtimeSpec, Violation
 from . import rtgroup
 from .apply import Pinner, execute
 from .memory import verify_memory
-from .observe import Observed, ProcessGone, ThreadInfo, find_kvm_pit, find_qemu_pid, observe_process, read_thread
+from ...kernel import Kernel
+from ...kernel.errors import GONE
+from ...vocab import Role
+from .observe import Observed, ProcessGone, ThreadInfo, find_vm_kthreads, observe_process, read_thread
 from .plan import REALTIME, SetScheduler, ThreadPlan, plan_actions, plan_domain
 from .report import DomainReport
 
@@ -32,13 +34,11 @@ class Tuner:
     uuid, live XML, pin calls); ``apply(None, report=…)`` drives a process
     that is not a guest (tests) with syscalls only."""
 
-    def __init__(self, config: Config, *, proc_root: str = "/proc",
-                 run_root: str = "/run/libvirt/qemu"):
+    def __init__(self, config: Config, *, kernel: Kernel | None = None):
         assert config.partition is not None, "the tuner needs a resolved host partition"
         self.config = config
-        self.proc_root = proc_root
-        self.run_root = run_root
-        self.rt_hierarchy = rtgroup.find_cpu_hierarchy(proc_root)
+        self.kernel = kernel or Kernel()
+        self.rt_tree = self.kernel.cgroups.rt_tree()
         # Realtime vCPU cgroups of every realtime guest seen, by UUID: the RT
         # budget is shared host-wide, so granting for one guest must count all.
         self.rt_cgroups: dict[str, set[str]] = {}
@@ -69,7 +69,7 @@ class Tuner:
         if not spec.valid:
             report.violations = [Violation("intent", e) for e in spec.errors]
             return report
-        pid = find_qemu_pid(name, uuid, run_root=self.run_root, proc_root=self.proc_root)
+        pid = self.kernel.qemu.find(name, uuid)
         if pid is None:
             report.violations = [Violation("process", f"QEMU process of {name!r} not found")]
             return report
@@ -79,7 +79,7 @@ class Tuner:
         spec = report.spec
         report.pid = pid
         try:
-            observed = observe_process(pid, proc_root=self.proc_root, with_kthreads=False)
+            observed = observe_process(pid, self.kernel, with_kthreads=False)
             observed = dataclasses.replace(observed, kthreads=self._vm_kthreads(observed))
         except ProcessGone:
             report.violations = [Violation("process", f"QEMU process {pid} of {report.name!r} exited")]
@@ -110,27 +110,27 @@ class Tuner:
             out = []
             for kpid, kind in cached[1]:
                 try:
-                    t = read_thread(kpid, kpid, self.proc_root, role="kthread", kind=kind)
-                except (FileNotFoundError, ProcessLookupError):
+                    t = read_thread(self.kernel, kpid, kpid, role=Role.KTHREAD, kind=kind)
+                except GONE:
                     break
                 if kind == "kvm-pit" and t.name != f"kvm-pit/{pid}":
                     break  # pid reused
                 out.append(t)
             else:
                 return tuple(out)
-        found = tuple(find_kvm_pit(pid, self.proc_root, tids=[t.tid for t in observed.threads]))
+        found = tuple(find_vm_kthreads(self.kernel, pid, tids=[t.tid for t in observed.threads]))
         self._kthreads[pid] = (now, tuple((t.tid, t.kind) for t in found))
         return found
 
     def _budget_violations(self, threads: list[ThreadPlan]) -> list[Violation]:
-        if self.rt_hierarchy is None:
+        if self.rt_tree is None:
             return []
         out = []
         for tp in threads:
             t = tp.thread
             if tp.want.policy not in REALTIME or tp.policy_ok or not t.cgroup_cpu or t.kind == "kvm-pit":
                 continue
-            zero = [p for p, v in rtgroup.chain_budget(self.rt_hierarchy, t.cgroup_cpu) if v <= 0]
+            zero = [p for p, v in rtgroup.chain_budget(self.rt_tree, t.cgroup_cpu) if v <= 0]
             if zero:
                 out.append(Violation("rt_budget", f"{t.name} (tid {t.tid}) cannot be realtime: cgroup "
                                      f"{zero[0]} has cpu.rt_runtime_us 0 (RT group scheduling)"))
@@ -145,20 +145,18 @@ class Tuner:
 
     def grant_budget(self) -> rtgroup.BudgetPlan | None:
         """Grant RT budget to every known realtime vCPU cgroup (idempotent)."""
-        if self.rt_hierarchy is None:
+        if self.rt_tree is None:
             return None
 
-        def exists(p: str) -> bool:
-            return os.path.isdir(os.path.join(self.rt_hierarchy, p.lstrip("/")))
-
+        exists = self.rt_tree.exists
         leaves = {p for p in set().union(*self.rt_cgroups.values()) if exists(p)}
         release = {p for p in self.granted - leaves if exists(p)}
-        release |= rtgroup.stale_guest_groups(self.rt_hierarchy, leaves)
+        release |= rtgroup.stale_guest_groups(self.rt_tree, leaves)
         self.granted &= {p for p in self.granted if exists(p)}
         if not leaves and not release:
             return None
         fixed = self.config.realtime.rt_budget_us
-        plan = rtgroup.apply_budgets(self.rt_hierarchy, leaves, None if fixed == "auto" else int(fixed), release)
+        plan = rtgroup.apply_budgets(self.rt_tree, leaves, None if fixed == "auto" else int(fixed), release)
         self.granted = (self.granted | leaves) - release
         return plan
 
@@ -179,7 +177,7 @@ class Tuner:
                 budget_error.append(str(err))
                 log.warning("RT budget for %s: %s", report.name, err)
         pinner = Pinner(guest)
-        results = execute(actions, pinner, dry_run=dry_run)
+        results = execute(actions, pinner, dry_run=dry_run, kernel=self.kernel)
         if dry_run:
             report.changes = results
             return report

@@ -22,9 +22,20 @@ from ...vocab import HostKind, Outcome
 from .conflicts import IrqConflictDetector
 from .kthreads import KThread
 from .ledger import Ledger
-from .plan import (DEFAULT_IRQ_KEY, KIND_ORDER, DefaultIrqAffinity, HostAction, HostPlan, HostSnapshot,
-                   IrqAffinity, KThreadAffinity, KThreadPriority, WorkqueueMask, plan_host_partition,
-                   read_snapshot)
+from .plan import (
+    DEFAULT_IRQ_KEY,
+    KIND_ORDER,
+    DefaultIrqAffinity,
+    HostAction,
+    HostPlan,
+    HostSnapshot,
+    IrqAffinity,
+    KThreadAffinity,
+    KThreadPriority,
+    WorkqueueMask,
+    plan_host_partition,
+    read_snapshot,
+)
 from .report import HostReport, ItemResult
 
 __all__ = ["HostPartitionEnforcer"]
