@@ -3,9 +3,9 @@
 The checks are a registry, :data:`REGISTRY`: one :class:`CheckDef` per
 check (several names for the kernel command line), in report order, with
 the Prometheus gauge of its count where it has one.  **A new host check is
-one entry here** (plus its name in :class:`rtagent.vocab.HostCheck`): the
-daemon, ``rtagent check``, ``rtagent status`` and ``/metrics`` all iterate
-the registry and carry the typed :class:`HostCheck` results.
+this file only**: its name in :class:`Name`, its function, its registry
+entry.  The daemon, ``rtagent check``, ``rtagent status`` and ``/metrics``
+all iterate the registry and carry the typed :class:`HostCheck` results.
 
 ``severity`` is the severity of *this result*: ``info`` for a passing check
 (or a purely informational finding), ``warning`` or ``error`` for a failing
@@ -18,17 +18,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 from ..config import Partition
 from ..cpulist import CpuListError, format_cpulist, parse_cpulist
 from ..kernel import Kernel
 from ..kernel.irqbalance import detect_irqbalance
 from ..kernel.tasks import cpus_allowed
-from ..vocab import HostCheck as Name
 from ..vocab import Severity
 
-__all__ = ["HostCheck", "CheckMetric", "CheckDef", "REGISTRY", "CHECK_NAMES", "SEVERITIES", "run_host_checks",
+__all__ = ["Name", "HostCheck", "CheckMetric", "CheckDef", "REGISTRY", "CHECK_NAMES", "SEVERITIES", "run_host_checks",
            "metric_of", "parse_cmdline", "parse_isolcpus", "find_intruders"]
+
+
+
+class Name(StrEnum):
+    """Host check names (stable; documented in docs/host-partition.md)."""
+
+    ISOLCPUS = "isolcpus"
+    NOHZ_FULL = "nohz_full"
+    RCU_NOCBS = "rcu_nocbs"
+    IRQAFFINITY = "irqaffinity"
+    RT_THROTTLING = "rt_throttling"
+    RT_GROUP_SCHED = "rt_group_sched"
+    THP = "thp"
+    KSM = "ksm"
+    DELAYACCT = "delayacct"
+    TIMER_MIGRATION = "timer_migration"
+    HUGEPAGES = "hugepages"
+    INTRUDERS = "intruders"
+    IRQBALANCE = "irqbalance"
+
 
 SEVERITIES = tuple(Severity)
 _NO_RT = ("no realtime CPUs are configured (host.realtime_cpus = \"auto\" and the kernel has no "
