@@ -157,8 +157,17 @@ class CallWorker:
         self._lock = threading.Lock()
         self._stuck: Future | None = None
         self._stuck_since: float | None = None
-        self._thread = threading.Thread(target=self._run, name="libvirt-calls", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        """The thread starts with the first call, not at construction: the
+        daemon builds its LibvirtHost before it drops capabilities and
+        confines itself to the housekeeping CPUs, and a thread inherits both
+        only from a thread that already has them."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="libvirt-calls", daemon=True)
+                self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -180,6 +189,7 @@ class CallWorker:
         hung = self.unresponsive_s()
         if hung is not None:
             raise LibvirtUnresponsive(f"{what}: not attempted, libvirt has not answered for {hung:.1f}s")
+        self._start()
         fut: Future = Future()
         started = self._clock()
         self._jobs.put((fut, fn))

@@ -80,12 +80,8 @@ class Stat:
         return bool(self.flags & PF_KTHREAD) or self.ppid == KTHREADD_PID
 
     @property
-    def kernel_worker(self) -> bool:
-        """A kernel worker, possibly living inside a user process (vhost_task)."""
-        return bool(self.flags & (PF_USER_WORKER | PF_IO_WORKER | PF_KTHREAD))
-
-    @property
     def no_setaffinity(self) -> bool:
+        """The kernel refuses affinity changes (sched_setaffinity gives EINVAL)."""
         return bool(self.flags & PF_NO_SETAFFINITY)
 
 

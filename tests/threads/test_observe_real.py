@@ -102,7 +102,7 @@ def test_fifo_thread_reads_back(qemu_like):
         # the others are untouched
         assert o.vcpu_threads[0].policy == "other"
         # a single-thread read agrees
-        assert read_thread(h.pid, tid).policy == "fifo"
+        assert read_thread(KERNEL, h.pid, tid).policy == "fifo"
     finally:
         os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
