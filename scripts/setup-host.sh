@@ -14,7 +14,7 @@ apt-get -o DPkg::Lock::Timeout=600 update -q
 apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients \
   qemu-system-x86 qemu-utils libvirt-dev pkg-config libcap-dev \
-  python3-venv python3-dev gcc rt-tests stress-ng prometheus \
+  python3-venv python3-dev gcc rt-tests stress-ng prometheus prometheus-alertmanager \
   procps util-linux iproute2 systemd libcap2-bin \
   debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools >/dev/null
 
@@ -46,6 +46,12 @@ want=${RTAGENT_HUGEPAGES:-256}
 have=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)
 if [ "$have" -lt "$want" ]; then
   echo "$want" > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+fi
+
+# tracefs for the interference accounting (systemd mounts it as
+# sys-kernel-tracing.mount; there is no systemd here).
+if ! mountpoint -q /sys/kernel/tracing; then
+  mount -t tracefs nodev /sys/kernel/tracing
 fi
 
 # No systemd here: start the daemons directly when they are not running.

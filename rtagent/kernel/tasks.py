@@ -264,8 +264,12 @@ class Tasks:
     def comm(self, pid: int, tid: int | None = None) -> str:
         return fs.read_text(self._path(pid, tid, "comm")).rstrip("\n")
 
+    def cmdline_raw(self, pid: int) -> bytes:
+        """``/proc/<pid>/cmdline`` as the kernel gives it (NUL-separated)."""
+        return fs.read_bytes(self._path(pid, None, "cmdline"))
+
     def cmdline(self, pid: int) -> list[str]:
-        raw = fs.read_bytes(self._path(pid, None, "cmdline"))
+        raw = self.cmdline_raw(pid)
         if not raw:
             return []
         return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
