@@ -180,8 +180,17 @@ def find_vm_kthreads(kernel: Kernel, qemu_pid: int, *, tids: Iterable[int] = ())
     """The per-VM kthreads that are separate processes: ``kvm-pit/<qemu_pid>``
     and, on kernels before 6.4, ``vhost-<owner>`` (owner: the main thread or
     any of ``tids``).  Only kernel threads qualify."""
+    owners = {qemu_pid} | set(tids)
+
+    def kind_of(comm: str) -> str | None:
+        m = _KVM_PIT_RE.fullmatch(comm)
+        if m:
+            return ThreadKind.KVM_PIT if int(m.group(1)) == qemu_pid else None
+        m = _VHOST_RE.fullmatch(comm)
+        return ThreadKind.VHOST if m and int(m.group(1)) in owners else None
+
     found: list[ThreadInfo] = []
-    for kpid, kind in kernel.qemu.vm_kthreads(qemu_pid, tids):
+    for kpid, kind in kernel.qemu.kthreads_matching(kind_of):
         try:
             found.append(read_thread(kernel, kpid, kpid, role=Role.KTHREAD, kind=kind))
         except GONE:
