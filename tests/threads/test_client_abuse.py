@@ -26,6 +26,7 @@ from rtagent.monitor.metrics import serve
 from rtagent.state import StateStore
 from rtagent.status import StatusServer, fetch
 from tests.local_user import Hog, local_user
+from tests.reliability.conftest import report
 from tests.system.conftest import wait_for
 
 pytestmark = pytest.mark.threads
@@ -93,6 +94,9 @@ def test_1100_idle_connections_of_a_local_user_hold_no_more_than_the_cap(user, m
     # Every descriptor the server held for the attacker is within the cap;
     # the slack is this test's own (the hog's pipes, the scrape's socket).
     # A thread per connection held one per attacker connection (~1,100).
+    report("metrics endpoint vs 1,100 idle connections (in-process server)", attacker_connects=last["connects"],
+           attacker_open_at_end=last["open"], closed_by_server=last["closed_by_server"],
+           server_fds_added=peak - before, cap=cap)
     assert peak - before <= cap + 8, (peak, before, cap, last)
     assert last["closed_by_server"] > 0, last
     assert metrics.server.stats.peak_open <= cap
@@ -110,6 +114,8 @@ def test_slowloris_partial_requests_are_cut_off(user, metrics):
     finally:
         last = hog.stop()
     closed = metrics.server.stats.closed
+    report("slowloris", requests=last["connects"], request_timeout=closed["request_timeout"],
+           idle_timeout=closed["idle_timeout"], evicted=closed["evicted"])
     assert closed["request_timeout"] + closed["evicted"] >= 200, (closed, last)
 
 
@@ -197,5 +203,7 @@ def test_descriptor_exhaustion_pauses_accepting_instead_of_spinning(user, metric
     # A backoff of ACCEPT_BACKOFF_S allows ~held/ACCEPT_BACKOFF_S wake-ups for
     # the listener plus those of the attacker's connections; a loop that
     # retries accept() at once makes hundreds of thousands.
+    report("EMFILE on accept", wakeups_in_2s=woke, accept_emfile=metrics.server.stats.closed["accept_emfile"],
+           evicted=metrics.server.stats.closed["evicted"])
     assert woke < 50 * held / ACCEPT_BACKOFF_S, (woke, last, dict(metrics.server.stats.closed))
     assert "process_open_fds" in scrape(metrics.url)

@@ -93,6 +93,13 @@ class _Executor:
         return got
 
     def affinity(self, a: SetAffinity) -> Result:
+        # The syscall first where the cgroup already allows it: the kernel
+        # has the correction before libvirt's round trip (which then puts
+        # its cgroup cpuset and live XML in line).
+        try:
+            self.tasks.set_affinity(a.tid, a.cpus)
+        except OSError:
+            pass  # outside the thread's cpuset: libvirt's pin below first
         try:
             self.pinner.pin(a)
         except LibvirtError as err:

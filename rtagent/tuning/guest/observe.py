@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from ...kernel import Kernel
 from ...kernel.errors import GONE
-from ...kernel.tasks import PF_IO_WORKER, PF_KTHREAD, PF_NO_SETAFFINITY, PF_USER_WORKER, ProcessMemory, Task
+from ...kernel.tasks import PF_NO_SETAFFINITY, ProcessMemory, Task
 from ...vocab import REALTIME_POLICIES, Role, ThreadKind
+from . import vmthreads
+from .vmthreads import WORKER_FLAGS
 
 __all__ = ["ProcessGone", "ThreadInfo", "ProcessMemory", "Observed", "classify", "thread_info", "read_thread",
            "find_vm_kthreads", "observe_process"]
@@ -28,8 +30,6 @@ __all__ = ["ProcessGone", "ThreadInfo", "ProcessMemory", "Observed", "classify",
 log = logging.getLogger(__name__)
 
 _VCPU_RE = re.compile(r"CPU (\d+)/(KVM|TCG)")
-_KVM_PIT_RE = re.compile(r"kvm-pit/(\d+)")
-_VHOST_RE = re.compile(r"vhost-(\d+)")
 
 
 class ProcessGone(LookupError):
@@ -113,33 +113,27 @@ class Observed:
 # classification
 
 
-def _worker_kind(name: str, flags: int) -> ThreadKind | None:
-    """The kind of a kernel worker living inside (or beside) the QEMU process,
-    recognised by PF_USER_WORKER / PF_IO_WORKER / PF_KTHREAD when the flags
-    say so, by name otherwise; None for a user thread."""
-    worker_flag = bool(flags & (PF_USER_WORKER | PF_IO_WORKER | PF_KTHREAD))
-    if name.startswith("vhost-") and (worker_flag or _VHOST_RE.fullmatch(name)):
-        return ThreadKind.VHOST
-    if name.startswith("kvm-nx-lpage"):
-        return ThreadKind.KVM_NX_LPAGE
-    if _KVM_PIT_RE.fullmatch(name):
-        return ThreadKind.KVM_PIT
-    return ThreadKind.OTHER if worker_flag else None
-
-
 _EMULATOR_NAMES = {"call_rcu": ThreadKind.CALL_RCU, "worker": ThreadKind.WORKER}  # worker: QEMU's thread pool
 
 
-def classify(name: str, tid: int, pid: int, flags: int = 0) -> tuple[Role, int | None, ThreadKind]:
-    """(role, vcpu index, kind) of a thread of QEMU process ``pid``."""
+def classify(name: str, tid: int, pid: int, flags: int = 0) -> tuple[Role, int | None, str]:
+    """(role, vcpu index, kind) of a thread of QEMU process ``pid``.
+
+    Kernel workers living inside the QEMU process (vhost_task on kernels
+    >= 6.4, kvm-nx-lpage-recovery) are recognised by the per-VM kernel-thread
+    table (vmthreads.py), other workers by PF_USER_WORKER / PF_IO_WORKER /
+    PF_KTHREAD.
+    """
     m = _VCPU_RE.fullmatch(name)
     if m:
         return Role.VCPU, int(m.group(1)), ThreadKind.VCPU
     if name == "ALL CPUs/TCG":  # single-threaded TCG: every vCPU in one thread
         return Role.VCPU, None, ThreadKind.VCPU
-    worker = _worker_kind(name, flags)
-    if worker is not None:
-        return Role.KTHREAD, None, worker
+    kind = vmthreads.kind_of(name, flags)
+    if kind is not None:
+        return Role.KTHREAD, None, kind
+    if flags & WORKER_FLAGS:
+        return Role.KTHREAD, None, ThreadKind.OTHER
     if tid == pid:
         return Role.EMULATOR, None, ThreadKind.MAIN
     if name.startswith("IO "):  # QEMU names iothreads "IO <id>" (e.g. "IO mon_iothread")
@@ -177,20 +171,13 @@ def read_thread(kernel: Kernel, pid: int, tid: int, *, role: str | None = None,
 
 
 def find_vm_kthreads(kernel: Kernel, qemu_pid: int, *, tids: Iterable[int] = ()) -> list[ThreadInfo]:
-    """The per-VM kthreads that are separate processes: ``kvm-pit/<qemu_pid>``
-    and, on kernels before 6.4, ``vhost-<owner>`` (owner: the main thread or
-    any of ``tids``).  Only kernel threads qualify."""
-    owners = {qemu_pid} | set(tids)
-
-    def kind_of(comm: str) -> str | None:
-        m = _KVM_PIT_RE.fullmatch(comm)
-        if m:
-            return ThreadKind.KVM_PIT if int(m.group(1)) == qemu_pid else None
-        m = _VHOST_RE.fullmatch(comm)
-        return ThreadKind.VHOST if m and int(m.group(1)) in owners else None
-
+    """The per-VM kthreads that are separate processes (the kinds of
+    vmthreads.py with an owner): ``kvm-pit/<qemu_pid>`` and, on kernels
+    before 6.4, ``vhost-<owner>`` (owner = the QEMU task that set up vhost:
+    the main thread, or any of ``tids``).  Only kernel threads qualify."""
+    owners = set(tids)
     found: list[ThreadInfo] = []
-    for kpid, kind in kernel.qemu.kthreads_matching(kind_of):
+    for kpid, kind in kernel.qemu.kthreads_matching(lambda comm: vmthreads.separate_kind(comm, qemu_pid, owners)):
         try:
             found.append(read_thread(kernel, kpid, kpid, role=Role.KTHREAD, kind=kind))
         except GONE:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from ...config import Partition
 from ...kernel.tasks import PF_KTHREAD, PF_NO_SETAFFINITY, Task
 from ...vocab import KThreadAction
+from ..guest.vmthreads import HOST_PREFIXES
 
 __all__ = ["KThread", "KThreadClass", "GUEST_PREFIXES", "PRIORITY_OFFSETS", "rt_priority_for",
            "is_guest_thread", "off_realtime", "classify"]
 
-#: Names of per-VM kernel threads owned by the guest pipeline.
-GUEST_PREFIXES = ("kvm-pit/", "kvm-nx-lpage", "vhost-")
+#: Names of per-VM kernel threads owned by the guest pipeline (its table of
+#: kinds, tuning/guest/vmthreads.py).
+GUEST_PREFIXES = HOST_PREFIXES
 
 #: Per-CPU threads that must stay where they are and run above the vCPUs:
 #: name → offset above the highest vCPU priority (tuned realtime-virtual-host
