@@ -23,7 +23,7 @@ HUGE = "<memoryBacking><hugepages/></memoryBacking>"
 
 @pytest.fixture
 def rt_config(tmp_path):
-    """CPU 0 housekeeping, CPU 1 realtime (DESIGN.md, "Care on this machine")."""
+    """CPU 0 housekeeping, CPU 1 realtime (docs/design.md, "Testing against the real thing")."""
     p = tmp_path / "rtagent.toml"
     # Only this run's guests compete for CPU 1 (a realtime pCPU has one owner
     # host-wide; other runs on a shared host pin their guests there too).
