@@ -78,6 +78,8 @@ SEVERITIES = ("info", "warning", "error")
 CHECK_NAMES = (
     "isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity", "rt_throttling", "rt_group_sched",
     "thp", "ksm", "delayacct", "timer_migration", "hugepages", "intruders", "irqbalance",
+    # monitor/preflight.py
+    "fair_server", "rt_group_sched_boot", "tracefs", "smt_siblings", "vhost_worker",
 )
 _NO_RT = ("no realtime CPUs are configured (host.realtime_cpus = \"auto\" and the kernel has no "
           "isolcpus/nohz_full CPUs): set host.realtime_cpus in the config or boot with isolcpus=")
@@ -467,4 +469,7 @@ def run_host_checks(
     checks.append(_check_hugepages(sys_root))
     checks.append(_check_intruders(partition, proc_root, exclude_pids))
     checks.append(_check_irqbalance(partition, proc_root, etc_root, sys_root))
+    from .preflight import preflight_checks  # kernel preflight (fair server, tracefs, SMT, vhost, ...)
+
+    checks += preflight_checks(partition, proc_root, sys_root, cmdline=parse_cmdline(cmdline))
     return checks

@@ -309,6 +309,9 @@ class RtagentCollector(Collector):
                     ["check"])
         sev = _gauge("host_check_severity",
                      "Severity of the host check's current result: 0 ok/info, 1 warning, 2 error.", ["check"])
+        val = _gauge("host_check_value", "The number behind a host check where it has one (docs/checks.md): "
+                     "e.g. realtime CPUs with a fair server, SMT siblings doing other work, intruder threads.",
+                     ["check"])
         seen: set[str] = set()
         intruders: float | None = None
         for c in s.host_checks:
@@ -317,9 +320,11 @@ class RtagentCollector(Collector):
             seen.add(c.name)
             ok.add_metric([c.name], 1 if c.ok else 0)
             sev.add_metric([c.name], c.severity)
+            if c.value is not None:
+                val.add_metric([c.name], c.value)
             if c.name == "intruders" and c.value is not None:
                 intruders = c.value
-        out: list[Metric] = [ok, sev]
+        out: list[Metric] = [ok, sev, val]
         if intruders is not None:
             m = _gauge("host_intruder_threads", "User threads outside the guests whose affinity allows a realtime CPU.")
             m.add_metric([], intruders)
