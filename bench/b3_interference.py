@@ -8,8 +8,10 @@ which the load below does at a known rate):
   while a context-switch load on CPU 1 (``stress-ng --switch`` with
   ``--switch-freq``) produces a known event rate for the reader to decode;
 * the realtime CPU's cost: ``stress-ng --switch`` flat out on CPU 1, which
-  reports ns per context switch, with no accounting daemon vs with one — the
-  difference is what writing the trace events costs each switch there.
+  reports ns per context switch, without vs with the accounting's tracefs
+  instance (the same sampler the daemon runs, reading from CPU 0 in this
+  process), alternating — the difference is what writing the trace events
+  costs each switch there.
 
 Off and on are interleaved (off, on, off, on, …) so drift on the shared
 machine hits both.  ``python -m bench.b3_interference [--full]``.
@@ -65,12 +67,31 @@ def _switch_cost(seconds: float) -> float | None:
     return _ns_per_switch(out)
 
 
+def _switch_costs(reps: int, seconds: float) -> dict[str, list[float]]:
+    from rtagent.monitor.interference_sampler import InterferenceSampler
+
+    os.sched_setaffinity(0, {0})
+    out: dict[str, list[float]] = {"none": [], "on": []}
+    for _ in range(reps):
+        ns = _switch_cost(seconds)
+        if ns:
+            out["none"].append(ns)
+        s = InterferenceSampler([int(RT_CPU)], instance=f"{_prefix()}sw", housekeeping=[0])
+        s.start()
+        try:
+            ns = _switch_cost(seconds)
+            if ns:
+                out["on"].append(ns)
+        finally:
+            s.stop()
+    return out
+
+
 def run(quick: bool = True) -> dict:
     reps = 3 if quick else 6
     window = 5.0 if quick else 15.0
     freqs = (1000, 10000)
     rows: dict[str, dict] = {"off": {}, "on": {}}
-    switch: dict[str, list[float]] = {"none": [], "on": []}
     events: list[dict] = []
     prefix = _prefix()
     for _ in range(reps):
@@ -80,17 +101,11 @@ def run(quick: bool = True) -> dict:
                 for f in freqs:
                     rows[mode].setdefault(f, []).append(_daemon_window(d, window, f))
                 if mode == "on":
-                    ns = _switch_cost(window)
-                    if ns:
-                        switch["on"].append(ns)
                     st = d.status().get("interference", {})
                     events.append({"running": st.get("running"), "lost": [c.get("lost_events") for c in st.get("cpus", [])]})
             finally:
                 d.stop()
-            if mode == "off":
-                ns = _switch_cost(window)
-                if ns:
-                    switch["none"].append(ns)
+    switch = _switch_costs(reps * 2, window)
     out = {"reps": reps, "window_s": window, "freqs": list(freqs), "switch_ns": switch, "accounting": events}
     for mode in rows:
         out[mode] = {str(f): {"cpu_pct": median([w["cpu_pct"] for w in ws]), "cpu_pct_all": [w["cpu_pct"] for w in ws],

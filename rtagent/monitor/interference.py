@@ -46,10 +46,11 @@ class TaskRole(enum.Enum):
 
 
 # ---------------------------------------------------------------------------
-# events (decoded from the trace by the sampler, or synthetic in tests)
+# events (decoded from the trace by the sampler, or synthetic in tests);
+# slotted, not frozen: one is made per context switch and interrupt
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Switch:
     ts: int
     prev_pid: int
@@ -58,21 +59,21 @@ class Switch:
     next_comm: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IntrEnter:
     ts: int
     kind: Kind          # IRQ or SOFTIRQ
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IntrExit:
     ts: int
     kind: Kind
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Lost:
     """The kernel dropped events before ``ts``: the CPU's state is unknown
     until the next context switch."""
@@ -149,23 +150,22 @@ class CpuAccount:
         self._task: _Ctx | None = None
         self._stack: list[_Ctx] = []
         self._waiting_owner: int | None = None
+        self._ctx_cache: dict[tuple[int, str], _Ctx] = {}
 
     # -- public
 
     def set_owners(self, tids: Iterable[int]) -> None:
-        self.owners = frozenset(tids)
+        owners = frozenset(tids)
+        if owners != self.owners:
+            self.owners = owners
+            self._ctx_cache.clear()
 
     def feed(self, events: Iterable[Event]) -> None:
+        handlers = {Switch: self._switch, IntrEnter: self._enter, IntrExit: self._exit, Lost: self._lost}
+        advance = self._advance
         for ev in events:
-            self._advance(ev.ts)
-            if isinstance(ev, Switch):
-                self._switch(ev)
-            elif isinstance(ev, IntrEnter):
-                self._enter(ev)
-            elif isinstance(ev, IntrExit):
-                self._exit(ev)
-            else:
-                self._lost()
+            advance(ev.ts)
+            handlers[type(ev)](ev)
 
     def advance(self, ts: int) -> None:
         """Charge the running context up to ``ts`` (no event needed: a busy
@@ -210,6 +210,15 @@ class CpuAccount:
         return t
 
     def _role_of(self, pid: int, comm: str) -> _Ctx:
+        key = (pid, comm)
+        ctx = self._ctx_cache.get(key)
+        if ctx is None:
+            if len(self._ctx_cache) >= 4096:
+                self._ctx_cache.clear()
+            ctx = self._ctx_cache[key] = self._new_role(pid, comm)
+        return ctx
+
+    def _new_role(self, pid: int, comm: str) -> _Ctx:
         if pid == 0:
             return _Ctx(TaskRole.IDLE, None, "idle", 0)
         if pid in self.owners:
@@ -246,7 +255,7 @@ class CpuAccount:
             # Tracing began inside this handler, or the entry was lost.
             self.inconsistent += 1
 
-    def _lost(self) -> None:
+    def _lost(self, _ev: Lost | None = None) -> None:
         self.lost += 1
         self._task = None
         self._stack.clear()
