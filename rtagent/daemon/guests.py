@@ -105,12 +105,10 @@ class GuestSupervisor:
 
     def reload(self, config: Config) -> None:
         """A new config: re-derive every intent; what that changes is intent."""
-        old = self.tuner
         self.config = config
         self.selector = GuestSelector.from_config(config.daemon)
-        self.tuner = Tuner(config)
         # The RT budget ledger outlives a tuner: grants made stay ours to release.
-        self.tuner.rt_cgroups, self.tuner.granted = old.rt_cgroups, old.granted
+        self.tuner = Tuner(config, ledger=self.tuner.ledger)
         self.retry.cap_s = config.daemon.resync_interval_s
         self.intent_changed |= set(self.specs)
         self.specs.clear()
@@ -198,12 +196,17 @@ class GuestSupervisor:
 
     def _inspect(self, guest: Guest) -> DomainReport:
         cached = self.specs.get(guest.uuid)
-        before = self.tuner.inspect(guest, spec=cached[1] if cached else None)
+        # A guest tuned before whose intent no longer says realtime is
+        # "withdrawn": its realtime threads go back to SCHED_OTHER, its budget
+        # is released, and it stays tracked as a non-realtime guest.
+        withdrawn = guest.uuid in self.tracked
+        before = self.tuner.inspect(guest, spec=cached[1] if cached else None, withdrawn=withdrawn)
         if cached and before.pid != cached[0]:
             # A new QEMU process under the same UUID (a restart we missed).
             before = self.tuner.inspect(guest)
-        if self.selector.require_metadata and before.spec.source != "metadata":
-            before.spec = dataclasses.replace(before.spec, realtime=False)
+        if self.selector.require_metadata and before.spec.source != "metadata" and before.spec.realtime:
+            before = self.tuner.inspect(guest, spec=dataclasses.replace(before.spec, realtime=False),
+                                        withdrawn=withdrawn)
         if before.spec.realtime and before.pid is not None:
             self.specs[guest.uuid] = (before.pid, before.spec)
         return before
@@ -231,7 +234,7 @@ class GuestSupervisor:
         if seen is None:
             return None
         guest, before = seen
-        if not before.realtime:
+        if not (before.realtime or before.withdrawn):
             # Not ours to manage; keep no state (and no metrics series) for it.
             if uuid in self.tracked or self.store.read(lambda s: uuid in s.guests):
                 self.forget(uuid)
@@ -253,7 +256,7 @@ class GuestSupervisor:
         return after
 
     def _apply(self, guest: Guest, before: DomainReport) -> DomainReport | None:
-        if not (before.spec.valid and before.observed is not None):
+        if not ((before.spec.valid or before.withdrawn) and before.observed is not None):
             return before
         try:
             return self.tuner.apply(guest, report=before)

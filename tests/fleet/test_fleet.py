@@ -126,6 +126,9 @@ def test_a_broken_guest_alerts_for_its_node_only_and_resolves(fleet: Fleet):
         assert _instances(sent) == {"node-a"}
         assert {a["labels"]["domain"] for a in sent} == {guest}
         assert "description" in sent[0]["annotations"] and "vCPU 1" in sent[0]["annotations"]["description"]
+        # Grouped by node, as the example config advises (not by guest).
+        assert mon.webhook.group_labels("RtagentVcpuNotTuned")[0] == {
+            "alertname": "RtagentVcpuNotTuned", "cluster": "fleet-test", "instance": "node-a"}
     finally:
         # The fix: the thread goes back into its vcpu1 cgroup.
         try:

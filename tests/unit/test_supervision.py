@@ -228,3 +228,16 @@ class _Sentinel:
 
     def set_exception(self, _err) -> None:
         self.done.set()
+
+
+def test_status_says_how_long_libvirt_has_been_unresponsive():
+    from rtagent.commands.status import render
+
+    base = {"host": {"realtime_cpus": "1", "housekeeping_cpus": "0"}}
+    hung = render({**base, "daemon": {"libvirt": {"connected": True, "responsive": False,
+                                                  "unresponsive_for_s": 4.2, "uri": "qemu:///system"}}}, [],
+                  detail=False)
+    assert "libvirt UNRESPONSIVE for 4s" in hung[0]
+    ok = render({**base, "daemon": {"libvirt": {"connected": True, "responsive": True,
+                                                "unresponsive_for_s": None}}}, [], detail=False)
+    assert "libvirt connected" in ok[0]
