@@ -97,7 +97,8 @@ _DIGITS = re.compile(r"\d+")
 def fold_comm(comm: str) -> str:
     """A comm as a bounded label: the per-CPU / numeric part folded.
 
-    ``kworker/1:2H`` → ``kworker``, ``ksoftirqd/1`` → ``ksoftirqd``,
+    ``kworker/1:2H`` → ``kworker``, ``kworker/u8:0`` → ``kworker/u``
+    (unbound), ``ksoftirqd/1`` → ``ksoftirqd``,
     ``irq/24-eth0`` → ``irq/eth0`` (the action name), ``CPU 1/KVM`` → ``CPU N/KVM``,
     ``worker12`` → ``workerN``.
     """
@@ -105,6 +106,10 @@ def fold_comm(comm: str) -> str:
     m = _THREADED_IRQ.match(comm)
     if m:
         return "irq/" + m[1]   # the action name, as hard IRQs are labelled
+    if comm.startswith("kworker/u"):
+        # Unbound workers are fixed differently (the workqueue cpumask) from
+        # a CPU's own bound kworkers: keep them apart.
+        return "kworker/u"
     if "/" in comm:
         folded = _PERCPU_SUFFIX.sub("", comm)
         if folded:
@@ -360,6 +365,7 @@ class WindowView:
     window_s: float
     foreign_s: float
     culprits: tuple[Culprit, ...]
+    events: int = 0      # foreign switch-ins and interrupt entries in the window
 
     @property
     def share(self) -> float:
@@ -367,7 +373,8 @@ class WindowView:
 
     def to_json(self) -> dict[str, object]:
         return {"cpu": self.cpu, "window_s": round(self.window_s, 3), "foreign_s": round(self.foreign_s, 6),
-                "share": round(self.share, 6), "culprits": [c.to_json() for c in self.culprits]}
+                "share": round(self.share, 6), "events": self.events,
+                "culprits": [c.to_json() for c in self.culprits]}
 
 
 @dataclass
@@ -401,4 +408,5 @@ class Window:
             if ns - b_ns > 0 or count - b_count > 0:
                 deltas.append(Culprit(key[0], key[1], (ns - b_ns) / 1e9, count - b_count))
         deltas.sort(key=lambda c: (-c.seconds, c.kind.value, c.source))
-        return WindowView(cpu, t1 - t0, sum(c.seconds for c in deltas), tuple(deltas[:top]))
+        return WindowView(cpu, t1 - t0, sum(c.seconds for c in deltas), tuple(deltas[:top]),
+                          sum(c.count for c in deltas))
