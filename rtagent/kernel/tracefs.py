@@ -330,7 +330,11 @@ class Instance:
         p = self.path
         _write(p / "tracing_on", "0")
         _write(p / "tracing_cpumask", cpumask_hex(self.cpus))
-        _write(p / "buffer_size_kb", str(buffer_kb))
+        # An instance has a buffer on every CPU; only the traced ones need
+        # one of size (the rest get the kernel's minimum, a page or two).
+        for cpu_dir in sorted((p / "per_cpu").glob("cpu[0-9]*")):
+            cpu = int(cpu_dir.name[3:])
+            _write(cpu_dir / "buffer_size_kb", str(buffer_kb) if cpu in self.cpus else "1")
         clocks = (p / "trace_clock").read_text()
         if clock in clocks.replace("[", " ").replace("]", " ").split():
             _write(p / "trace_clock", clock)

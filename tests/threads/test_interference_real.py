@@ -296,6 +296,10 @@ def test_leftover_instance_is_replaced_and_removed(sampler_factory):
         s.open()
         assert (ROOT / "instances" / name / "events/sched/sched_switch/enable").read_text().strip() == "1"
         assert (ROOT / "instances" / name / "tracing_cpumask").read_text().strip().endswith("2")
+        # only the traced CPU gets a buffer of size
+        per_cpu = ROOT / "instances" / name / "per_cpu"
+        assert int((per_cpu / f"cpu{RT_CPU}" / "buffer_size_kb").read_text()) >= 1024
+        assert int((per_cpu / f"cpu{HK_CPU}" / "buffer_size_kb").read_text()) < 64
         s.stop()
         assert not (ROOT / "instances" / name).exists()
     finally:
