@@ -385,7 +385,7 @@ class EventClock:
 
 
 def daemon_config(path: Path, *, socket_path: str, resync: float, prefix: str,
-                  rt_budget_us: int | None = None, interference: bool = False) -> Path:
+                  rt_budget_us: int | None = None, daemon_extra: str = "", interference: bool = False) -> Path:
     """The daemon's config: CPU 1 realtime, manages only guests named
     ``prefix*`` (the guest selector), vCPU 1 of those realtime (FIFO 1,
     Nova's mask ``^0``), host partition enforcement off (it would move the
@@ -402,7 +402,7 @@ realtime_cpus = "1"
 resync_interval_s = {resync}
 guest_names = ["{prefix}*"]
 lock_file = "{socket_path}.lock"
-[status]
+{daemon_extra}[status]
 socket = "{socket_path}"
 [metrics]
 enabled = false
@@ -412,6 +412,8 @@ kthread_priorities = false
 irqs = false
 workqueues = false
 [interference]
+# Off unless asked for: the benchmarks measure enforcement; the tracefs
+# sampler is a separate cost (its own thread), measured by b3_interference.
 enabled = {"true" if interference else "false"}
 instance = "{prefix}itf"
 [[rule]]
@@ -478,11 +480,12 @@ class DaemonProc:
 
 
 def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
-                 log_level: str = "info", workdir: Path | None = None, interference: bool = False) -> DaemonProc:
+                 log_level: str = "info", workdir: Path | None = None, daemon_extra: str = "",
+                 interference: bool = False) -> DaemonProc:
     d = Path(workdir or tempfile.mkdtemp(prefix="rtbench-daemon-"))
     sock = str(d / "rtagent.sock")
     cfg = daemon_config(d / "rtagent.toml", socket_path=sock, resync=resync, prefix=prefix,
-                        rt_budget_us=rt_budget_us, interference=interference)
+                        rt_budget_us=rt_budget_us, daemon_extra=daemon_extra, interference=interference)
     notify_path = str(d / "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(notify_path)
