@@ -15,15 +15,22 @@ import time
 from ...config import Config
 from ...errors import DomainXMLError
 from ...intent import derive_spec
-from ...model import RealtimeSpec, Violation
-from . import rtgroup, vmthreads
-from .apply import Pinner, execute
 from ...kernel import Kernel
 from ...kernel.errors import GONE
-from ...vocab import Role
+from ...model import RealtimeSpec, Violation
+from ...vocab import Check, Role
+from . import rtgroup, vmthreads
+from .apply import Pinner, execute
 from .assess import assess
 from .ledger import BudgetLedger
-from .observe import Observed, ProcessGone, ThreadInfo, find_vm_kthreads, observe_process, read_thread
+from .observe import (
+    Observed,
+    ProcessGone,
+    ThreadInfo,
+    find_vm_kthreads,
+    observe_process,
+    read_thread,
+)
 from .plan import REALTIME, SetScheduler, plan_actions
 from .report import DomainReport
 
@@ -77,11 +84,11 @@ class Tuner:
         if not (spec.realtime or withdrawn):
             return report
         if not spec.valid:
-            report.violations = [Violation("intent", e) for e in spec.errors]
+            report.violations = [Violation(Check.INTENT, e) for e in spec.errors]
             return report
         pid = self.kernel.qemu.find(name, uuid)
         if pid is None:
-            report.violations = [Violation("process", f"QEMU process of {name!r} not found")]
+            report.violations = [Violation(Check.PROCESS, f"QEMU process of {name!r} not found")]
             return report
         return self.inspect_process(report, pid)
 
@@ -91,7 +98,7 @@ class Tuner:
             observed = observe_process(pid, self.kernel, with_kthreads=False)
             observed = dataclasses.replace(observed, kthreads=self._vm_kthreads(observed))
         except ProcessGone:
-            report.violations = [Violation("process", f"QEMU process {pid} of {report.name!r} exited")]
+            report.violations = [Violation(Check.PROCESS, f"QEMU process {pid} of {report.name!r} exited")]
             return report
         report.observed = observed
         chain = None
@@ -172,7 +179,7 @@ class Tuner:
         after = self.inspect_process(DomainReport(name=report.name, uuid=report.uuid, spec=report.spec,
                                                   observed_at=time.time(), withdrawn=report.withdrawn), report.pid)
         after.changes = results
-        after.violations += [Violation("rt_budget", err) for err in budget_error]
+        after.violations += [Violation(Check.RT_BUDGET, err) for err in budget_error]
         for r in results:
             if r.outcome in ("changed", "failed"):
                 log.debug("%s: %s: %s%s", report.name, r.outcome, r.action.describe(),
