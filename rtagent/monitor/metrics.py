@@ -392,14 +392,19 @@ class RtagentCollector(Collector):
                     ["check"])
         sev = _gauge("host_check_severity",
                      "Severity of the host check's current result: 0 ok/info, 1 warning, 2 error.", ["check"])
+        val = _gauge("host_check_value", "The number behind a host check where it has one (docs/checks.md): "
+                     "e.g. realtime CPUs with a fair server, SMT siblings doing other work, intruder threads.",
+                     ["check"])
         seen: set[str] = set()
-        out: list[Metric] = [ok, sev]
+        out: list[Metric] = [ok, sev, val]
         for c in s.host_checks:
             if c.name in seen:
                 continue
             seen.add(c.name)
             ok.add_metric([c.name], 1 if c.ok else 0)
             sev.add_metric([c.name], c.severity)
+            if c.value is not None:
+                val.add_metric([c.name], c.value)
             spec = metric_of(c.name)
             if spec is not None and c.value is not None:
                 m = _gauge(spec.name, spec.help)
