@@ -355,6 +355,8 @@ class ConnectionServer:
         response = self.handler.answer(bytes(conn.inbuf)) if conn.inbuf else None
         if response is not None:
             self._respond(conn, response)
+        elif len(conn.inbuf) >= MAX_BUFFERED:
+            self._close(conn, "request_too_large")  # the handler should have refused it
         elif not alive:
             self._close(conn, "client_closed")
         else:
