@@ -72,6 +72,12 @@ class HostTuningConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     resync_interval_s: float = 1.0
+    # The slow full check: every this many seconds the resync re-lists the
+    # guests through libvirt and re-reads each one's identity from /proc
+    # (threads, roles, cgroups, memory, per-VM kthreads), catching an event
+    # that was missed.  Between full checks the resync asks the kernel only
+    # what can drift (policy, priority, affinity) by syscall.
+    full_check_interval_s: float = 30.0
     proc_connector: bool = True
     # One daemon per host: held with flock(2) for the daemon's lifetime.
     lock_file: str = "/run/rtagent/rtagent.lock"
@@ -126,6 +132,9 @@ class InterferenceConfig:
     buffer_kb: int = 1024
     # `rtagent status` shows the foreign share over this last window.
     window_s: float = 60.0
+    # Foreign share of a realtime CPU above which RtagentCpuInterferenceHigh
+    # fires (exported as rtagent_cpu_interference_alert_share for the rule).
+    alert_share: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -371,6 +380,9 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     daemon: DaemonConfig = _check_selector(chk, sections.get("daemon", DaemonConfig()))
     if not 0.05 <= daemon.resync_interval_s <= 3600:
         raise chk.fail("daemon.resync_interval_s", daemon.resync_interval_s, "must be in 0.05..3600 seconds")
+    fc = daemon.full_check_interval_s
+    if isinstance(fc, bool) or not isinstance(fc, (int, float)) or not 0.05 <= fc <= 86400:
+        raise chk.fail("daemon.full_check_interval_s", fc, "must be in 0.05..86400 seconds")
     if not os.path.isabs(daemon.lock_file):
         raise chk.fail("daemon.lock_file", daemon.lock_file, "must be an absolute path")
     lv: LibvirtConfig = sections.get("libvirt", LibvirtConfig())
@@ -448,6 +460,8 @@ def _check_interference(chk: _Checker, cfg: InterferenceConfig) -> InterferenceC
         raise chk.fail("interference.poll_interval_s", cfg.poll_interval_s, "must be in 0.05..10 seconds")
     if not 64 <= cfg.buffer_kb <= 65536:
         raise chk.fail("interference.buffer_kb", cfg.buffer_kb, "must be in 64..65536 (KiB per CPU)")
+    if not 0 < cfg.alert_share <= 1:
+        raise chk.fail("interference.alert_share", cfg.alert_share, "must be in (0, 1] (a share of the CPU's time)")
     if not 5 <= cfg.window_s <= 3600:
         raise chk.fail("interference.window_s", cfg.window_s, "must be in 5..3600 seconds")
     return cfg

@@ -263,19 +263,34 @@ class StickyTop:
     The exported set follows the *recent* top (time over the status
     window): free slots go to the largest recent sources, and a newcomer
     replaces the weakest exported source only when its recent time is more
-    than twice that one's (hysteresis, so series do not flap).  Counters
-    stay monotonic: a source is exported from its total at admission (what
-    it had before stays in ``other``), and an evicted source's whole total
-    moves into ``other`` (which only grows) while its series ends; if it
-    comes back, its new series starts at 0, which ``rate()`` reads as a
-    counter reset.
+    than twice that one's (hysteresis, so series do not flap).
+
+    Every nanosecond is exported exactly once, and every exported series is
+    monotonic: an admitted source's series starts at 0 (what it had before
+    stays in ``other``); an evicted source's series ends (``other`` does not
+    jump: it only receives the source's growth from then on), and if it
+    comes back its new series starts at 0 again, which ``rate()`` reads as a
+    counter reset.  So ``sum(rate(...))`` over a CPU never spikes on churn.
     """
 
     HYSTERESIS = 2.0
 
     def __init__(self, top_n: int):
         self.top_n = top_n
-        self._base: dict[tuple[Kind, str], tuple[int, int]] = {}
+        self._base: dict[tuple[Kind, str], tuple[int, int]] = {}      # exported now: totals at admission
+        self._retired: dict[tuple[Kind, str], tuple[int, int]] = {}   # what past series of a source exported
+        self._last: dict[tuple[Kind, str], tuple[int, int]] = {}      # each exported series' last value
+
+    def _admit(self, key: tuple[Kind, str], tally: Tally) -> None:
+        self._base[key] = (tally.ns, tally.count)
+
+    def _evict(self, key: tuple[Kind, str]) -> None:
+        # The series ends at the value last exported; growth since then is
+        # the other series' (it has not been shown anywhere yet).
+        self._base.pop(key)
+        last = self._last.pop(key, (0, 0))
+        r = self._retired.get(key, (0, 0))
+        self._retired[key] = (r[0] + last[0], r[1] + last[1])
 
     def _rank(self, totals: Mapping[tuple[Kind, str], Tally],
               recent: Mapping[tuple[Kind, str], int]) -> None:
@@ -286,13 +301,13 @@ class StickyTop:
                        key=lambda k: (-score(k), k[0].value, k[1]))
         for key in cands:
             if len(self._base) < self.top_n:
-                self._base[key] = (totals[key].ns, totals[key].count)
+                self._admit(key, totals[key])
                 continue
             weakest = min(self._base, key=lambda k: (score(k), k[0].value, k[1]))
             if score(key) <= self.HYSTERESIS * score(weakest):
                 break
-            del self._base[weakest]
-            self._base[key] = (totals[key].ns, totals[key].count)
+            self._evict(weakest)
+            self._admit(key, totals[key])
 
     def export(self, totals: Mapping[tuple[Kind, str], Tally],
                recent: Mapping[tuple[Kind, str], int] | None = None) -> dict[tuple[Kind, str], tuple[int, int]]:
@@ -301,12 +316,13 @@ class StickyTop:
         out: dict[tuple[Kind, str], tuple[int, int]] = {}
         other: dict[tuple[Kind, str], tuple[int, int]] = {}
         for key, tally in totals.items():
+            retired = self._retired.get(key, (0, 0))
             base = self._base.get(key)
             if base is not None:
-                out[key] = (tally.ns - base[0], tally.count - base[1])
-                rest = base
+                out[key] = self._last[key] = (tally.ns - base[0], tally.count - base[1])
+                rest = (base[0] - retired[0], base[1] - retired[1])
             else:
-                rest = (tally.ns, tally.count)
+                rest = (tally.ns - retired[0], tally.count - retired[1])
             okey = (key[0], OTHER)
             o = other.get(okey, (0, 0))
             other[okey] = (o[0] + rest[0], o[1] + rest[1])

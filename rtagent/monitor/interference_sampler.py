@@ -286,19 +286,24 @@ class InterferenceSampler:
         if inst is None or dec is None or inst.header is None:
             return
         owners = self._owners_fn()
+        batches = {c: dec.events(inst.read_pages(c), inst.header) for c in self.cpus}
+        self.account(batches, owners, time.monotonic())
+
+    def account(self, batches: Mapping[int, tuple[list[Event], int]], owners: Owners, now: float) -> None:
+        """Feed decoded ``{cpu: (events, lost)}``; ``owners`` as of now."""
         labels: dict[int, tuple[str, int]] = {}
         for per in owners.values():
             labels.update(per)
-        batches = {}
-        for c in self.cpus:
-            batches[c] = dec.events(inst.read_pages(c), inst.header)
-        now = time.monotonic()
         with self._lock:
-            self._owner_labels.update(labels)
+            # A vCPU that is gone (guest stopped) loses its series, like
+            # every per-guest series; this also bounds the memory.
+            self._owner_labels = labels
             for c in self.cpus:
                 acc = self._acc[c]
                 acc.set_owners(owners.get(c, {}).keys())
-                events, lost = batches[c]
+                for tid in [t for t in acc.preempted if t not in labels]:
+                    del acc.preempted[tid]
+                events, lost = batches.get(c, ([], 0))
                 acc.feed(events)
                 acc.lost += lost
                 # No advance() to "now": events older than now can still be

@@ -50,8 +50,9 @@ def guests_from_store(store: StateStore) -> Mapping[int, str]:
 
 
 class InterferenceService:
-    def __init__(self, sampler: InterferenceSampler):
+    def __init__(self, sampler: InterferenceSampler, alert_share: float = 0.01):
         self.sampler = sampler
+        self.alert_share = alert_share
 
     @classmethod
     def start(cls, config: Config, store: StateStore) -> InterferenceService | None:
@@ -73,7 +74,7 @@ class InterferenceService:
             return None
         log.info("interference accounting on realtime CPUs %s (tracefs instance %s)",
                  ",".join(map(str, sampler.cpus)), cfg.instance)
-        return cls(sampler)
+        return cls(sampler, cfg.alert_share)
 
     def stop(self) -> None:
         self.sampler.stop()
@@ -131,7 +132,11 @@ class InterferenceCollector(Collector):
         up = GaugeMetricFamily("rtagent_interference_up", "1 if the interference accounting is reading its trace "
                                "buffers, else 0.")
         up.add_metric([], 1 if snap.running and snap.error is None else 0)
-        yield from (secs, events, lost, share, pre, up)
+        threshold = GaugeMetricFamily("rtagent_cpu_interference_alert_share",
+                                      "interference.alert_share: the foreign share of a realtime CPU above which "
+                                      "RtagentCpuInterferenceHigh fires.")
+        threshold.add_metric([], self.service.alert_share)
+        yield from (secs, events, lost, share, pre, up, threshold)
 
 
 def render_status(section: Mapping[str, Any] | None) -> list[str]:
