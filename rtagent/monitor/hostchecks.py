@@ -48,6 +48,12 @@ class Name(StrEnum):
     HUGEPAGES = "hugepages"
     INTRUDERS = "intruders"
     IRQBALANCE = "irqbalance"
+    # kernel preflight (monitor/preflight.py)
+    FAIR_SERVER = "fair_server"
+    RT_GROUP_SCHED_BOOT = "rt_group_sched_boot"
+    TRACEFS = "tracefs"
+    SMT_SIBLINGS = "smt_siblings"
+    VHOST_WORKER = "vhost_worker"
 
 
 SEVERITIES = tuple(Severity)
@@ -403,7 +409,19 @@ REGISTRY: tuple[CheckDef, ...] = (
              CheckMetric("host_intruder_threads",
                          "User threads outside the guests whose affinity allows a realtime CPU.")),
     CheckDef((Name.IRQBALANCE,), _check_irqbalance),
+    CheckDef((Name.FAIR_SERVER,), lambda ctx: [_preflight().check_fair_server(ctx.partition, ctx.kernel)]),
+    CheckDef((Name.RT_GROUP_SCHED_BOOT,), lambda ctx: [_preflight().check_rt_group_sched_boot(
+        parse_cmdline(ctx.kernel.cpus.cmdline()), ctx.kernel)]),
+    CheckDef((Name.TRACEFS,), lambda ctx: [_preflight().check_tracefs(ctx.kernel)]),
+    CheckDef((Name.SMT_SIBLINGS,), lambda ctx: [_preflight().check_smt_siblings(ctx.partition, ctx.kernel)]),
+    CheckDef((Name.VHOST_WORKER,), lambda ctx: [_preflight().check_vhost_worker(ctx.kernel)]),
 )
+
+def _preflight():
+    # monitor/preflight.py imports HostCheck from here: import it late.
+    from . import preflight
+    return preflight
+
 
 CHECK_NAMES: tuple[Name, ...] = tuple(n for d in REGISTRY for n in d.names)
 _METRICS = {n: d.metric for d in REGISTRY if d.metric is not None for n in d.names}
