@@ -10,7 +10,7 @@ import json
 
 from ..selector import GuestSelector
 from .common import (guest_line, host_summary, inspect_running, judge_host_wide, open_tuner, selected_domains,
-                     thread_table)
+                     thread_table, vcpusched_guests)
 from .hostinfo import host_checks_json
 
 
@@ -21,9 +21,10 @@ def run(args) -> int:
         pairs = inspect_running(tuner, selected_domains(host, args.domains, selector), selector)
         judge_host_wide(tuner, host, pairs, selector)
         reports = [r for _, r in pairs]
+        refused = vcpusched_guests(tuner, host, selector)
     finally:
         host.close()
-    checks = host_checks_json(config, guest_pids={r.pid for r in reports if r.pid})
+    checks = host_checks_json(config, guest_pids={r.pid for r in reports if r.pid}, vcpusched_guests=refused)
     bad_host = [c for c in checks if not c["ok"] and c.get("severity") == "error"]
     ok = all(r.compliant for r in reports) and not bad_host
     if args.json:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..errors import GuestGone
+from ..errors import DomainXMLError, GuestGone
 from ..libvirt_host import Guest, LibvirtHost
 from ..selector import GuestSelector
 from ..tuning.guest.claims import ClaimBook
@@ -75,6 +75,24 @@ def judge_host_wide(tuner: Tuner, host: LibvirtHost, pairs: list[tuple[Guest, Do
     for i, (guest, r) in enumerate(pairs):
         pairs[i] = (guest, tuner.reassess(r, book))
     return others
+
+
+def vcpusched_guests(tuner: Tuner, host: LibvirtHost, selector: GuestSelector | None = None) -> list[str]:
+    """Defined, not running guests whose XML has a realtime ``<vcpusched>``
+    (libvirt applies it at their next start: refused with RT group
+    scheduling).  Empty when this host does not refuse it."""
+    if tuner.vcpusched_refused is None:
+        return []
+    out = []
+    for guest in host.inactive_guests():
+        if selector is not None and not selector.matches_name(guest.name):
+            continue
+        try:
+            if tuner.spec_for(guest).libvirt_vcpusched:
+                out.append(guest.name)
+        except (GuestGone, DomainXMLError):  # undefined meanwhile, or unreadable: not ours to judge
+            continue
+    return out
 
 
 def host_summary(config: Config) -> dict[str, Any]:

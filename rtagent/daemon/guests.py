@@ -27,6 +27,7 @@ from ..errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnrespo
 from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
 from ..selector import GuestSelector
 from ..state import StateStore
+from ..tuning.guest import vcpusched
 from ..tuning.guest.claims import ClaimBook
 from ..tuning.guest.engine import DomainReport, Tuner
 from . import drift
@@ -72,6 +73,8 @@ class GuestSupervisor:
         self.specs: dict[str, tuple[int | None, object]] = {}  # uuid -> (pid, RealtimeSpec)
         self.intent_changed: set[str] = set()  # uuids whose next changes apply a new intent
         self.claims = ClaimBook()  # pCPU claims of every guest seen: one owner per realtime pCPU
+        # uuid -> name of defined guests whose <vcpusched> this host refuses (rt_group_sched check).
+        self.vcpusched_refused: dict[str, str] = {}
 
     # -- what happened ------------------------------------------------------
 
@@ -86,6 +89,10 @@ class GuestSupervisor:
             self.reconcile(ev.uuid, Cause(at, started=True))
         elif ev.event in _DROP:
             self.forget(ev.uuid)
+            if ev.event == EventKind.UNDEFINED:
+                self.vcpusched_refused.pop(ev.uuid, None)
+        elif ev.event == EventKind.DEFINED:
+            self._check_vcpusched(ev.uuid)
         elif ev.event == EventKind.METADATA:
             self.specs.pop(ev.uuid, None)
             self.intent_changed.add(ev.uuid)
@@ -183,6 +190,23 @@ class GuestSupervisor:
             self.reconcile(uuid)
 
     # -- one guest ------------------------------------------------------------------
+
+    def _check_vcpusched(self, uuid: str) -> None:
+        """A guest (re)defined with libvirt's own <vcpusched> on a host that
+        refuses it: say so now, before its start fails."""
+        if self.tuner.vcpusched_refused is None:
+            return
+        try:
+            guest = self.host.lookup(uuid)
+            message = vcpusched.refusal(self.tuner.spec_for(guest), self.tuner.vcpusched_refused)
+        except Exception:  # undefined meanwhile, unreadable XML, libvirt trouble: nothing to say
+            log.debug("XML of defined guest %s not read", uuid, exc_info=True)
+            return
+        if message is None:
+            self.vcpusched_refused.pop(uuid, None)
+            return
+        self.vcpusched_refused[uuid] = guest.name
+        log.warning("%s", message)
 
     def _note_claims(self, guest: Guest) -> None:
         try:

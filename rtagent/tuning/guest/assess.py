@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ...config import Partition, RealtimeConfig
 from ...model import RealtimeSpec, Violation
+from ...vocab import Check
 from .claims import Conflict
 from .memory import verify_memory
 from .observe import Observed
@@ -46,7 +47,7 @@ def assess(spec: RealtimeSpec, observed: Observed, partition: Partition, rt: Rea
     kept_off = frozenset(c.cpu for c in conflicts if c.loser_uuid == spec.uuid)
     plan: DomainPlan = (plan_withdrawal(observed) if withdrawn
                         else plan_domain(spec, observed, partition, rt, kept_off))
-    violations: list[Violation] = [Violation("cpu_conflict", c.detail) for c in conflicts]
+    violations: list[Violation] = [Violation(Check.CPU_CONFLICT, c.detail) for c in conflicts]
     for tp in plan.threads:
         violations += tp.violations()
     violations += plan.violations

@@ -20,7 +20,7 @@ from ...kernel import Kernel
 from ...kernel.errors import GONE
 from ...model import RealtimeSpec, Violation
 from ...vocab import Check, Role
-from . import rtgroup, vmthreads
+from . import rtgroup, vcpusched, vmthreads
 from .apply import Pinner, execute
 from .assess import assess
 from .claims import ClaimBook, GuestClaims, claims_of
@@ -54,6 +54,8 @@ class Tuner:
         self.kernel = kernel or Kernel()
         self.ledger = ledger if ledger is not None else BudgetLedger.for_host(config.realtime.rt_budget_us, self.kernel)
         self.ledger.configure(config.realtime.rt_budget_us)
+        # Why libvirt's own <vcpusched> fails here (None: it does not).
+        self.vcpusched_refused = vcpusched.host_refuses(self.kernel)
         # QEMU pid -> (monotonic time of the scan, ((kthread pid, kind), ...)).
         # Finding the separate per-VM kthreads (kvm-pit/<pid>, …) means
         # reading the comm of every process on the host; they live as long
@@ -95,6 +97,9 @@ class Tuner:
         pid = self.kernel.qemu.find(name, uuid)
         if pid is None:
             report.violations = [Violation(Check.PROCESS, f"QEMU process of {name!r} not found")]
+            refused = vcpusched.refusal(spec, self.vcpusched_refused)
+            if refused:
+                report.violations.append(Violation(Check.VCPUSCHED_REFUSED, refused))
             return report
         return self.inspect_process(report, pid, peers)
 
