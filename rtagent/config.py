@@ -11,11 +11,11 @@ import fnmatch
 import os
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import cpulist
 from .errors import MISSING, ConfigError
+from .kernel import Kernel
 
 DEFAULT_PATH = "/etc/rtagent/rtagent.toml"
 # 9847 is not in the Prometheus "default port allocations" list we checked;
@@ -274,26 +274,6 @@ def _check_cpulist(chk: _Checker, key: str, value: str) -> frozenset[int]:
         raise chk.fail(key, value, f"{err.reason} at {err.token!r}") from None
 
 
-def read_online(sys_root: str = "/") -> frozenset[int]:
-    text = Path(sys_root, "sys/devices/system/cpu/online").read_text()
-    return cpulist.parse_cpulist(text)
-
-
-def read_auto_realtime(sys_root: str = "/") -> frozenset[int]:
-    """``auto`` realtime CPUs: the kernel's isolated ∪ nohz_full sets."""
-    cpus: set[int] = set()
-    for name in ("isolated", "nohz_full"):
-        p = Path(sys_root, "sys/devices/system/cpu", name)
-        try:
-            text = p.read_text()
-        except FileNotFoundError:
-            continue
-        # nohz_full reads "(null)" when the feature is compiled in but unused.
-        if text.strip() and text.strip() != "(null)":
-            cpus |= cpulist.parse_cpulist(text)
-    return frozenset(cpus)
-
-
 def _check_client_limits(chk: _Checker, status: StatusConfig, metrics: MetricsConfig) -> None:
     for key, value in (("status.max_clients", status.max_clients), ("metrics.max_connections", metrics.max_connections)):
         if not 1 <= value <= 10000:
@@ -304,10 +284,11 @@ def _check_client_limits(chk: _Checker, status: StatusConfig, metrics: MetricsCo
             raise chk.fail(key, value, "must be in 0.1..300 seconds")
 
 
-def resolve_partition(chk: _Checker, host: HostConfig, sys_root: str) -> Partition:
-    online = read_online(sys_root)
+def resolve_partition(chk: _Checker, host: HostConfig, kernel: Kernel) -> Partition:
+    online = kernel.cpus.online()
     if host.realtime_cpus == "auto":
-        realtime = read_auto_realtime(sys_root) & online
+        # ``auto``: the kernel's isolated ∪ nohz_full sets.
+        realtime = (kernel.cpus.isolated() | kernel.cpus.nohz_full()) & online
     else:
         realtime = _check_cpulist(chk, "host.realtime_cpus", host.realtime_cpus)
         offline = realtime - online
@@ -352,10 +333,8 @@ def partition_warning(cfg: Config) -> str | None:
             f"host.realtime_cpus to a CPU list, e.g. \"{max(p.online)}\", or boot with isolcpus=/nohz_full=")
 
 
-def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str | None = "/") -> Config:
-    """Validate a decoded TOML document.  ``sys_root=None`` skips resolving the
-    host partition (for tools that only inspect XML, like ``rtagent plan``)."""
-    chk = _Checker(path)
+def _sections(chk: _Checker, data: dict[str, Any]) -> tuple[dict[str, Any], object]:
+    """Each known section checked against its dataclass; the raw rules."""
     sections: dict[str, Any] = {}
     rules_raw: object = []
     for key, value in data.items():
@@ -366,7 +345,10 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
         else:
             known = ", ".join(sorted([*_SECTIONS, "rule"]))
             raise chk.fail(key, value, f"unknown section (known: {known})")
-    cfg_rt: RealtimeConfig = sections.get("realtime", RealtimeConfig())
+    return sections, rules_raw
+
+
+def _check_realtime(chk: _Checker, cfg_rt: RealtimeConfig) -> RealtimeConfig:
     _check_priority(chk, "realtime.max_priority", cfg_rt.max_priority, 99)
     _check_priority(chk, "realtime.default_priority", cfg_rt.default_priority, cfg_rt.max_priority)
     if cfg_rt.default_policy not in POLICIES:
@@ -376,8 +358,11 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     budget = cfg_rt.rt_budget_us
     if budget != "auto" and (isinstance(budget, bool) or not isinstance(budget, int) or not 1000 <= budget <= 1_000_000):
         raise chk.fail("realtime.rt_budget_us", budget, "must be \"auto\" or an integer in 1000..1000000 (µs per 1 s period)")
+    return cfg_rt
 
-    daemon: DaemonConfig = _check_selector(chk, sections.get("daemon", DaemonConfig()))
+
+def _check_daemon(chk: _Checker, daemon: DaemonConfig) -> DaemonConfig:
+    daemon = _check_selector(chk, daemon)
     if not 0.05 <= daemon.resync_interval_s <= 3600:
         raise chk.fail("daemon.resync_interval_s", daemon.resync_interval_s, "must be in 0.05..3600 seconds")
     fc = daemon.full_check_interval_s
@@ -385,17 +370,22 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
         raise chk.fail("daemon.full_check_interval_s", fc, "must be in 0.05..86400 seconds")
     if not os.path.isabs(daemon.lock_file):
         raise chk.fail("daemon.lock_file", daemon.lock_file, "must be an absolute path")
-    lv: LibvirtConfig = sections.get("libvirt", LibvirtConfig())
+    return daemon
+
+
+def _check_libvirt(chk: _Checker, lv: LibvirtConfig) -> LibvirtConfig:
     if not lv.uri:
         raise chk.fail("libvirt.uri", lv.uri, "must not be empty")
     if not 0.1 <= lv.reconnect_max_backoff_s <= 3600:
         raise chk.fail("libvirt.reconnect_max_backoff_s", lv.reconnect_max_backoff_s, "must be in 0.1..3600 seconds")
     if not 0.1 <= lv.call_timeout_s <= 300:
         raise chk.fail("libvirt.call_timeout_s", lv.call_timeout_s, "must be in 0.1..300 seconds")
-    status: StatusConfig = sections.get("status", StatusConfig())
+    return lv
+
+
+def _check_endpoints(chk: _Checker, status: StatusConfig, metrics: MetricsConfig) -> None:
     if not os.path.isabs(status.socket):
         raise chk.fail("status.socket", status.socket, "must be an absolute path")
-    metrics: MetricsConfig = sections.get("metrics", MetricsConfig())
     _check_client_limits(chk, status, metrics)
     try:
         _split_listen(metrics.listen)
@@ -407,6 +397,19 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     if metrics.tls_client_ca and not metrics.tls_cert:
         raise chk.fail("metrics.tls_client_ca", metrics.tls_client_ca, "client-certificate auth needs tls_cert and tls_key")
 
+
+def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kernel | None = None,
+                 resolve: bool = True) -> Config:
+    """Validate a decoded TOML document.  ``resolve=False`` skips resolving the
+    host partition (for tools that only inspect XML, like ``rtagent plan``)."""
+    chk = _Checker(path)
+    sections, rules_raw = _sections(chk, data)
+    cfg_rt = _check_realtime(chk, sections.get("realtime", RealtimeConfig()))
+    daemon = _check_daemon(chk, sections.get("daemon", DaemonConfig()))
+    lv = _check_libvirt(chk, sections.get("libvirt", LibvirtConfig()))
+    status: StatusConfig = sections.get("status", StatusConfig())
+    metrics: MetricsConfig = sections.get("metrics", MetricsConfig())
+    _check_endpoints(chk, status, metrics)
     interference = _check_interference(chk, sections.get("interference", InterferenceConfig()))
 
     host: HostConfig = sections.get("host", HostConfig())
@@ -414,7 +417,7 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
         value = getattr(host, key)
         if value != "auto":
             _check_cpulist(chk, f"host.{key}", value)
-    partition = resolve_partition(chk, host, sys_root) if sys_root is not None else None
+    partition = resolve_partition(chk, host, kernel or Kernel()) if resolve else None
 
     rules = tuple(_parse_rules(chk, rules_raw, cfg_rt))
     return Config(
@@ -501,7 +504,8 @@ def _parse_rules(chk: _Checker, raw: object, rt: RealtimeConfig) -> list[Rule]:
     return rules
 
 
-def load_config(path: str | None = None, *, sys_root: str | None = "/", required: bool = False) -> Config:
+def load_config(path: str | None = None, *, kernel: Kernel | None = None, resolve: bool = True,
+                required: bool = False) -> Config:
     """Load and validate the config file.
 
     A missing file at the default path gives the defaults (a fresh install
@@ -515,9 +519,9 @@ def load_config(path: str | None = None, *, sys_root: str | None = "/", required
     except FileNotFoundError:
         if explicit or required:
             raise ConfigError("file", MISSING, "not found", path=path) from None
-        return parse_config({}, path=None, sys_root=sys_root)
+        return parse_config({}, path=None, kernel=kernel, resolve=resolve)
     except PermissionError as err:
         raise ConfigError("file", MISSING, f"cannot be read: {err.strerror}", path=path) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("file", MISSING, f"invalid TOML: {err}", path=path) from None
-    return parse_config(data, path=path, sys_root=sys_root)
+    return parse_config(data, path=path, kernel=kernel, resolve=resolve)

@@ -1,6 +1,6 @@
 """Domain XML (+ config rules) → :class:`~rtagent.model.RealtimeSpec`.  Pure.
 
-Three intent sources, the first one found wins (DESIGN.md, "Intent"):
+Three intent sources, the first one found wins (docs/design.md, "Intent"):
 
 1. rtagent's own metadata element ``<rt:realtime xmlns:rt="urn:rtagent:realtime:1"
    mask= priority= policy= enabled=>`` — works where libvirt cannot apply
@@ -647,6 +647,7 @@ def derive_spec_from_element(root: ET.Element, config: Config) -> RealtimeSpec:
         emulator_source=emulator_source,
         source_detail=intent.detail,
         flavor=facts.flavor,
+        libvirt_vcpusched=bool((native := vcpusched_intent(root, facts)) is not None and native.realtime),
     )
     problems = list(facts.problems) + list(intent.problems)
     warnings = list(intent.notes)

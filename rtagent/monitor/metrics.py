@@ -55,6 +55,7 @@ from .connserver import ConnectionServer, Limits
 from .counters import CounterCache
 from .exposition import FastMetric
 from .httpd import RENDER_REUSE_S, MetricsHandler
+from .hostchecks import metric_of
 
 __all__ = ["LISTEN_BACKLOG", "RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
 
@@ -126,6 +127,8 @@ class _FromReport:
     violations: tuple[tuple[str, int], ...] = ()
     memory: tuple[int, int, int] | None = None
     vcpus: tuple[_Vcpu, ...] = ()
+    # (pCPU, this guest's thread, other guest, its thread) per pCPU conflict.
+    conflicts: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class _Guest:
     correction_failures: tuple[tuple[str, int], ...]
     correction_latency: _Hist
     event_to_tuned_s: float | None
+    conflicts: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,15 @@ def _from_report(r: DomainReport) -> _FromReport:
             vcpus.append(_Vcpu(vs.vcpu, "", 0, False, has_thread=False))
     return _FromReport(source=spec.source or "", flavor=spec.flavor or "", realtime=bool(spec.realtime),
                        valid=bool(spec.valid), compliant=bool(r.compliant), violations=tuple(sorted(counts.items())),
-                       memory=memory, vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)))
+                       memory=memory, vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)),
+                       conflicts=tuple(_conflict_labels(r.name, c) for c in r.conflicts))
+
+
+def _conflict_labels(name: str, c: Any) -> tuple[str, str, str, str]:
+    """(pCPU, this guest's thread, the other guest, its thread)."""
+    if c.loser == name:
+        return str(c.cpu), c.claim.label, c.owner, c.owner_claim.label
+    return str(c.cpu), c.owner_claim.label, c.loser, c.claim.label
 
 
 def _ref(g: GuestState) -> _GuestRef:
@@ -234,26 +246,15 @@ def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
         realtime=derived.realtime, valid=derived.valid, compliant=derived.compliant, violations=derived.violations,
         memory=derived.memory, vcpus=derived.vcpus, corrections=ref.corrections,
         correction_failures=ref.correction_failures, correction_latency=_Hist.raw(*ref.latency),
-        event_to_tuned_s=ref.event_to_tuned_s,
+        event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts,
     )
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def _take(store: StateStore) -> _Snapshot:
     """Runs under the store's lock: copy, compute nothing expensive."""
     d = store.daemon
-    checks = []
-    for row in (d.host.get("checks") or ()) if isinstance(d.host, dict) else ():
-        if not isinstance(row, dict) or "name" not in row:
-            continue
-        checks.append(_HostCheck(str(row["name"]), bool(row.get("ok")),
-                                 SEVERITY_LEVELS.get(str(row.get("severity", "info")), 0),
-                                 _number(row.get("value"))))
+    checks = tuple(_HostCheck(str(c.name), bool(c.ok), SEVERITY_LEVELS.get(str(c.severity), 0),
+                              None if c.value is None else float(c.value)) for c in d.host_checks)
     # One set of series per guest name: if the store briefly holds two guests
     # of one name (a transient guest re-created with a new UUID), export the
     # newer one rather than duplicate series.
@@ -265,8 +266,8 @@ def _take(store: StateStore) -> _Snapshot:
     return _Snapshot(
         libvirt_up=bool(d.libvirt_connected), libvirt_unresponsive_since=d.libvirt_unresponsive_since,
         reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
-        events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs), full_checks=int(d.full_checks),
-        last_resync_at=d.last_resync_at, host_checks=tuple(checks),
+        events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
+        full_checks=int(d.full_checks), last_resync_at=d.last_resync_at, host_checks=checks,
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
         reconcile=_Hist.of(d.reconcile_duration), event_to_tuned=_Hist.of(d.event_to_tuned),
         guests=[_ref(g) for _, g in sorted(by_name.items())],
@@ -396,21 +397,24 @@ class RtagentCollector(Collector):
                     ["check"])
         sev = _gauge("host_check_severity",
                      "Severity of the host check's current result: 0 ok/info, 1 warning, 2 error.", ["check"])
+        val = _gauge("host_check_value", "The number behind a host check where it has one (docs/checks.md): "
+                     "e.g. realtime CPUs with a fair server, SMT siblings doing other work, intruder threads.",
+                     ["check"])
         seen: set[str] = set()
-        intruders: float | None = None
+        out: list[Metric] = [ok, sev, val]
         for c in s.host_checks:
             if c.name in seen:
                 continue
             seen.add(c.name)
             ok.add_metric([c.name], 1 if c.ok else 0)
             sev.add_metric([c.name], c.severity)
-            if c.name == "intruders" and c.value is not None:
-                intruders = c.value
-        out: list[Metric] = [ok, sev]
-        if intruders is not None:
-            m = _gauge("host_intruder_threads", "User threads outside the guests whose affinity allows a realtime CPU.")
-            m.add_metric([], intruders)
-            out.append(m)
+            if c.value is not None:
+                val.add_metric([c.name], c.value)
+            spec = metric_of(c.name)
+            if spec is not None and c.value is not None:
+                m = _gauge(spec.name, spec.help)
+                m.add_metric([], c.value)
+                out.append(m)
         m = _counter("host_corrections", "Host partition corrections (kthread, IRQ, workqueue moves), by kind.",
                      ["kind"])
         for kind, n in s.host_corrections:
@@ -456,7 +460,12 @@ class RtagentCollector(Collector):
         prio = _gauge("vcpu_priority", "Observed realtime priority of the vCPU thread (0 if not realtime).", dv)
         tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
                        dv)
+        conflict = _gauge("cpu_conflict", "1 per realtime pCPU this guest shares with another guest: "
+                          "thread = this guest's, other = the other guest, other_thread = its thread "
+                          "(docs/checks.md, cpu_conflict).", ["domain", "cpu", "thread", "other", "other_thread"])
         for g in guests:
+            for c in g.conflicts:
+                conflict.add_metric([g.name, *c], 1)
             info.add_metric([g.name, g.uuid, g.source, g.flavor], 1)
             for kind, n in g.corrections:
                 corrections.add_metric([g.name, kind], n)
@@ -493,7 +502,7 @@ class RtagentCollector(Collector):
                 prio.add_metric(labels, v.priority)
                 tuned.add_metric(labels, 1 if v.tuned else 0)
         return [info, realtime, valid, compliant, violations, required, locked, hugetlb, tuned_s,
-                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned]
+                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned, conflict]
 
 
 # ---------------------------------------------------------------------------

@@ -11,14 +11,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtagent.config import MetricsConfig, Partition, RealtimeConfig
 from rtagent.errors import RtagentError
-from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.kernel.counters import ThreadCounters
+from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.counters import CounterCache
+from rtagent.monitor.hostchecks import HostCheck
 from rtagent.monitor.metrics import RtagentCollector, serve
 from rtagent.state import StateStore
-from rtagent.tuning.guest.report import DomainReport
 from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
 from rtagent.tuning.guest.plan import plan_domain
+from rtagent.tuning.guest.report import DomainReport
+from rtagent.vocab import Severity
 
 pytestmark = pytest.mark.unit
 
@@ -76,12 +78,13 @@ def populated_store() -> StateStore:
         d.resyncs = 12
         d.full_checks = 2
         d.last_resync_at = 1700000000.0
-        d.host = {"realtime_cpus": "2-3", "checks": [
-            {"name": "isolcpus", "ok": False, "detail": "…", "severity": "warning"},
-            {"name": "rt_throttling", "ok": True, "detail": "…", "severity": "info"},
-            {"name": "rt_group_sched", "ok": False, "detail": "…", "severity": "error"},
-            {"name": "intruders", "ok": False, "detail": "…", "severity": "warning", "value": 7},
-        ]}
+        d.host = {"realtime_cpus": "2-3"}
+        d.host_checks = (
+            HostCheck("isolcpus", False, "…", Severity.WARNING),
+            HostCheck("rt_throttling", True, "…", Severity.INFO),
+            HostCheck("rt_group_sched", False, "…", Severity.ERROR),
+            HostCheck("intruders", False, "…", Severity.WARNING, value=7),
+        )
         d.host_corrections.update({"irq": 4, "kthread": 9})
         d.host_refused.update({"irq": 2})
         d.reconcile_duration.observe(0.003)
@@ -176,7 +179,7 @@ def test_host_metrics():
 
 def test_no_intruder_gauge_without_a_value():
     store = StateStore()
-    store.daemon.host = {"checks": [{"name": "intruders", "ok": False, "detail": "3 user threads", "severity": "warning"}]}
+    store.daemon.host_checks = (HostCheck("intruders", False, "3 user threads", Severity.WARNING),)
     _, s = scrape(store)
     assert "rtagent_host_intruder_threads" not in s
     assert value(s, "rtagent_host_check_ok", check="intruders") == 0
@@ -388,3 +391,24 @@ def test_tls(tmp_path):
             assert b"rtagent_libvirt_up 1.0" in resp.read()
     finally:
         server.close()
+
+
+def test_cpu_conflict_series_names_both_guests_the_threads_and_the_pcpu():
+    """Issue 12 item 2: the series RtagentRealtimeCpuConflict alerts on."""
+    import dataclasses
+
+    from rtagent.tuning.guest.claims import ClaimRole, Conflict, CpuClaim
+
+    c = Conflict(cpu=2, owner_uuid="u-1", owner="rt1", owner_claim=CpuClaim(ClaimRole.REALTIME_VCPU, frozenset({2}), 1),
+                 loser_uuid="u-2", loser="rt2", claim=CpuClaim(ClaimRole.REALTIME_VCPU, frozenset({2}), 1))
+    store = StateStore()
+
+    def fill(s):
+        s.guest("u-1", "rt1").report = make_report("rt1", "u-1")
+        s.guest("u-2", "rt2").report = dataclasses.replace(make_report("rt2", "u-2"), conflicts=(c,))
+
+    store.update(fill)
+    _, s = scrape(store)
+    assert value(s, "rtagent_cpu_conflict", domain="rt2", cpu="2", thread="realtime vCPU 1", other="rt1",
+                 other_thread="realtime vCPU 1") == 1
+    assert [x.labels["domain"] for x in s["rtagent_cpu_conflict"]] == ["rt2"]

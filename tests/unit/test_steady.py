@@ -36,7 +36,7 @@ def test_fixture_tree_answers_like_the_syscalls(tmp_path):
 
 def test_baseline_is_what_the_reconcile_saw_after_applying(tmp_path):
     tree = _tree(tmp_path)
-    observed = observe_process(4242, tree.proc)
+    observed = observe_process(4242, tree.kernel())
     spec = RealtimeSpec(domain="g1", uuid="u1", realtime=True)
     report = DomainReport(name="g1", uuid="u1", spec=spec, pid=4242, observed=observed,
                           threads=[ThreadPlan(t, Want(), "emulator") for t in observed.threads])
