@@ -99,6 +99,8 @@ class GuestSupervisor:
             self.reconcile(ev.uuid, Cause(at))
         elif ev.event in _LOOK:
             self._running(ev.uuid)
+            if ev.event == EventKind.DEVICE_ADDED and ev.uuid in self.tracked:
+                self.tuner.rescan_kthreads(self.tracked[ev.uuid])  # a hotplug may bring vhost kthreads
             self.reconcile(ev.uuid, Cause(at))
             self.retry.schedule(ev.uuid, 0)
 
