@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command: every tier (unit, threads, system, reliability-short).
+# The test command: every tier (unit, threads, system, reliability-short, node).
 # Run as root on a host prepared by scripts/setup-host.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${RTAGENT_VENV:-.venv}
-"$VENV/bin/python" -m pytest -m "unit or threads or system or reliability" "$@"
+"$VENV/bin/python" -m pytest -m "unit or threads or system or reliability or node" "$@"
