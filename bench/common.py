@@ -399,6 +399,7 @@ realtime_cpus = "1"
 {budget}[daemon]
 resync_interval_s = {resync}
 guest_names = ["{prefix}*"]
+lock_file = "{socket_path}.lock"
 [status]
 socket = "{socket_path}"
 [metrics]

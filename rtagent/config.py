@@ -29,6 +29,10 @@ KVM_PIT_MODES = ("vcpu", "housekeeping", "off")
 class LibvirtConfig:
     uri: str = "qemu:///system"
     reconnect_max_backoff_s: float = 30.0
+    # The longest the daemon's loop waits for one libvirt call; past it
+    # libvirt counts as unresponsive and known guests are enforced from the
+    # kernel side until it answers again.
+    call_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class HostTuningConfig:
 class DaemonConfig:
     resync_interval_s: float = 1.0
     proc_connector: bool = True
+    # One daemon per host: held with flock(2) for the daemon's lifetime.
+    lock_file: str = "/run/rtagent/rtagent.lock"
     # The guest selector (rtagent/selector.py): which guests this daemon
     # manages.  Name globs, exclusions applied after, and whether rtagent's
     # own metadata element is required.
@@ -308,11 +314,15 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     daemon: DaemonConfig = _check_selector(chk, sections.get("daemon", DaemonConfig()))
     if not 0.05 <= daemon.resync_interval_s <= 3600:
         raise chk.fail("daemon.resync_interval_s", daemon.resync_interval_s, "must be in 0.05..3600 seconds")
+    if not os.path.isabs(daemon.lock_file):
+        raise chk.fail("daemon.lock_file", daemon.lock_file, "must be an absolute path")
     lv: LibvirtConfig = sections.get("libvirt", LibvirtConfig())
     if not lv.uri:
         raise chk.fail("libvirt.uri", lv.uri, "must not be empty")
     if not 0.1 <= lv.reconnect_max_backoff_s <= 3600:
         raise chk.fail("libvirt.reconnect_max_backoff_s", lv.reconnect_max_backoff_s, "must be in 0.1..3600 seconds")
+    if not 0.1 <= lv.call_timeout_s <= 300:
+        raise chk.fail("libvirt.call_timeout_s", lv.call_timeout_s, "must be in 0.1..300 seconds")
     status: StatusConfig = sections.get("status", StatusConfig())
     if not os.path.isabs(status.socket):
         raise chk.fail("status.socket", status.socket, "must be an absolute path")

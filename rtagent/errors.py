@@ -39,3 +39,24 @@ class _Missing:
 
 _MISSING = _Missing()
 MISSING = _MISSING
+
+
+class LibvirtError(RtagentError):
+    """libvirt refused or failed a call (translated at the libvirt boundary,
+    ``libvirt_host``, so nothing above it sees ``libvirt.libvirtError``)."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class GuestGone(LibvirtError):
+    """The domain stopped or vanished: normal during churn, not a failure."""
+
+
+class LibvirtUnavailable(LibvirtError):
+    """libvirt cannot be reached (daemon down, bad URI, no permission)."""
+
+
+class LibvirtUnresponsive(LibvirtUnavailable):
+    """A libvirt call did not return within its timeout (libvirtd hung)."""

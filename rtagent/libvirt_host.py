@@ -1,58 +1,119 @@
-"""The libvirt boundary: everything rtagent asks of libvirt goes through here.
+"""The libvirt boundary: the only module that imports ``libvirt``.
 
 Modelled on Nova's ``virt/libvirt/host.py``: connection management, the
-native event loop thread, and the translation of libvirt's callbacks into
-plain :class:`DomainEvent` records are kept in this one module.  Callbacks
-only enqueue; the daemon's loop does the work (libvirt callbacks run on the
-event thread and must not block it).
+native event loop thread, the translation of libvirt's callbacks into plain
+:class:`DomainEvent` records, of its integer states into :class:`RunState`
+and of ``libvirtError`` into rtagent's own errors are kept here.  Callers get
+:class:`Guest` wrappers, never a ``virDomain``.
+
+Every RPC runs on one worker thread and the caller waits at most
+``call_timeout_s``: a hung libvirtd (SIGSTOPped, deadlocked) costs the
+enforcement loop one timeout, after which calls fail at once with
+:class:`LibvirtUnresponsive` until the stuck call returns.  The loop keeps
+enforcing known guests from the kernel side meanwhile.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import libvirt
 
-from .errors import RtagentError
+from .errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+__all__ = ["DomainEvent", "EventKind", "Guest", "GuestGone", "LibvirtError", "LibvirtHost",
+           "LibvirtUnavailable", "LibvirtUnresponsive", "RunState", "start_event_loop"]
+
+DEFAULT_CALL_TIMEOUT_S = 5.0
 
 
-class LibvirtUnavailable(RtagentError):
-    """libvirt cannot be reached (daemon down, bad URI, no permission)."""
+class EventKind(str, enum.Enum):
+    """What a libvirt event means to rtagent."""
+
+    DEFINED = "defined"
+    UNDEFINED = "undefined"
+    STARTED = "started"
+    SUSPENDED = "suspended"
+    RESUMED = "resumed"
+    STOPPED = "stopped"
+    SHUTDOWN = "shutdown"
+    PMSUSPENDED = "pmsuspended"
+    CRASHED = "crashed"
+    METADATA = "metadata"  # METADATA_CHANGE: the intent may have changed
+    TUNABLE = "tunable"  # a live vcpupin / emulatorpin / iothreadpin
+    DEVICE_ADDED = "device_added"  # hotplug: new threads (vhost, iothread) follow
+    OTHER = "other"
 
 
-@dataclass(frozen=True)
-class DomainRef:
-    name: str
-    uuid: str
-    id: int
+class RunState(str, enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STARTING = "starting"  # paused by libvirt while it starts or migrates the guest: hands off
+    STOPPED = "stopped"  # shut off or crashed
+    OTHER = "other"
 
 
 @dataclass(frozen=True)
 class DomainEvent:
-    """A lifecycle event, translated out of libvirt's integer codes."""
+    """An event, translated out of libvirt's integer codes."""
 
     uuid: str
     name: str
-    event: str  # "started" | "resumed" | "stopped" | "undefined" | "suspended" | ...
-    detail: int
+    event: EventKind
+    detail: int = 0
+    keys: tuple[str, ...] = ()  # TUNABLE: the parameter names that changed
 
 
 _EVENT_NAMES = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: EventKind.DEFINED,
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: EventKind.UNDEFINED,
+    libvirt.VIR_DOMAIN_EVENT_STARTED: EventKind.STARTED,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: EventKind.SUSPENDED,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: EventKind.RESUMED,
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: EventKind.STOPPED,
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: EventKind.SHUTDOWN,
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: EventKind.PMSUSPENDED,
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: EventKind.CRASHED,
 }
+_STARTING_REASONS = {libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_MIGRATION}
+# The TUNABLE keys that move a thread (cpu shares and bandwidth are not ours).
+PIN_KEY_PREFIXES = ("cputune.vcpupin", "cputune.emulatorpin", "cputune.iothreadpin")
+
+
+def run_state(state: int, reason: int) -> RunState:
+    if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+        return RunState.RUNNING
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        return RunState.STARTING if reason in _STARTING_REASONS else RunState.PAUSED
+    if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
+        return RunState.STOPPED
+    return RunState.OTHER
+
+
+def translate(err: libvirt.libvirtError, what: str) -> LibvirtError:
+    """``libvirtError`` → rtagent's vocabulary, with libvirt's message."""
+    code = err.get_error_code()
+    msg = f"{what}: {err.get_error_message()}"
+    if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):  # "domain is not running"
+        return GuestGone(msg, code)
+    if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN) or (
+            err.get_error_domain() in (libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC)
+            and code in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_RPC)):
+        return LibvirtUnavailable(msg, code)
+    return LibvirtError(msg, code)
+
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -80,170 +141,253 @@ def start_event_loop() -> None:
         _event_loop_started = True
 
 
+class CallWorker:
+    """Runs calls on one daemon thread; the caller waits at most a timeout.
+
+    A call that times out keeps the thread until libvirt answers it; until
+    then every new call fails at once (queueing behind a hung libvirtd would
+    only grow a backlog of stale work).  A daemon thread, not a
+    ThreadPoolExecutor: the interpreter must be able to exit while libvirt
+    is hung."""
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic):
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stuck: Future | None = None
+        self._stuck_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name="libvirt-calls", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fut, fn = self._jobs.get()
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as err:  # handed to the caller
+                    fut.set_exception(err)
+
+    def unresponsive_s(self) -> float | None:
+        """Seconds since the call that has not returned was made, or None."""
+        with self._lock:
+            if self._stuck is not None and self._stuck.done():
+                self._stuck = self._stuck_since = None
+            return None if self._stuck_since is None else self._clock() - self._stuck_since
+
+    def call(self, what: str, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+        hung = self.unresponsive_s()
+        if hung is not None:
+            raise LibvirtUnresponsive(f"{what}: not attempted, libvirt has not answered for {hung:.1f}s")
+        fut: Future = Future()
+        started = self._clock()
+        self._jobs.put((fut, fn))
+        try:
+            return fut.result(self.timeout_s if timeout_s is None else timeout_s)
+        except FutureTimeout:
+            with self._lock:
+                self._stuck, self._stuck_since = fut, started
+            raise LibvirtUnresponsive(f"{what}: libvirt did not answer within "
+                                      f"{self.timeout_s if timeout_s is None else timeout_s:.1f}s") from None
+        except libvirt.libvirtError as err:
+            raise translate(err, what) from None
+
+
 def _cpumap(cpus: frozenset[int], ncpus: int) -> tuple[bool, ...]:
     return tuple(i in cpus for i in range(ncpus))
+
+
+class Guest:
+    """One libvirt domain as the rest of rtagent sees it.  ``uuid`` and
+    ``name`` are local (no RPC); every method that asks libvirt goes through
+    the host's worker, with its timeout, and raises rtagent errors."""
+
+    def __init__(self, host: LibvirtHost, dom: libvirt.virDomain, state: RunState | None = None):
+        self._host = host
+        self._dom = dom
+        self.uuid: str = dom.UUIDString()
+        self.name: str = dom.name()
+        self.known_state = state
+
+    def __repr__(self) -> str:
+        return f"Guest({self.name!r}, {self.uuid})"
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return self._host.call(f"{what} of {self.name}", fn)
+
+    def state(self) -> RunState:
+        st, reason = self._call("state", self._dom.state)
+        return run_state(st, reason)
+
+    def xml(self) -> str:
+        """The live XML (what libvirt applied, including live pin changes)."""
+        return self._call("XML", lambda: self._dom.XMLDesc(0))
+
+    # Pinning goes through libvirt so that its cgroup cpusets and live XML
+    # agree with the kernel: a pin libvirt does not know about would be undone
+    # by libvirt itself at the next cpuset write.
+
+    def pin_vcpu(self, vcpu: int, cpus: frozenset[int]) -> None:
+        cpumap = _cpumap(cpus, self._host.host_cpu_count())
+        self._call(f"pin of vCPU {vcpu}", lambda: self._dom.pinVcpuFlags(vcpu, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def pin_emulator(self, cpus: frozenset[int]) -> None:
+        cpumap = _cpumap(cpus, self._host.host_cpu_count())
+        self._call("emulator pin", lambda: self._dom.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def pin_iothread(self, iothread: int, cpus: frozenset[int]) -> None:
+        cpumap = _cpumap(cpus, self._host.host_cpu_count())
+        self._call(f"pin of iothread {iothread}",
+                   lambda: self._dom.pinIOThread(iothread, cpumap, libvirt.VIR_DOMAIN_AFFECT_LIVE))
 
 
 class LibvirtHost:
     """One libvirt connection and the handful of calls rtagent needs."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
         self.uri = uri
+        self.worker = CallWorker(call_timeout_s)
         self._conn: libvirt.virConnect | None = None
+        self._closed = False  # the close callback fired
         self._callback_ids: list[int] = []
+        self._ncpus: int | None = None
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        return self.worker.call(what, fn)
+
+    def unresponsive_s(self) -> float | None:
+        return self.worker.unresponsive_s()
 
     # -- connection -----------------------------------------------------
 
     @property
     def conn(self) -> libvirt.virConnect:
+        """The open connection; never connects by itself (the daemon decides
+        when to reconnect, with backoff)."""
         if self._conn is None:
-            self.connect()
-        assert self._conn is not None
+            raise LibvirtUnavailable(f"not connected to libvirt at {self.uri}")
         return self._conn
 
     def connect(self) -> None:
+        # libvirt prints its own errors to stderr by default; we report them.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         try:
-            # libvirt prints its own errors to stderr by default; we report them.
-            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-            self._conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as err:
-            raise LibvirtUnavailable(f"cannot connect to libvirt at {self.uri}: {err.get_error_message()}") from None
+            self._conn = self.call(f"connect to {self.uri}", lambda: libvirt.open(self.uri))
+        except LibvirtUnavailable as err:
+            raise LibvirtUnavailable(f"cannot connect to libvirt at {self.uri}: {err}") from None
+        except LibvirtError as err:
+            raise LibvirtUnavailable(f"cannot connect to libvirt at {self.uri}: {err}", err.code) from None
+        self._closed = False
+        self._ncpus = None
 
     @property
     def connected(self) -> bool:
-        if self._conn is None:
-            return False
-        try:
-            return bool(self._conn.isAlive())
-        except libvirt.libvirtError:
-            return False
+        """Open and not closed by libvirt; local, never an RPC."""
+        return self._conn is not None and not self._closed
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        for cid in self._callback_ids:
-            try:
-                conn.domainEventDeregisterAny(cid)
-            except libvirt.libvirtError:
-                pass
-        self._callback_ids.clear()
+        ids, self._callback_ids = self._callback_ids, []
+
+        def teardown() -> None:
+            for cid in ids:
+                try:
+                    conn.domainEventDeregisterAny(cid)
+                except libvirt.libvirtError:
+                    pass
+            for fn in (conn.unregisterCloseCallback, conn.close):
+                try:
+                    fn()
+                except libvirt.libvirtError:
+                    pass
+
         try:
-            conn.unregisterCloseCallback()
-        except libvirt.libvirtError:
-            pass
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
+            self.worker.call("close", teardown, timeout_s=1.0)
+        except LibvirtUnavailable as err:
+            log.debug("libvirt connection dropped without a clean close: %s", err)
 
     def subscribe(self, on_event: Callable[[DomainEvent], None], on_close: Callable[[int], None],
                   keepalive_interval: int = 5, keepalive_count: int = 3) -> None:
-        """Lifecycle events and connection-close notification.  Both callbacks
-        run on libvirt's event thread and must only enqueue."""
+        """Lifecycle, metadata, tunable and device-added events and the
+        connection-close notification.  Callbacks run on libvirt's event
+        thread and must only enqueue."""
         conn = self.conn
 
-        def lifecycle(_conn, dom, event, detail, _opaque):
+        def emit(dom, kind: EventKind, detail: int = 0, keys: tuple[str, ...] = ()) -> None:
             try:
-                on_event(DomainEvent(uuid=dom.UUIDString(), name=dom.name(),
-                                     event=_EVENT_NAMES.get(event, str(event)), detail=detail))
+                on_event(DomainEvent(uuid=dom.UUIDString(), name=dom.name(), event=kind, detail=detail, keys=keys))
             except libvirt.libvirtError:  # domain vanished between event and name()
-                log.debug("lifecycle event for a vanished domain")
+                log.debug("%s event for a vanished domain", kind.value)
 
-        def metadata(_conn, dom, _mtype, _nsuri, _opaque):
+        def lifecycle(_conn, dom, event, detail, _opaque):
+            emit(dom, _EVENT_NAMES.get(event, EventKind.OTHER), detail)
+
+        def tunable(_conn, dom, params, _opaque):
+            keys = tuple(k for k in params if k.startswith(PIN_KEY_PREFIXES))
+            if keys:
+                emit(dom, EventKind.TUNABLE, keys=keys)
+
+        def closed(_conn, reason, _opaque):
+            self._closed = True
+            on_close(reason)
+
+        callbacks = [
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
+            # The realtime intent lives in the metadata: a change re-derives it.
+            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, lambda _c, dom, _t, _ns, _o: emit(dom, EventKind.METADATA)),
+            (libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE, tunable),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, lambda _c, dom, _alias, _o: emit(dom, EventKind.DEVICE_ADDED)),
+        ]
+
+        def register() -> None:
+            for event_id, cb in callbacks:
+                self._callback_ids.append(conn.domainEventRegisterAny(None, event_id, cb, None))
+            conn.registerCloseCallback(closed, None)
             try:
-                on_event(DomainEvent(uuid=dom.UUIDString(), name=dom.name(), event="metadata", detail=0))
-            except libvirt.libvirtError:
-                log.debug("metadata event for a vanished domain")
+                conn.setKeepAlive(keepalive_interval, keepalive_count)
+            except libvirt.libvirtError as err:  # the test driver has no keepalive
+                log.debug("keepalive not set: %s", err)
 
-        self._callback_ids.append(
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None))
-        # The realtime intent lives in the metadata: a change re-derives it.
-        self._callback_ids.append(
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, metadata, None))
-        conn.registerCloseCallback(lambda _conn, reason, _opaque: on_close(reason), None)
-        try:
-            conn.setKeepAlive(keepalive_interval, keepalive_count)
-        except libvirt.libvirtError as err:  # the test driver has no keepalive
-            log.debug("keepalive not set: %s", err)
+        self.call("event subscription", register)
 
     # -- queries ----------------------------------------------------------
 
     def host_cpu_count(self) -> int:
-        return self.conn.getCPUMap()[0]
+        if self._ncpus is None:
+            self._ncpus = self.call("CPU map", lambda: self.conn.getCPUMap()[0])
+        return self._ncpus
 
-    def active_domains(self) -> list[DomainRef]:
-        out = []
-        for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            try:
-                out.append(DomainRef(name=dom.name(), uuid=dom.UUIDString(), id=dom.ID()))
-            except libvirt.libvirtError:
-                continue  # stopped while listing
-        return out
+    def active_guests(self) -> dict[str, Guest]:
+        """uuid -> Guest (with its run state) of every active domain, in one
+        RPC (the resync's listing: no per-guest lookup and state() round trips)."""
+        conn = self.conn
 
-    def active_domain_states(self) -> dict[str, tuple[libvirt.virDomain, int, int]]:
-        """uuid -> (domain, state, reason) of every active domain, in one RPC
-        (the resync's listing: no per-guest lookup and state() round trips)."""
+        def listing() -> list[tuple[Any, dict]]:
+            return conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE,
+                                          libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+
         out = {}
-        stats = self.conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE,
-                                            libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
-        for dom, st in stats:
-            out[dom.UUIDString()] = (dom, st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE),
-                                     st.get("state.reason", 0))
+        for dom, st in self.call("listing active guests", listing):
+            g = Guest(self, dom, run_state(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE), st.get("state.reason", 0)))
+            out[g.uuid] = g
         return out
 
-    def lookup(self, name_or_uuid: str) -> libvirt.virDomain:
-        try:
+    def lookup(self, name_or_uuid: str) -> Guest:
+        conn = self.conn
+
+        def find() -> libvirt.virDomain:
             if len(name_or_uuid) == 36 and name_or_uuid.count("-") == 4:
-                return self.conn.lookupByUUIDString(name_or_uuid)
-            return self.conn.lookupByName(name_or_uuid)
-        except libvirt.libvirtError as err:
-            raise DomainNotFound(f"domain {name_or_uuid!r} not found: {err.get_error_message()}") from None
+                return conn.lookupByUUIDString(name_or_uuid)
+            return conn.lookupByName(name_or_uuid)
 
-    def domain_xml(self, dom: libvirt.virDomain) -> str:
-        """The live XML (what libvirt applied, including live pin changes)."""
-        return dom.XMLDesc(0)
-
-    # -- live tuning ------------------------------------------------------
-    # Pinning goes through libvirt so that its cgroup cpusets and live XML
-    # agree with the kernel: a pin libvirt does not know about would be undone
-    # by libvirt itself at the next cpuset write.
-
-    def pin_vcpu(self, dom: libvirt.virDomain, vcpu: int, cpus: frozenset[int]) -> None:
-        dom.pinVcpuFlags(vcpu, _cpumap(cpus, self.host_cpu_count()), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-
-    def pin_emulator(self, dom: libvirt.virDomain, cpus: frozenset[int]) -> None:
-        dom.pinEmulator(_cpumap(cpus, self.host_cpu_count()), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-
-    def pin_iothread(self, dom: libvirt.virDomain, iothread: int, cpus: frozenset[int]) -> None:
-        dom.pinIOThread(iothread, _cpumap(cpus, self.host_cpu_count()), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-
-    def iothread_ids(self, dom: libvirt.virDomain) -> dict[int, frozenset[int]]:
-        """iothread id → libvirt's current pinning."""
         try:
-            infos = dom.ioThreadInfo(libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        except libvirt.libvirtError:
-            return {}
-        return {iid: frozenset(i for i, on in enumerate(cpumap) if on) for iid, cpumap in infos}
+            return Guest(self, self.call(f"lookup of {name_or_uuid!r}", find))
+        except GuestGone:
+            raise DomainNotFound(f"domain {name_or_uuid!r} not found") from None
 
 
-class DomainNotFound(RtagentError):
+class DomainNotFound(GuestGone):
     exit_code = 2
-
-
-def is_gone(err: libvirt.libvirtError) -> bool:
-    """The domain stopped or vanished: normal during churn, not a failure."""
-    return err.get_error_code() in (
-        libvirt.VIR_ERR_NO_DOMAIN,
-        libvirt.VIR_ERR_OPERATION_INVALID,  # "domain is not running"
-    )
-
-
-def is_connection_error(err: libvirt.libvirtError) -> bool:
-    return err.get_error_code() in (
-        libvirt.VIR_ERR_SYSTEM_ERROR,
-        libvirt.VIR_ERR_INTERNAL_ERROR,
-        libvirt.VIR_ERR_NO_CONNECT,
-        libvirt.VIR_ERR_INVALID_CONN,
-        libvirt.VIR_ERR_RPC,
-    ) and err.get_error_domain() in (libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC)

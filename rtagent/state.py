@@ -73,6 +73,8 @@ class GuestState:
     event_to_tuned_s: float | None = None
     corrections: Counter = field(default_factory=Counter)  # kind -> count
     correction_failures: Counter = field(default_factory=Counter)
+    # Changes that applied a changed intent (metadata edit, reload): not drift.
+    intent_changes: Counter = field(default_factory=Counter)
     last_correction_at: float | None = None
     vcpus: dict[int, VcpuCounters] = field(default_factory=dict)
     correction_latency: Histogram = field(default_factory=Histogram)
@@ -85,6 +87,7 @@ class GuestState:
         out["drift_corrections"] = dict(self.corrections)
         out["drift_corrections_total"] = sum(self.corrections.values())
         out["correction_failures"] = dict(self.correction_failures)
+        out["intent_changes"] = dict(self.intent_changes)
         out["last_correction_at"] = self.last_correction_at
         out["tuned_at"] = self.tuned_at
         out["event_to_tuned_s"] = self.event_to_tuned_s
@@ -103,6 +106,9 @@ class DaemonState:
     libvirt_uri: str = ""
     reconnects: int = 0
     last_reconnect_s: float | None = None
+    # Wall time since when a libvirt call has not returned (libvirtd hung);
+    # None while libvirt answers.
+    libvirt_unresponsive_since: float | None = None
     proc_connector: bool = False
     events: Counter = field(default_factory=Counter)  # source -> count ("libvirt", "proc")
     events_dropped: Counter = field(default_factory=Counter)
@@ -119,7 +125,10 @@ class DaemonState:
             "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 1),
             "libvirt": {"uri": self.libvirt_uri, "connected": self.libvirt_connected,
-                        "reconnects": self.reconnects, "last_reconnect_s": self.last_reconnect_s},
+                        "reconnects": self.reconnects, "last_reconnect_s": self.last_reconnect_s,
+                        "responsive": self.libvirt_unresponsive_since is None,
+                        "unresponsive_for_s": None if self.libvirt_unresponsive_since is None
+                        else round(time.time() - self.libvirt_unresponsive_since, 1)},
             "proc_connector": self.proc_connector,
             "events": dict(self.events),
             "events_dropped": dict(self.events_dropped),

@@ -30,6 +30,7 @@ cat > "$work/rtagent.toml" <<TOML
 realtime_cpus = "$last"
 [daemon]
 resync_interval_s = 1.0
+lock_file = "$work/rtagent.lock"
 [status]
 socket = "$work/rtagent.sock"
 [metrics]

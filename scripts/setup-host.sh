@@ -14,7 +14,7 @@ apt-get -o DPkg::Lock::Timeout=600 update -q
 apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients \
   qemu-system-x86 qemu-utils libvirt-dev pkg-config libcap-dev \
-  python3-venv python3-dev gcc rt-tests stress-ng prometheus \
+  python3-venv python3-dev gcc rt-tests stress-ng prometheus prometheus-alertmanager \
   procps util-linux iproute2 systemd libcap2-bin \
   debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
   debootstrap dpkg-dev e2fsprogs >/dev/null

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-import libvirt
-
-from ..libvirt_host import is_gone
+from ..errors import GuestGone
 from ..selector import GuestSelector
 from .common import guest_line, inspect_running, open_tuner, selected_domains
 
@@ -27,14 +25,13 @@ def run(args) -> int:
         if args.domains or not selector.selects_all:
             # The budget must also count realtime guests that were not named
             # (or are outside the selection: the kernel's budget is shared).
-            for d in host.active_domains():
-                if d.uuid not in {r.uuid for _, r in reports}:
+            for uuid, guest in host.active_guests().items():
+                if uuid not in {r.uuid for _, r in reports}:
                     try:
-                        tuner.inspect(host.conn.lookupByUUIDString(d.uuid))
-                    except libvirt.libvirtError as err:
-                        if not is_gone(err):  # another guest stopped meanwhile: normal
-                            raise
-        after = [tuner.apply(dom, dry_run=args.dry_run, report=r) for dom, r in reports]
+                        tuner.inspect(guest)
+                    except GuestGone:  # another guest stopped meanwhile: normal
+                        pass
+        after = [tuner.apply(guest, dry_run=args.dry_run, report=r) for guest, r in reports]
     finally:
         host.close()
     invalid = [r for r in after if r.realtime and not r.spec.valid]

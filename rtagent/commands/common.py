@@ -6,11 +6,10 @@ import dataclasses
 import logging
 from typing import Any
 
-import libvirt
-
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..libvirt_host import LibvirtHost, is_gone
+from ..errors import GuestGone
+from ..libvirt_host import Guest, LibvirtHost
 from ..selector import GuestSelector
 from ..tuning.guest.engine import DomainReport, Tuner
 
@@ -19,48 +18,36 @@ log = logging.getLogger(__name__)
 
 def open_tuner(args) -> tuple[Config, LibvirtHost, Tuner]:
     config = load_config(args.config)
-    host = LibvirtHost(config.libvirt.uri)
+    host = LibvirtHost(config.libvirt.uri, config.libvirt.call_timeout_s)
     host.connect()
-    return config, host, Tuner(config, host)
+    return config, host, Tuner(config)
 
 
-def selected_domains(host: LibvirtHost, names: list[str], selector: GuestSelector | None = None) -> list:
+def selected_domains(host: LibvirtHost, names: list[str], selector: GuestSelector | None = None) -> list[Guest]:
     """The running guests named (any order, by name or UUID), or all running
     guests the daemon's guest selector manages (``[daemon] guest_names``).
     A guest named explicitly is inspected even outside the selection."""
     if names:
-        doms = [host.lookup(n) for n in names]
-        return doms
-    doms = []
-    for d in host.active_domains():
-        if selector is not None and not selector.matches_name(d.name):
-            continue
-        try:
-            doms.append(host.conn.lookupByUUIDString(d.uuid))
-        except libvirt.libvirtError as err:
-            if not is_gone(err):
-                raise
-            log.debug("guest %s stopped while listing", d.name)
-    return doms
+        return [host.lookup(n) for n in names]
+    return [g for g in host.active_guests().values() if selector is None or selector.matches_name(g.name)]
 
 
-def inspect_running(tuner: Tuner, doms: list, selector: GuestSelector | None = None) -> list[tuple[Any, DomainReport]]:
-    """``(dom, report)`` per guest; a guest that stops meanwhile is left out
+def inspect_running(tuner: Tuner, guests: list[Guest],
+                    selector: GuestSelector | None = None) -> list[tuple[Guest, DomainReport]]:
+    """``(guest, report)`` per guest; a guest that stops meanwhile is left out
     (guests come and go while a one-shot command runs).  With a selector
     that requires rtagent's metadata, other guests are reported as not
     realtime, as the daemon treats them."""
     out = []
-    for dom in doms:
+    for guest in guests:
         try:
-            report = tuner.inspect(dom)
+            report = tuner.inspect(guest)
             if selector is not None and selector.require_metadata and report.spec.source != "metadata":
                 report.spec = dataclasses.replace(report.spec, realtime=False)
                 report.violations = []
-            out.append((dom, report))
-        except libvirt.libvirtError as err:
-            if not is_gone(err):
-                raise
-            log.warning("guest stopped while being inspected: %s", err.get_error_message())
+            out.append((guest, report))
+        except GuestGone as err:
+            log.warning("guest stopped while being inspected: %s", err)
     return out
 
 

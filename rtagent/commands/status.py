@@ -52,11 +52,20 @@ def _ago(ts) -> str:
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
 
 
+def _libvirt_state(lv: dict) -> str:
+    if not lv.get("connected"):
+        return "DISCONNECTED"
+    if lv.get("unresponsive_for_s") is not None:
+        # Known guests are still enforced from the kernel side meanwhile.
+        return f"UNRESPONSIVE for {lv['unresponsive_for_s']:.0f}s"
+    return "connected"
+
+
 def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
     d, host = data.get("daemon", {}), data.get("host", {})
     lv = d.get("libvirt", {})
     lines = [
-        f"rtagent: up {d.get('uptime_s', 0):.0f}s, libvirt {'connected' if lv.get('connected') else 'DISCONNECTED'}"
+        f"rtagent: up {d.get('uptime_s', 0):.0f}s, libvirt {_libvirt_state(lv)}"
         f" ({lv.get('uri', '?')}, {lv.get('reconnects', 0)} reconnects), proc connector "
         f"{'on' if d.get('proc_connector') else 'off'}, last resync {_ago(d.get('last_resync_at'))}",
         f"host: realtime CPUs {host.get('realtime_cpus') or '(none)'}, housekeeping CPUs "

@@ -61,7 +61,7 @@ def test_tuner_against_threads_that_exit_mid_apply(churn, caplog):
     config = parse_config({"host": {"realtime_cpus": "1"}, "metrics": {"enabled": False}})
     spec = derive_spec(rt_guest_xml("rtrel-churn"), config)
     assert spec.valid, spec.errors
-    tuner = Tuner(config, None)
+    tuner = Tuner(config)
     proc, pid = churn("--names", "CPU 1/KVM,worker,CPU 1/KVM", "--width", "16", "--life-ms", "2",
                       "--seconds", "120")
     seconds = scale(30, 6)

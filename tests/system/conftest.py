@@ -76,9 +76,11 @@ class RunningDaemon:
 
 
 def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
-                 metrics_port: int | None = None, status_group: str = "root", daemon: str = "") -> Path:
+                 metrics_port: int | None = None, status_group: str = "root", daemon: str = "",
+                 lock_file: str | None = None) -> Path:
     """A daemon config for tests: CPU 1 realtime, host tuning off (tests that
-    move kernel threads and IRQs turn it on themselves and restore)."""
+    move kernel threads and IRQs turn it on themselves and restore), its own
+    instance lock beside its socket (several test daemons run at once)."""
     metrics = (f'enabled = true\nlisten = "127.0.0.1:{metrics_port}"' if metrics_port
                else "enabled = false")
     path.write_text(f"""
@@ -86,6 +88,7 @@ def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
 realtime_cpus = "1"
 [daemon]
 resync_interval_s = {resync}
+lock_file = "{lock_file or sock + '.lock'}"
 {daemon}
 [status]
 socket = "{sock}"

@@ -89,6 +89,7 @@ def test_prometheus_scrapes_the_daemon(tmp_path, guest_factory):
 realtime_cpus = "1"
 [daemon]
 resync_interval_s = 0.5
+lock_file = "{tmp_path}/rtagent.lock"
 [status]
 socket = "{tmp_path}/rtagent.sock"
 [metrics]

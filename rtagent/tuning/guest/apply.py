@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...cpulist import format_cpulist
+from ...errors import LibvirtError
 from .plan import REALTIME, Action, SetAffinity, SetScheduler
 
 log = logging.getLogger(__name__)
@@ -42,26 +43,25 @@ class Result:
 
 
 class Pinner:
-    """libvirt's live pin calls for one domain (None = syscall only, e.g. in
-    tests on processes that are not guests)."""
+    """libvirt's live pin calls for one guest (a ``libvirt_host.Guest``;
+    None = syscall only, e.g. in tests on processes that are not guests)."""
 
-    def __init__(self, host=None, dom=None):
-        self.host = host
-        self.dom = dom
+    def __init__(self, guest=None):
+        self.guest = guest
         self._emulator_done = False
 
     def pin(self, a: SetAffinity) -> None:
-        if self.host is None or self.dom is None:
+        if self.guest is None:
             return
         if a.via == "vcpu" and a.vcpu is not None:
-            self.host.pin_vcpu(self.dom, a.vcpu, a.cpus)
+            self.guest.pin_vcpu(a.vcpu, a.cpus)
         elif a.via == "emulator" and not self._emulator_done:
             # One call re-sets the emulator cgroup's cpuset for all emulator
             # threads; per-thread syscalls below catch the ones it missed.
-            self.host.pin_emulator(self.dom, a.cpus)
+            self.guest.pin_emulator(a.cpus)
             self._emulator_done = True
         elif a.via == "iothread" and a.iothread is not None:
-            self.host.pin_iothread(self.dom, a.iothread, a.cpus)
+            self.guest.pin_iothread(a.iothread, a.cpus)
 
 
 def _v1_mounts(proc_root: str = "/proc") -> dict[str, str]:
@@ -106,8 +106,6 @@ def execute(actions: list[Action], pinner: Pinner | None = None, *, dry_run: boo
             on_eperm=None) -> list[Result]:
     """Run ``actions`` in order.  ``on_eperm(tid)`` may grant what a realtime
     change needs (RT group budget) and return True to retry once."""
-    import libvirt
-
     pinner = pinner or Pinner()
     results: list[Result] = []
     failed_affinity: set[int] = set()
@@ -119,9 +117,11 @@ def execute(actions: list[Action], pinner: Pinner | None = None, *, dry_run: boo
             if isinstance(a, SetAffinity):
                 try:
                     pinner.pin(a)
-                except libvirt.libvirtError as err:
-                    # Fall through to the syscall; report libvirt's reason if that fails too.
-                    log.debug("libvirt pin of %s failed: %s", a.name, err.get_error_message())
+                except LibvirtError as err:
+                    # Fall through to the syscall (also what keeps a guest
+                    # enforced while libvirtd hangs); report libvirt's reason
+                    # if that fails too.
+                    log.debug("libvirt pin of %s failed: %s", a.name, err)
                 try:
                     os.sched_setaffinity(a.tid, a.cpus)
                 except OSError as err:

@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class Tuner:
-    """Checks and tunes guests.  ``host`` is a :class:`LibvirtHost` (may be
-    None for tests that drive processes that are not guests)."""
+    """Checks and tunes guests.  A guest is a ``libvirt_host.Guest`` (name,
+    uuid, live XML, pin calls); ``apply(None, report=…)`` drives a process
+    that is not a guest (tests) with syscalls only."""
 
-    def __init__(self, config: Config, host=None, *, proc_root: str = "/proc",
+    def __init__(self, config: Config, *, proc_root: str = "/proc",
                  run_root: str = "/run/libvirt/qemu"):
         assert config.partition is not None, "the tuner needs a resolved host partition"
         self.config = config
-        self.host = host
         self.proc_root = proc_root
         self.run_root = run_root
         self.rt_hierarchy = rtgroup.find_cpu_hierarchy(proc_root)
@@ -52,15 +52,15 @@ class Tuner:
 
     # -- read-only --------------------------------------------------------
 
-    def spec_for(self, dom) -> RealtimeSpec:
-        return derive_spec(self.host.domain_xml(dom), self.config)
+    def spec_for(self, guest) -> RealtimeSpec:
+        return derive_spec(guest.xml(), self.config)
 
-    def inspect(self, dom, spec: RealtimeSpec | None = None) -> DomainReport:
+    def inspect(self, guest, spec: RealtimeSpec | None = None) -> DomainReport:
         """Observe a running guest and compare it with its plan; changes nothing."""
-        name, uuid = dom.name(), dom.UUIDString()
+        name, uuid = guest.name, guest.uuid
         if spec is None:
             try:
-                spec = self.spec_for(dom)
+                spec = self.spec_for(guest)
             except DomainXMLError as err:
                 spec = RealtimeSpec(domain=name, uuid=uuid, realtime=True, errors=(str(err),))
         report = DomainReport(name=name, uuid=uuid, spec=spec, observed_at=time.time())
@@ -162,10 +162,10 @@ class Tuner:
         self.granted = (self.granted | leaves) - release
         return plan
 
-    def apply(self, dom, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
+    def apply(self, guest, *, dry_run: bool = False, report: DomainReport | None = None) -> DomainReport:
         """Bring a guest to its plan; returns the report *after* the changes
         (re-observed), with ``changes`` listing what was done."""
-        report = report or self.inspect(dom)
+        report = report or self.inspect(guest)
         if not (report.realtime and report.spec.valid) or report.observed is None:
             return report
         actions = plan_actions(report.threads)
@@ -178,7 +178,7 @@ class Tuner:
             except (rtgroup.BudgetError, OSError) as err:
                 budget_error.append(str(err))
                 log.warning("RT budget for %s: %s", report.name, err)
-        pinner = Pinner(self.host, dom) if self.host is not None else None
+        pinner = Pinner(guest)
         results = execute(actions, pinner, dry_run=dry_run)
         if dry_run:
             report.changes = results

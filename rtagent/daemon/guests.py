@@ -1,0 +1,284 @@
+"""The guest supervisor: which guests are managed, their cached intent, the
+retry schedule, and one reconcile per guest (observe → plan → apply →
+account).
+
+The intent is captured when a guest is first seen running and kept for the
+life of its QEMU process: a later live re-pin by another tool (``virsh
+vcpupin --live``) is drift to correct, not a new intent.  Metadata changes
+and SIGHUP re-derive it, and what that re-derivation changes is counted as
+an intent change, not as drift.
+
+While libvirt does not answer, known guests are still enforced from the
+kernel side: their intent is cached, their QEMU PID is read from libvirt's
+PID file, and every fix but a libvirt pin is a syscall (the pin falls back
+to ``sched_setaffinity``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import Config
+from ..errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
+from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
+from ..selector import GuestSelector
+from ..state import StateStore
+from ..tuning.guest.engine import DomainReport, Tuner
+from . import drift
+from .retry import RetrySchedule
+
+log = logging.getLogger(__name__)
+
+# Events that start or re-verify tuning, and those that end a guest's state.
+_TUNE = {EventKind.STARTED, EventKind.RESUMED}
+_DROP = {EventKind.STOPPED, EventKind.UNDEFINED, EventKind.CRASHED}
+# Something moved or added threads: look now (drift), and again while libvirt settles.
+_LOOK = {EventKind.TUNABLE, EventKind.DEVICE_ADDED}
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why a guest is reconciled now: when the cause was seen (monotonic),
+    and whether it is a STARTED/RESUMED event (event-to-tuned clock)."""
+
+    at: float | None = None
+    started: bool = False
+
+
+class GuestSupervisor:
+    def __init__(self, config: Config, host: LibvirtHost, store: StateStore, *,
+                 selector: GuestSelector | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, tuner: Tuner | None = None,
+                 on_tracked: Callable[[set[int]], None] | None = None):
+        self.config = config
+        self.host = host
+        self.store = store
+        self.selector = selector or GuestSelector.from_config(config.daemon)
+        self.tuner = tuner or Tuner(config)
+        self._clock = clock
+        self._wall = wall
+        self._on_tracked = on_tracked
+        self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
+        self.guests: dict[str, Guest] = {}  # uuid -> Guest of every managed guest
+        self.tracked: dict[str, int] = {}  # uuid -> QEMU pid
+        self.specs: dict[str, tuple[int | None, object]] = {}  # uuid -> (pid, RealtimeSpec)
+        self.intent_changed: set[str] = set()  # uuids whose next changes apply a new intent
+
+    # -- what happened ------------------------------------------------------
+
+    def on_event(self, ev: DomainEvent, at: float) -> None:
+        if not self.selector.matches_name(ev.name):
+            return  # not ours: as if it did not exist
+        self.store.update(lambda s: s.daemon.events.update({"libvirt": 1}))
+        log.debug("libvirt event %s for %s %s", ev.event.value, ev.name, ",".join(ev.keys))
+        if ev.event in _TUNE:
+            # libvirt may deliver RESUMED before STARTED for a fresh start:
+            # the first of either starts the event-to-tuned clock.
+            self.reconcile(ev.uuid, Cause(at, started=True))
+        elif ev.event in _DROP:
+            self.forget(ev.uuid)
+        elif ev.event == EventKind.METADATA:
+            self.specs.pop(ev.uuid, None)
+            self.intent_changed.add(ev.uuid)
+            self.reconcile(ev.uuid, Cause(at))
+        elif ev.event in _LOOK:
+            self.reconcile(ev.uuid, Cause(at))
+            self.retry.schedule(ev.uuid, 0)
+
+    def on_threads(self, pids: dict[int, float]) -> None:
+        """New or renamed threads in these QEMU processes (pid -> seen at)."""
+        by_pid = {pid: uuid for uuid, pid in self.tracked.items()}
+        for pid, at in pids.items():
+            uuid = by_pid.get(pid)
+            if uuid is not None:
+                log.debug("new or renamed thread in QEMU %d (%s)", pid, uuid)
+                self.reconcile(uuid, Cause(at))
+                self.retry.schedule(uuid, 0)
+
+    def run_due(self) -> None:
+        for due in self.retry.due():
+            self.reconcile(due.uuid, retry_attempts=due.attempts)
+
+    def reload(self, config: Config) -> None:
+        """A new config: re-derive every intent; what that changes is intent."""
+        old = self.tuner
+        self.config = config
+        self.selector = GuestSelector.from_config(config.daemon)
+        self.tuner = Tuner(config)
+        # The RT budget ledger outlives a tuner: grants made stay ours to release.
+        self.tuner.rt_cgroups, self.tuner.granted = old.rt_cgroups, old.granted
+        self.retry.cap_s = config.daemon.resync_interval_s
+        self.intent_changed |= set(self.specs)
+        self.specs.clear()
+
+    # -- resync -----------------------------------------------------------------
+
+    def resync(self) -> bool:
+        """Re-observe every managed guest and correct drift; pick up guests
+        whose events we missed.  False when libvirt could not list guests
+        (connection lost); an unresponsive libvirt still enforces the known
+        guests from the kernel side."""
+        try:
+            active = {u: g for u, g in self.host.active_guests().items() if self.selector.matches_name(g.name)}
+        except LibvirtUnresponsive as err:
+            log.warning("libvirt unresponsive (%s)", err)
+            self.enforce_known()
+            return True
+        except LibvirtUnavailable as err:
+            log.warning("libvirt: listing guests failed: %s", err)
+            return False
+        except LibvirtError as err:
+            log.warning("libvirt: listing guests failed: %s", err)
+            return True
+        known = set(self.tracked) | self.store.read(lambda s: set(s.guests))
+        for uuid in known - set(active):
+            self.forget(uuid)
+        for uuid, guest in active.items():
+            self.reconcile(uuid, guest=guest)
+        return True
+
+    def enforce_known(self) -> None:
+        """Without libvirt (hung or disconnected): the guests already known,
+        from their cached intent and the kernel's view."""
+        if self.tracked:
+            log.info("enforcing %d known guest(s) from the kernel side", len(self.tracked))
+        for uuid in list(self.tracked):
+            self.reconcile(uuid)
+
+    # -- one guest ------------------------------------------------------------------
+
+    def forget(self, uuid: str) -> None:
+        pid = self.tracked.pop(uuid, None)
+        self.specs.pop(uuid, None)
+        self.guests.pop(uuid, None)
+        self.intent_changed.discard(uuid)
+        self.retry.discard(uuid)
+        self.tuner.forget(uuid, pid)
+        self.store.drop(uuid)
+        self._tracked_changed()
+        if pid is not None:
+            log.info("guest %s stopped; state dropped", uuid)
+
+    def _tracked_changed(self) -> None:
+        if self._on_tracked is not None:
+            self._on_tracked(set(self.tracked.values()))
+
+    def _guest(self, uuid: str, guest: Guest | None) -> Guest | None:
+        """The Guest to work on: the listing's, the cached one, or a lookup.
+        None = leave it alone (stopped, starting up, not selected)."""
+        guest = guest or self.guests.get(uuid)
+        if guest is None:
+            guest = self.host.lookup(uuid)
+            if not self.selector.matches_name(guest.name):
+                return None
+        state = guest.known_state
+        if state is None:
+            try:
+                state = guest.state()
+            except LibvirtUnavailable:
+                # Hung or lost libvirt: enforce a known guest from the kernel
+                # side (its process is still checked); a new one waits.
+                if uuid not in self.specs:
+                    raise
+                state = RunState.RUNNING
+        guest.known_state = None  # the listing's state is good for this reconcile only
+        if state == RunState.STOPPED:
+            self.forget(uuid)
+            return None
+        if state == RunState.STARTING:
+            # libvirt is still creating cgroups and pinning threads; its
+            # STARTED/RESUMED event brings us back.
+            return None
+        self.guests[uuid] = guest
+        return guest
+
+    def _inspect(self, guest: Guest) -> DomainReport:
+        cached = self.specs.get(guest.uuid)
+        before = self.tuner.inspect(guest, spec=cached[1] if cached else None)
+        if cached and before.pid != cached[0]:
+            # A new QEMU process under the same UUID (a restart we missed).
+            before = self.tuner.inspect(guest)
+        if self.selector.require_metadata and before.spec.source != "metadata":
+            before.spec = dataclasses.replace(before.spec, realtime=False)
+        if before.spec.realtime and before.pid is not None:
+            self.specs[guest.uuid] = (before.pid, before.spec)
+        return before
+
+    def _observe(self, uuid: str, guest: Guest | None) -> tuple[Guest, DomainReport] | None:
+        try:
+            guest = self._guest(uuid, guest)
+            return None if guest is None else (guest, self._inspect(guest))
+        except GuestGone:
+            self.forget(uuid)
+        except LibvirtError as err:
+            log.warning("libvirt: cannot inspect %s: %s", uuid, err)
+        except Exception:
+            # Never die on a guest's behalf.
+            log.exception("inspecting guest %s failed", uuid)
+        return None
+
+    def reconcile(self, uuid: str, cause: Cause = Cause(), *, guest: Guest | None = None,
+                  retry_attempts: int | None = None) -> DomainReport | None:
+        """Bring one guest to its plan.  ``guest`` comes from the resync's
+        one-RPC listing (saving a lookup and a state() round trip)."""
+        t0 = self._clock()
+        attempts = retry_attempts if retry_attempts is not None else 0
+        seen = self._observe(uuid, guest)
+        if seen is None:
+            return None
+        guest, before = seen
+        if not before.realtime:
+            # Not ours to manage; keep no state (and no metrics series) for it.
+            if uuid in self.tracked or self.store.read(lambda s: uuid in s.guests):
+                self.forget(uuid)
+            return None
+        if before.pid is not None and self.tracked.get(uuid) != before.pid:
+            self.tracked[uuid] = before.pid
+            self._tracked_changed()
+        after = self._apply(guest, before)
+        if after is None:
+            return None
+        self._account(uuid, before, after, drift.Times(cause.at if cause.at is not None else t0,
+                                                       self._clock(), self._wall()), cause.started, t0)
+        pending = any(v.check == "vcpu_pending" for v in after.violations)
+        # A refused change (EPERM while budget is short, a cpuset in flux) is
+        # retried on the same backoff, not only at the next resync.
+        refused = bool(after.failures) or any(v.check == "rt_budget" for v in after.violations)
+        self.retry.after_reconcile(uuid, attempts, pending=pending, refused=refused,
+                                   settling=retry_attempts is not None)
+        return after
+
+    def _apply(self, guest: Guest, before: DomainReport) -> DomainReport | None:
+        if not (before.spec.valid and before.observed is not None):
+            return before
+        try:
+            return self.tuner.apply(guest, report=before)
+        except GuestGone:
+            self.forget(guest.uuid)
+            return None
+        except Exception:
+            log.exception("tuning guest %s failed", before.name)
+            return before
+
+    def _account(self, uuid: str, before: DomainReport, after: DomainReport, times: drift.Times,
+                 started: bool, t0: float) -> None:
+        tuned_before = self.store.read(lambda s: (g := s.guests.get(uuid)) is not None and g.tuned_at is not None)
+        intent = uuid in self.intent_changed
+        if after.observed is not None:
+            self.intent_changed.discard(uuid)  # applied (or refused, then it is a failure)
+        outcome = drift.classify(before, after, tuned_before=tuned_before, intent_changed=intent)
+
+        def update(s: StateStore) -> None:
+            drift.record(s.guest(uuid, after.name), s.daemon, after, outcome, times, started=started)
+            s.daemon.reconcile_duration.observe(times.done - t0)
+
+        self.store.update(update)
+        why = "" if not tuned_before else " (intent change)" if intent else " (drift)"
+        for r in after.changes:
+            if r.outcome in ("changed", "failed"):
+                log.info("%s: %s%s: %s%s", after.name, r.outcome, why, r.action.describe(),
+                         f" ({r.detail})" if r.detail else "")

@@ -1,0 +1,83 @@
+"""The host-side supervisor: the host partition (kernel threads, IRQs,
+workqueues off the realtime CPUs) enforced on every resync, and the host
+readiness checks on their own slower timer (they scan all of /proc)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from ..config import Config
+from ..state import StateStore
+
+log = logging.getLogger(__name__)
+
+# Host readiness checks scan all of /proc: not on every resync.
+HOST_CHECK_INTERVAL_S = 30.0
+
+
+class HostSupervisor:
+    def __init__(self, config: Config, store: StateStore, clock: Callable[[], float] = time.monotonic,
+                 check_interval_s: float = HOST_CHECK_INTERVAL_S):
+        self.store = store
+        self._clock = clock
+        self.check_interval_s = check_interval_s
+        self.next_checks = 0.0
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """(Re)build the enforcer from the config (start and SIGHUP)."""
+        self.config = config
+        ht = config.host_tuning
+        self.enforcer = None
+        if (ht.kthreads or ht.irqs or ht.workqueues or ht.kthread_priorities) and config.partition.realtime:
+            from ..tuning.hostpart import HostPartitionEnforcer
+
+            self.enforcer = HostPartitionEnforcer(config.partition, ht,
+                                                  vcpu_priority=config.realtime.default_priority)
+
+    def _realtime_priority(self) -> int | None:
+        """The highest priority of any realtime vCPU under management: host
+        kernel threads that must stay above the vCPUs are ranked against it."""
+        prios = [v.priority for r in self.store.read(lambda s: [g.report for g in s.guests.values()])
+                 if r is not None for v in r.spec.realtime_vcpus]
+        return max(prios, default=None)
+
+    def enforce(self, guest_pids: set[int]) -> None:
+        report = None
+        if self.enforcer is not None:
+            try:
+                report = self.enforcer.enforce(vcpu_priority=self._realtime_priority())
+            except Exception:  # the host partition must never take the daemon down
+                log.exception("host partition enforcement failed")
+        checks = self._checks(guest_pids)
+        self.store.update(lambda s: self._store(s, report, checks))
+        if report is not None:
+            for r in report.changed:
+                log.info("host: %s", r.to_json())
+
+    def _checks(self, guest_pids: set[int]) -> list[dict] | None:
+        now = self._clock()
+        if now < self.next_checks:
+            return None
+        self.next_checks = now + self.check_interval_s
+        try:
+            from ..monitor.hostchecks import run_host_checks
+
+            return [c.to_json() for c in run_host_checks(self.config.partition, exclude_pids=guest_pids)]
+        except Exception:
+            log.exception("host checks failed")
+            return None
+
+    def _store(self, s: StateStore, report, checks: list[dict] | None) -> None:
+        s.daemon.host.update(self.config.partition.to_json())
+        if checks is not None:
+            s.daemon.host["checks"] = checks
+        if report is None:
+            return
+        s.daemon.host_corrections.update(report.corrections_by_kind)
+        s.daemon.host_refused = Counter(r.kind.split("_")[0] for r in report.refused)
+        s.daemon.host["partition_enforcement"] = {"counts": report.counts,
+                                                  "conflicts": report.to_json().get("conflicts", [])}

@@ -1,0 +1,114 @@
+"""What the daemon serves and listens to besides libvirt: the proc
+connector (new QEMU threads), the status socket and the metrics endpoint;
+and the agent's own confinement to the housekeeping CPUs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from .. import privileges
+from ..config import Config, load_config
+from ..errors import RtagentError
+from ..cpulist import format_cpulist
+from ..libvirt_host import LibvirtHost, start_event_loop
+from ..kernel.procconn import ProcConnector
+from ..state import StateStore
+from ..status import StatusServer
+from .lock import InstanceLock
+
+log = logging.getLogger(__name__)
+
+
+def confine_self(housekeeping: frozenset[int]) -> None:
+    """The agent runs on housekeeping CPUs and is never realtime; threads
+    started after this inherit the mask."""
+    try:
+        os.sched_setaffinity(0, housekeeping)
+        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError as err:
+        log.warning("cannot confine rtagent to housekeeping CPUs %s: %s", format_cpulist(housekeeping), err)
+
+
+def prepare(config: Config, lock: InstanceLock) -> privileges.PrivilegeReport:
+    """Start-up before any service exists; returns the privileges kept."""
+    # First of all: a second daemon must not touch the first one's socket or port.
+    lock.acquire()
+    # Before any other thread exists: capabilities are per thread, inherited at creation.
+    privs = privileges.enforce(config)
+    confine_self(config.partition.housekeeping)
+    start_event_loop()  # before the first connection (keepalive, events)
+    return privs
+
+
+class Services:
+    def __init__(self, store: StateStore, on_thread: Callable[[int, int, str], None],
+                 on_overflow: Callable[[], None]):
+        self.store = store
+        self._on_thread = on_thread
+        self._on_overflow = on_overflow
+        self.procconn: ProcConnector | None = None
+        self.status: StatusServer | None = None
+        self.metrics = None
+
+    def _overflow(self) -> None:
+        """The proc connector lost events: count it, and resync to catch up."""
+        self.store.update(lambda s: s.daemon.events_dropped.update({"proc": 1}))
+        self._on_overflow()
+
+    def set_tracked(self, pids: set[int]) -> None:
+        """The QEMU processes whose thread events matter."""
+        if self.procconn is not None:
+            self.procconn.set_tracked(pids)
+
+    def start(self, config: Config, privs) -> None:
+        if config.daemon.proc_connector and privs.proc_connector:
+            self.procconn = ProcConnector(self._on_thread, self._overflow)
+            try:
+                self.procconn.start()
+                self.store.update(lambda s: setattr(s.daemon, "proc_connector", True))
+            except OSError as err:
+                log.warning("proc connector unavailable (%s): new threads are tuned at the next resync "
+                            "(needs CAP_NET_ADMIN)", err)
+                self.procconn = None
+        self.status = StatusServer(config.status.socket, config.status.group, self.store.snapshot)
+        self.status.start()
+        if config.metrics.enabled:
+            from ..monitor.metrics import serve
+
+            self.metrics = serve(self.store, config.metrics)
+
+    def close(self) -> None:
+        for svc in (self.procconn, self.status, self.metrics):
+            if svc is not None:
+                (svc.stop if svc is self.procconn else svc.close)()
+
+
+def reload_config(current: Config, path: str | None) -> Config | None:
+    """SIGHUP: the new config, or None (kept the running one) if it is bad."""
+    try:
+        new = load_config(path)
+    except RtagentError as err:
+        log.error("reload refused, keeping the running config: %s", err)
+        return None
+    fixed = ("status.socket", "metrics.listen", "libvirt.uri", "daemon.lock_file")
+    if any(_get(new, k) != _get(current, k) for k in fixed):
+        log.warning("reload: %s take effect at restart", ", ".join(fixed))
+    log.info("reloaded config from %s", new.path or "(defaults)")
+    return new
+
+
+def _get(config: Config, key: str) -> object:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def status_line(store: StateStore, host: LibvirtHost) -> str:
+    """sd_notify's STATUS=: guests, compliance, and a hung libvirt."""
+    n, bad = store.read(lambda s: (len(s.guests), sum(
+        1 for g in s.guests.values() if g.report is not None and not g.report.compliant)))
+    hung = host.unresponsive_s()
+    return f"{n} realtime guest(s), {bad} non-compliant" + (
+        "" if hung is None else f"; libvirt unresponsive for {hung:.0f}s")
