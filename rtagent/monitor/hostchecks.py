@@ -407,7 +407,39 @@ def find_intruders(realtime: frozenset[int], proc_root: str = "/proc",
     return out
 
 
-def _check_intruders(partition: Partition, proc_root: str, exclude_pids: Iterable[int]) -> HostCheck:
+def _isolated_by_cmdline(partition: Partition, params: dict[str, str | None]) -> bool:
+    """``isolcpus=`` (domain isolation, the default flag) covers every realtime CPU."""
+    if "isolcpus" not in params:
+        return False
+    try:
+        cpus, flags = parse_isolcpus(params["isolcpus"] or "")
+    except CpuListError:
+        return False
+    return partition.realtime <= cpus and (not flags - {"managed_irq"} or "domain" in flags)
+
+
+def _intruders_remedy(partition: Partition, proc_root: str, sys_root: str,
+                      params: dict[str, str | None]) -> str:
+    """What to change.  ``isolcpus=`` only sets the affinity tasks start with:
+    on the unified hierarchy, once the cpuset controller is enabled (libvirt
+    does it for ``machine.slice`` when the first guest starts) every task of
+    the groups below the root gets the group's CPUs, all of them — seen on
+    Debian 12 (systemd 252, kernel 6.1) in the node tier.  There the fix is
+    systemd's ``AllowedCPUs=`` on the host's own slices, not the command line."""
+    rts, hk = format_cpulist(partition.realtime), format_cpulist(partition.housekeeping)
+    if not _isolated_by_cmdline(partition, params):
+        return f"boot with isolcpus={rts} or set systemd's CPUAffinity={hk} in system.conf"
+    pid1 = (_read(Path(proc_root, "1", "comm")) or "").strip()
+    if pid1 == "systemd" and Path(sys_root, "fs/cgroup/cgroup.controllers").exists():
+        return (f"isolcpus= already covers {rts}, but on cgroup v2 the cpuset controller gives every task of "
+                f"a group all of the group's CPUs: confine the host's own groups with "
+                f"`systemctl set-property system.slice AllowedCPUs={hk}` (and user.slice, init.scope)")
+    return (f"isolcpus= already covers {rts}, but their affinity was widened after boot (a cpuset or a "
+            f"tool): confine them to {hk} (taskset, the init system's CPU affinity)")
+
+
+def _check_intruders(partition: Partition, proc_root: str, exclude_pids: Iterable[int],
+                     params: dict[str, str | None] | None = None, sys_root: str = "/sys") -> HostCheck:
     if not partition.realtime:
         return _warn("intruders", _NO_RT)
     found = find_intruders(partition.realtime, proc_root, exclude_pids)
@@ -422,8 +454,8 @@ def _check_intruders(partition: Partition, proc_root: str, exclude_pids: Iterabl
     more = f" and {len(procs) - 5} more" if len(procs) > 5 else ""
     return replace(_warn("intruders",
                  f"{len(found)} user threads in {len(procs)} processes may run on realtime CPUs {rts} "
-                 f"(e.g. {examples}{more}); rtagent does not move them: boot with isolcpus={rts} or set "
-                 f"systemd's CPUAffinity={format_cpulist(partition.housekeeping)} in system.conf"), value=len(found))
+                 f"(e.g. {examples}{more}); rtagent does not move them: "
+                 f"{_intruders_remedy(partition, proc_root, sys_root, params or {})}"), value=len(found))
 
 
 def _check_irqbalance(partition: Partition, proc_root: str, etc_root: str, sys_root: str) -> HostCheck:
@@ -457,7 +489,8 @@ def run_host_checks(
     exclude_pids: Iterable[int] = (),
 ) -> list[HostCheck]:
     cmdline = _read(cmdline_path or Path(proc_root, "cmdline")) or ""
-    checks = _check_cmdline(partition, parse_cmdline(cmdline))
+    params = parse_cmdline(cmdline)
+    checks = _check_cmdline(partition, params)
     checks.append(_check_rt_throttling(proc_root))
     checks.append(_check_rt_group_sched(sys_root, proc_root))
     checks.append(_check_thp(sys_root))
@@ -465,6 +498,6 @@ def run_host_checks(
     checks.append(_check_delayacct(proc_root))
     checks.append(_check_timer_migration(proc_root))
     checks.append(_check_hugepages(sys_root))
-    checks.append(_check_intruders(partition, proc_root, exclude_pids))
+    checks.append(_check_intruders(partition, proc_root, exclude_pids, params, sys_root))
     checks.append(_check_irqbalance(partition, proc_root, etc_root, sys_root))
     return checks

@@ -315,6 +315,10 @@ def scenario_host_checks() -> str:
            if not checks.get(n, {}).get("ok")]
     if bad:
         raise Fail("host checks not ok with isolcpus/nohz_full/rcu_nocbs/irqaffinity set: " + "; ".join(bad))
+    SAVED["cron_allowed_at_boot"] = _allowed(int(sh("pgrep", "-xo", "cron").stdout.split()[0]))
+    intr = checks.get("intruders", {})
+    if not intr.get("ok") and "boot with isolcpus" in intr.get("detail", ""):
+        raise Fail(f"intruders advises isolcpus=, which is already on the command line: {intr['detail']}")
     rtg = checks.get("rt_group_sched")
     if not rtg or not rtg["ok"]:
         raise Fail(f"rt_group_sched on a kernel without RT group scheduling: {rtg}")
@@ -469,6 +473,39 @@ def scenario_metadata_guest() -> str:
     return f"vCPU 1 FIFO 1 on CPU 1 in {cgroup_of(tid).split('::')[1]}; rt_group_sched: {rtg.get('detail')}"
 
 
+def _allowed(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def _intruders_check() -> dict:
+    data = json.loads(sh("rtagent", "check", "--json", check=False).stdout)
+    return {c["name"]: c for c in data["host"]["checks"]}["intruders"]
+
+
+def scenario_intruders_remedy() -> str:
+    """isolcpus= gave user tasks CPU 0 at boot; with a guest running (libvirt
+    enabled the cgroup v2 cpuset controller) they may be widened again.
+    rtagent's advice then must be the one that works here, and it must work."""
+    cron = int(sh("pgrep", "-xo", "cron").stdout.split()[0])
+    before, now = SAVED.get("cron_allowed_at_boot"), _allowed(cron)
+    c = _intruders_check()
+    if c["ok"]:
+        return f"no intruders with a guest running (cron allowed {before} at boot, {now} now)"
+    if "AllowedCPUs=0" not in c["detail"]:
+        raise Fail(f"intruders (cron allowed {before} at boot, {now} now) without the cgroup v2 remedy: {c['detail']}")
+    for unit in ("system.slice", "user.slice", "init.scope"):
+        sh("systemctl", "set-property", "--runtime", unit, "AllowedCPUs=0", check=unit != "user.slice")
+    after = wait_for(lambda: (x := _intruders_check())["ok"] and x, 60, "intruders ok after AllowedCPUs=0")
+    tid = vcpu_tids(META)[1]
+    if not fifo_on(tid, 1):
+        raise Fail(f"the guest lost its realtime vCPU when the host slices were confined: {sched(tid)}")
+    return (f"cron allowed {before} at boot, {now} with a guest running; rtagent's remedy "
+            f"(AllowedCPUs=0 on system.slice, user.slice, init.scope) applied: {after['detail']}; cron now {_allowed(cron)}")
+
+
 def scenario_metrics() -> str:
     text = metrics_text()
     want = ["rtagent_libvirt_up 1.0", f'domain="{META}"']
@@ -534,14 +571,13 @@ def scenario_watchdog() -> str:
             pass
     took = time.monotonic() - t0
     text = journal(since)
-    if "atchdog timeout" not in text and "watchdog" not in sh("journalctl", "--since", since, "-o", "cat",
-                                                             "--no-pager", check=False).stdout.lower():
-        raise Fail("restarted, but the journal shows no watchdog timeout")
+    if f"rtagent.service: Watchdog timeout (limit {wd_s}s)" not in text:
+        raise Fail(f"restarted, but the journal shows no watchdog timeout: {text[-800:]}")
     after = int(show("NRestarts")["NRestarts"])
     if after != restarts + 1:
         raise Fail(f"NRestarts {restarts} -> {after}")
-    if took > wd_s + 30:
-        raise Fail(f"restart took {took:.0f}s, WatchdogSec={wd_s}s")
+    # No bound on `took` (shared, noisy machine): the journal line above is
+    # the proof that the watchdog, not something else, ended the daemon.
     wait_for(lambda: compliant_in_status(META), SLOW, f"{META} compliant after the watchdog restart")
     return f"kill -STOP {old}: restarted by the watchdog after {took:.0f}s (WatchdogSec={wd_s}s), NRestarts {restarts}->{after}"
 
@@ -583,7 +619,7 @@ def scenario_purge() -> str:
 SCENARIOS = [
     scenario_install, scenario_configure, scenario_host_checks, scenario_notify_start,
     scenario_host_partition_applied, scenario_security, scenario_nova_vcpusched, scenario_nova_drift,
-    scenario_metadata_guest, scenario_metrics, scenario_status_access, scenario_restart_keeps_tuned,
+    scenario_metadata_guest, scenario_intruders_remedy, scenario_metrics, scenario_status_access, scenario_restart_keeps_tuned,
     scenario_watchdog, scenario_host_restore, scenario_purge,
 ]
 
