@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domains", nargs="*", metavar="DOMAIN")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("interference", help="sample who runs on the realtime CPUs for N seconds, without a daemon")
+    _add_config(p)
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to sample (default 10)")
+    p.add_argument("--cpus", help="CPUs to account (default: host.realtime_cpus)")
+    p.add_argument("--top", type=int, default=10, help="culprits shown per CPU (default 10)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("apply", help="one-shot enforcement for hosts without the daemon")
     _add_config(p)
     p.add_argument("domains", nargs="*", metavar="DOMAIN")
@@ -80,6 +87,7 @@ _COMMANDS = {
     "run": "daemon",
     "status": "status",
     "check": "check",
+    "interference": "interference",
     "apply": "apply",
     "plan": "plan",
     "config": "config",

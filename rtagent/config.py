@@ -87,6 +87,10 @@ class DaemonConfig:
 class StatusConfig:
     socket: str = "/run/rtagent/rtagent.sock"
     group: str = "root"
+    # Clients answered at once (the rest wait in the listen backlog) and the
+    # time a client gets to take its answer (docs/security.md).
+    max_clients: int = 64
+    timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,35 @@ class MetricsConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Open connections at most; seconds without a byte while the request is
+    # incomplete; seconds for the whole request, and again for the answer.
+    max_connections: int = 64
+    idle_timeout_s: float = 5.0
+    request_timeout_s: float = 10.0
 
     @property
     def host_port(self) -> tuple[str, int]:
         host, port = _split_listen(self.listen)
         return host, port
+
+
+@dataclass(frozen=True)
+class InterferenceConfig:
+    """Who ran on the realtime CPUs (docs/interference.md)."""
+
+    enabled: bool = True
+    # tracefs instance (instances/<name>), created at start and removed at
+    # stop; a leftover of the same name (a killed daemon's) is replaced.
+    instance: str = "rtagent"
+    # Sources exported per realtime CPU (the rest are "other").
+    top_n: int = 10
+    poll_interval_s: float = 0.5
+    buffer_kb: int = 1024
+    # `rtagent status` shows the foreign share over this last window.
+    window_s: float = 60.0
+    # Foreign share of a realtime CPU above which RtagentCpuInterferenceHigh
+    # fires (exported as rtagent_cpu_interference_alert_share for the rule).
+    alert_share: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -147,6 +175,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    interference: InterferenceConfig = field(default_factory=InterferenceConfig)
     rules: tuple[Rule, ...] = ()
     partition: Partition | None = None
     path: str | None = None
@@ -155,7 +184,7 @@ class Config:
         from dataclasses import asdict
 
         out: dict[str, Any] = {}
-        for name in ("libvirt", "host", "realtime", "host_tuning", "daemon", "status", "metrics"):
+        for name in ("libvirt", "host", "realtime", "host_tuning", "daemon", "status", "metrics", "interference"):
             out[name] = asdict(getattr(self, name))
         out["rule"] = [{k: v for k, v in asdict(r).items() if v is not None} for r in self.rules]
         if self.partition is not None:
@@ -174,6 +203,7 @@ _SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig,
     "status": StatusConfig,
     "metrics": MetricsConfig,
+    "interference": InterferenceConfig,
 }
 
 
@@ -258,6 +288,16 @@ def read_auto_realtime(sys_root: str = "/") -> frozenset[int]:
     return frozenset(cpus)
 
 
+def _check_client_limits(chk: _Checker, status: StatusConfig, metrics: MetricsConfig) -> None:
+    for key, value in (("status.max_clients", status.max_clients), ("metrics.max_connections", metrics.max_connections)):
+        if not 1 <= value <= 10000:
+            raise chk.fail(key, value, "must be in 1..10000")
+    for key, value in (("status.timeout_s", status.timeout_s), ("metrics.idle_timeout_s", metrics.idle_timeout_s),
+                       ("metrics.request_timeout_s", metrics.request_timeout_s)):
+        if not 0.1 <= value <= 300:
+            raise chk.fail(key, value, "must be in 0.1..300 seconds")
+
+
 def resolve_partition(chk: _Checker, host: HostConfig, sys_root: str) -> Partition:
     online = read_online(sys_root)
     if host.realtime_cpus == "auto":
@@ -284,6 +324,26 @@ def resolve_partition(chk: _Checker, host: HostConfig, sys_root: str) -> Partiti
             raise chk.fail("host.housekeeping_cpus", host.housekeeping_cpus,
                            f"overlaps host.realtime_cpus on CPU {cpulist.format_cpulist(overlap)}")
     return Partition(online=online, realtime=frozenset(realtime), housekeeping=frozenset(housekeeping))
+
+
+def partition_warning(cfg: Config) -> str | None:
+    """The start-up warning for a host partition without realtime CPUs.
+
+    A warning, not a refusal (docs/host-partition.md): the daemon still
+    observes and reports every guest, and keeps emulator threads off the
+    vCPUs' cores, but makes no vCPU SCHED_FIFO/RR on a CPU outside the
+    realtime set (tuning/plan.py), so it cannot starve housekeeping work.
+    """
+    p = cfg.partition
+    if p is None or p.realtime:
+        return None
+    if cfg.host.realtime_cpus == "auto":
+        why = ('host.realtime_cpus = "auto" found no isolated CPU (/sys/devices/system/cpu/isolated and '
+               'nohz_full are empty)')
+    else:
+        why = f"host.realtime_cpus = {cfg.host.realtime_cpus!r} is empty"
+    return (f"{why}: no vCPU will be made realtime (guests report a partition violation); set "
+            f"host.realtime_cpus to a CPU list, e.g. \"{max(p.online)}\", or boot with isolcpus=/nohz_full=")
 
 
 def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str | None = "/") -> Config:
@@ -327,6 +387,7 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     if not os.path.isabs(status.socket):
         raise chk.fail("status.socket", status.socket, "must be an absolute path")
     metrics: MetricsConfig = sections.get("metrics", MetricsConfig())
+    _check_client_limits(chk, status, metrics)
     try:
         _split_listen(metrics.listen)
     except ValueError as err:
@@ -336,6 +397,8 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
         raise chk.fail(key, getattr(metrics, key.split(".")[1]), "tls_cert and tls_key must be set together")
     if metrics.tls_client_ca and not metrics.tls_cert:
         raise chk.fail("metrics.tls_client_ca", metrics.tls_client_ca, "client-certificate auth needs tls_cert and tls_key")
+
+    interference = _check_interference(chk, sections.get("interference", InterferenceConfig()))
 
     host: HostConfig = sections.get("host", HostConfig())
     for key in ("realtime_cpus", "housekeeping_cpus"):
@@ -348,7 +411,7 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     return Config(
         libvirt=lv, host=host, realtime=cfg_rt,
         host_tuning=sections.get("host_tuning", HostTuningConfig()),
-        daemon=daemon, status=status, metrics=metrics, rules=rules,
+        daemon=daemon, status=status, metrics=metrics, interference=interference, rules=rules,
         partition=partition, path=path,
     )
 
@@ -375,6 +438,24 @@ def _check_selector(chk: _Checker, daemon: DaemonConfig) -> DaemonConfig:
         guest_names_exclude=_check_globs(chk, "daemon.guest_names_exclude", daemon.guest_names_exclude,
                                          allow_empty=True),
     )
+
+
+def _check_interference(chk: _Checker, cfg: InterferenceConfig) -> InterferenceConfig:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.instance) or cfg.instance in (".", ".."):
+        raise chk.fail("interference.instance", cfg.instance, "must be 1-64 of letters, digits, '_', '-', '.'")
+    if not 1 <= cfg.top_n <= 100:
+        raise chk.fail("interference.top_n", cfg.top_n, "must be in 1..100")
+    if not 0.05 <= cfg.poll_interval_s <= 10:
+        raise chk.fail("interference.poll_interval_s", cfg.poll_interval_s, "must be in 0.05..10 seconds")
+    if not 64 <= cfg.buffer_kb <= 65536:
+        raise chk.fail("interference.buffer_kb", cfg.buffer_kb, "must be in 64..65536 (KiB per CPU)")
+    if not 0 < cfg.alert_share <= 1:
+        raise chk.fail("interference.alert_share", cfg.alert_share, "must be in (0, 1] (a share of the CPU's time)")
+    if not 5 <= cfg.window_s <= 3600:
+        raise chk.fail("interference.window_s", cfg.window_s, "must be in 5..3600 seconds")
+    return cfg
 
 
 def _parse_rules(chk: _Checker, raw: object, rt: RealtimeConfig) -> list[Rule]:

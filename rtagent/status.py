@@ -1,24 +1,29 @@
 """The status socket: the daemon's state as JSON to local clients.
 
 Read-only by construction: the server never reads a command, it writes one
-JSON document per connection and closes.  The socket is created 0660 and
+JSON document per connection and closes.  Connections are served by
+:class:`~rtagent.monitor.connserver.ConnectionServer`: at most
+``status.max_clients`` at once (the rest wait in a 1,024-deep backlog), each
+with ``status.timeout_s`` to take its answer.  The socket is created 0660 and
 owned by ``status.group`` so that operators in that group can ask without
 being root.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import logging
 import os
 import socket
 import stat
-import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .errors import RtagentError
+from .monitor.connserver import ConnectionServer, Limits
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +32,52 @@ class DaemonUnreachable(RtagentError):
     exit_code = 3
 
 
+# Clients beyond status.max_clients wait in the backlog; a burst of a few
+# hundred monitoring agents must not see EAGAIN (the kernel caps it at
+# net.core.somaxconn).
+LISTEN_BACKLOG = 1024
+# One rendered answer serves every client of a burst that arrives within this.
+ANSWER_REUSE_S = 0.1
+# `rtagent status` retries a full backlog, a refused connection or a missing
+# socket (a restart) this long before calling the daemon unreachable.
+CONNECT_RETRY_S = 3.0
+_TRANSIENT = {errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT, errno.EINTR}
+
+
+class _StatusHandler:
+    """Answers at once and never reads: the status socket takes no commands."""
+
+    reads_request = False
+    linger = False
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]], reuse_s: float = ANSWER_REUSE_S):
+        self.snapshot = snapshot
+        self.reuse_s = reuse_s
+        self._cached: tuple[float, bytes] | None = None
+
+    def answer(self, request: bytes) -> bytes:
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < self.reuse_s:
+            return self._cached[1]
+        try:
+            body = json.dumps(self.snapshot()).encode() + b"\n"
+        except Exception:  # never let a snapshot bug take the socket down
+            log.exception("status snapshot failed")
+            return b""
+        self._cached = (now, body)
+        return body
+
+
 class StatusServer:
-    def __init__(self, path: str, group: str, snapshot: Callable[[], dict[str, Any]]):
+    def __init__(self, path: str, group: str, snapshot: Callable[[], dict[str, Any]], *,
+                 max_clients: int = 64, timeout_s: float = 5.0):
         self.path = path
         self.group = group
         self.snapshot = snapshot
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        # No request to wait for: the timeout bounds writing the answer to a
+        # client that does not read it.
+        self.limits = Limits(max_connections=max_clients, idle_timeout_s=timeout_s, request_timeout_s=timeout_s)
+        self.server: ConnectionServer | None = None
 
     def start(self) -> None:
         try:
@@ -64,54 +107,45 @@ class StatusServer:
             os.umask(old)
         os.chown(self.path, 0, gid)
         os.chmod(self.path, 0o660)
-        sock.listen(16)
-        sock.settimeout(0.5)
-        self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="status-socket", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            try:
-                conn.settimeout(2.0)
-                body = json.dumps(self.snapshot()).encode() + b"\n"
-                conn.sendall(body)
-            except OSError as err:
-                log.debug("status client went away: %s", err)
-            except Exception:  # never let a client kill the server thread
-                log.exception("status snapshot failed")
-            finally:
-                conn.close()
+        sock.listen(LISTEN_BACKLOG)
+        self.server = ConnectionServer(sock, _StatusHandler(self.snapshot), self.limits, name="status-socket")
+        self.server.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
         try:
             os.unlink(self.path)
         except OSError:
             pass
 
 
-def fetch(path: str, timeout: float = 5.0) -> dict[str, Any]:
+def _connect(path: str, timeout: float, retry_s: float) -> socket.socket:
+    """Connect, retrying transient refusals (a full backlog answers EAGAIN at
+    once on a non-blocking Unix socket) with a short backoff for ``retry_s``."""
+    deadline = time.monotonic() + retry_s
+    pause = 0.01
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as err:
+            sock.close()
+            if err.errno not in _TRANSIENT or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def fetch(path: str, timeout: float = 5.0, retry_s: float = CONNECT_RETRY_S) -> dict[str, Any]:
     """Ask the daemon; raises :class:`DaemonUnreachable` naming the socket."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
+    chunks = []
+    sock = None
     try:
-        sock.connect(path)
-        chunks = []
+        sock = _connect(path, timeout, retry_s)
         while True:
             data = sock.recv(65536)
             if not data:
@@ -122,7 +156,8 @@ def fetch(path: str, timeout: float = 5.0) -> dict[str, Any]:
     except OSError as err:
         raise DaemonUnreachable(f"rtagent daemon not reachable at {path}: {err.strerror or err}") from None
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
     try:
         return json.loads(b"".join(chunks))
     except ValueError:

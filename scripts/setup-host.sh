@@ -49,6 +49,12 @@ if [ "$have" -lt "$want" ]; then
   echo "$want" > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
 fi
 
+# tracefs for the interference accounting (systemd mounts it as
+# sys-kernel-tracing.mount; there is no systemd here).
+if ! mountpoint -q /sys/kernel/tracing; then
+  mount -t tracefs nodev /sys/kernel/tracing
+fi
+
 # No systemd here: start the daemons directly when they are not running.
 # libvirtd started before hugetlbfs was mounted does not know the mount:
 # restart it then (only if we can find its PID file).

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
-from ..config import load_config
+import sys
+
+from ..config import load_config, partition_warning
 
 
 def run(args) -> int:
     cfg = load_config(args.config)
+    if (warning := partition_warning(cfg)) is not None:
+        print(f"rtagent: warning: {warning}", file=sys.stderr)
     data = cfg.to_json()
     if args.json:
         print(json.dumps(data, indent=2))

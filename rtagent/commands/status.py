@@ -11,6 +11,7 @@ import time
 from ..config import StatusConfig, load_config
 from ..errors import ConfigError
 from ..status import fetch
+from ..monitor.interference_service import render_status as render_interference
 from .common import thread_table
 
 
@@ -74,6 +75,7 @@ def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
     failing = [c for c in host.get("checks", []) if not c.get("ok")]
     for c in failing:
         lines.append(f"  {'✗' if c.get('severity') == 'error' else '!'} {c['name']}: {c['detail']}")
+    lines += render_interference(data.get("interference"))
     lines.append("")
     lines.append(f"{'DOMAIN':<24} {'RT VCPUS':<9} {'OK':<3} {'DRIFT':>5}  {'RUNQ DELAY':>12}  VIOLATIONS")
     if not domains:

@@ -9,11 +9,12 @@ import os
 from collections.abc import Callable
 
 from .. import privileges
-from ..config import Config, load_config
+from ..config import Config, load_config, partition_warning
 from ..errors import RtagentError
 from ..cpulist import format_cpulist
 from ..libvirt_host import LibvirtHost, start_event_loop
 from ..kernel.procconn import ProcConnector
+from ..monitor.endpoints import start_endpoints
 from ..state import StateStore
 from ..status import StatusServer
 from .lock import InstanceLock
@@ -38,6 +39,8 @@ def prepare(config: Config, lock: InstanceLock) -> privileges.PrivilegeReport:
     lock.acquire()
     # Before any other thread exists: capabilities are per thread, inherited at creation.
     privs = privileges.enforce(config)
+    if (warning := partition_warning(config)) is not None:
+        log.warning("%s", warning)
     confine_self(config.partition.housekeeping)
     start_event_loop()  # before the first connection (keepalive, events)
     return privs
@@ -52,6 +55,7 @@ class Services:
         self.procconn: ProcConnector | None = None
         self.status: StatusServer | None = None
         self.metrics = None
+        self.interference = None  # monitor.interference_service.InterferenceService
 
     def _overflow(self) -> None:
         """The proc connector lost events: count it, and resync to catch up."""
@@ -73,17 +77,22 @@ class Services:
                 log.warning("proc connector unavailable (%s): new threads are tuned at the next resync "
                             "(needs CAP_NET_ADMIN)", err)
                 self.procconn = None
-        self.status = StatusServer(config.status.socket, config.status.group, self.store.snapshot)
-        self.status.start()
-        if config.metrics.enabled:
-            from ..monitor.metrics import serve
+        from ..monitor import interference_service as itf
 
-            self.metrics = serve(self.store, config.metrics)
+        self.interference = itf.InterferenceService.start(config, self.store)
+        # Bounded, timed-out client servers within a descriptor budget.
+        self.status, self.metrics = start_endpoints(
+            config, self.store,
+            snapshot=lambda: {**self.store.snapshot(), "interference": itf.status_json(self.interference)})
+        if self.metrics is not None and self.interference is not None:
+            self.metrics.registry.register(itf.InterferenceCollector(self.interference))
 
     def close(self) -> None:
         for svc in (self.procconn, self.status, self.metrics):
             if svc is not None:
                 (svc.stop if svc is self.procconn else svc.close)()
+        if self.interference is not None:
+            self.interference.stop()   # removes its tracefs instance
 
 
 def reload_config(current: Config, path: str | None) -> Config | None:
@@ -93,6 +102,8 @@ def reload_config(current: Config, path: str | None) -> Config | None:
     except RtagentError as err:
         log.error("reload refused, keeping the running config: %s", err)
         return None
+    if (warning := partition_warning(new)) is not None:
+        log.warning("reload: %s", warning)
     fixed = ("status.socket", "metrics.listen", "libvirt.uri", "daemon.lock_file")
     if any(_get(new, k) != _get(current, k) for k in fixed):
         log.warning("reload: %s take effect at restart", ", ".join(fixed))

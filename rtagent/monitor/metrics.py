@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,14 +42,18 @@ from .. import __version__
 from ..config import MetricsConfig
 from ..errors import RtagentError
 from ..state import GuestState, Histogram, StateStore
-from . import httpserve
+from .connserver import ConnectionServer, Limits
+from .httpd import RENDER_REUSE_S, MetricsHandler
 
-__all__ = ["RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
+__all__ = ["LISTEN_BACKLOG", "RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
 
 NS = "rtagent"
 
 # rtagent_host_check_severity: the severity of a check's current result.
 SEVERITY_LEVELS = {"info": 0, "warning": 1, "error": 2}
+# Clients beyond metrics.max_connections wait here (kernel memory, not our
+# descriptors); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 
 
 # ---------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class _HostCheck:
 @dataclass
 class _Snapshot:
     libvirt_up: bool = False
+    libvirt_unresponsive_since: float | None = None
     reconnects: int = 0
     proc_connector: bool = False
     events: tuple[tuple[str, int], ...] = ()
@@ -201,7 +205,8 @@ def _take(store: StateStore) -> _Snapshot:
         if old is None or g.first_seen >= old.first_seen:
             by_name[g.name] = g
     return _Snapshot(
-        libvirt_up=bool(d.libvirt_connected), reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
+        libvirt_up=bool(d.libvirt_connected), libvirt_unresponsive_since=d.libvirt_unresponsive_since,
+        reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
         events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
         last_resync_at=d.last_resync_at, host_checks=tuple(checks),
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
@@ -257,6 +262,13 @@ class RtagentCollector(Collector):
         out.append(m)
         m = _gauge("libvirt_up", "1 if the daemon is connected to libvirt, else 0.")
         m.add_metric([], 1 if s.libvirt_up else 0)
+        out.append(m)
+        # libvirt_up stays 1 while libvirtd hangs (the connection is open);
+        # this says how long a call has gone unanswered (0 = answering).
+        m = _gauge("libvirt_unresponsive_seconds", "Seconds a libvirt call has gone unanswered (libvirtd hung); "
+                   "0 while libvirt answers.  Known guests are enforced from the kernel side meanwhile.")
+        m.add_metric([], 0.0 if s.libvirt_unresponsive_since is None
+                     else max(0.0, time.time() - s.libvirt_unresponsive_since))
         out.append(m)
         m = _counter("libvirt_reconnects", "Reconnections to libvirt after the connection was lost.")
         m.add_metric([], s.reconnects)
@@ -399,14 +411,45 @@ class RtagentCollector(Collector):
 # the HTTP endpoint
 
 
+class ClientServersCollector(Collector):
+    """Connection counters of the metrics endpoint and the status socket:
+    evidence of clients that hold or flood the daemon's sockets."""
+
+    def __init__(self, servers: dict[str, ConnectionServer]):
+        self.servers = servers
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        open_ = _gauge("client_connections", "Client connections open now, by server (metrics, status).",
+                       ["server"])
+        peak = _gauge("client_connections_peak", "Most client connections open at once since start.", ["server"])
+        cap = _gauge("client_connections_max", "Cap on open client connections (the rest wait in the backlog).",
+                     ["server"])
+        accepted = _counter("client_connections_accepted", "Client connections accepted.", ["server"])
+        closed = _counter("client_connections_closed", "Client connections closed, by reason (done, "
+                          "idle_timeout, request_timeout, write_timeout, evicted, accept_emfile, …).",
+                          ["server", "reason"])
+        for name, srv in sorted(self.servers.items()):
+            st = srv.stats
+            open_.add_metric([name], st.open)
+            peak.add_metric([name], st.peak_open)
+            cap.add_metric([name], srv.limits.max_connections)
+            accepted.add_metric([name], st.accepted)
+            for reason, n in sorted(dict(st.closed).items()):
+                closed.add_metric([name, reason], n)
+        yield from (open_, peak, cap, accepted, closed)
+
+
 class MetricsServer:
     """A running /metrics endpoint; :meth:`close` stops it and joins its thread."""
 
-    def __init__(self, httpd, thread: threading.Thread, registry: CollectorRegistry, tls: bool):
-        self._httpd = httpd
-        self._thread = thread
+    def __init__(self, server: ConnectionServer, handler: MetricsHandler, registry: CollectorRegistry, tls: bool):
+        self.server = server
+        self.handler = handler
         self.registry = registry
-        self.host, self.port = httpd.server_address[:2]
+        self.host, self.port = server.listener.getsockname()[:2]
         self.tls = tls
 
     @property
@@ -415,12 +458,9 @@ class MetricsServer:
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/metrics"
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._httpd is None:
-            return
-        httpd, self._httpd = self._httpd, None
-        httpd.shutdown()
-        httpd.server_close()
-        self._thread.join(timeout)
+        server, self.server = self.server, None
+        if server is not None:
+            server.close(timeout)
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -437,15 +477,15 @@ def _listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check_tls(cfg: MetricsConfig) -> ssl.SSLContext | None:
-    """Load the TLS files before binding, so a bad certificate leaves no
-    socket open; the context returned is the one the server uses."""
+def _tls_context(cfg: MetricsConfig) -> ssl.SSLContext | None:
+    """Load the TLS files before binding, naming the key that fails."""
     if not (cfg.tls_cert or cfg.tls_key or cfg.tls_client_ca):
         return None
     if not (cfg.tls_cert and cfg.tls_key):
         raise RtagentError(f"metrics.tls_cert = {cfg.tls_cert!r}, metrics.tls_key = {cfg.tls_key!r}: "
                            "both must be set for TLS")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(certfile=cfg.tls_cert, keyfile=cfg.tls_key)
     except (OSError, ssl.SSLError) as err:
@@ -460,32 +500,54 @@ def _check_tls(cfg: MetricsConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def serve(store: StateStore, metrics_config: MetricsConfig,
-          registry: CollectorRegistry | None = None) -> MetricsServer:
+def _bind(cfg: MetricsConfig) -> socket.socket:
+    host, port = _listen(cfg.listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise RtagentError(f"metrics.listen = {cfg.listen!r}: cannot resolve {host!r}: {err.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as err:
+        sock.close()
+        raise RtagentError(f"metrics.listen = {cfg.listen!r}: cannot listen: {err.strerror or err}") from None
+    return sock
+
+
+def serve(store: StateStore, metrics_config: MetricsConfig, registry: CollectorRegistry | None = None, *,
+          max_connections: int | None = None, status_server: ConnectionServer | None = None,
+          reuse_s: float = RENDER_REUSE_S) -> MetricsServer:
     """Serve ``/metrics`` for ``store`` on ``metrics_config.listen``.
 
     A private registry (not prometheus_client's global one) holds the
     collector, so nothing else in the process can add series by accident.
     With ``tls_cert``/``tls_key`` the endpoint speaks HTTPS; with
     ``tls_client_ca`` it also requires a client certificate signed by it.
+    ``max_connections`` overrides the config's cap (the daemon's descriptor
+    budget, :mod:`rtagent.monitor.fdlimit`); ``status_server`` adds the
+    status socket's connection counters.
     """
-    host, port = _listen(metrics_config.listen)
-    tls_context = _check_tls(metrics_config)
+    ctx = _tls_context(metrics_config)
+    sock = _bind(metrics_config)
     if registry is None:
         registry = CollectorRegistry()
         # The agent's own CPU, memory, file descriptors, start time.
         ProcessCollector(registry=registry)
-    collector = RtagentCollector(store)
-    registry.register(collector)
-    tls = bool(metrics_config.tls_cert and metrics_config.tls_key)
-    try:
-        httpd, thread = httpserve.start(host, port, registry, tls_context)
-    except socket.gaierror as err:
-        registry.unregister(collector)
-        raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot resolve {host!r}: "
-                           f"{err.strerror}") from None
-    except OSError as err:
-        registry.unregister(collector)
-        raise RtagentError(f"metrics.listen = {metrics_config.listen!r}: cannot listen: "
-                           f"{err.strerror or err}") from None
-    return MetricsServer(httpd, thread, registry, tls)
+    registry.register(RtagentCollector(store))
+    limits = Limits(max_connections=max_connections or metrics_config.max_connections,
+                    idle_timeout_s=metrics_config.idle_timeout_s,
+                    request_timeout_s=metrics_config.request_timeout_s)
+    handler = MetricsHandler(registry, reuse_s=reuse_s)
+    server = ConnectionServer(sock, handler, limits, name="metrics-http", ssl_context=ctx)
+    servers = {"metrics": server}
+    if status_server is not None:
+        servers["status"] = status_server
+    registry.register(ClientServersCollector(servers))
+    server.start()
+    return MetricsServer(server, handler, registry, ctx is not None)

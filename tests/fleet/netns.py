@@ -86,13 +86,22 @@ def veth(a: Netns, a_if: str, a_addr: str, b: Netns, b_if: str, b_addr: str) -> 
     ip("-n", b.name, "link", "set", b_if, "up")
 
 
-def remove_stale(prefix: str) -> list[str]:
-    """Namespaces ``<prefix><pid>-…`` left by a fleet run whose pytest (pid)
-    is gone (killed before its teardown ran); returns the names removed."""
+def remove_stale(prefix: str, cgroup_root: Path = Path("/sys/fs/cgroup/cpu")) -> list[str]:
+    """Namespaces and (empty) cpu cgroups ``<prefix><pid>-…`` left by a fleet
+    run whose pytest (pid) is gone (killed before its teardown ran); returns
+    the names removed."""
     removed = []
     for p in NETNS_DIR.glob(f"{prefix}*") if NETNS_DIR.is_dir() else ():
         m = re.fullmatch(rf"{re.escape(prefix)}(\d+)-\w+", p.name)
         if m and not Path(f"/proc/{m.group(1)}").exists():
             ip("netns", "delete", p.name)
             removed.append(p.name)
+    for p in cgroup_root.glob(f"{prefix}*-jail") if cgroup_root.is_dir() else ():
+        m = re.fullmatch(rf"{re.escape(prefix)}(\d+)-jail", p.name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            try:
+                p.rmdir()  # fails while a thread is still inside: then it is not ours to move
+                removed.append(p.name)
+            except OSError:
+                pass
     return removed

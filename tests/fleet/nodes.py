@@ -11,6 +11,8 @@ every node config:
   the host's, not a node's);
 - grants a fixed small RT budget per realtime vCPU instead of "auto" (which
   would share the root budget among *all* realtime vCPUs it sees);
+- has its own single-instance lock (``[daemon] lock_file``), so the three
+  daemons do not refuse each other;
 - turns the proc connector off: the kernel delivers its events only to
   sockets of the initial network namespace, so inside a node namespace
   the daemon finds new threads by its resync, which is what it does without
@@ -26,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rtagent.config import DaemonConfig
 from tests import guests
 from tests.fleet.netns import Netns
 from tests.fleet.servers import ROOT, http_text
@@ -63,9 +64,6 @@ class Node:
         return self.workdir / "rtagent.log"
 
     def write_config(self) -> None:
-        lock = ""
-        if "lock_file" in DaemonConfig.__dataclass_fields__:
-            lock = f'lock_file = "{self.workdir / "rtagent.lock"}"\n'
         self.config.write_text(f"""
 [host]
 realtime_cpus = "1"
@@ -75,7 +73,8 @@ rt_budget_us = {RT_BUDGET_US}
 resync_interval_s = 0.5
 proc_connector = false
 guest_names = ["{self.guest_glob}"]
-{lock}[status]
+lock_file = "{self.workdir / 'rtagent.lock'}"
+[status]
 socket = "{self.socket}"
 [metrics]
 listen = "{self.target}"

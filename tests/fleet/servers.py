@@ -87,6 +87,12 @@ class Webhook:
         with self.lock:
             return [(p.get("receiver", ""), a) for p in self.payloads for a in p.get("alerts", [])]
 
+    def group_labels(self, alertname: str) -> list[dict]:
+        """groupLabels of the payloads that carried ``alertname``."""
+        with self.lock:
+            return [p.get("groupLabels", {}) for p in self.payloads
+                    if any(a["labels"].get("alertname") == alertname for a in p.get("alerts", []))]
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -17,6 +17,7 @@ and the per-vCPU alert RtagentVcpuNotTuned.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -125,6 +126,9 @@ def test_a_broken_guest_alerts_for_its_node_only_and_resolves(fleet: Fleet):
         assert _instances(sent) == {"node-a"}
         assert {a["labels"]["domain"] for a in sent} == {guest}
         assert "description" in sent[0]["annotations"] and "vCPU 1" in sent[0]["annotations"]["description"]
+        # Grouped by node, as the example config advises (not by guest).
+        assert mon.webhook.group_labels("RtagentVcpuNotTuned")[0] == {
+            "alertname": "RtagentVcpuNotTuned", "cluster": "fleet-test", "instance": "node-a"}
     finally:
         # The fix: the thread goes back into its vcpu1 cgroup.
         try:
@@ -163,10 +167,18 @@ def test_a_killed_daemon_raises_rtagent_down_for_its_node(fleet: Fleet):
         assert "node-c" in sent[0]["annotations"]["summary"]
         # The node's series went stale with it: the fleet view has no node-c.
         assert "node-c" not in mon.values("instance:rtagent_domains_tuned:ratio")
+        # While nobody guards node-c, a foreign tool demotes its realtime vCPU.
+        tid = vcpu_tid(_qemu_pid(node.guests[0]), 1)
+        subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True, capture_output=True)
+        assert os.sched_getscheduler(tid) == os.SCHED_OTHER
     finally:
         node.start_daemon(fleet.mon.ns)
     fleet.wait(lambda: _webhook_alerts(fleet, "RtagentDown", "resolved", instance="node-c"), 90,
                "RtagentDown resolved after the restart")
+    # The restarted daemon put the vCPU back; the fleet view says so.
+    fleet.wait(lambda: os.sched_getscheduler(tid) == os.SCHED_FIFO, 30, "node-c's vCPU FIFO again")
+    fleet.wait(lambda: mon.values("instance:rtagent_domains_tuned:ratio") == {n: 1.0 for n in NODES}, 60,
+               "tuning compliance 1 on every node after the restart")
 
 
 def test_a_node_leaving_service_discovery_raises_target_missing(fleet: Fleet):

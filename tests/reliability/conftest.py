@@ -212,9 +212,9 @@ def libvirtd_guard(libvirtd):
 
 
 def daemon_config(path: Path, *, sock: str, resync: float, metrics_port: int | None = None,
-                  extra: str = "", status_group: str = "root") -> Path:
+                  extra: str = "", status_group: str = "root", daemon: str = "") -> Path:
     return write_config(path, sock=sock, resync=resync, extra=extra, metrics_port=metrics_port,
-                        status_group=status_group)
+                        status_group=status_group, daemon=daemon)
 
 
 class DaemonFactory:
@@ -228,12 +228,12 @@ class DaemonFactory:
 
     def __call__(self, *, resync: float = 0.5, metrics: bool = False, extra: str = "",
                  status_group: str = "root", argv_prefix: list[str] | None = None,
-                 wait_ready: bool = True) -> RunningDaemon:
+                 wait_ready: bool = True, daemon: str = "") -> RunningDaemon:
         n = len(self.logs)
         sock = str(self.tmp / f"rtrel{n}.sock")
         port = free_port() if metrics else None
         cfg = daemon_config(self.tmp / f"rtrel{n}.toml", sock=sock, resync=resync, metrics_port=port,
-                            extra=extra, status_group=status_group)
+                            extra=extra, status_group=status_group, daemon=daemon)
         d = self._spawn(cfg, sock, n, argv_prefix, wait_ready)
         d.metrics_port = port  # type: ignore[attr-defined]
         return d

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rtagent.status import fetch
+from tests.conftest import unique_name
 
 
 @dataclass
@@ -64,6 +65,9 @@ class RunningDaemon:
                 self.proc.kill()
                 self.proc.wait()
         self.notify.close()
+        # A daemon that was SIGKILLed (and not restarted) leaves its tracefs
+        # instance; tests remove what they create.
+        remove_trace_instance(self.config)
 
     def log_text(self) -> str:
         return self.log.read_text()
@@ -75,6 +79,27 @@ class RunningDaemon:
         return None
 
 
+def trace_instance_of(config: Path) -> str | None:
+    import tomllib
+
+    try:
+        data = tomllib.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("interference", {}).get("instance")
+
+
+def remove_trace_instance(config: Path) -> None:
+    from rtagent.kernel import tracefs
+
+    name, root = trace_instance_of(config), tracefs.find_tracefs()
+    if name and root is not None:
+        try:
+            tracefs.remove_instance(root, name)
+        except tracefs.TracefsError:
+            pass
+
+
 def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
                  metrics_port: int | None = None, status_group: str = "root", daemon: str = "",
                  lock_file: str | None = None) -> Path:
@@ -83,6 +108,9 @@ def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
     instance lock beside its socket (several test daemons run at once)."""
     metrics = (f'enabled = true\nlisten = "127.0.0.1:{metrics_port}"' if metrics_port
                else "enabled = false")
+    # Each test daemon traces into its own tracefs instance.
+    interference = "" if "[interference]" in extra else \
+        f'[interference]\ninstance = "{unique_name("rtt-itf")}"\npoll_interval_s = 0.5'
     path.write_text(f"""
 [host]
 realtime_cpus = "1"
@@ -100,6 +128,7 @@ kthreads = false
 kthread_priorities = false
 irqs = false
 workqueues = false
+{interference}
 {extra}
 """)
     return path
@@ -120,11 +149,13 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 def daemon_factory(libvirtd, tmp_path):
     started: list[RunningDaemon] = []
 
-    def start(resync: float = 0.5, extra: str = "", watchdog_usec: int = 2_000_000, daemon: str = "") -> RunningDaemon:
+    def start(resync: float = 0.5, extra: str = "", watchdog_usec: int = 2_000_000, daemon: str = "",
+              metrics_port: int | None = None) -> RunningDaemon:
         """``extra``: TOML appended after the tables; ``daemon``: lines in [daemon]."""
         n = len(started)
         sock = str(tmp_path / f"rtagent{n}.sock")
-        cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra, daemon=daemon)
+        cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra, daemon=daemon,
+                           metrics_port=metrics_port)
         notify_path = str(tmp_path / f"notify{n}.sock")
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.bind(notify_path)

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtagent.monitor.metrics import RtagentCollector
+from rtagent.monitor.interference_service import InterferenceCollector
+from tests.unit.test_interference_service import populated_service
 from tests.unit.test_metrics import populated_store
 
 pytestmark = pytest.mark.unit
@@ -58,6 +60,7 @@ def metric_names(expr: str) -> set[str]:
 def exported_names() -> set[str]:
     reg = CollectorRegistry()
     reg.register(RtagentCollector(populated_store()))
+    reg.register(InterferenceCollector(populated_service()))
     text = generate_latest(reg).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 
@@ -107,7 +110,8 @@ def test_no_thread_id_labels_in_queries():
 def test_expressions_are_valid_promql(tmp_path):
     """promtool parses each expression (Grafana's variables substituted) as a
     recording rule."""
-    subst = {"$__rate_interval": "5m", "$cluster": ".*", "$instance": ".*", "$domain": ".*"}
+    subst = {"$__rate_interval": "5m", "$__range": "1h", "$cluster": ".*", "$instance": ".*", "$domain": ".*",
+             "$cpu": ".*"}
     lines = ["groups:", "  - name: dashboard", "    rules:"]
     for i, expr in enumerate(e for e in expressions(load()) if not e.startswith("label_values(")):
         for k, v in subst.items():

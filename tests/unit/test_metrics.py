@@ -304,6 +304,18 @@ def test_collect_copies_under_the_lock():
 def test_empty_store():
     _, s = scrape(StateStore())
     assert value(s, "rtagent_libvirt_up") == 0
+    assert value(s, "rtagent_libvirt_unresponsive_seconds") == 0
+
+
+def test_libvirt_unresponsive_seconds_while_libvirtd_hangs():
+    import time
+
+    store = StateStore()
+    store.daemon.libvirt_connected = True
+    store.daemon.libvirt_unresponsive_since = time.time() - 4.0
+    _, s = scrape(store)
+    assert value(s, "rtagent_libvirt_up") == 1  # the connection is still open
+    assert value(s, "rtagent_libvirt_unresponsive_seconds") >= 4.0
     assert "rtagent_domain_info" not in s
 
 

@@ -97,6 +97,7 @@ def test_every_alert_has_a_runbook():
         for heading in ("## Meaning", "## Confirm", "## Fix"):
             assert heading in text, f"{page}: no {heading!r}"
         assert "rtagent status" in text or "curl" in text, page
+        assert f"[{name}.md]({name}.md)" in (RUNBOOKS / "README.md").read_text(), f"{name}: not in the runbook index"
 
 
 def test_alert_texts_name_the_node():

@@ -148,9 +148,16 @@ def _vcpu_want(spec: RealtimeSpec, t: ThreadInfo, partition: Partition) -> Want:
         # A vCPU the XML does not describe (hotplugged beyond <vcpu>?):
         # keep it away from the realtime pCPUs, never realtime.
         return Want(policy="other", cpus=_fallback_cpus(spec, partition))
-    if vs.realtime:
+    if vs.realtime and _on_realtime_cpus(vs.cpus, partition):
         return Want(policy=vs.policy, priority=vs.priority, cpus=vs.cpus)
+    # Not realtime, or realtime but pinned outside the host's realtime CPUs
+    # (none at all with realtime_cpus = "auto" and no isolcpus/nohz_full):
+    # never FIFO there, where it would starve kernel threads and this agent.
     return Want(policy="other", cpus=vs.cpus or _fallback_cpus(spec, partition))
+
+
+def _on_realtime_cpus(cpus: frozenset[int], partition: Partition) -> bool:
+    return bool(cpus) and cpus <= partition.realtime
 
 
 def _fallback_cpus(spec: RealtimeSpec, partition: Partition) -> frozenset[int]:
@@ -167,6 +174,8 @@ def _kvm_pit_want(spec: RealtimeSpec, partition: Partition, rt: RealtimeConfig) 
     # KubeVirt's placement: the PIT thread injects timer interrupts into the
     # guest, so it must preempt the vCPUs (one priority above) and sit on a
     # CPU where it does not compete with a realtime vCPU.
+    if not any(_on_realtime_cpus(v.cpus, partition) for v in spec.realtime_vcpus):
+        return Want(policy="other", cpus=partition.housekeeping)  # no vCPU to serve in realtime
     top = max((v.priority for v in spec.realtime_vcpus), default=rt.default_priority)
     nonrt = [v for v in spec.nonrealtime_vcpus if v.cpus]
     cpus = nonrt[0].cpus if nonrt else (spec.emulator_cpus or partition.housekeeping)
@@ -230,11 +239,13 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
         if outside:
             plan.violations.append(Violation(
                 "partition", f"realtime vCPUs pinned to CPU {format_cpulist(outside)}, not a realtime CPU of "
-                f"this host (realtime CPUs {format_cpulist(partition.realtime)})"))
+                f"this host (realtime CPUs {format_cpulist(partition.realtime)}): those vCPUs are not made "
+                "realtime"))
     else:
         plan.violations.append(Violation(
             "partition", "the host has no realtime CPUs (host.realtime_cpus is auto and neither isolcpus "
-            "nor nohz_full is set): kernel threads and IRQs share the realtime vCPUs' cores"))
+            "nor nohz_full is set): no vCPU is made realtime; set host.realtime_cpus or boot with "
+            "isolcpus=/nohz_full="))
     return plan
 
 

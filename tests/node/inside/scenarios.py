@@ -40,8 +40,9 @@ MEMBER, OUTSIDER = "rtviewer", "rtnobody"
 NOVA, META = "n-nova", "n-meta"
 RT_NS = "urn:rtagent:realtime:1"
 METRICS = "http://127.0.0.1:9847/metrics"
-# A lost correction would show within a few resyncs; TCG inside TCG is slow.
-SLOW = 120
+# Waits, not timing assertions: a lost correction never arrives, a slow one
+# (TCG inside TCG on a loaded 2-CPU machine) still does.
+SLOW = 300
 PF_NO_SETAFFINITY = 0x04000000
 
 
@@ -563,7 +564,7 @@ def scenario_watchdog() -> str:
     os.kill(old, 19)  # SIGSTOP: alive, silent
     try:
         wait_for(lambda: main_pid() not in (0, old) and show("ActiveState")["ActiveState"] == "active",
-                 wd_s + 60, "systemd restarting the stopped daemon", interval=0.5)
+                 wd_s + SLOW, "systemd restarting the stopped daemon", interval=0.5)
     finally:
         try:
             os.kill(old, 18)
@@ -588,8 +589,11 @@ def scenario_host_restore() -> str:
     now = _host_state()
     want = SAVED["host_disturbed"]
     diff = [f"{k}: {want[k]} -> {now.get(k)}" for k in want if not k.startswith("kthread") and now.get(k) != want[k]]
+    # Kernel-pinned threads are the kernel's: a 6.1 workqueue rescuer that
+    # ran takes its pool's CPUs (seen: ata_sff 0-1 -> 0); rtagent neither
+    # moves nor restores them.  Threads that exited are gone, not unrestored.
     kdiff = [f"{k}: {want[k]} -> {now.get(k)}" for k in want if k.startswith("kthread") and k in now
-             and now[k] != want[k]]
+             and now[k] != want[k] and "kernel-pinned" not in want[k] + now[k]]
     if diff or kdiff:
         raise Fail(f"not restored: {(diff + kdiff)[:10]}")
     return f"{len(want)} IRQ/workqueue/kthread values back to what they were before rtagent started"

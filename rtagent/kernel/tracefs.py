@@ -1,0 +1,367 @@
+"""tracefs: a dedicated trace instance and its binary per-CPU buffers.
+
+Everything the decoder needs comes from tracefs itself: the ring-buffer page
+header (``events/header_page``), each event's field layout
+(``events/<system>/<event>/format``) and softirq vector names (the format's
+``__print_symbolic`` table).  Only the entry header encoding (type_len 5 bits,
+time_delta 27 bits, the padding/time-extend/time-stamp types 29/30/31) is
+fixed here: it is the documented ABI that ``events/header_event`` prints and
+that trace-cmd's libtraceevent hard-codes too.
+
+Reading costs the traced CPU nothing beyond writing the events: the buffers
+are read with ``O_NONBLOCK`` from a housekeeping CPU on a timer.  A blocking
+reader would register as a waiter, and the ring buffer then wakes it with an
+``irq_work`` self-IPI *on the traced CPU* — exactly the noise we measure.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import RtagentError
+
+DEFAULT_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# Ring-buffer entry types (include/linux/ring_buffer.h).
+_TYPE_PADDING = 29
+_TYPE_TIME_EXTEND = 30
+_TYPE_TIME_STAMP = 31
+_TS_SHIFT = 27
+_TS_MSB = ~((1 << 59) - 1) & ((1 << 64) - 1)
+# Page ``commit`` flag bits (kernel/trace/ring_buffer.c).
+_MISSED_EVENTS = 1 << 31
+_MISSED_STORED = 1 << 30
+_COMMIT_MASK = (1 << 30) - 1
+
+
+class TracefsError(RtagentError):
+    """tracefs is missing, an event is unknown, or the kernel refused a write."""
+
+
+# ---------------------------------------------------------------------------
+# formats
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int
+    size: int
+    signed: bool
+    data_loc: bool = False   # __data_loc: u32 = (length << 16) | offset
+    is_string: bool = False  # char[N] or __data_loc char[]
+
+
+@dataclass(frozen=True)
+class EventFormat:
+    system: str
+    name: str
+    id: int
+    fields: dict[str, Field]
+    symbols: dict[int, str] = field(default_factory=dict)  # first __print_symbolic table
+
+    def get(self, payload: bytes, name: str) -> int | str:
+        f = self.fields[name]
+        if f.data_loc:
+            (loc,) = struct.unpack_from("<I", payload, f.offset)
+            start, length = loc & 0xFFFF, loc >> 16
+            return payload[start:start + length].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if f.is_string:
+            raw = payload[f.offset:f.offset + f.size]
+            return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        raw = payload[f.offset:f.offset + f.size]
+        return int.from_bytes(raw, "little", signed=f.signed)
+
+
+_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<sig>\d+);")
+_SYMBOL = re.compile(r"\{\s*(-?\d+|0x[0-9a-fA-F]+)\s*,\s*\"([^\"]*)\"\s*\}")
+
+
+def parse_event_format(text: str, system: str = "") -> EventFormat:
+    """One ``events/<system>/<event>/format`` file."""
+    name, ident = None, None
+    fields: dict[str, Field] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("name:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("ID:"):
+            ident = int(line.split(":", 1)[1])
+        m = _FIELD.search(line)
+        if m:
+            decl = m["decl"].strip()
+            fname = re.sub(r"\[.*\]$", "", decl.split()[-1])
+            fields[fname] = Field(fname, int(m["off"]), int(m["size"]), m["sig"] == "1",
+                                  data_loc="__data_loc" in decl, is_string=decl.split()[0] in ("char", "__data_loc") and "char" in decl)
+    if name is None or ident is None:
+        raise TracefsError(f"tracefs event format without name/ID: {text[:80]!r}")
+    symbols: dict[int, str] = {}
+    fmt = text.split("print fmt:", 1)[1] if "print fmt:" in text else ""
+    if "__print_symbolic" in fmt:
+        table = fmt.split("__print_symbolic", 1)[1]
+        for num, sym in _SYMBOL.findall(table):
+            symbols[int(num, 0)] = sym
+    return EventFormat(system, name, ident, fields, symbols)
+
+
+@dataclass(frozen=True)
+class PageHeader:
+    ts_offset: int
+    commit_offset: int
+    commit_size: int
+    data_offset: int
+
+
+def parse_header_page(text: str) -> PageHeader:
+    """``events/header_page``: where the page timestamp, commit and data are."""
+    offs: dict[str, tuple[int, int]] = {}
+    for m in re.finditer(r"field:\s*(?:[\w ]+?)\s+(\w+);\s*offset:(\d+);\s*size:(\d+);", text):
+        offs.setdefault(m[1], (int(m[2]), int(m[3])))
+    try:
+        return PageHeader(offs["timestamp"][0], offs["commit"][0], offs["commit"][1], offs["data"][0])
+    except KeyError as exc:
+        raise TracefsError(f"events/header_page lacks field {exc.args[0]}") from None
+
+
+# ---------------------------------------------------------------------------
+# pages
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    ts: int          # trace clock, ns
+    payload: bytes   # starts with common_type (u16)
+
+    @property
+    def event_id(self) -> int:
+        return int.from_bytes(self.payload[:2], "little")
+
+
+@dataclass(frozen=True)
+class DecodedPage:
+    records: tuple[RawRecord, ...]
+    missed: int          # events the kernel dropped before this page (-1: some, count unknown)
+
+
+def decode_page(page: bytes, header: PageHeader) -> DecodedPage:
+    """One ``trace_pipe_raw`` sub-buffer → records in time order."""
+    if len(page) < header.data_offset:
+        return DecodedPage((), 0)
+    (ts,) = struct.unpack_from("<Q", page, header.ts_offset)
+    commit = int.from_bytes(page[header.commit_offset:header.commit_offset + header.commit_size], "little")
+    size = commit & _COMMIT_MASK
+    start = header.data_offset
+    end = min(start + size, len(page))
+    missed = 0
+    if commit & _MISSED_EVENTS:
+        missed = -1
+        if commit & _MISSED_STORED and end + 8 <= len(page):
+            missed = struct.unpack_from("<Q", page, end)[0] if header.commit_size == 8 else \
+                struct.unpack_from("<I", page, end)[0]
+    return DecodedPage(tuple(_entries(page, start, end, ts)), missed)
+
+
+def _entries(page: bytes, pos: int, end: int, ts: int) -> Iterator[RawRecord]:
+    while pos + 4 <= end:
+        (word,) = struct.unpack_from("<I", page, pos)
+        type_len, delta = word & 0x1F, word >> 5
+        if type_len == _TYPE_PADDING:
+            if delta == 0:        # the rest of the page is unused
+                return
+            (length,) = struct.unpack_from("<I", page, pos + 4)
+            pos += 4 + length
+            continue
+        if type_len in (_TYPE_TIME_EXTEND, _TYPE_TIME_STAMP):
+            if pos + 8 > end:
+                return
+            (hi,) = struct.unpack_from("<I", page, pos + 4)
+            value = (hi << _TS_SHIFT) + delta
+            ts = ts + value if type_len == _TYPE_TIME_EXTEND else value | (ts & _TS_MSB)
+            pos += 8
+            continue
+        ts += delta
+        if type_len == 0:
+            (length,) = struct.unpack_from("<I", page, pos + 4)
+            data, total = pos + 8, 4 + length
+            plen = length - 4
+        else:
+            data, total = pos + 4, 4 + type_len * 4
+            plen = type_len * 4
+        if plen <= 0 or data + plen > end:
+            return
+        yield RawRecord(ts, bytes(page[data:data + plen]))
+        pos += total
+
+
+# ---------------------------------------------------------------------------
+# the filesystem
+
+
+def find_tracefs(mounts_path: str = "/proc/self/mounts", candidates: Iterable[str] = DEFAULT_MOUNTS) -> Path | None:
+    """Where tracefs is mounted (the first ``tracefs`` line of the mount
+    table, else a candidate directory that looks like tracefs)."""
+    try:
+        for line in Path(mounts_path).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "tracefs":
+                return Path(parts[1].replace("\\040", " "))
+    except OSError:
+        pass
+    for cand in candidates:
+        if Path(cand, "instances").is_dir() and Path(cand, "events").is_dir():
+            return Path(cand)
+    return None
+
+
+def cpumask_hex(cpus: Iterable[int]) -> str:
+    """A CPU set as tracing_cpumask wants it: comma-separated 32-bit hex words."""
+    mask = 0
+    for c in cpus:
+        mask |= 1 << c
+    words = []
+    while True:
+        words.append(f"{mask & 0xFFFFFFFF:08x}")
+        mask >>= 32
+        if not mask:
+            break
+    return ",".join(reversed(words))
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        with open(path, "w") as fh:
+            fh.write(value)
+    except OSError as exc:
+        raise TracefsError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+
+
+@dataclass
+class Instance:
+    """A tracefs instance of our own (``instances/<name>``): its own buffers,
+    ``tracing_cpumask`` and enabled events, invisible to other tracers."""
+
+    root: Path
+    name: str
+    cpus: frozenset[int]
+    formats: dict[int, EventFormat] = field(default_factory=dict)
+    header: PageHeader | None = None
+    subbuf_size: int = 4096
+    _fds: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.root / "instances" / self.name
+
+    @classmethod
+    def create(cls, root: Path, name: str, cpus: Iterable[int], events: Iterable[tuple[str, str]],
+               *, optional_events: Iterable[tuple[str, str]] = (), buffer_kb: int = 1024,
+               clock: str = "mono") -> Instance:
+        """Create (after removing a leftover of the same name: a daemon killed
+        with SIGKILL cannot remove its own) and start tracing ``events`` on
+        ``cpus``.  ``optional_events`` are enabled where the kernel has them."""
+        if not _INSTANCE_NAME.match(name):
+            raise TracefsError(f"bad tracefs instance name {name!r}: use letters, digits, '_', '-', '.'")
+        inst = cls(root, name, frozenset(cpus))
+        if inst.path.exists():
+            remove_instance(root, name)
+        try:
+            inst.path.mkdir()
+        except OSError as exc:
+            raise TracefsError(f"cannot create tracefs instance {inst.path}: {exc.strerror}") from None
+        try:
+            inst._configure(events, optional_events, buffer_kb, clock)
+        except BaseException:
+            inst.remove()
+            raise
+        return inst
+
+    def _configure(self, events: Iterable[tuple[str, str]], optional: Iterable[tuple[str, str]],
+                   buffer_kb: int, clock: str) -> None:
+        p = self.path
+        _write(p / "tracing_on", "0")
+        _write(p / "tracing_cpumask", cpumask_hex(self.cpus))
+        _write(p / "buffer_size_kb", str(buffer_kb))
+        clocks = (p / "trace_clock").read_text()
+        if clock in clocks.replace("[", " ").replace("]", " ").split():
+            _write(p / "trace_clock", clock)
+        self.header = parse_header_page((self.root / "events/header_page").read_text())
+        sub = p / "buffer_subbuf_size_kb"
+        self.subbuf_size = int(sub.read_text()) * 1024 if sub.exists() else os.sysconf("SC_PAGE_SIZE")
+        for system, event in events:
+            self._enable(system, event, required=True)
+        for system, event in optional:
+            self._enable(system, event, required=False)
+        _write(p / "tracing_on", "1")
+
+    def _enable(self, system: str, event: str, *, required: bool) -> None:
+        fmt_path = self.root / "events" / system / event / "format"
+        try:
+            fmt = parse_event_format(fmt_path.read_text(), system)
+        except OSError:
+            if required:
+                raise TracefsError(f"the kernel has no trace event {system}:{event} ({fmt_path})") from None
+            return
+        _write(self.path / "events" / system / event / "enable", "1")
+        self.formats[fmt.id] = fmt
+
+    def clock_name(self) -> str:
+        text = (self.path / "trace_clock").read_text()
+        m = re.search(r"\[(\w[\w-]*)\]", text)
+        return m[1] if m else "local"
+
+    def read_pages(self, cpu: int, max_pages: int = 256) -> list[bytes]:
+        """Every sub-buffer available now on ``cpu``, without blocking."""
+        fd = self._fds.get(cpu)
+        if fd is None:
+            fd = os.open(self.path / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
+            self._fds[cpu] = fd
+        pages: list[bytes] = []
+        for _ in range(max_pages):
+            try:
+                chunk = os.read(fd, self.subbuf_size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    break
+                raise
+            if not chunk:
+                break
+            pages.append(chunk)
+        return pages
+
+    def remove(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+        remove_instance(self.root, self.name)
+
+
+def remove_instance(root: Path, name: str) -> bool:
+    """Remove ``instances/<name>`` if present (the kernel disables its events
+    and frees its buffers).  True if it existed."""
+    path = root / "instances" / name
+    if not path.exists():
+        return False
+    try:
+        _write(path / "tracing_on", "0")
+    except TracefsError:
+        pass
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise TracefsError(f"cannot remove tracefs instance {path}: {exc.strerror} "
+                           f"(a reader still has its buffers open?)") from None
+    return True

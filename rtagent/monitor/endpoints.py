@@ -1,0 +1,46 @@
+"""Start the daemon's client-facing endpoints within a descriptor budget.
+
+The status socket and the metrics endpoint each run their own
+:class:`~rtagent.monitor.connserver.ConnectionServer` thread; their
+connection caps are fitted under ``RLIMIT_NOFILE`` (raised to the hard limit
+first) with a reserve kept for enforcement (:mod:`rtagent.monitor.fdlimit`).
+Nothing here is on the enforcement path: the daemon loop never waits for a
+client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import Config
+from ..state import StateStore
+from ..status import StatusServer
+from . import fdlimit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["start_endpoints"]
+
+
+def start_endpoints(config: Config, store: StateStore, snapshot=None):
+    """Bind and start the status socket and (if enabled) ``/metrics``;
+    returns ``(StatusServer, MetricsServer | None)``.  ``snapshot`` is the
+    status answer (default ``store.snapshot``)."""
+    soft = fdlimit.raise_nofile()
+    metrics_cap = config.metrics.max_connections if config.metrics.enabled else 0
+    budget = fdlimit.client_budget(soft, metrics_cap, config.status.max_clients)
+    log.debug("file descriptors: soft limit %d, client caps metrics %d + status %d, %d kept for enforcement",
+              soft, budget.metrics, budget.status, fdlimit.ENFORCEMENT_RESERVE)
+    status = StatusServer(config.status.socket, config.status.group, snapshot or store.snapshot,
+                          max_clients=budget.status, timeout_s=config.status.timeout_s)
+    status.start()
+    metrics = None
+    if config.metrics.enabled:
+        from .metrics import serve
+
+        try:
+            metrics = serve(store, config.metrics, max_connections=budget.metrics, status_server=status.server)
+        except Exception:
+            status.close()
+            raise
+    return status, metrics

@@ -1,0 +1,104 @@
+"""The /metrics HTTP handling: request parsing, methods, paths, gzip, render
+reuse; and the endpoint over real loopback sockets (IPv4, IPv6, TLS is in
+test_metrics.py).  Read-only on every prometheus_client version we support
+(Debian 12's 0.16 answered a POST with the metrics): the method check is ours."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge
+
+from rtagent.config import MetricsConfig
+from rtagent.errors import RtagentError
+from rtagent.monitor.httpd import MAX_REQUEST_BYTES, BadRequest, MetricsHandler, parse_request
+from rtagent.monitor.metrics import serve
+from rtagent.state import StateStore
+
+pytestmark = pytest.mark.unit
+
+
+def _registry() -> CollectorRegistry:
+    reg = CollectorRegistry()
+    Gauge("rtagent_test_value", "a value", registry=reg).set(7)
+    return reg
+
+
+def test_parse_waits_for_the_whole_head():
+    assert parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n") is None
+    req = parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+    assert (req.method, req.path, req.headers["accept-encoding"]) == ("GET", "/metrics", "gzip")
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET /metrics\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * (MAX_REQUEST_BYTES + 1), 431),
+])
+def test_bad_heads_are_refused(head, status):
+    with pytest.raises(BadRequest) as err:
+        parse_request(head)
+    assert err.value.status == status
+
+
+def test_methods_paths_and_gzip():
+    h = MetricsHandler(_registry())
+    ok = h.answer(b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.0 200 ") and b"rtagent_test_value 7.0" in ok
+    head = h.answer(b"HEAD /metrics HTTP/1.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ") and head.endswith(b"\r\n\r\n")
+    post = h.answer(b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nx=1")
+    assert post.startswith(b"HTTP/1.0 405 ") and b"Allow: GET, HEAD" in post
+    assert h.answer(b"GET /other HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.0 404 ")
+    gz = h.answer(b"GET / HTTP/1.1\r\nAccept-Encoding: br, gzip;q=0.5\r\n\r\n")
+    head, _, body = gz.partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head and b"rtagent_test_value 7.0" in gzip.decompress(body)
+
+
+def test_a_burst_of_scrapes_renders_once():
+    reg = _registry()
+    h = MetricsHandler(reg, reuse_s=60)
+    for _ in range(50):
+        h.answer(b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert h.renders == 1
+    h0 = MetricsHandler(reg, reuse_s=0)
+    for _ in range(3):
+        h0.answer(b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert h0.renders == 3
+
+
+def test_writes_are_refused_over_http():
+    server = serve(StateStore(), MetricsConfig(listen="127.0.0.1:0"), _registry())
+    try:
+        assert "rtagent_test_value 7.0" in urllib.request.urlopen(server.url, timeout=10).read().decode()
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            req = urllib.request.Request(server.url, data=b"rtagent_test_value 0\n", method=method)
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=10)
+            assert err.value.code == 405 and err.value.headers["Allow"] == "GET, HEAD", method
+    finally:
+        server.close()
+
+
+def test_ipv6_literal_binds_ipv6():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this kernel")
+    try:
+        server = serve(StateStore(), MetricsConfig(listen="[::1]:0"), _registry())
+    except RtagentError as err:  # ::1 not configured (IPv6 disabled on lo)
+        pytest.skip(f"cannot bind ::1: {err}")
+    try:
+        assert server.server.listener.family == socket.AF_INET6
+        assert b"rtagent_test_value" in urllib.request.urlopen(server.url, timeout=10).read()
+    finally:
+        server.close()
+
+
+def test_unresolvable_host_names_the_key():
+    with pytest.raises(RtagentError) as err:
+        serve(StateStore(), MetricsConfig(listen="no-such-host.invalid:0"), _registry())
+    assert "metrics.listen" in str(err.value)
