@@ -6,7 +6,8 @@
   :func:`run_daemon_cost`).  Guests are added cumulatively; after each step
   the guests' firmware boot is allowed to settle, then the daemon's CPU time
   (schedstat, ns) and resync count are sampled over a few windows:
-  CPU per resync (main thread, the one that resyncs), per managed thread,
+  CPU per resync (main thread, the one that resyncs, plus its libvirt-call
+  worker thread), per managed thread,
   the whole process's CPU % of a core, and RSS.
 * Where the time goes: the same resync driven in-process under cProfile, and
   the real daemon sampled with py-spy (if installed).
@@ -43,6 +44,7 @@ from .common import (
     rss_bytes,
     schedstat,
     start_daemon,
+    thread_names,
     summary,
     wait_for,
 )
@@ -94,17 +96,26 @@ def _settle(names: list[str], timeout: float) -> float:
     return rate
 
 
+def _resync_cpu_ns(pid: int) -> int:
+    """CPU of the threads a resync runs on: the main thread, and the worker
+    that makes the daemon's libvirt calls (named by the daemon)."""
+    from rtagent.libvirt_host import WORKER_THREAD_NAME
+
+    tids = [pid] + [t for t, n in thread_names(pid).items() if n == WORKER_THREAD_NAME]
+    return sum((schedstat(pid, t) or (0, 0, 0))[0] for t in tids)
+
+
 def _window(daemon, seconds: float) -> dict:
     """One measurement window.  The status socket is asked just outside the
     CPU window (its JSON costs the daemon CPU on another thread)."""
     failed0 = daemon.log_text().count(": failed: ")
     st0, ts0 = daemon.status()["daemon"]["resyncs"], time.monotonic()
     time.sleep(0.1)
-    main0, proc0, stat0, cpu0 = schedstat(daemon.pid, daemon.pid), process_cpu_ns(daemon.pid), \
+    main0, proc0, stat0, cpu0 = _resync_cpu_ns(daemon.pid), process_cpu_ns(daemon.pid), \
         process_stat_cpu_s(daemon.pid), _cpu0_busy()
     t0 = time.monotonic()
     time.sleep(seconds)
-    main1, proc1, stat1, cpu1 = schedstat(daemon.pid, daemon.pid), process_cpu_ns(daemon.pid), \
+    main1, proc1, stat1, cpu1 = _resync_cpu_ns(daemon.pid), process_cpu_ns(daemon.pid), \
         process_stat_cpu_s(daemon.pid), _cpu0_busy()
     t1 = time.monotonic()
     time.sleep(0.1)
@@ -115,7 +126,7 @@ def _window(daemon, seconds: float) -> dict:
             # Changes the kernel refused (e.g. FIFO without RT budget): each
             # costs an apply and a re-observe on every resync, not steady state.
             "failed_changes": daemon.log_text().count(": failed: ") - failed0,
-            "main_cpu_s": (main1[0] - main0[0]) / 1e9, "proc_cpu_s": (proc1 - proc0) / 1e9,
+            "main_cpu_s": (main1 - main0) / 1e9, "proc_cpu_s": (proc1 - proc0) / 1e9,
             "stat_cpu_s": stat1 - stat0,
             "cpu0_busy_pct": 100.0 * (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])}
 
@@ -324,12 +335,16 @@ def _cprofile(prefix: str, config_path: Path, resyncs: int) -> dict:
         out["host_checks_cpu_ms"] = 1000 * (time.process_time() - t)
         d.hostside.next_checks = float("inf")
         out["guests"] = len(d.guests.tracked)
-        times = []
+        times, steady = [], []
         for _ in range(resyncs):
             t = time.process_time()
             d.resync()
             times.append(time.process_time() - t)
-        out["resync_cpu_ms"] = 1000 * median(times)
+            t = time.process_time()
+            d.resync(full=False)
+            steady.append(time.process_time() - t)
+        out["resync_cpu_ms"] = 1000 * median(times)  # the full check (every full_check_interval_s)
+        out["steady_resync_cpu_ms"] = 1000 * median(steady)  # every other resync
         pr = cProfile.Profile()
         pr.enable()
         for _ in range(resyncs):
@@ -398,10 +413,41 @@ def _py_spy(pid: int, seconds: float) -> dict | None:
 # /metrics on a synthetic store
 
 
-def synthetic_store(n_guests: int, rt_vcpus: int):
+class RealThreads:
+    """``n`` real, sleeping threads of this process: the synthetic store's
+    vCPU threads, so that the scrape reads real kernel counters for them."""
+
+    def __init__(self, n: int):
+        import threading
+
+        self._stop = threading.Event()
+        self._ready: list[int] = []
+        lock = threading.Lock()
+
+        def body() -> None:
+            with lock:
+                self._ready.append(threading.get_native_id())
+            self._stop.wait()
+
+        self._threads = [threading.Thread(target=body, daemon=True) for _ in range(n)]
+        for t in self._threads:
+            t.start()
+        while len(self._ready) < n:
+            time.sleep(0.01)
+        self.tids = list(self._ready)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def synthetic_store(n_guests: int, rt_vcpus: int, vcpu_tids: list[int] | None = None):
     """A state store of ``n_guests`` made-up guests, each with vCPU 0 on CPU 0
     and ``rt_vcpus`` realtime vCPUs — built with the real planner over
-    made-up threads, so every series the collector can emit is there."""
+    made-up threads, so every series the collector can emit is there.
+    ``vcpu_tids``: real threads of this process to stand for the realtime
+    vCPUs (their counters are read at scrape time)."""
     from rtagent.config import Partition, RealtimeConfig
     from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
     from rtagent.state import StateStore, VcpuCounters
@@ -411,6 +457,7 @@ def synthetic_store(n_guests: int, rt_vcpus: int):
 
     part = Partition(online=frozenset(range(rt_vcpus + 1)), realtime=frozenset(range(1, rt_vcpus + 1)),
                      housekeeping=frozenset({0}))
+    real = iter(vcpu_tids or ())
 
     def thread(tid, name, role="emulator", vcpu=None, kind="other", policy="other", prio=0, cpus=(0,)):
         return ThreadInfo(tid=tid, name=name, role=role, vcpu=vcpu, kind=kind, policy=policy, priority=prio,
@@ -433,17 +480,18 @@ def synthetic_store(n_guests: int, rt_vcpus: int):
             d.event_to_tuned.observe(0.015)
         for g in range(n_guests):
             name, uuid = f"synthetic-{g:04d}", str(uuidlib.UUID(int=g + 1))
-            pid = 10000 + 100 * g
+            pid = os.getpid() if vcpu_tids else 10000 + 100 * g
             spec = RealtimeSpec(
                 domain=name, uuid=uuid, realtime=True, source="metadata",
                 vcpus=(VcpuSpec(0, False, "other", 0, frozenset({0})),
                        *(VcpuSpec(i, True, "fifo", 1, frozenset({i})) for i in range(1, rt_vcpus + 1))),
                 emulator_cpus=frozenset({0}), emulator_source="emulatorpin",
                 memory=MemorySpec(size_bytes=64 << 20))
-            threads = (thread(pid, "qemu-system-x86", kind="main"), thread(pid + 1, "call_rcu", kind="call_rcu"),
-                       thread(pid + 2, "IO mon_iothread", kind="iothread"),
-                       thread(pid + 3, "CPU 0/KVM", "vcpu", 0, "vcpu"),
-                       *(thread(pid + 3 + i, f"CPU {i}/KVM", "vcpu", i, "vcpu", "fifo", 1, (i,))
+            base = 10000 + 100 * g
+            threads = (thread(base, "qemu-system-x86", kind="main"), thread(base + 1, "call_rcu", kind="call_rcu"),
+                       thread(base + 2, "IO mon_iothread", kind="iothread"),
+                       thread(base + 3, "CPU 0/KVM", "vcpu", 0, "vcpu"),
+                       *(thread(next(real, base + 3 + i), f"CPU {i}/KVM", "vcpu", i, "vcpu", "fifo", 1, (i,))
                          for i in range(1, rt_vcpus + 1)))
             observed = Observed(pid=pid, threads=threads, kthreads=(), memory=ProcessMemory(), cmdline=[])
             plan = plan_domain(spec, observed, part, RealtimeConfig())
@@ -463,29 +511,80 @@ def synthetic_store(n_guests: int, rt_vcpus: int):
     return store
 
 
-def run_scrape(reps: int) -> dict:
-    from prometheus_client import CollectorRegistry, generate_latest
+def _time_scrapes(reg, encoder, reps: int) -> tuple[list[float], list[float]]:
+    wall, cpu = [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.thread_time()
+        encoder(reg)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+    return wall, cpu
 
+
+def _scrape_lock_block(store, reg, encoder, reps: int) -> dict:
+    """How long the enforcement side waits for the store's lock while scrapes
+    run back to back on another thread (a scrape must never block it)."""
+    import threading
+
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            encoder(reg)
+
+    t = threading.Thread(target=scraper, daemon=True)
+    t.start()
+    waits = []
+    try:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            store.update(lambda s: s.daemon.resyncs)
+            waits.append(time.perf_counter() - t0)
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        t.join()
+    return summary(waits)
+
+
+def run_scrape(reps: int) -> dict:
+    """/metrics through the daemon's own encoder (rtagent/monitor/exposition.py)
+    on synthetic stores whose realtime vCPUs are real threads of this process:
+    ``cold`` reads every counter from the kernel (the first scrape of an
+    interval), ``cached`` reuses them (a second scraper within the interval)."""
+    from prometheus_client import CollectorRegistry
+
+    from rtagent.monitor.counters import CounterCache
+    from rtagent.monitor.exposition import choose_encoder
     from rtagent.monitor.metrics import RtagentCollector
 
+    text_encoder, _ = choose_encoder("text/plain; version=0.0.4")
+    om_encoder, _ = choose_encoder("application/openmetrics-text; version=1.0.0")
     rows = []
     for n_guests, rt in ((10, 1), (100, 1), (1000, 1), (1, 10), (10, 10), (100, 10)):
-        store = synthetic_store(n_guests, rt)
-        reg = CollectorRegistry()
-        reg.register(RtagentCollector(store))
-        body = generate_latest(reg)  # warm-up
-        wall, cpu = [], []
-        for _ in range(reps):
-            t, c = time.perf_counter(), time.thread_time()
-            generate_latest(reg)
-            wall.append(time.perf_counter() - t)
-            cpu.append(time.thread_time() - c)
-        text = body.decode()
-        vcpu_series = {(ln.split('domain="')[1].split('"')[0], ln.split('vcpu="')[1].split('"')[0])
-                       for ln in text.splitlines() if 'vcpu="' in ln and not ln.startswith("#")}
-        rows.append({"guests": n_guests, "rt_vcpus_per_guest": rt, "vcpu_series": len(vcpu_series),
-                     "samples": sum(1 for ln in text.splitlines() if ln and not ln.startswith("#")),
-                     "bytes": len(body), "wall": summary(wall), "cpu": summary(cpu)})
+        real = RealThreads(n_guests * rt)
+        try:
+            store = synthetic_store(n_guests, rt, real.tids)
+            cold, warm = CounterCache(ttl_s=0.0), CounterCache(ttl_s=3600.0)
+            regs = {}
+            for label, cache in (("cold", cold), ("cached", warm)):
+                reg = regs[label] = CollectorRegistry()
+                reg.register(RtagentCollector(store, counters=cache))
+            body = text_encoder(regs["cold"])  # warm-up
+            row = {"guests": n_guests, "rt_vcpus_per_guest": rt, "bytes": len(body)}
+            text = body.decode()
+            row["vcpu_series"] = len({(ln.split('domain="')[1].split('"')[0], ln.split('vcpu="')[1].split('"')[0])
+                                      for ln in text.splitlines() if 'vcpu="' in ln and not ln.startswith("#")})
+            row["samples"] = sum(1 for ln in text.splitlines() if ln and not ln.startswith("#"))
+            row["counter_series"] = text.count("rtagent_vcpu_run_delay_seconds_total{")
+            for label, reg in regs.items():
+                for fmt, enc in (("text", text_encoder), ("openmetrics", om_encoder)):
+                    wall, cpu = _time_scrapes(reg, enc, reps)
+                    row[f"{label}_{fmt}"] = {"wall": summary(wall), "cpu": summary(cpu)}
+            row["lock_wait"] = _scrape_lock_block(store, regs["cold"], text_encoder, 200)
+        finally:
+            real.close()
+        rows.append(row)
     return {"rows": rows, "reps": reps, "synthetic": True}
 
 
@@ -565,10 +664,16 @@ def goals_table(res: dict) -> str:
         rows.append(["idle daemon (no realtime guest)", f"{idle['rtagent_cpu_pct']:.3f} %",
                      f"≤ {GOAL_IDLE_CPU_PCT:g} %", _mark(idle["rtagent_cpu_pct"] <= GOAL_IDLE_CPU_PCT)])
     for r in (res.get("scrape") or {}).get("rows", []):
-        if r["vcpu_series"] >= 1000:
-            p99 = r["wall"]["p99"] * 1000
-            rows.append([f"/metrics, {r['vcpu_series']} vCPU series (p99)", f"{p99:.1f} ms",
-                         f"≤ {GOAL_SCRAPE_MS_1000:g} ms", _mark(p99 <= GOAL_SCRAPE_MS_1000)])
+        # The goal's shape: 1,000 vCPU series as 100 guests × 10 realtime vCPUs.
+        if (r["guests"], r["rt_vcpus_per_guest"]) == (100, 10) and "cold_text" in r:
+            for key, what in (("cold_text", "counters read"), ("cold_openmetrics", "counters read, OpenMetrics"),
+                              ("cached_text", "counters cached")):
+                p99 = r[key]["wall"]["p99"] * 1000
+                rows.append([f"/metrics, {r['vcpu_series']} vCPU series, {what} (p99)", f"{p99:.1f} ms",
+                             f"≤ {GOAL_SCRAPE_MS_1000:g} ms", _mark(p99 <= GOAL_SCRAPE_MS_1000)])
+            lw = r["lock_wait"]["max"] * 1000
+            rows.append(["state lock wait during back-to-back scrapes (max)", f"{lw:.2f} ms",
+                         "never blocks enforcement", "n/a"])
     rows += _tuned_goal_rows(d)
     return format_table(["B3 goal", "measured", "goal", ""], rows)
 
@@ -637,9 +742,10 @@ def format(res: dict) -> str:
     if cp:
         rows = [[x["func"][:90], f"{x['calls_per_resync']:.0f}", f"{x['cumtime_pct']:.0f}", f"{x['tottime_pct']:.0f}"]
                 for x in cp["top_cumtime"]]
-        parts.append(format_table(["cProfile, in-process resync (cumulative)", "calls/resync", "cum %", "self %"],
+        parts.append(format_table(["cProfile, in-process full check (cumulative)", "calls/resync", "cum %", "self %"],
                                   rows))
-        parts.append(f"In-process at {cp['guests']} guests: {cp['resync_cpu_ms']:.1f} ms CPU per resync "
+        parts.append(f"In-process at {cp['guests']} guests: a full check {cp['resync_cpu_ms']:.1f} ms CPU "
+                     f"(profiled above), a steady resync {cp.get('steady_resync_cpu_ms', float('nan')):.2f} ms, "
                      f"without the profiler; first resync (derives intents) {cp['first_resync_cpu_ms']:.1f} ms; "
                      f"host checks (every 30 s) {cp['host_checks_cpu_ms']:.1f} ms each.")
     ps = prof.get("py_spy")
@@ -651,12 +757,21 @@ def format(res: dict) -> str:
     s = res.get("scrape") or {}
     rows = []
     for r in s.get("rows", []):
+        if "cold_text" not in r:
+            continue
+        ms = (lambda k, q: f"{r[k]['wall'][q] * 1000:.2f}")  # noqa: E731
         rows.append([f"{r['guests']} × {r['rt_vcpus_per_guest']}", r["vcpu_series"], r["samples"],
-                     f"{r['bytes'] / 1024:.0f}", f"{r['wall']['p50'] * 1000:.2f}", f"{r['wall']['p99'] * 1000:.2f}",
-                     f"{r['cpu']['p50'] * 1000:.2f}"])
+                     f"{r['bytes'] / 1024:.0f}", ms("cold_text", "p50"), ms("cold_text", "p99"),
+                     ms("cold_openmetrics", "p99"), ms("cached_text", "p50"), ms("cached_text", "p99"),
+                     f"{r['lock_wait']['max'] * 1000:.2f}"])
     if rows:
-        parts.append(format_table(["/metrics, SYNTHETIC store: guests × realtime vCPUs", "vCPU series", "samples",
-                                   "KiB", "p50 ms", "p99 ms", "CPU p50 ms"], rows))
-        parts.append(f"generate_latest() on a registry holding only RtagentCollector, {s['reps']} repetitions "
-                     f"each; goal ≤ {GOAL_SCRAPE_MS_1000:g} ms at 1,000 series.")
+        parts.append(format_table(["/metrics, synthetic store, real vCPU threads: guests × realtime vCPUs",
+                                   "vCPU series", "samples", "KiB", "read p50 ms", "read p99 ms", "read OM p99 ms",
+                                   "cached p50 ms", "cached p99 ms", "lock wait max ms"], rows))
+        parts.append(f"The daemon's encoder (rtagent/monitor/exposition.py) on a registry holding only "
+                     f"RtagentCollector, {s['reps']} repetitions each.  The realtime vCPUs are real sleeping threads "
+                     f"of the benchmark: \"read\" reads their schedstat and status at every scrape (the first "
+                     f"scrape of an interval), \"cached\" reuses the values (another scraper within the interval). "
+                     f"Lock wait: the longest the enforcement side waited for the state lock while scrapes ran "
+                     f"back to back.  Goal ≤ {GOAL_SCRAPE_MS_1000:g} ms at 1,000 series.")
     return "\n\n".join(parts)

@@ -385,7 +385,7 @@ class EventClock:
 
 
 def daemon_config(path: Path, *, socket_path: str, resync: float, prefix: str,
-                  rt_budget_us: int | None = None) -> Path:
+                  rt_budget_us: int | None = None, daemon_extra: str = "") -> Path:
     """The daemon's config: CPU 1 realtime, manages only guests named
     ``prefix*`` (the guest selector), vCPU 1 of those realtime (FIFO 1,
     Nova's mask ``^0``), host partition enforcement off (it would move the
@@ -400,7 +400,7 @@ realtime_cpus = "1"
 resync_interval_s = {resync}
 guest_names = ["{prefix}*"]
 lock_file = "{socket_path}.lock"
-[status]
+{daemon_extra}[status]
 socket = "{socket_path}"
 [metrics]
 enabled = false
@@ -473,11 +473,11 @@ class DaemonProc:
 
 
 def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
-                 log_level: str = "info", workdir: Path | None = None) -> DaemonProc:
+                 log_level: str = "info", workdir: Path | None = None, daemon_extra: str = "") -> DaemonProc:
     d = Path(workdir or tempfile.mkdtemp(prefix="rtbench-daemon-"))
     sock = str(d / "rtagent.sock")
     cfg = daemon_config(d / "rtagent.toml", socket_path=sock, resync=resync, prefix=prefix,
-                        rt_budget_us=rt_budget_us)
+                        rt_budget_us=rt_budget_us, daemon_extra=daemon_extra)
     notify_path = str(d / "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(notify_path)

@@ -72,6 +72,12 @@ class HostTuningConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     resync_interval_s: float = 1.0
+    # The slow full check: every this many seconds the resync re-lists the
+    # guests through libvirt and re-reads each one's identity from /proc
+    # (threads, roles, cgroups, memory, per-VM kthreads), catching an event
+    # that was missed.  Between full checks the resync asks the kernel only
+    # what can drift (policy, priority, affinity) by syscall.
+    full_check_interval_s: float = 30.0
     proc_connector: bool = True
     # One daemon per host: held with flock(2) for the daemon's lifetime.
     lock_file: str = "/run/rtagent/rtagent.lock"
@@ -374,6 +380,9 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
     daemon: DaemonConfig = _check_selector(chk, sections.get("daemon", DaemonConfig()))
     if not 0.05 <= daemon.resync_interval_s <= 3600:
         raise chk.fail("daemon.resync_interval_s", daemon.resync_interval_s, "must be in 0.05..3600 seconds")
+    fc = daemon.full_check_interval_s
+    if isinstance(fc, bool) or not isinstance(fc, (int, float)) or not 0.05 <= fc <= 86400:
+        raise chk.fail("daemon.full_check_interval_s", fc, "must be in 0.05..86400 seconds")
     if not os.path.isabs(daemon.lock_file):
         raise chk.fail("daemon.lock_file", daemon.lock_file, "must be an absolute path")
     lv: LibvirtConfig = sections.get("libvirt", LibvirtConfig())

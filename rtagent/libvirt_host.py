@@ -141,6 +141,19 @@ def start_event_loop() -> None:
         _event_loop_started = True
 
 
+WORKER_THREAD_NAME = "rtagent-libvirt"  # its comm, for top -H and the benchmarks
+
+
+def _name_thread(name: str) -> None:
+    """The kernel's name of the calling thread (Python does not set it)."""
+    try:
+        import prctl
+
+        prctl.set_name(name)
+    except (ImportError, OSError):  # cosmetic: the daemon runs without it
+        pass
+
+
 class CallWorker:
     """Runs calls on one daemon thread; the caller waits at most a timeout.
 
@@ -157,10 +170,18 @@ class CallWorker:
         self._lock = threading.Lock()
         self._stuck: Future | None = None
         self._stuck_since: float | None = None
-        self._thread = threading.Thread(target=self._run, name="libvirt-calls", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    def _ensure_thread(self) -> None:
+        """Started at the first call, not at construction: the daemon drops
+        capabilities before any thread exists (they are per thread), and it
+        builds its LibvirtHost before that."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=WORKER_THREAD_NAME, daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
+        _name_thread(WORKER_THREAD_NAME)
         while True:
             fut, fn = self._jobs.get()
             if fut.set_running_or_notify_cancel():
@@ -180,6 +201,7 @@ class CallWorker:
         hung = self.unresponsive_s()
         if hung is not None:
             raise LibvirtUnresponsive(f"{what}: not attempted, libvirt has not answered for {hung:.1f}s")
+        self._ensure_thread()
         fut: Future = Future()
         started = self._clock()
         self._jobs.put((fut, fn))

@@ -113,6 +113,7 @@ class DaemonState:
     events: Counter = field(default_factory=Counter)  # source -> count ("libvirt", "proc")
     events_dropped: Counter = field(default_factory=Counter)
     resyncs: int = 0
+    full_checks: int = 0  # resyncs that re-listed guests and re-read them in full
     last_resync_at: float | None = None
     host: dict[str, Any] = field(default_factory=dict)  # partition summary + checks
     host_corrections: Counter = field(default_factory=Counter)  # kind -> count
@@ -133,6 +134,7 @@ class DaemonState:
             "events": dict(self.events),
             "events_dropped": dict(self.events_dropped),
             "resyncs": self.resyncs,
+            "full_checks": self.full_checks,
             "last_resync_at": self.last_resync_at,
             "host_corrections": dict(self.host_corrections),
             "host_refused": dict(self.host_refused),

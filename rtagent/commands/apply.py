@@ -28,9 +28,11 @@ def run(args) -> int:
             for uuid, guest in host.active_guests().items():
                 if uuid not in {r.uuid for _, r in reports}:
                     try:
-                        tuner.inspect(guest)
+                        tuner.record_claim(tuner.inspect(guest))
                     except GuestGone:  # another guest stopped meanwhile: normal
                         pass
+        for _, r in reports:
+            tuner.record_claim(r)
         after = [tuner.apply(guest, dry_run=args.dry_run, report=r) for guest, r in reports]
     finally:
         host.close()

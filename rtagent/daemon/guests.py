@@ -30,6 +30,7 @@ from ..state import StateStore
 from ..tuning.guest.engine import DomainReport, Tuner
 from . import drift
 from .retry import RetrySchedule
+from .steady import SteadyCheck
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class GuestSupervisor:
         self._wall = wall
         self._on_tracked = on_tracked
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
+        self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
+        self.next_full = 0.0  # monotonic time the next resync must be a full check
         self.guests: dict[str, Guest] = {}  # uuid -> Guest of every managed guest
         self.tracked: dict[str, int] = {}  # uuid -> QEMU pid
         self.specs: dict[str, tuple[int | None, object]] = {}  # uuid -> (pid, RealtimeSpec)
@@ -86,6 +89,7 @@ class GuestSupervisor:
             self.intent_changed.add(ev.uuid)
             self.reconcile(ev.uuid, Cause(at))
         elif ev.event in _LOOK:
+            self._running(ev.uuid)
             self.reconcile(ev.uuid, Cause(at))
             self.retry.schedule(ev.uuid, 0)
 
@@ -96,8 +100,16 @@ class GuestSupervisor:
             uuid = by_pid.get(pid)
             if uuid is not None:
                 log.debug("new or renamed thread in QEMU %d (%s)", pid, uuid)
+                self._running(uuid)
                 self.reconcile(uuid, Cause(at))
                 self.retry.schedule(uuid, 0)
+
+    def _running(self, uuid: str) -> None:
+        """The event itself says the guest runs (a re-pin, a hotplug, a new
+        QEMU thread): spare the reconcile a state() round trip to libvirt."""
+        guest = self.guests.get(uuid)
+        if guest is not None:
+            guest.known_state = RunState.RUNNING
 
     def run_due(self) -> None:
         for due in self.retry.due():
@@ -105,12 +117,10 @@ class GuestSupervisor:
 
     def reload(self, config: Config) -> None:
         """A new config: re-derive every intent; what that changes is intent."""
-        old = self.tuner
         self.config = config
         self.selector = GuestSelector.from_config(config.daemon)
-        self.tuner = Tuner(config)
         # The RT budget ledger outlives a tuner: grants made stay ours to release.
-        self.tuner.rt_cgroups, self.tuner.granted = old.rt_cgroups, old.granted
+        self.tuner = Tuner(config, ledger=self.tuner.ledger)
         self.retry.cap_s = config.daemon.resync_interval_s
         self.intent_changed |= set(self.specs)
         self.specs.clear()
@@ -122,6 +132,8 @@ class GuestSupervisor:
         whose events we missed.  False when libvirt could not list guests
         (connection lost); an unresponsive libvirt still enforces the known
         guests from the kernel side."""
+        self.next_full = self._clock() + self.config.daemon.full_check_interval_s
+        self.store.update(lambda s: setattr(s.daemon, "full_checks", s.daemon.full_checks + 1))
         try:
             active = {u: g for u, g in self.host.active_guests().items() if self.selector.matches_name(g.name)}
         except LibvirtUnresponsive as err:
@@ -141,6 +153,20 @@ class GuestSupervisor:
             self.reconcile(uuid, guest=guest)
         return True
 
+    def check_steady(self) -> bool:
+        """The resync between full checks: only the guests whose threads'
+        policy, priority or affinity differ from the last reconcile are
+        reconciled; no libvirt call, no /proc text (steady.py)."""
+        def look(uuid: str) -> None:
+            # Its threads answered the last syscalls: no state() round trip;
+            # a QEMU that exited shows as "process not found" until its
+            # STOPPED event (or the full check) drops it.
+            self._running(uuid)
+            self.reconcile(uuid)
+
+        self.steady.run(list(self.tracked), look)
+        return True
+
     def enforce_known(self) -> None:
         """Without libvirt (hung or disconnected): the guests already known,
         from their cached intent and the kernel's view."""
@@ -157,6 +183,7 @@ class GuestSupervisor:
         self.guests.pop(uuid, None)
         self.intent_changed.discard(uuid)
         self.retry.discard(uuid)
+        self.steady.forget(uuid)
         self.tuner.forget(uuid, pid)
         self.store.drop(uuid)
         self._tracked_changed()
@@ -198,12 +225,17 @@ class GuestSupervisor:
 
     def _inspect(self, guest: Guest) -> DomainReport:
         cached = self.specs.get(guest.uuid)
-        before = self.tuner.inspect(guest, spec=cached[1] if cached else None)
+        # A guest tuned before whose intent no longer says realtime is
+        # "withdrawn": its realtime threads go back to SCHED_OTHER, its budget
+        # is released, and it stays tracked as a non-realtime guest.
+        withdrawn = guest.uuid in self.tracked
+        before = self.tuner.inspect(guest, spec=cached[1] if cached else None, withdrawn=withdrawn)
         if cached and before.pid != cached[0]:
             # A new QEMU process under the same UUID (a restart we missed).
             before = self.tuner.inspect(guest)
-        if self.selector.require_metadata and before.spec.source != "metadata":
-            before.spec = dataclasses.replace(before.spec, realtime=False)
+        if self.selector.require_metadata and before.spec.source != "metadata" and before.spec.realtime:
+            before = self.tuner.inspect(guest, spec=dataclasses.replace(before.spec, realtime=False),
+                                        withdrawn=withdrawn)
         if before.spec.realtime and before.pid is not None:
             self.specs[guest.uuid] = (before.pid, before.spec)
         return before
@@ -231,7 +263,7 @@ class GuestSupervisor:
         if seen is None:
             return None
         guest, before = seen
-        if not before.realtime:
+        if not (before.realtime or before.withdrawn):
             # Not ours to manage; keep no state (and no metrics series) for it.
             if uuid in self.tracked or self.store.read(lambda s: uuid in s.guests):
                 self.forget(uuid)
@@ -244,6 +276,7 @@ class GuestSupervisor:
             return None
         self._account(uuid, before, after, drift.Times(cause.at if cause.at is not None else t0,
                                                        self._clock(), self._wall()), cause.started, t0)
+        self.steady.record(uuid, after)
         pending = any(v.check == "vcpu_pending" for v in after.violations)
         # A refused change (EPERM while budget is short, a cpuset in flux) is
         # retried on the same backoff, not only at the next resync.
@@ -253,7 +286,7 @@ class GuestSupervisor:
         return after
 
     def _apply(self, guest: Guest, before: DomainReport) -> DomainReport | None:
-        if not (before.spec.valid and before.observed is not None):
+        if not ((before.spec.valid or before.withdrawn) and before.observed is not None):
             return before
         try:
             return self.tuner.apply(guest, report=before)

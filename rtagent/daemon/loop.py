@@ -117,7 +117,7 @@ class Daemon:
         if due is not None and now >= due and self.link.connect():
             self.resync()
         if now >= self._next_resync:
-            self.resync()
+            self.resync(full=now >= self.guests.next_full)
             self._next_resync = time.monotonic() + self.config.daemon.resync_interval_s
 
     def _handle_batch(self, first: Item) -> None:
@@ -154,12 +154,12 @@ class Daemon:
         elif item.kind == Kind.EVENT:
             self.guests.on_event(item.payload, item.at)
 
-    def resync(self) -> None:
-        """Every managed guest, then the host partition; a lost connection is
-        noticed here too (a libvirtd restart loses events)."""
+    def resync(self, full: bool = True) -> None:
+        """Every managed guest, then the host partition.  ``full``: re-list and
+        re-read every guest (noticing a lost connection); else daemon/steady.py."""
         if not self.link.up:
             self.guests.enforce_known()
-        elif not self.guests.resync():
+        elif not (self.guests.resync() if full else self.guests.check_steady()):
             self.link.lost("listing guests failed", time.monotonic())
         self.link.publish_responsiveness()
         self.hostside.enforce(set(self.guests.tracked.values()))

@@ -1,4 +1,4 @@
-"""Thread birth and naming events from the kernel's proc connector (cn_proc).
+"""Thread birth, naming and exit events from the kernel's proc connector (cn_proc).
 
 A QEMU thread that appears while a guest runs (a hotplugged vCPU, an
 iothread added live, a vhost worker) must be tuned at birth, not at the next
@@ -27,6 +27,7 @@ PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_COMM = 0x00000200
+PROC_EVENT_EXIT = 0x80000000
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ _COMM = struct.Struct("=II")  # process_pid, process_tgid
 
 
 def parse_event(data: bytes, offset: int = 0) -> tuple[str, int, int] | None:
-    """``(event, tgid, tid)`` for FORK and COMM messages, None for the rest.
+    """``(event, tgid, tid)`` for FORK, COMM and EXIT messages, None for the
+    rest.  An EXIT makes the daemon re-read the thread set: a TID the kernel
+    may hand out again must not stay in a guest's cheap-check baseline.
 
     Hand-decoded with ``struct``: the kernel multicasts every fork on the
     host and this runs for each, so it must be cheap.
@@ -54,6 +57,9 @@ def parse_event(data: bytes, offset: int = 0) -> tuple[str, int, int] | None:
     if what == PROC_EVENT_COMM:
         tid, tgid = _COMM.unpack_from(data, offset + _DATA_AT)
         return "comm", tgid, tid
+    if what == PROC_EVENT_EXIT:
+        tid, tgid = _COMM.unpack_from(data, offset + _DATA_AT)  # exit: process_pid, process_tgid first
+        return "exit", tgid, tid
     if what == PROC_EVENT_FORK and len(data) >= offset + _DATA_AT + _FORK.size:
         _ppid, _ptgid, tid, tgid = _FORK.unpack_from(data, offset + _DATA_AT)
         return "fork", tgid, tid

@@ -1,7 +1,8 @@
 """The ``/metrics`` HTTP endpoint: prometheus_client's exposition, our sockets.
 
 The exposition (text format or OpenMetrics by ``Accept``, gzip by
-``Accept-Encoding``) is prometheus_client's own ``choose_encoder`` over the
+``Accept-Encoding``) is prometheus_client's own ``choose_encoder`` (through
+:mod:`rtagent.monitor.exposition`, which writes rtagent's families) over the
 daemon's private registry (present in every version we support, down to
 Debian 12's 0.16); the socket handling is
 :class:`~rtagent.monitor.connserver.ConnectionServer` (bounded connections,
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from .exposition import choose_encoder  # prometheus_client's negotiation; rtagent's families written fast
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,17 @@
 """Prometheus metrics: a custom collector over the daemon's state store.
 
 The collector owns no state of its own.  Every scrape takes the store's lock
-once, copies the handful of numbers it needs into plain tuples, releases the
-lock and only then builds metric families — the daemon loop never waits for
-an HTTP client.  Because each scrape reads only what is in the store *now*,
+once, takes references to each guest's (immutable) report and copies its
+counters, releases the lock and only then builds metric families — the
+daemon loop never waits for an HTTP client.  What a report says (intent,
+violations, per-vCPU policy) is derived once per report and reused while the
+guest's report does not change (the steady state); the per-vCPU run-queue
+delay, CPU time and involuntary switches are read from the kernel at scrape
+time (:mod:`rtagent.monitor.counters`, cached for a scrape interval), not by
+the resync.  Families are :class:`~rtagent.monitor.exposition.FastMetric`
+(prometheus_client ``Metric`` objects rendered by our own writer; why:
+docs/metrics.md, "Exposition cost").  A new metric is still one
+``_gauge``/``_counter``/``_histogram`` and its ``add_metric`` calls here.  Because each scrape reads only what is in the store *now*,
 the series of a guest that stopped (and was dropped from the store) vanish on
 the next scrape; there is no registry of children to forget to clean up.
 
@@ -34,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -42,7 +50,10 @@ from .. import __version__
 from ..config import MetricsConfig
 from ..errors import RtagentError
 from ..state import GuestState, Histogram, StateStore
+from ..tuning.guest.report import DomainReport
 from .connserver import ConnectionServer, Limits
+from .counters import CounterCache
+from .exposition import FastMetric
 from .httpd import RENDER_REUSE_S, MetricsHandler
 
 __all__ = ["LISTEN_BACKLOG", "RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
@@ -60,6 +71,17 @@ LISTEN_BACKLOG = 1024
 # plain copies taken under the store's lock
 
 
+_BOUNDS: dict[tuple[float, ...], tuple[str, ...]] = {}
+
+
+def _bounds(buckets: tuple[float, ...]) -> tuple[str, ...]:
+    """Bucket bounds as exposition strings, computed once per bucket layout."""
+    out = _BOUNDS.get(buckets)
+    if out is None:
+        out = _BOUNDS[buckets] = tuple(floatToGoString(b) for b in (*buckets, float("inf")))
+    return out
+
+
 @dataclass(frozen=True)
 class _Hist:
     buckets: tuple[tuple[str, int], ...]
@@ -67,11 +89,15 @@ class _Hist:
 
     @classmethod
     def of(cls, h: Histogram) -> _Hist:
+        return cls.raw(h.buckets, list(h.counts), h.total)
+
+    @classmethod
+    def raw(cls, buckets: tuple[float, ...], counts: list[int], total: float) -> _Hist:
         acc, out = 0, []
-        for bound, n in zip([*h.buckets, float("inf")], h.counts, strict=True):
+        for bound, n in zip(_bounds(buckets), counts, strict=True):
             acc += n
-            out.append((floatToGoString(bound), acc))
-        return cls(tuple(out), float(h.total))
+            out.append((bound, acc))
+        return cls(tuple(out), float(total))
 
 
 @dataclass(frozen=True)
@@ -80,12 +106,39 @@ class _Vcpu:
     policy: str
     priority: int
     tuned: bool
-    run_delay_ns: int | None
-    run_time_ns: int | None
-    nonvoluntary: int
     # False: the intent has this realtime vCPU but the report has no planned
     # thread for it (not yet placed in its vcpuN cgroup, or moved out of it).
     has_thread: bool = True
+    pid: int = 0  # whose counters are read at scrape time (never a label)
+    tid: int = 0
+
+
+@dataclass(frozen=True)
+class _FromReport:
+    """What one report says, derived once per report (reports are replaced,
+    never changed, so this is reused for as long as the guest's report stays)."""
+
+    source: str = ""
+    flavor: str = ""
+    realtime: bool = False
+    valid: bool = False
+    compliant: bool = False
+    violations: tuple[tuple[str, int], ...] = ()
+    memory: tuple[int, int, int] | None = None
+    vcpus: tuple[_Vcpu, ...] = ()
+
+
+@dataclass(frozen=True)
+class _GuestRef:
+    """Taken under the store's lock: a reference and small copies, nothing derived."""
+
+    name: str
+    uuid: str
+    report: DomainReport | None
+    corrections: tuple[tuple[str, int], ...]
+    correction_failures: tuple[tuple[str, int], ...]
+    latency: tuple[tuple[float, ...], list[int], float]
+    event_to_tuned_s: float | None
 
 
 @dataclass(frozen=True)
@@ -130,53 +183,57 @@ class _Snapshot:
     host_refused: tuple[tuple[str, int], ...] = ()
     reconcile: _Hist | None = None
     event_to_tuned: _Hist | None = None
-    guests: list[_Guest] = field(default_factory=list)
+    guests: list[_GuestRef] = field(default_factory=list)
 
 
 def _items(counter: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), int(v)) for k, v in dict(counter).items()))
 
 
-def _copy_guest(g: GuestState) -> _Guest:
-    r = g.report
-    vcpus: list[_Vcpu] = []
+def _from_report(r: DomainReport) -> _FromReport:
+    spec = r.spec
+    counts: dict[str, int] = {}
+    for v in r.violations:
+        counts[v.check] = counts.get(v.check, 0) + 1
     memory = None
-    realtime = valid = compliant = False
-    source = flavor = ""
-    violations: tuple[tuple[str, int], ...] = ()
-    if r is not None:
-        spec = r.spec
-        realtime, valid, compliant = bool(spec.realtime), bool(spec.valid), bool(r.compliant)
-        source, flavor = spec.source or "", spec.flavor or ""
-        counts: dict[str, int] = {}
-        for v in r.violations:
-            counts[v.check] = counts.get(v.check, 0) + 1
-        violations = tuple(sorted(counts.items()))
-        if r.observed is not None:
-            memory = (int(spec.memory.size_bytes), int(r.observed.memory.vm_lck_bytes),
-                      int(r.observed.memory.hugetlb_bytes))
-        seen: set[int] = set()
-        for tp in r.threads:
-            t = tp.thread
-            if t.role != "vcpu" or t.vcpu is None or t.vcpu in seen:
-                continue
-            vs = spec.vcpu(t.vcpu)
-            if vs is None or not vs.realtime:
-                continue
-            seen.add(t.vcpu)
-            vcpus.append(_Vcpu(t.vcpu, t.policy, int(t.priority), bool(tp.ok), t.run_delay_ns, t.run_time_ns,
-                               int(t.nonvoluntary_ctxt_switches)))
-        # A realtime vCPU rtagent cannot tune is reported untuned rather than
-        # silently losing its series (fleet views count untuned vCPUs).
-        for vs in spec.realtime_vcpus if r.observed is not None and spec.valid else ():
-            if vs.vcpu not in seen:
-                vcpus.append(_Vcpu(vs.vcpu, "", 0, False, None, None, 0, has_thread=False))
+    if r.observed is not None:
+        memory = (int(spec.memory.size_bytes), int(r.observed.memory.vm_lck_bytes),
+                  int(r.observed.memory.hugetlb_bytes))
+    vcpus: list[_Vcpu] = []
+    seen: set[int] = set()
+    for tp in r.threads:
+        t = tp.thread
+        if t.role != "vcpu" or t.vcpu is None or t.vcpu in seen:
+            continue
+        vs = spec.vcpu(t.vcpu)
+        if vs is None or not vs.realtime:
+            continue
+        seen.add(t.vcpu)
+        vcpus.append(_Vcpu(t.vcpu, t.policy, int(t.priority), bool(tp.ok), pid=r.pid or t.tid, tid=t.tid))
+    # A realtime vCPU rtagent cannot tune is reported untuned rather than
+    # silently losing its series (fleet views count untuned vCPUs).
+    for vs in spec.realtime_vcpus if r.observed is not None and spec.valid else ():
+        if vs.vcpu not in seen:
+            vcpus.append(_Vcpu(vs.vcpu, "", 0, False, has_thread=False))
+    return _FromReport(source=spec.source or "", flavor=spec.flavor or "", realtime=bool(spec.realtime),
+                       valid=bool(spec.valid), compliant=bool(r.compliant), violations=tuple(sorted(counts.items())),
+                       memory=memory, vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)))
+
+
+def _ref(g: GuestState) -> _GuestRef:
+    h = g.correction_latency
+    return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=_items(g.corrections),
+                     correction_failures=_items(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
+                     event_to_tuned_s=g.event_to_tuned_s)
+
+
+def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
     return _Guest(
-        name=g.name, uuid=g.uuid, source=source, flavor=flavor, has_report=r is not None, realtime=realtime, valid=valid,
-        compliant=compliant, violations=violations, memory=memory,
-        vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)),
-        corrections=_items(g.corrections), correction_failures=_items(g.correction_failures),
-        correction_latency=_Hist.of(g.correction_latency), event_to_tuned_s=g.event_to_tuned_s,
+        name=ref.name, uuid=ref.uuid, source=derived.source, flavor=derived.flavor, has_report=ref.report is not None,
+        realtime=derived.realtime, valid=derived.valid, compliant=derived.compliant, violations=derived.violations,
+        memory=derived.memory, vcpus=derived.vcpus, corrections=ref.corrections,
+        correction_failures=ref.correction_failures, correction_latency=_Hist.raw(*ref.latency),
+        event_to_tuned_s=ref.event_to_tuned_s,
     )
 
 
@@ -211,7 +268,7 @@ def _take(store: StateStore) -> _Snapshot:
         last_resync_at=d.last_resync_at, host_checks=tuple(checks),
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
         reconcile=_Hist.of(d.reconcile_duration), event_to_tuned=_Hist.of(d.event_to_tuned),
-        guests=[_copy_guest(g) for _, g in sorted(by_name.items())],
+        guests=[_ref(g) for _, g in sorted(by_name.items())],
     )
 
 
@@ -219,24 +276,28 @@ def _take(store: StateStore) -> _Snapshot:
 # the collector
 
 
-def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> FastMetric:
+    return FastMetric(f"{NS}_{name}", doc, "gauge", list(labels))
 
 
-def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> FastMetric:
+    return FastMetric(f"{NS}_{name}", doc, "counter", list(labels))
 
 
-def _histogram(name: str, doc: str, labels: Iterable[str] = ()) -> HistogramMetricFamily:
-    return HistogramMetricFamily(f"{NS}_{name}", doc, labels=list(labels))
+def _histogram(name: str, doc: str, labels: Iterable[str] = ()) -> FastMetric:
+    """``add_metric(labels, buckets, sum_value)``, buckets as ``[(le, cumulative), …]``."""
+    return FastMetric(f"{NS}_{name}", doc, "histogram", list(labels))
 
 
 class RtagentCollector(Collector):
     """Reads the :class:`StateStore` on every scrape."""
 
-    def __init__(self, store: StateStore, *, version: str = __version__):
+    def __init__(self, store: StateStore, *, version: str = __version__, counters: CounterCache | None = None):
         self.store = store
         self.version = version
+        # Per-thread counters, read at scrape time (not by the resync).
+        self.counters = counters or CounterCache()
+        self._derived: dict[str, tuple[DomainReport, _FromReport]] = {}  # uuid -> (report, what it says)
 
     def describe(self) -> list[Metric]:
         # Nothing to pre-declare: names are checked by the tests, and an empty
@@ -246,12 +307,33 @@ class RtagentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         t0 = time.perf_counter()
         snap: _Snapshot = self.store.read(_take)
-        families = [*self._daemon(snap), *self._host(snap), *self._guests(snap.guests)]
+        guests = self._derive(snap.guests)
+        counters = self.counters.get((v.pid, v.tid) for g in guests for v in g.vcpus if v.has_thread)
+        families = [*self._daemon(snap), *self._host(snap), *self._guests(guests, counters)]
         scrape = _gauge("scrape_duration_seconds",
                         "Time this collector took to read the state store and build the metrics (this scrape).")
         scrape.add_metric([], time.perf_counter() - t0)
         families.append(scrape)
         yield from families
+
+    def _derive(self, refs: list[_GuestRef]) -> list[_Guest]:
+        """Outside the lock: each guest's rows, re-derived only for a new report."""
+        old, new = self._derived, {}
+        out = []
+        for ref in refs:
+            r = ref.report
+            hit = old.get(ref.uuid)
+            if r is None:
+                derived = _FromReport()
+            elif hit is not None and hit[0] is r:
+                derived = hit[1]
+            else:
+                derived = _from_report(r)
+            if r is not None:
+                new[ref.uuid] = (r, derived)
+            out.append(_guest(ref, derived))
+        self._derived = new
+        return out
 
     # -- the agent and its connections -----------------------------------
 
@@ -338,7 +420,7 @@ class RtagentCollector(Collector):
 
     # -- guests ---------------------------------------------------------------
 
-    def _guests(self, guests: list[_Guest]) -> list[Metric]:
+    def _guests(self, guests: list[_Guest], counters: dict) -> list[Metric]:
         d, dv = ["domain"], ["domain", "vcpu"]
         # uuid is Nova's instance UUID for Nova guests; flavor joins fleet
         # queries to flavors ("which flavors lose tuning").
@@ -395,11 +477,13 @@ class RtagentCollector(Collector):
                 if not v.has_thread:
                     tuned.add_metric(labels, 0)
                     continue
-                if v.run_delay_ns is not None:
-                    delay.add_metric(labels, v.run_delay_ns / 1e9)
-                if v.run_time_ns is not None:
-                    cpu.add_metric(labels, v.run_time_ns / 1e9)
-                nvcsw.add_metric(labels, v.nonvoluntary)
+                c = counters.get((v.pid, v.tid))
+                if c is not None:  # None: the thread is gone since the report (re-read at the next reconcile)
+                    if c.run_delay_ns is not None:
+                        delay.add_metric(labels, c.run_delay_ns / 1e9)
+                    if c.run_time_ns is not None:
+                        cpu.add_metric(labels, c.run_time_ns / 1e9)
+                    nvcsw.add_metric(labels, c.nonvoluntary_ctxt_switches)
                 policy.add_metric([*labels, v.policy], 1)
                 prio.add_metric(labels, v.priority)
                 tuned.add_metric(labels, 1 if v.tuned else 0)

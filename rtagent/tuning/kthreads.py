@@ -52,12 +52,14 @@ from pathlib import Path
 
 from ..config import Partition
 from ..cpulist import CpuListError, parse_cpulist
+from .guest.vmthreads import HOST_PREFIXES
 
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000
 
-#: Names of per-VM kernel threads owned by the guest tuning engine.
-GUEST_PREFIXES = ("kvm-pit/", "kvm-nx-lpage", "vhost-")
+#: Names of per-VM kernel threads owned by the guest tuning engine (its
+#: table of kinds, tuning/guest/vmthreads.py).
+GUEST_PREFIXES = HOST_PREFIXES
 
 #: Per-CPU threads that must stay where they are and run above the vCPUs:
 #: name → offset above the highest vCPU priority (tuned realtime-virtual-host

@@ -96,7 +96,8 @@ def fleet(libvirtd, _conn_holder, tmp_path_factory):
             namespaces.append(ns)
             veth(ns, "eth0", f"10.203.{i}.2/30", mon_ns, f"veth-{key}", f"10.203.{i}.1/30")
             nodes[key] = Node(name=f"node-{key}", ns=ns, address=f"10.203.{i}.2",
-                              workdir=workdir / f"node-{key}", guest_glob=f"{prefix}-{key}-*")
+                              workdir=workdir / f"node-{key}", guest_glob=f"{prefix}-{key}-*",
+                              trace_instance=f"{prefix}-{key}")
             nodes[key].workdir.mkdir()
         for key, flavor in NODE_FLAVORS.items():
             name = f"{prefix}-{key}-1"
@@ -129,6 +130,8 @@ def _teardown(nodes: dict[str, Node], mon: Monitoring | None, doms: list[str], n
 
     for node in nodes.values():
         step(node.stop_daemon)
+        # A daemon that logged a traceback failed, whatever the tests checked.
+        step(node.assert_no_traceback)
     if mon is not None:
         step(mon.close)
     for uuid in doms:

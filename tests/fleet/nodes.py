@@ -12,7 +12,8 @@ every node config:
 - grants a fixed small RT budget per realtime vCPU instead of "auto" (which
   would share the root budget among *all* realtime vCPUs it sees);
 - has its own single-instance lock (``[daemon] lock_file``), so the three
-  daemons do not refuse each other;
+  daemons do not refuse each other, and its own tracefs instance for the
+  interference accounting (each daemon replaces a "leftover" of its name);
 - turns the proc connector off: the kernel delivers its events only to
   sockets of the initial network namespace, so inside a node namespace
   the daemon finds new threads by its resync, which is what it does without
@@ -44,6 +45,7 @@ class Node:
     address: str  # the node's address inside its namespace
     workdir: Path
     guest_glob: str
+    trace_instance: str  # tracefs instance of the node's interference accounting
     daemon: subprocess.Popen | None = None
     guests: list = field(default_factory=list)  # tests.conftest.Guest
 
@@ -84,6 +86,8 @@ kthread_priorities = false
 irqs = false
 workqueues = false
 state_file = "{self.workdir / 'host-saved.json'}"
+[interference]
+instance = "{self.trace_instance}"
 """)
 
     def start_daemon(self, mon_ns: Netns, timeout: float = 60) -> None:
@@ -126,6 +130,10 @@ state_file = "{self.workdir / 'host-saved.json'}"
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
                 self.daemon.wait(timeout=10)
+
+    def assert_no_traceback(self) -> None:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        assert "Traceback" not in text, f"{self.name}: the daemon logged a traceback:\n{text[-6000:]}"
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else "(no log)"

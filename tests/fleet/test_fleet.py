@@ -64,12 +64,17 @@ def test_every_node_is_scraped_with_only_its_own_guests(fleet: Fleet):
 
     fleet.wait(lambda: mon.values("instance:rtagent_domains_tuned:ratio") == {n: 1.0 for n in NODES}, 60,
                "tuning compliance 1 on every node")
-    assert mon.values("cluster:rtagent_domains_tuned:ratio", "cluster") == {"": 1.0}
-    assert mon.values("instance:rtagent_vcpus_untuned:sum") == {n: 0.0 for n in NODES}
-    assert mon.values("instance:rtagent_vcpus_not_realtime:sum") == {n: 0.0 for n in NODES}
-    # memlock (see the module docstring): full compliance is 0 everywhere.
-    assert mon.values("instance:rtagent_domains_compliant:ratio") == {n: 0.0 for n in NODES}
-    assert mon.values("cluster_flavor:rtagent_domains_realtime:sum", "flavor") == {"": 2.0, "rt.small": 1.0}
+    # Rules of one group are evaluated one after the other: wait, do not race.
+    expect = {
+        ("cluster:rtagent_domains_tuned:ratio", "cluster"): {"": 1.0},
+        ("instance:rtagent_vcpus_untuned:sum", "instance"): {n: 0.0 for n in NODES},
+        ("instance:rtagent_vcpus_not_realtime:sum", "instance"): {n: 0.0 for n in NODES},
+        # memlock (see the module docstring): full compliance is 0 everywhere.
+        ("instance:rtagent_domains_compliant:ratio", "instance"): {n: 0.0 for n in NODES},
+        ("cluster_flavor:rtagent_domains_realtime:sum", "flavor"): {"": 2.0, "rt.small": 1.0},
+    }
+    for (expr, label), want in expect.items():
+        fleet.wait(lambda: mon.values(expr, label) == want, 30, f"{expr} == {want}")
     rules = mon.get(f"{mon.prom_url}/api/v1/rules")["data"]["groups"]
     unhealthy = [(r["name"], r.get("lastError")) for g in rules for r in g["rules"] if r["health"] == "err"]
     assert unhealthy == []
@@ -105,8 +110,10 @@ def test_a_broken_guest_alerts_for_its_node_only_and_resolves(fleet: Fleet):
         # The recording rule drops for node-a only.
         fleet.wait(lambda: mon.values("instance:rtagent_domains_tuned:ratio")
                    == {"node-a": 0.0, "node-b": 1.0, "node-c": 1.0}, 60, "tuning compliance 0 on node-a only")
-        assert mon.values("instance:rtagent_vcpus_untuned:sum") == {"node-a": 1.0, "node-b": 0.0, "node-c": 0.0}
-        assert mon.values("cluster:rtagent_domains_tuned:ratio", "cluster") == {"": pytest.approx(2 / 3)}
+        fleet.wait(lambda: mon.values("instance:rtagent_vcpus_untuned:sum")
+                   == {"node-a": 1.0, "node-b": 0.0, "node-c": 0.0}, 30, "one untuned vCPU, on node-a")
+        fleet.wait(lambda: mon.values("cluster:rtagent_domains_tuned:ratio", "cluster") == {"": pytest.approx(2 / 3)},
+                   30, "cluster tuning compliance 2/3")
 
         # The alert fires in Prometheus, for that node, guest and vCPU only.
         firing = fleet.wait(lambda: mon.prom_alerts("RtagentVcpuNotTuned"), 60, "RtagentVcpuNotTuned firing")
@@ -166,7 +173,8 @@ def test_a_killed_daemon_raises_rtagent_down_for_its_node(fleet: Fleet):
         assert _instances(sent) == {"node-c"}
         assert "node-c" in sent[0]["annotations"]["summary"]
         # The node's series went stale with it: the fleet view has no node-c.
-        assert "node-c" not in mon.values("instance:rtagent_domains_tuned:ratio")
+        fleet.wait(lambda: "node-c" not in mon.values("instance:rtagent_domains_tuned:ratio"), 30,
+                   "node-c to leave the fleet view")
         # While nobody guards node-c, a foreign tool demotes its realtime vCPU.
         tid = vcpu_tid(_qemu_pid(node.guests[0]), 1)
         subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True, capture_output=True)

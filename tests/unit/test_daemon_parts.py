@@ -52,7 +52,8 @@ def _msg(what: int, body: bytes) -> bytes:
 def test_parse_fork_comm_and_ignore_others():
     assert parse_event(_msg(0x1, struct.pack("=IIII", 10, 10, 77, 70))) == ("fork", 70, 77)
     assert parse_event(_msg(0x200, struct.pack("=II", 77, 70) + b"CPU 1/KVM".ljust(16, b"\0"))) == ("comm", 70, 77)
-    assert parse_event(_msg(0x80000000, struct.pack("=IIIIII", 77, 70, 0, 0, 1, 1))) is None
+    assert parse_event(_msg(0x80000000, struct.pack("=IIIIII", 77, 70, 0, 0, 1, 1))) == ("exit", 70, 77)
+    assert parse_event(_msg(0x2, struct.pack("=II", 77, 70))) is None  # exec: not a thread-set change
     assert parse_event(b"\0" * 10) is None
 
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtagent.monitor.metrics import RtagentCollector
 from rtagent.monitor.interference_service import InterferenceCollector
 from tests.unit.test_interference_service import populated_service
-from tests.unit.test_metrics import populated_store
+from tests.unit.test_metrics import populated_store, report_counters
 
 pytestmark = pytest.mark.unit
 
@@ -59,7 +59,8 @@ def metric_names(expr: str) -> set[str]:
 
 def exported_names() -> set[str]:
     reg = CollectorRegistry()
-    reg.register(RtagentCollector(populated_store()))
+    store = populated_store()
+    reg.register(RtagentCollector(store, counters=report_counters(store)))
     reg.register(InterferenceCollector(populated_service()))
     text = generate_latest(reg).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}

@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtagent.config import MetricsConfig, Partition, RealtimeConfig
 from rtagent.errors import RtagentError
 from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
+from rtagent.kernel.counters import ThreadCounters
+from rtagent.monitor.counters import CounterCache
 from rtagent.monitor.metrics import RtagentCollector, serve
 from rtagent.state import StateStore
 from rtagent.tuning.guest.report import DomainReport
@@ -105,9 +107,19 @@ def populated_store() -> StateStore:
     return store
 
 
+def report_counters(store: StateStore) -> CounterCache:
+    """Scrape-time counters as the kernel would give them: here, the values
+    the made-up threads of the reports carry (their TIDs are not real)."""
+    table = store.read(lambda s: {
+        (g.report.pid, t.tid): ThreadCounters(t.run_time_ns, t.run_delay_ns, t.nonvoluntary_ctxt_switches)
+        for g in s.guests.values() if g.report is not None and g.report.observed is not None
+        for t in g.report.observed.threads})
+    return CounterCache(lambda pid, tid: table.get((pid, tid)))
+
+
 def scrape(store: StateStore) -> tuple[str, dict[str, list]]:
     reg = CollectorRegistry()
-    reg.register(RtagentCollector(store, version="9.9.9"))
+    reg.register(RtagentCollector(store, version="9.9.9", counters=report_counters(store)))
     text = generate_latest(reg).decode()
     samples: dict[str, list] = {}
     for fam in text_string_to_metric_families(text):

@@ -228,3 +228,30 @@ class _Sentinel:
 
     def set_exception(self, _err) -> None:
         self.done.set()
+
+
+def test_status_says_how_long_libvirt_has_been_unresponsive():
+    from rtagent.commands.status import render
+
+    base = {"host": {"realtime_cpus": "1", "housekeeping_cpus": "0"}}
+    hung = render({**base, "daemon": {"libvirt": {"connected": True, "responsive": False,
+                                                  "unresponsive_for_s": 4.2, "uri": "qemu:///system"}}}, [],
+                  detail=False)
+    assert "libvirt UNRESPONSIVE for 4s" in hung[0]
+    ok = render({**base, "daemon": {"libvirt": {"connected": True, "responsive": True,
+                                                "unresponsive_for_s": None}}}, [], detail=False)
+    assert "libvirt connected" in ok[0]
+
+
+def test_building_the_daemon_starts_no_thread(tmp_path):
+    """Capabilities are per thread: privileges are dropped in start() before
+    any thread exists, so constructing the daemon must not start one (the
+    libvirt worker starts at the first call)."""
+    from rtagent.config import parse_config
+    from rtagent.daemon import Daemon
+
+    before = threading.active_count()
+    cfg = parse_config({"host": {"realtime_cpus": "1"} if os.cpu_count() and os.cpu_count() > 1 else {},
+                        "daemon": {"lock_file": str(tmp_path / "l")}})
+    Daemon(cfg, None)
+    assert threading.active_count() == before

@@ -115,6 +115,13 @@ def execute(actions: list[Action], pinner: Pinner | None = None, *, dry_run: boo
             continue
         try:
             if isinstance(a, SetAffinity):
+                # The syscall first where the cgroup already allows it: the
+                # kernel has the correction before libvirt's round trip
+                # (which then puts its cgroup cpuset and live XML in line).
+                try:
+                    os.sched_setaffinity(a.tid, a.cpus)
+                except OSError:
+                    pass  # outside the thread's cpuset: libvirt's pin below first
                 try:
                     pinner.pin(a)
                 except LibvirtError as err:

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ...cpulist import CpuListError, parse_cpulist
+from . import vmthreads
+from .vmthreads import PF_IO_WORKER, PF_KTHREAD, PF_USER_WORKER, WORKER_FLAGS
 
 __all__ = [
     "ProcessGone",
@@ -46,17 +48,13 @@ log = logging.getLogger(__name__)
 # sched(7) policy numbers as they appear in /proc/<pid>/stat field 41.
 POLICY_NAMES = {0: "other", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline", 7: "ext"}
 
-# include/linux/sched.h task flags, /proc/<pid>/stat field 9.
-PF_IO_WORKER = 0x00000010  # io_uring worker (iou-wrk-*, iou-sqp-*)
-PF_USER_WORKER = 0x00004000  # kernel worker inside a user process (vhost_task, kvm-nx-lpage on >= 6.x)
-PF_KTHREAD = 0x00200000
+# include/linux/sched.h task flags, /proc/<pid>/stat field 9 (the worker
+# flags live with the per-VM kernel-thread table, vmthreads.py).
 PF_NO_SETAFFINITY = 0x04000000  # sched_setaffinity() refuses with EINVAL
 
 KTHREADD_PID = 2
 
 _VCPU_RE = re.compile(r"CPU (\d+)/(KVM|TCG)")
-_KVM_PIT_RE = re.compile(r"kvm-pit/(\d+)")
-_VHOST_RE = re.compile(r"vhost-(\d+)")
 
 # Errors that mean "this task no longer exists".  Reading a file of an exited
 # task gives ENOENT (FileNotFoundError) or ESRCH (ProcessLookupError).
@@ -244,22 +242,19 @@ def classify(name: str, tid: int, pid: int, flags: int = 0) -> tuple[str, int | 
     """(role, vcpu index, kind) of a thread of QEMU process ``pid``.
 
     Kernel workers living inside the QEMU process (vhost_task on kernels
-    >= 6.4, kvm-nx-lpage-recovery) are recognised by PF_USER_WORKER /
-    PF_IO_WORKER / PF_KTHREAD when the flags say so, by name otherwise.
+    >= 6.4, kvm-nx-lpage-recovery) are recognised by the per-VM kernel-thread
+    table (vmthreads.py), other workers by PF_USER_WORKER / PF_IO_WORKER /
+    PF_KTHREAD.
     """
     m = _VCPU_RE.fullmatch(name)
     if m:
         return "vcpu", int(m.group(1)), "vcpu"
     if name == "ALL CPUs/TCG":  # single-threaded TCG: every vCPU in one thread
         return "vcpu", None, "vcpu"
-    worker_flag = bool(flags & (PF_USER_WORKER | PF_IO_WORKER | PF_KTHREAD))
-    if name.startswith("vhost-") and (worker_flag or _VHOST_RE.fullmatch(name)):
-        return "kthread", None, "vhost"
-    if name.startswith("kvm-nx-lpage"):
-        return "kthread", None, "kvm-nx-lpage"
-    if _KVM_PIT_RE.fullmatch(name):
-        return "kthread", None, "kvm-pit"
-    if worker_flag:
+    kind = vmthreads.kind_of(name, flags)
+    if kind is not None:
+        return "kthread", None, kind
+    if flags & WORKER_FLAGS:
         return "kthread", None, "other"
     if tid == pid:
         return "emulator", None, "main"
@@ -345,9 +340,10 @@ def _kthread_stat(pid: int, proc_root: str) -> tuple[str, list[str]] | None:
 def find_kvm_pit(
     qemu_pid: int, proc_root: str = "/proc", *, tids: Iterable[int] | None = None
 ) -> list[ThreadInfo]:
-    """The per-VM kthreads that are separate processes: ``kvm-pit/<qemu_pid>``
-    and, on kernels before 6.4, ``vhost-<owner>`` kthreads (owner = the QEMU
-    task that set up vhost: the main thread, or any of ``tids``).
+    """The per-VM kthreads that are separate processes (the kinds of
+    vmthreads.py with an owner): ``kvm-pit/<qemu_pid>`` and, on kernels
+    before 6.4, ``vhost-<owner>`` (owner = the QEMU task that set up vhost:
+    the main thread, or any of ``tids``).
 
     Only kernel threads qualify (PF_KTHREAD, or a child of kthreadd): a user
     process that happens to be called ``vhost-123`` is not one.
@@ -359,14 +355,7 @@ def find_kvm_pit(
             comm = _read_text(f"{proc_root}/{pid}/comm").rstrip("\n")
         except OSError:
             continue
-        m = _KVM_PIT_RE.fullmatch(comm)
-        kind = None
-        if m and int(m.group(1)) == qemu_pid:
-            kind = "kvm-pit"
-        else:
-            m = _VHOST_RE.fullmatch(comm)
-            if m and int(m.group(1)) in owners:
-                kind = "vhost"
+        kind = vmthreads.separate_kind(comm, qemu_pid, owners)
         if kind is None:
             continue
         st = _kthread_stat(pid, proc_root)

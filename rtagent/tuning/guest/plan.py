@@ -23,6 +23,7 @@ from ...config import Partition, RealtimeConfig
 from ...cpulist import format_cpulist
 from ...model import RealtimeSpec, Violation
 from .observe import Observed, ThreadInfo
+from .vmthreads import TIMER_KINDS, Placement, placement
 
 REALTIME = frozenset({"fifo", "rr"})
 
@@ -138,7 +139,8 @@ class DomainPlan:
         return {
             tp.thread.cgroup_cpu
             for tp in self.threads
-            if tp.want.policy in REALTIME and tp.thread.cgroup_cpu is not None and tp.thread.kind != "kvm-pit"
+            if tp.want.policy in REALTIME and tp.thread.cgroup_cpu is not None
+            and tp.thread.kind not in TIMER_KINDS
         }
 
 
@@ -221,11 +223,11 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
             # sit in a realtime vCPU's cpuset cgroup.
             plan.threads.append(ThreadPlan(t, Want(policy="other", cpus=emulator_cpus), "kthread",
                                            join_cgroups_of=observed.pid))
-    pit_want = _kvm_pit_want(spec, partition, rt)
+    timer_want = _kvm_pit_want(spec, partition, rt)
     for k in observed.kthreads:
-        if k.kind == "kvm-pit":
-            if pit_want is not None:
-                plan.threads.append(ThreadPlan(k, pit_want, "kthread"))
+        if placement(k.kind) is Placement.TIMER:
+            if timer_want is not None:
+                plan.threads.append(ThreadPlan(k, timer_want, "kthread"))
         else:
             plan.threads.append(ThreadPlan(k, Want(policy="other", cpus=emulator_cpus), "kthread"))
 
@@ -246,6 +248,18 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
             "partition", "the host has no realtime CPUs (host.realtime_cpus is auto and neither isolcpus "
             "nor nohz_full is set): no vCPU is made realtime; set host.realtime_cpus or boot with "
             "isolcpus=/nohz_full="))
+    return plan
+
+
+def plan_withdrawal(observed: Observed) -> DomainPlan:
+    """A guest taken out of realtime (its intent withdrawn): every thread of
+    it that is realtime — vCPUs, kvm-pit, anything rtagent made FIFO — goes
+    back to SCHED_OTHER.  Affinity is no longer managed and left as it is."""
+    plan = DomainPlan()
+    for t in observed.threads + observed.kthreads:
+        if t.policy in REALTIME:
+            check = "vcpu" if t.role == "vcpu" else ("emulator" if t.role == "emulator" else "kthread")
+            plan.threads.append(ThreadPlan(t, Want(policy="other"), check))
     return plan
 
 

@@ -25,6 +25,11 @@ class DomainReport:
     violations: list[Violation] = field(default_factory=list)
     changes: list[Result] = field(default_factory=list)
     observed_at: float = 0.0
+    # The guest was realtime under rtagent and its intent was withdrawn: its
+    # realtime threads are planned back to SCHED_OTHER (it stays tracked).
+    withdrawn: bool = False
+    # cpu-controller cgroups the plan needs RT budget for.
+    realtime_cgroups: frozenset[str] = frozenset()
 
     @property
     def realtime(self) -> bool:
@@ -46,6 +51,7 @@ class DomainReport:
             "uuid": self.uuid,
             "pid": self.pid,
             "realtime": spec.realtime,
+            "withdrawn": self.withdrawn,
             "source": spec.source,
             "valid": spec.valid,
             "compliant": self.compliant,

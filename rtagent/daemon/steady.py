@@ -1,0 +1,91 @@
+"""The cheap steady state: between full checks, a resync asks the kernel only
+what can drift.
+
+After every reconcile the guest supervisor records, per managed guest, each
+planned thread as the re-observation after apply saw it (:meth:`record`).  A
+steady resync then asks, per thread, three scheduler syscalls (policy,
+priority, affinity; :class:`~rtagent.kernel.probe.DriftProbe`) and compares
+them with that record.  Everything equal means a full observe → plan → apply
+would find exactly what it found last time, so it is skipped; any difference,
+a vanished thread or a missing record sends the guest down the full path.
+
+What a syscall cannot see — the thread set, names and roles, cgroup
+placement, memory facts, the per-VM kthreads — changes only with an event
+(the proc connector's FORK/COMM/EXIT for the tracked QEMU processes;
+libvirt's lifecycle, TUNABLE, DEVICE_ADDED and METADATA_CHANGE), which
+reconciles the guest at once, and is re-read by the slow full check
+(``[daemon] full_check_interval_s``) that catches a missed event.  No
+libvirt call is made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..kernel.probe import DriftProbe, Expected
+from ..kernel.root import Kernel
+from ..tuning.guest.report import DomainReport
+
+__all__ = ["Baseline", "SteadyCheck"]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One guest's planned threads as last observed."""
+
+    pid: int
+    threads: tuple[Expected, ...]
+
+
+def baseline_of(report: DomainReport) -> Baseline | None:
+    """The record of a reconciled guest; None when there is nothing to
+    compare against (no process observed)."""
+    if report.pid is None or report.observed is None or not report.threads:
+        return None
+    pid = report.pid
+    # Separate per-VM kthreads (kvm-pit) are their own processes.
+    separate = {k.tid for k in report.observed.kthreads}
+    return Baseline(pid, tuple(
+        Expected.of(t.tid, t.policy, t.priority, t.cpus, t.tid if t.tid in separate else pid)
+        for t in (tp.thread for tp in report.threads)))
+
+
+class SteadyCheck:
+    """Baselines of the managed guests and the cheap comparison."""
+
+    def __init__(self, probe: DriftProbe | None = None):
+        self.probe = probe or DriftProbe(Kernel())
+        self._baselines: dict[str, Baseline] = {}
+        self.checked = 0  # threads compared (the cost's unit)
+        self.differed = 0  # guests sent down the full path
+
+    def record(self, uuid: str, report: DomainReport) -> None:
+        base = baseline_of(report)
+        if base is None:
+            self._baselines.pop(uuid, None)
+        else:
+            self._baselines[uuid] = base
+
+    def forget(self, uuid: str) -> None:
+        self._baselines.pop(uuid, None)
+
+    def unchanged(self, uuid: str) -> bool:
+        base = self._baselines.get(uuid)
+        if base is None:
+            return False
+        self.checked += len(base.threads)
+        if self.probe.unchanged(base.threads):
+            return True
+        self.differed += 1
+        return False
+
+    def run(self, uuids: list[str], reconcile: Callable[[str], object]) -> int:
+        """Reconcile every guest of ``uuids`` whose threads differ from their
+        baseline; returns how many did."""
+        n = 0
+        for uuid in uuids:
+            if not self.unchanged(uuid):
+                reconcile(uuid)
+                n += 1
+        return n

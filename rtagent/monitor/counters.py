@@ -1,0 +1,56 @@
+"""Scrape-time per-thread counters, cached for a scrape interval.
+
+The resync no longer reads ``schedstat``/``status`` (it asks only what can
+drift); the collector asks this cache for the realtime vCPU threads it is
+about to export.  Values younger than ``ttl_s`` are reused, so several
+scrapers (an HA pair of Prometheus servers, ``rtagent status`` users) cost
+one read per interval.  The cache has its own lock and never takes the
+state store's: a scrape never blocks enforcement.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from ..kernel.counters import CounterReader, ThreadCounters
+from ..kernel.root import Kernel
+
+__all__ = ["CounterCache", "DEFAULT_TTL_S"]
+
+# Prometheus' default scrape interval is 15 s; half of it keeps a 15 s
+# scraper's values fresh while two scrapers in one interval share a read.
+DEFAULT_TTL_S = 7.5
+
+Key = tuple[int, int]  # (pid, tid)
+
+
+class CounterCache:
+    def __init__(self, reader: Callable[[int, int], ThreadCounters | None] | None = None, *,
+                 ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic):
+        self._kernel_reader = CounterReader(Kernel()) if reader is None else None
+        self._reader = reader or self._kernel_reader.read
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._values: dict[Key, tuple[float, ThreadCounters | None]] = {}
+        self.reads = 0  # threads read from the kernel (for tests and the benchmark)
+
+    def get(self, keys: Iterable[Key]) -> dict[Key, ThreadCounters | None]:
+        """Counters of every key; read from the kernel when missing or older
+        than ``ttl_s``.  Keys not asked for are dropped (threads that left)."""
+        now = self._clock()
+        with self._lock:
+            old = self._values
+            fresh: dict[Key, tuple[float, ThreadCounters | None]] = {}
+            for key in keys:
+                hit = old.get(key)
+                if hit is None or now - hit[0] >= self.ttl_s:
+                    hit = (now, self._reader(*key))
+                    self.reads += 1
+                fresh[key] = hit
+            self._values = fresh
+            if self._kernel_reader is not None and len(fresh) < len(old):
+                self._kernel_reader.keep(set(fresh))
+        return {k: v[1] for k, v in fresh.items()}

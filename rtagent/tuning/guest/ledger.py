@@ -1,0 +1,110 @@
+"""The RT-budget ledger: which cgroups need realtime budget, and which
+rtagent gave budget to.
+
+The RT group budget is one pool for the whole host, so a grant for one guest
+must count every realtime guest's vCPU cgroups.  The ledger is that host-wide
+record, kept apart from inspection (looking at a guest changes nothing, not
+even the ledger): whoever tunes a guest records its claim
+(:meth:`BudgetLedger.claim`), a guest that stops or stops being realtime
+withdraws it (:meth:`BudgetLedger.withdraw`).
+
+Order matters to the kernel: a group's budget cannot go to 0 while a
+realtime task is in it (EBUSY).  So budget is granted *before* threads go
+realtime (:meth:`grant`) and released *after* they left it
+(:meth:`release_unclaimed`), each release on its own: one that fails is kept
+for the next round and never stands in the way of a grant for another guest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from . import rtgroup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BudgetLedger:
+    # Mount point of the cgroup v1 cpu hierarchy with RT group scheduling,
+    # None when the kernel needs no budget (then every method is a no-op).
+    hierarchy: str | None
+    # realtime.rt_budget_us: a fixed per-vCPU budget, None = equal share.
+    fixed_us: int | None = None
+    claims: dict[str, frozenset[str]] = field(default_factory=dict)  # guest uuid -> cgroups
+    granted: set[str] = field(default_factory=set)
+    # Releases the kernel refused (EBUSY while a thread there is still
+    # realtime): retried on the next grant or release.
+    release_failed: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_host(cls, rt_budget_us: int | str, proc_root: str = "/proc") -> BudgetLedger:
+        ledger = cls(rtgroup.find_cpu_hierarchy(proc_root))
+        ledger.configure(rt_budget_us)
+        return ledger
+
+    def configure(self, rt_budget_us: int | str) -> None:
+        """Follow a (re)loaded ``realtime.rt_budget_us``."""
+        self.fixed_us = None if rt_budget_us == "auto" else int(rt_budget_us)
+
+    # -- the record ------------------------------------------------------------
+
+    def claim(self, uuid: str, cgroups: set[str] | frozenset[str]) -> None:
+        self.claims[uuid] = frozenset(c for c in cgroups if c != "/")
+
+    def withdraw(self, uuid: str) -> None:
+        self.claims.pop(uuid, None)
+
+    @property
+    def claimed(self) -> set[str]:
+        return set().union(*self.claims.values()) if self.claims else set()
+
+    def _exists(self, path: str) -> bool:
+        assert self.hierarchy is not None
+        return os.path.isdir(os.path.join(self.hierarchy, path.lstrip("/")))
+
+    # -- the kernel ------------------------------------------------------------
+
+    def release_unclaimed(self) -> list[str]:
+        """Take budget back from every group rtagent granted that no guest
+        claims any more; one write plan per group, so one refusal blocks
+        nothing else.  Returns the refusals (also kept in ``release_failed``)."""
+        if self.hierarchy is None:
+            return []
+        self.granted = {p for p in self.granted if self._exists(p)}
+        for gone in [p for p in self.release_failed if p not in self.granted]:
+            del self.release_failed[gone]
+        errors = []
+        for path in sorted(self.granted - self.claimed):
+            try:
+                rtgroup.apply_budgets(self.hierarchy, set(), None, {path})
+            except (rtgroup.BudgetError, OSError) as err:
+                self.release_failed[path] = str(err)
+                errors.append(str(err))
+                log.warning("RT budget of %s not released yet: %s", path, err)
+                continue
+            self.granted.discard(path)
+            self.release_failed.pop(path, None)
+        return errors
+
+    def grant(self) -> rtgroup.BudgetPlan | None:
+        """Grant budget to every claimed cgroup that exists (idempotent), after
+        releasing what is no longer claimed and what dead guests left behind.
+        Raises :class:`rtgroup.BudgetError` (or OSError) when the grant
+        itself is refused; failed releases only shrink what is available."""
+        if self.hierarchy is None:
+            return None
+        leaves = {p for p in self.claimed if self._exists(p)}
+        self.release_unclaimed()
+        for stale in sorted(rtgroup.stale_guest_groups(self.hierarchy, leaves)):
+            try:
+                rtgroup.apply_budgets(self.hierarchy, set(), None, {stale})
+            except (rtgroup.BudgetError, OSError) as err:
+                log.warning("RT budget held by dead guest group %s not released: %s", stale, err)
+        if not leaves:
+            return None
+        plan = rtgroup.apply_budgets(self.hierarchy, leaves, self.fixed_us)
+        self.granted |= leaves
+        return plan

@@ -1,0 +1,124 @@
+"""The cheap steady state's event paths against a real libvirtd and guests.
+
+Between full checks the daemon only compares each managed thread's policy,
+priority and affinity with the last reconcile (no /proc, no libvirt), so
+what changes identity must arrive as an event — or be caught by the slow
+full check.  Each test makes the event the only possible trigger: resync
+and full check at an hour (or the proc connector off), and the daemon's own
+counters show that no resync or full check ran in between.
+
+These guests carry no rtagent metadata: their intent comes from a config
+rule matching their unique name, and the daemon's guest selector matches
+only them, so the other daemons on this shared host leave them alone and
+this daemon touches nothing else.  State is checked through the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import unique_name
+from tests.guests import pinned_cputune
+from tests.system.conftest import wait_for
+
+pytestmark = pytest.mark.system
+
+HOUR = 3600.0
+SERIAL = "<controller type='virtio-serial' index='0'/>"
+CHANNEL = "<channel type='pty'><target type='virtio' name='org.rtagent.test.0'/></channel>"
+
+
+def _fifo_on(tid: int, cpus: set[int]) -> bool:
+    try:
+        return (os.sched_getscheduler(tid) == os.SCHED_FIFO and os.sched_getparam(tid).sched_priority == 1
+                and os.sched_getaffinity(tid) == cpus)
+    except ProcessLookupError:
+        return False
+
+
+def _scoped(prefix: str) -> tuple[str, str]:
+    """(lines for [daemon], TOML after the tables): only ``prefix*`` guests,
+    vCPU 1 of them realtime by a rule."""
+    return (f'guest_names = ["{prefix}*"]\n',
+            f'[[rule]]\nmatch_name = "{prefix}*"\nrealtime_mask = "^0"\npriority = 1\n')
+
+
+def _start(daemon_factory, guest_factory, *, resync: float, daemon_lines: str, **guest_kw):
+    prefix = unique_name("c-ev")
+    scope, rule = _scoped(prefix)
+    d = daemon_factory(resync=resync, daemon=scope + daemon_lines, extra=rule)
+    g = guest_factory(name=f"{prefix}-g", metadata="", **guest_kw)
+    tid = g.vcpu_tids()[1]
+    wait_for(lambda: _fifo_on(tid, {1}), 30, "initial tuning")
+    wait_for(lambda: (d.guest(g.name) or {}).get("tuned_at"), 10, "tuned in status")
+    # Let the start's settle looks (≤ ~1.6 s of retries) run out: from here
+    # on only an event can make this daemon look at the guest.
+    time.sleep(3.0)
+    return d, g, tid
+
+
+def _quiet(d) -> tuple[int, int]:
+    st = d.status()["daemon"]
+    return st["resyncs"], st["full_checks"]
+
+
+def test_live_vcpupin_is_corrected_on_the_tunable_event(daemon_factory, guest_factory):
+    d, g, tid = _start(daemon_factory, guest_factory, resync=HOUR, daemon_lines=f"full_check_interval_s = {HOUR}\n")
+    before = _quiet(d)
+    subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0-1", "--live"], check=True)
+    wait_for(lambda: _fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.01)
+    assert _quiet(d) == before, "a resync or full check ran: the event was not what corrected it"
+    wait_for(lambda: "libvirt event tunable for " + g.name in d.log_text(), 10, "TUNABLE event logged")
+    counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_affinity"), 10,
+                       "affinity drift counted")
+    assert counted >= 1
+
+
+def test_device_added_event_reconciles_the_guest(daemon_factory, guest_factory):
+    d, g, tid = _start(daemon_factory, guest_factory, resync=HOUR,
+                       daemon_lines=f"full_check_interval_s = {HOUR}\nproc_connector = false\n",
+                       extra_devices=SERIAL)
+    assert d.status()["daemon"]["proc_connector"] is False
+    # Policy drift behind the daemon's back: no libvirt event, no proc event.
+    subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
+    assert not _fifo_on(tid, {1})
+    before = _quiet(d)
+    # A live hotplug (a virtio-serial port: no PCI hotplug on this machine type).
+    subprocess.run(["virsh", "-q", "attach-device", g.name, "/dev/stdin", "--live"], input=CHANNEL.encode(),
+                   check=True, capture_output=True)
+    wait_for(lambda: _fifo_on(tid, {1}), 20, "reconciled on DEVICE_ADDED", interval=0.01)
+    assert _quiet(d) == before, "a resync or full check ran: the event was not what reconciled"
+    wait_for(lambda: "libvirt event device_added for " + g.name in d.log_text(), 10, "DEVICE_ADDED event logged")
+
+
+def test_full_check_catches_a_thread_whose_event_was_dropped(daemon_factory, guest_factory):
+    """Proc connector off (its FORK/COMM events "dropped"); libvirt sends no
+    event for ``iothreadadd``.  The new iothread is not in any cheap-check
+    baseline, so re-pinning it behind the daemon's back leaves every cheap
+    check matching: only the full check's re-read of the thread set sees it."""
+    d, g, _tid = _start(daemon_factory, guest_factory, resync=0.2,
+                        daemon_lines="full_check_interval_s = 3.0\nproc_connector = false\n",
+                        iothreads=1, cputune=pinned_cputune({0: "0", 1: "1"},
+                                                            extra="<iothreadpin iothread='1' cpuset='0'/>"))
+    before = set(g.thread_names())
+    subprocess.run(["virsh", "-q", "iothreadadd", g.name, "7", "--live"], check=True)
+    new = wait_for(lambda: [t for t, n in g.thread_names().items() if t not in before and n == "IO iothread7"],
+                   10, "the new iothread")[0]
+    # libvirt places it (its own iothread7 cgroup, then its affinity) after
+    # QEMU reports it; re-pin only once libvirt is done, or libvirt's own
+    # placement would undo the re-pin instead of the daemon.
+    wait_for(lambda: "/iothread7" in Path(f"/proc/{g.pid}/task/{new}/cgroup").read_text(), 10,
+             "libvirt placed the new iothread")
+    time.sleep(0.5)
+    full_before = _quiet(d)[1]  # read first: a full check may run right after the re-pin
+    os.sched_setaffinity(new, {0, 1})  # behind the daemon's back, onto the realtime CPU
+    assert os.sched_getaffinity(new) == {0, 1}, "the iothread's cpuset cgroup clamped the re-pin: no drift made"
+    wait_for(lambda: os.sched_getaffinity(new) == {0}, 30, "new iothread back in the emulator set", interval=0.02)
+    assert _quiet(d)[1] > full_before, "corrected without a full check: something else saw it"
+    # The log line follows the syscall (after the re-observation).
+    wait_for(lambda: f"(tid {new}) affinity" in d.log_text(), 10, "the correction logged")
