@@ -97,7 +97,7 @@ def now_stamp() -> str:
 
 
 def status_json(user: str | None = None) -> tuple[int, dict | str]:
-    p = sh("rtagent", "status", "--json", check=False, user=user, timeout=60)
+    p = sh("rtagent", "status", "--json", check=False, user=user, timeout=SLOW)
     if p.returncode in (0, 1):
         return p.returncode, json.loads(p.stdout)
     return p.returncode, (p.stderr or p.stdout).strip()
@@ -259,7 +259,9 @@ def scenario_configure() -> str:
         raise Fail("no `group = \"root\"` line under [status] in the shipped config")
     CONF.write_text(new)
     DROPIN.parent.mkdir(parents=True, exist_ok=True)
-    DROPIN.write_text(f"[Service]\nSupplementaryGroups={STATUS_GROUP}\n")
+    # PYTHONFAULTHANDLER: the watchdog's SIGABRT then leaves every thread's
+    # stack in the journal (what the daemon was stuck in).
+    DROPIN.write_text(f"[Service]\nSupplementaryGroups={STATUS_GROUP}\nEnvironment=PYTHONFAULTHANDLER=1\n")
     sh("systemctl", "daemon-reload")
     Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").write_text("96")
     sh("rtagent", "config", "check")
@@ -309,8 +311,17 @@ def _disturb_host() -> list[str]:
     return moved
 
 
+def rtagent_json(*args: str) -> dict:
+    p = sh("rtagent", *args, "--json", check=False, timeout=SLOW)
+    try:
+        return json.loads(p.stdout)
+    except ValueError:
+        raise Fail(f"rtagent {' '.join(args)} --json exited {p.returncode} without JSON: "
+                   f"{(p.stderr or p.stdout)[-1500:]}") from None
+
+
 def scenario_host_checks() -> str:
-    data = json.loads(sh("rtagent", "check", "--json", check=False).stdout)
+    data = rtagent_json("check")
     checks = {c["name"]: c for c in data["host"]["checks"]}
     bad = [f"{n}: {checks[n]['detail']}" for n in ("isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity")
            if not checks.get(n, {}).get("ok")]
@@ -430,7 +441,7 @@ def scenario_nova_vcpusched() -> str:
         raise Fail(f"rtagent changed a guest libvirt had already tuned: {changed[:5]}")
     if d.get("drift_corrections_total"):
         raise Fail(f"drift counted on an untouched guest: {d['drift_corrections']}")
-    chk = json.loads(sh("rtagent", "check", NOVA, "--json", check=False).stdout)
+    chk = rtagent_json("check", NOVA)
     dom = [x for x in chk["domains"] if x["name"] == NOVA]
     if not dom or not dom[0]["compliant"]:
         raise Fail(f"rtagent check: {dom[0]['violations'] if dom else chk}")
@@ -482,8 +493,7 @@ def _allowed(pid: int) -> str:
 
 
 def _intruders_check() -> dict:
-    data = json.loads(sh("rtagent", "check", "--json", check=False).stdout)
-    return {c["name"]: c for c in data["host"]["checks"]}["intruders"]
+    return {c["name"]: c for c in rtagent_json("check")["host"]["checks"]}["intruders"]
 
 
 def scenario_intruders_remedy() -> str:
@@ -558,6 +568,11 @@ def scenario_watchdog() -> str:
     wd_s = int(st["WatchdogUSec"].rstrip("s").replace("min", "")) if st["WatchdogUSec"].endswith("s") and \
         st["WatchdogUSec"][:-1].isdigit() else 30
     restarts = int(st["NRestarts"])
+    if restarts:
+        # Only this scenario may make systemd restart the daemon: a restart
+        # before it means the daemon missed its own watchdog (or crashed).
+        kills = [line for line in journal("-60min").splitlines() if "Watchdog timeout" in line or "Failed with" in line]
+        raise Fail(f"systemd had already restarted the daemon {restarts} time(s) on its own: {kills[:4]}")
     old = main_pid()
     since = now_stamp()
     t0 = time.monotonic()
