@@ -409,6 +409,10 @@ kthreads = false
 kthread_priorities = false
 irqs = false
 workqueues = false
+[interference]
+# Off: the benchmarks measure enforcement; the tracefs sampler is a separate
+# cost (its own thread), and one instance of it per host is enough.
+enabled = false
 [[rule]]
 match_name = "{prefix}*"
 realtime_mask = "^0"

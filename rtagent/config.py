@@ -11,11 +11,11 @@ import fnmatch
 import os
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import cpulist
 from .errors import MISSING, ConfigError
+from .kernel import Kernel
 
 DEFAULT_PATH = "/etc/rtagent/rtagent.toml"
 # 9847 is not in the Prometheus "default port allocations" list we checked;
@@ -274,26 +274,6 @@ def _check_cpulist(chk: _Checker, key: str, value: str) -> frozenset[int]:
         raise chk.fail(key, value, f"{err.reason} at {err.token!r}") from None
 
 
-def read_online(sys_root: str = "/") -> frozenset[int]:
-    text = Path(sys_root, "sys/devices/system/cpu/online").read_text()
-    return cpulist.parse_cpulist(text)
-
-
-def read_auto_realtime(sys_root: str = "/") -> frozenset[int]:
-    """``auto`` realtime CPUs: the kernel's isolated ∪ nohz_full sets."""
-    cpus: set[int] = set()
-    for name in ("isolated", "nohz_full"):
-        p = Path(sys_root, "sys/devices/system/cpu", name)
-        try:
-            text = p.read_text()
-        except FileNotFoundError:
-            continue
-        # nohz_full reads "(null)" when the feature is compiled in but unused.
-        if text.strip() and text.strip() != "(null)":
-            cpus |= cpulist.parse_cpulist(text)
-    return frozenset(cpus)
-
-
 def _check_client_limits(chk: _Checker, status: StatusConfig, metrics: MetricsConfig) -> None:
     for key, value in (("status.max_clients", status.max_clients), ("metrics.max_connections", metrics.max_connections)):
         if not 1 <= value <= 10000:
@@ -304,10 +284,11 @@ def _check_client_limits(chk: _Checker, status: StatusConfig, metrics: MetricsCo
             raise chk.fail(key, value, "must be in 0.1..300 seconds")
 
 
-def resolve_partition(chk: _Checker, host: HostConfig, sys_root: str) -> Partition:
-    online = read_online(sys_root)
+def resolve_partition(chk: _Checker, host: HostConfig, kernel: Kernel) -> Partition:
+    online = kernel.cpus.online()
     if host.realtime_cpus == "auto":
-        realtime = read_auto_realtime(sys_root) & online
+        # ``auto``: the kernel's isolated ∪ nohz_full sets.
+        realtime = (kernel.cpus.isolated() | kernel.cpus.nohz_full()) & online
     else:
         realtime = _check_cpulist(chk, "host.realtime_cpus", host.realtime_cpus)
         offline = realtime - online
@@ -352,8 +333,9 @@ def partition_warning(cfg: Config) -> str | None:
             f"host.realtime_cpus to a CPU list, e.g. \"{max(p.online)}\", or boot with isolcpus=/nohz_full=")
 
 
-def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str | None = "/") -> Config:
-    """Validate a decoded TOML document.  ``sys_root=None`` skips resolving the
+def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kernel | None = None,
+                 resolve: bool = True) -> Config:
+    """Validate a decoded TOML document.  ``resolve=False`` skips resolving the
     host partition (for tools that only inspect XML, like ``rtagent plan``)."""
     chk = _Checker(path)
     sections: dict[str, Any] = {}
@@ -414,7 +396,7 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, sys_root: str
         value = getattr(host, key)
         if value != "auto":
             _check_cpulist(chk, f"host.{key}", value)
-    partition = resolve_partition(chk, host, sys_root) if sys_root is not None else None
+    partition = resolve_partition(chk, host, kernel or Kernel()) if resolve else None
 
     rules = tuple(_parse_rules(chk, rules_raw, cfg_rt))
     return Config(
@@ -501,7 +483,8 @@ def _parse_rules(chk: _Checker, raw: object, rt: RealtimeConfig) -> list[Rule]:
     return rules
 
 
-def load_config(path: str | None = None, *, sys_root: str | None = "/", required: bool = False) -> Config:
+def load_config(path: str | None = None, *, kernel: Kernel | None = None, resolve: bool = True,
+                required: bool = False) -> Config:
     """Load and validate the config file.
 
     A missing file at the default path gives the defaults (a fresh install
@@ -515,9 +498,9 @@ def load_config(path: str | None = None, *, sys_root: str | None = "/", required
     except FileNotFoundError:
         if explicit or required:
             raise ConfigError("file", MISSING, "not found", path=path) from None
-        return parse_config({}, path=None, sys_root=sys_root)
+        return parse_config({}, path=None, kernel=kernel, resolve=resolve)
     except PermissionError as err:
         raise ConfigError("file", MISSING, f"cannot be read: {err.strerror}", path=path) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("file", MISSING, f"invalid TOML: {err}", path=path) from None
-    return parse_config(data, path=path, sys_root=sys_root)
+    return parse_config(data, path=path, kernel=kernel, resolve=resolve)

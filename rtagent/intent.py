@@ -1,6 +1,6 @@
 """Domain XML (+ config rules) → :class:`~rtagent.model.RealtimeSpec`.  Pure.
 
-Three intent sources, the first one found wins (DESIGN.md, "Intent"):
+Three intent sources, the first one found wins (docs/design.md, "Intent"):
 
 1. rtagent's own metadata element ``<rt:realtime xmlns:rt="urn:rtagent:realtime:1"
    mask= priority= policy= enabled=>`` — works where libvirt cannot apply

@@ -170,6 +170,8 @@ class CallWorker:
         self._lock = threading.Lock()
         self._stuck: Future | None = None
         self._stuck_since: float | None = None
+        self._probe: Future | None = None  # a liveness probe nobody waits for
+        self._probe_at = 0.0
         self._thread: threading.Thread | None = None
 
     def _ensure_thread(self) -> None:
@@ -191,11 +193,29 @@ class CallWorker:
                     fut.set_exception(err)
 
     def unresponsive_s(self) -> float | None:
-        """Seconds since the call that has not returned was made, or None."""
+        """Seconds since the call (or probe) that has not returned within its
+        timeout was made, or None."""
         with self._lock:
             if self._stuck is not None and self._stuck.done():
                 self._stuck = self._stuck_since = None
-            return None if self._stuck_since is None else self._clock() - self._stuck_since
+            now = self._clock()
+            since = [t for t in (self._stuck_since,) if t is not None]
+            if self._probe is not None and not self._probe.done() and now - self._probe_at > self.timeout_s:
+                since.append(self._probe_at)
+            return None if not since else now - min(since)
+
+    def probe(self, fn: Callable[[], object], every_s: float) -> None:
+        """Send ``fn`` without waiting for it, at most every ``every_s``: the
+        loop learns that libvirt hangs (the probe outlives the timeout) even
+        when it makes no call of its own (the steady-state resync)."""
+        with self._lock:
+            now = self._clock()
+            if (self._probe is not None and not self._probe.done()) or now - self._probe_at < every_s:
+                return
+            self._probe, self._probe_at = Future(), now
+            fut = self._probe
+        self._ensure_thread()
+        self._jobs.put((fut, fn))
 
     def call(self, what: str, fn: Callable[[], T], timeout_s: float | None = None) -> T:
         hung = self.unresponsive_s()
@@ -280,6 +300,14 @@ class LibvirtHost:
 
     def unresponsive_s(self) -> float | None:
         return self.worker.unresponsive_s()
+
+    def probe(self) -> None:
+        """A cheap RPC (libvirt's version) sent without waiting, at most once
+        per call timeout: a hung libvirtd is noticed within two timeouts
+        even while no other call is made."""
+        conn = self._conn
+        if conn is not None and not self._closed:
+            self.worker.probe(conn.getLibVersion, every_s=self.worker.timeout_s)
 
     # -- connection -----------------------------------------------------
 

@@ -24,15 +24,15 @@ that neither the daemon nor anything it could ever exec holds more.
 
 from __future__ import annotations
 
-import errno
 import grp
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .config import Config
 from .errors import CapabilityError
+from .kernel import Kernel
+from .kernel.fs import write_denied
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,8 @@ def has_capability(name: str) -> bool:
 
 
 def _cap_last() -> int:
-    try:
-        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    except (OSError, ValueError):
-        return _mod().CAP_LAST_CAP
+    last = Kernel().cpus.sysctl("kernel.cap_last_cap")
+    return _mod().CAP_LAST_CAP if last is None else last
 
 
 def _cap_number(name: str) -> int:
@@ -83,18 +81,6 @@ def _cap_name(number: int) -> str:
     return f"capability {number}"
 
 
-def _writable(path: str) -> str | None:
-    """None if ``path`` can be opened for writing (nothing is written), else why not."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None  # nothing there to write: not a privilege problem
-    except OSError as err:
-        return f"{os.strerror(err.errno)} (errno {errno.errorcode.get(err.errno, err.errno)})"
-    os.close(fd)
-    return None
-
-
 def _needs_chown(group: str) -> bool:
     try:
         gid = grp.getgrnam(group).gr_gid
@@ -103,13 +89,12 @@ def _needs_chown(group: str) -> bool:
     return gid != os.getegid() and gid not in os.getgroups()
 
 
-def check(config: Config, *, proc_root: str = "/proc") -> PrivilegeReport:
+def check(config: Config, kernel: Kernel | None = None) -> PrivilegeReport:
     """What the daemon needs, and whether it has it.
 
     Raises :class:`CapabilityError` naming the capability (or file) and what
     it is for when something required is missing.
     """
-    from .tuning.guest.rtgroup import RUNTIME, find_cpu_hierarchy
 
     report = PrivilegeReport()
     if not has_capability("CAP_SYS_NICE"):
@@ -133,10 +118,11 @@ def check(config: Config, *, proc_root: str = "/proc") -> PrivilegeReport:
                 "or make the daemon a member of that group, e.g. systemd SupplementaryGroups=)")
         report.keep.append("CAP_CHOWN")
 
-    hierarchy = find_cpu_hierarchy(proc_root)
-    if hierarchy is not None:
-        path = os.path.join(hierarchy, RUNTIME)
-        why = _writable(path)
+    kernel = kernel or Kernel()
+    tree = kernel.cgroups.rt_tree()
+    if tree is not None:
+        path = tree.file("/")
+        why = write_denied(path)
         if why is not None:
             raise CapabilityError(f"cannot write {path}: {why}; needed to grant RT group budget to vCPU "
                                   "cgroups (cgroup v1 RT group scheduling: without it no vCPU can be "
@@ -146,14 +132,14 @@ def check(config: Config, *, proc_root: str = "/proc") -> PrivilegeReport:
     if partition is not None and partition.realtime:
         optional = []
         if ht.irqs:
-            optional.append(("/proc/irq/default_smp_affinity",
+            optional.append((kernel.irqs.default_affinity_path(),
                              "moving IRQs off the realtime CPUs (systemd: ReadWritePaths=/proc/irq)"))
         if ht.workqueues:
-            optional.append(("/sys/devices/virtual/workqueue/cpumask",
+            optional.append((kernel.workqueues.path_of(""),
                              "moving unbound workqueues off the realtime CPUs "
                              "(systemd: ReadWritePaths=/sys/devices/virtual/workqueue)"))
         for path, what in optional:
-            why = _writable(path)
+            why = write_denied(path)
             if why is not None:
                 report.warnings.append(f"cannot write {path}: {why}; needed for {what}")
     return report
@@ -206,13 +192,14 @@ def drop_unneeded(keep: list[str]) -> list[str]:
     return dropped
 
 
-def enforce(config: Config, *, proc_root: str = "/proc") -> PrivilegeReport:
+def enforce(config: Config, kernel: Kernel | None = None) -> PrivilegeReport:
     """:func:`check`, log the warnings, then :func:`drop_unneeded`.  Call it
     before any thread is started."""
-    report = check(config, proc_root=proc_root)
+    kernel = kernel or Kernel()
+    report = check(config, kernel)
     for w in report.warnings:
         log.warning("%s", w)
-    others = len(os.listdir(os.path.join(proc_root, "self/task"))) - 1
+    others = len(kernel.tasks.tids_of_self()) - 1
     if others > 0:
         log.warning("dropping capabilities with %d other thread(s) running: they keep theirs", others)
     report.dropped = drop_unneeded(report.keep)

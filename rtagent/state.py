@@ -115,7 +115,8 @@ class DaemonState:
     resyncs: int = 0
     full_checks: int = 0  # resyncs that re-listed guests and re-read them in full
     last_resync_at: float | None = None
-    host: dict[str, Any] = field(default_factory=dict)  # partition summary + checks
+    host: dict[str, Any] = field(default_factory=dict)  # partition summary, enforcement counts
+    host_checks: tuple[Any, ...] = ()  # monitor.hostchecks.HostCheck results, typed
     host_corrections: Counter = field(default_factory=Counter)  # kind -> count
     host_refused: Counter = field(default_factory=Counter)  # "irq" | "kthread" -> count refusing to move
     reconcile_duration: Histogram = field(default_factory=Histogram)
@@ -174,6 +175,8 @@ class StateStore:
             guests = [g.to_json() for g in sorted(self.guests.values(), key=lambda g: g.name)]
             daemon = self.daemon.to_json()
             host = copy.deepcopy(self.daemon.host)
+            if self.daemon.host_checks:
+                host["checks"] = [c.to_json() for c in self.daemon.host_checks]
         checks = host.get("checks", [])
         compliant = all(g.get("compliant") is not False for g in guests) and not any(
             not c["ok"] and c.get("severity") == "error" for c in checks)

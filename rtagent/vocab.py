@@ -4,6 +4,8 @@ Every member is a :class:`enum.StrEnum`: it *is* its string, so JSON output,
 the state file, metric labels and the status socket keep their spellings,
 and code that still compares with a bare string keeps working while it is
 ported.  New code names the member; a new kind of anything is one line here.
+(Host check names live with their registry, ``rtagent/monitor/hostchecks.py``,
+so that a new check is one file.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from enum import StrEnum
 
 __all__ = [
     "Outcome", "ApplyOutcome", "Policy", "REALTIME_POLICIES", "Role", "ThreadKind", "Check",
-    "DriftKind", "HostKind", "HostCheck", "Severity", "KThreadAction",
+    "DriftKind", "HostKind", "Severity", "KThreadAction",
 ]
 
 
@@ -116,24 +118,6 @@ class HostKind(StrEnum):
     IRQ_AFFINITY = "irq_affinity"
     KTHREAD_AFFINITY = "kthread_affinity"
     KTHREAD_PRIORITY = "kthread_priority"
-
-
-class HostCheck(StrEnum):
-    """Host readiness check names (stable; documented in docs/host-partition.md)."""
-
-    ISOLCPUS = "isolcpus"
-    NOHZ_FULL = "nohz_full"
-    RCU_NOCBS = "rcu_nocbs"
-    IRQAFFINITY = "irqaffinity"
-    RT_THROTTLING = "rt_throttling"
-    RT_GROUP_SCHED = "rt_group_sched"
-    THP = "thp"
-    KSM = "ksm"
-    DELAYACCT = "delayacct"
-    TIMER_MIGRATION = "timer_migration"
-    HUGEPAGES = "hugepages"
-    INTRUDERS = "intruders"
-    IRQBALANCE = "irqbalance"
 
 
 class Severity(StrEnum):

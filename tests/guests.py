@@ -1,7 +1,7 @@
 """Domain XML for test guests.
 
 Guests are diskless: without a boot device they sit in their firmware, which
-is enough to have real vCPU, emulator and kvm-pit threads (DESIGN.md,
+is enough to have real vCPU, emulator and kvm-pit threads (docs/design.md,
 "Testing against the real thing").  On this machine /dev/kvm is PVM, whose
 CPU model has no svm/vmx and lacks cx16; disabling both keeps libvirt's CPU
 check and QEMU happy on hardware KVM too.

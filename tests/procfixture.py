@@ -136,8 +136,7 @@ def _limits(memlock: tuple[int | None, int | None]) -> str:
 @dataclass
 class ProcTree:
     """A fake ``/proc`` under ``base/proc`` (and a libvirt run dir under
-    ``base/run``).  ``proc`` and ``run`` are the strings to pass as
-    ``proc_root`` / ``run_root``."""
+    ``base/run``); :meth:`kernel` is the floor's root object over it."""
 
     base: Path
     _threads: dict[int, dict[int, FakeThread]] = field(default_factory=dict, repr=False)

@@ -13,16 +13,44 @@ failures), 1 something failed, 2 configuration error (raised as
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..tuning.hostpart import HostPartitionEnforcer, HostReport
+from ..errors import RtagentError
+from ..model import RealtimeSpec
+from ..tuning.host.enforcer import HostPartitionEnforcer
+from ..tuning.host.priority import vcpu_priority
+from ..tuning.host.report import HostReport
+
+
+def _running_specs(cfg: Config) -> list[RealtimeSpec]:
+    """The intents of the running guests the daemon would manage (its guest
+    selector), from their live XML: metadata, ``<vcpusched>`` or rules."""
+    from ..selector import GuestSelector
+    from .common import inspect_running, open_tuner, selected_domains
+
+    selector = GuestSelector.from_config(cfg.daemon)
+    _, host, tuner = open_tuner(argparse.Namespace(config=cfg.path))
+    try:
+        return [r.spec for _, r in inspect_running(tuner, selected_domains(host, [], selector), selector)]
+    finally:
+        host.close()
 
 
 def _vcpu_priority(cfg: Config) -> int:
-    prios = [cfg.realtime.default_priority] + [r.priority for r in cfg.rules if r.priority is not None]
-    return max(prios)
+    """What the daemon would rank per-CPU kthreads against.  Without libvirt
+    the running guests' priorities are unknown: the ceiling
+    (``realtime.max_priority``) is above every priority a valid intent can
+    have, so no realtime vCPU can end up above ``ksoftirqd``."""
+    try:
+        specs = _running_specs(cfg)
+    except RtagentError as err:
+        print(f"warning: cannot list the running guests ({err}): ranking per-CPU kernel threads above "
+              f"realtime.max_priority = {cfg.realtime.max_priority}")
+        return cfg.realtime.max_priority
+    return vcpu_priority(specs, cfg.realtime.default_priority)
 
 
 def _print_report(report: HostReport, verbose_left_alone: bool = True) -> None:
@@ -56,7 +84,7 @@ def _print_report(report: HostReport, verbose_left_alone: bool = True) -> None:
 def run(args) -> int:
     cfg = load_config(args.config)
     assert cfg.partition is not None
-    enforcer = HostPartitionEnforcer(cfg.partition, cfg.host_tuning, vcpu_priority=_vcpu_priority(cfg))
+    enforcer = HostPartitionEnforcer(cfg.partition, cfg.host_tuning)
     if args.host_command == "apply":
         if not cfg.partition.realtime:
             msg = ("no realtime CPUs are configured (host.realtime_cpus = \"auto\" and the kernel has no "
@@ -67,7 +95,7 @@ def run(args) -> int:
             else:
                 print(msg)
             return 0
-        report = enforcer.enforce()
+        report = enforcer.enforce(_vcpu_priority(cfg))
         if args.json:
             print(json.dumps(report.to_json(), indent=2))
         else:

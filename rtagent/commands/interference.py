@@ -11,6 +11,7 @@ import time
 from ..config import load_config
 from ..cpulist import CpuListError, format_cpulist, parse_cpulist
 from ..errors import ConfigError, RtagentError
+from ..kernel import Kernel
 from ..kernel.tracefs import TracefsError
 from ..monitor.interference_procscan import scan
 from ..monitor.interference_sampler import InterferenceSampler
@@ -34,8 +35,9 @@ def run(args) -> int:
         raise ConfigError("--top", args.top, "must be in 1..1000")
     housekeeping = (part.online - cpus) or part.housekeeping
     # The sampler must never run on the CPUs it measures.
-    os.sched_setaffinity(0, housekeeping)
-    owners, guests = scan(frozenset(cpus))
+    kernel = Kernel()
+    kernel.tasks.set_affinity(0, frozenset(housekeeping))
+    owners, guests = scan(frozenset(cpus), kernel)
     sampler = InterferenceSampler(cpus, instance=f"rtagent-oneshot-{os.getpid()}", owners=lambda: owners,
                                   guests=lambda: guests, top_n=100, window_s=args.seconds + 60,
                                   buffer_kb=config.interference.buffer_kb)

@@ -1,7 +1,7 @@
 """``rtagent plan --xml FILE``: the intent rtagent derives from a domain XML.
 
 A debugging tool for operators, so it must work off-host: the config is
-loaded without resolving the host partition (``sys_root=None``).
+loaded without resolving the host partition (``resolve=False``).
 
 Exit codes: 0 = valid, or not a realtime guest; 1 = realtime intent that
 fails validation; 2 = unreadable or malformed XML, or a bad config (raised as
@@ -80,7 +80,7 @@ def exit_code(spec: RealtimeSpec) -> int:
 
 
 def run(args) -> int:
-    config = load_config(args.config, sys_root=None)
+    config = load_config(args.config, resolve=False)
     spec = derive_spec(read_xml(args.xml), config)
     if args.json:
         print(json.dumps(spec.to_json()))

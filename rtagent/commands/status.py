@@ -19,7 +19,7 @@ def _socket_path(args) -> str:
     if args.socket:
         return args.socket
     try:
-        return load_config(args.config, sys_root=None).status.socket
+        return load_config(args.config, resolve=False).status.socket
     except ConfigError:
         if args.config is None:
             return StatusConfig().socket

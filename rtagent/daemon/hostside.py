@@ -33,23 +33,25 @@ class HostSupervisor:
         ht = config.host_tuning
         self.enforcer = None
         if (ht.kthreads or ht.irqs or ht.workqueues or ht.kthread_priorities) and config.partition.realtime:
-            from ..tuning.hostpart import HostPartitionEnforcer
+            from ..tuning.host.enforcer import HostPartitionEnforcer
 
             self.enforcer = HostPartitionEnforcer(config.partition, ht,
                                                   vcpu_priority=config.realtime.default_priority)
 
-    def _realtime_priority(self) -> int | None:
+    def _realtime_priority(self) -> int:
         """The highest priority of any realtime vCPU under management: host
-        kernel threads that must stay above the vCPUs are ranked against it."""
-        prios = [v.priority for r in self.store.read(lambda s: [g.report for g in s.guests.values()])
-                 if r is not None for v in r.spec.realtime_vcpus]
-        return max(prios, default=None)
+        kernel threads that must stay above the vCPUs are ranked against it
+        (the computation ``rtagent host apply`` uses too)."""
+        from ..tuning.host.priority import vcpu_priority
+
+        specs = self.store.read(lambda s: [g.report.spec for g in s.guests.values() if g.report is not None])
+        return vcpu_priority(specs, self.config.realtime.default_priority)
 
     def enforce(self, guest_pids: set[int]) -> None:
         report = None
         if self.enforcer is not None:
             try:
-                report = self.enforcer.enforce(vcpu_priority=self._realtime_priority())
+                report = self.enforcer.enforce(self._realtime_priority())
             except Exception:  # the host partition must never take the daemon down
                 log.exception("host partition enforcement failed")
         checks = self._checks(guest_pids)
@@ -58,7 +60,7 @@ class HostSupervisor:
             for r in report.changed:
                 log.info("host: %s", r.to_json())
 
-    def _checks(self, guest_pids: set[int]) -> list[dict] | None:
+    def _checks(self, guest_pids: set[int]) -> tuple | None:
         now = self._clock()
         if now < self.next_checks:
             return None
@@ -66,15 +68,15 @@ class HostSupervisor:
         try:
             from ..monitor.hostchecks import run_host_checks
 
-            return [c.to_json() for c in run_host_checks(self.config.partition, exclude_pids=guest_pids)]
+            return tuple(run_host_checks(self.config.partition, exclude_pids=guest_pids))
         except Exception:
             log.exception("host checks failed")
             return None
 
-    def _store(self, s: StateStore, report, checks: list[dict] | None) -> None:
+    def _store(self, s: StateStore, report, checks: tuple | None) -> None:
         s.daemon.host.update(self.config.partition.to_json())
         if checks is not None:
-            s.daemon.host["checks"] = checks
+            s.daemon.host_checks = checks
         if report is None:
             return
         s.daemon.host_corrections.update(report.corrections_by_kind)

@@ -75,7 +75,10 @@ class LibvirtLink:
         return True
 
     def publish_responsiveness(self) -> None:
-        """Mirror the worker's view (a call outstanding past its timeout)."""
+        """Mirror the worker's view (a call or probe outstanding past its
+        timeout); probe first, as the steady-state resync makes no call."""
+        if self.up:
+            self.host.probe()
         hung = self.host.unresponsive_s()
         since = None if hung is None else time.time() - hung
 

@@ -5,7 +5,6 @@ and the agent's own confinement to the housekeeping CPUs."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 from .. import privileges
@@ -13,6 +12,7 @@ from ..config import Config, load_config, partition_warning
 from ..errors import RtagentError
 from ..cpulist import format_cpulist
 from ..libvirt_host import LibvirtHost, start_event_loop
+from ..kernel import Kernel
 from ..kernel.procconn import ProcConnector
 from ..monitor.endpoints import start_endpoints
 from ..state import StateStore
@@ -26,9 +26,7 @@ def confine_self(housekeeping: frozenset[int]) -> None:
     """The agent runs on housekeeping CPUs and is never realtime; threads
     started after this inherit the mask."""
     try:
-        os.sched_setaffinity(0, housekeeping)
-        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        Kernel().tasks.confine_self(housekeeping)
     except OSError as err:
         log.warning("cannot confine rtagent to housekeeping CPUs %s: %s", format_cpulist(housekeeping), err)
 

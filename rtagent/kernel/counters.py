@@ -6,11 +6,15 @@ are the evidence a scrape exports, not something to enforce, so they are
 read at scrape time (cached by :mod:`rtagent.monitor.counters`), never on
 every resync.  ``os.open``/``os.read`` instead of ``open()``: measured, the
 ``io`` wrapper costs ~25 µs a file here, more than the kernel's own work.
+The involuntary switches may lag by up to ~45 s for a thread that keeps
+running (see :class:`CounterReader`); run delay and CPU time never lag.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,15 +41,28 @@ def _read(path: str, size: int) -> bytes:
         os.close(fd)
 
 
-class CounterReader:
-    """Reads ``schedstat`` first (~7 µs), ``status`` (~15 µs, the kernel
-    formats ~55 lines) only when the thread has run since the last read: a
-    thread whose time on CPU did not grow cannot have been preempted, so its
-    involuntary-switch count is the one read last time."""
+# A thread that keeps running re-reads status for its involuntary switches
+# at most this often (spread out per thread): status costs ~15 µs of kernel
+# formatting a thread, more than everything else a scrape does for it.
+NVCSW_MAX_AGE_S = 30.0
 
-    def __init__(self, kernel: Kernel):
+
+class CounterReader:
+    """Reads ``schedstat`` (~7 µs) on every call and ``status`` (~15 µs) only
+    when its value can have moved and is old: a thread whose time on CPU did
+    not grow cannot have been preempted, so its involuntary-switch count is
+    the one read last time; one that ran re-reads it once its value is
+    older than about :data:`NVCSW_MAX_AGE_S` (each thread on its own phase, so
+    the reads spread over scrapes).  ``assume_ran`` (benchmarks) treats every
+    thread as having run."""
+
+    def __init__(self, kernel: Kernel, *, clock=time.monotonic, assume_ran: bool = False,
+                 nvcsw_max_age_s: float = NVCSW_MAX_AGE_S):
         self._kernel = kernel
-        self._last: dict[tuple[int, int], ThreadCounters] = {}
+        self._clock = clock
+        self._assume_ran = assume_ran
+        self._max_age = nvcsw_max_age_s
+        self._last: dict[tuple[int, int], tuple[ThreadCounters, float]] = {}  # key -> (counters, status due)
         self.status_reads = 0
 
     def read(self, pid: int, tid: int) -> ThreadCounters | None:
@@ -60,20 +77,25 @@ class CounterReader:
             self._last.pop(key, None)
             return None
         run_time, run_delay = (int(sched[0]), int(sched[1])) if len(sched) >= 2 else (None, None)
-        last = self._last.get(key)
-        if last is not None and run_time is not None and last.run_time_ns == run_time:
-            out = ThreadCounters(run_time, run_delay, last.nonvoluntary_ctxt_switches)
-        else:
-            try:
-                status = _read(base + "/status", 8192)
-            except OSError:
-                self._last.pop(key, None)
-                return None
-            self.status_reads += 1
-            i = status.rfind(_NVCSW)
-            nvcsw = int(status[i + len(_NVCSW):].split(None, 1)[0]) if i >= 0 else 0
-            out = ThreadCounters(run_time, run_delay, nvcsw)
-        self._last[key] = out
+        now = self._clock()
+        hit = self._last.get(key)
+        if hit is not None and run_time is not None:
+            last, due = hit
+            ran = self._assume_ran or last.run_time_ns != run_time
+            if not ran or now < due:
+                out = ThreadCounters(run_time, run_delay, last.nonvoluntary_ctxt_switches)
+                self._last[key] = (out, due)
+                return out
+        try:
+            status = _read(base + "/status", 8192)
+        except OSError:
+            self._last.pop(key, None)
+            return None
+        self.status_reads += 1
+        i = status.rfind(_NVCSW)
+        nvcsw = int(status[i + len(_NVCSW):].split(None, 1)[0]) if i >= 0 else 0
+        out = ThreadCounters(run_time, run_delay, nvcsw)
+        self._last[key] = (out, now + self._max_age * random.uniform(0.5, 1.5))
         return out
 
     def keep(self, keys: set[tuple[int, int]]) -> None:

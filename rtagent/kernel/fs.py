@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["read_text", "read_bytes", "read_int", "write_once", "listdir_ints"]
+__all__ = ["read_text", "read_bytes", "read_int", "write_once", "listdir_ints", "write_denied"]
+
+import errno
 
 
 def read_text(path: str) -> str:
@@ -46,3 +48,16 @@ def listdir_ints(path: str) -> list[int]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(int(n) for n in names if n.isdigit())
+
+
+def write_denied(path: str) -> str | None:
+    """None if ``path`` can be opened for writing (nothing is written), else
+    why not (a privilege check before dropping capabilities)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # nothing there to write: not a privilege problem
+    except OSError as err:
+        return f"{os.strerror(err.errno)} (errno {errno.errorcode.get(err.errno, err.errno)})"
+    os.close(fd)
+    return None

@@ -13,7 +13,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..cpulist import CpuListError, format_cpulist, format_kernel_hexmask, parse_cpulist, parse_hexmask
+from ..cpulist import (
+    CpuListError,
+    format_cpulist,
+    format_kernel_hexmask,
+    parse_cpulist,
+    parse_hexmask,
+)
 from . import fs
 
 if TYPE_CHECKING:
@@ -78,6 +84,10 @@ class Irqs:
             return text, parse_hexmask(text)
         except (FileNotFoundError, CpuListError):
             return None
+
+    def default_affinity_path(self) -> str:
+        """The knob's path, for privilege checks and messages."""
+        return self._path("default_smp_affinity")
 
     def set_affinity(self, irq: int, cpus: frozenset[int]) -> None:
         path = self._path(str(irq), "smp_affinity_list")

@@ -2,16 +2,15 @@
 
 libvirt's pid file names the process, checked against its command line (a
 stale pid file may point at a reused pid); else one scan of ``/proc`` for
-``-uuid <uuid>``.  ``kvm-pit/<qemu pid>`` and, on kernels before 6.4,
-``vhost-<owner tid>`` are kernel threads of their own, found by one scan.
+``-uuid <uuid>``.  A guest's separate kernel threads (``kvm-pit/<qemu
+pid>``, before 6.4 ``vhost-<owner tid>``) are found by one scan.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import fs
@@ -19,12 +18,9 @@ from . import fs
 if TYPE_CHECKING:
     from .root import Kernel
 
-__all__ = ["parse_qemu_name", "qemu_uuid", "QemuProcesses", "KVM_PIT_RE", "VHOST_RE"]
+__all__ = ["parse_qemu_name", "qemu_uuid", "QemuProcesses"]
 
 log = logging.getLogger(__name__)
-
-KVM_PIT_RE = re.compile(r"kvm-pit/(\d+)")
-VHOST_RE = re.compile(r"vhost-(\d+)")
 
 
 def _qemu_opts(value: str) -> list[str]:
@@ -124,23 +120,14 @@ class QemuProcesses:
                 out[pid] = uuid
         return out
 
-    def vm_kthreads(self, qemu_pid: int, owners: Iterable[int] = ()) -> list[tuple[int, str]]:
-        """``(pid, kind)`` of the separate per-VM kernel threads of ``qemu_pid``:
-        ``kvm-pit/<qemu_pid>`` (kind ``kvm-pit``) and ``vhost-<owner>`` (kind
-        ``vhost``; owner = the QEMU task that set vhost up: the main thread or
-        any of ``owners``).  Only kernel threads qualify: a user process that
-        happens to be called ``vhost-123`` is not one."""
-        owner_set = {qemu_pid} | set(owners)
+    def kthreads_matching(self, kind_of: Callable[[str], str | None]) -> list[tuple[int, str]]:
+        """``(pid, kind)`` of every kernel thread whose name ``kind_of`` gives
+        a kind (one scan of ``/proc``).  Only kernel threads qualify: a user
+        process that happens to be called ``vhost-123`` is not one.  What
+        the names mean is the caller's table (the guest pipeline's)."""
         found = []
         for st in self._k.tasks.scan():
-            m = KVM_PIT_RE.fullmatch(st.comm)
-            if m and int(m.group(1)) == qemu_pid:
-                kind = "kvm-pit"
-            else:
-                m = VHOST_RE.fullmatch(st.comm)
-                if not (m and int(m.group(1)) in owner_set):
-                    continue
-                kind = "vhost"
-            if st.kthread:
+            kind = kind_of(st.comm)
+            if kind is not None and st.kthread:
                 found.append((st.pid, kind))
         return found

@@ -80,12 +80,8 @@ class Stat:
         return bool(self.flags & PF_KTHREAD) or self.ppid == KTHREADD_PID
 
     @property
-    def kernel_worker(self) -> bool:
-        """A kernel worker, possibly living inside a user process (vhost_task)."""
-        return bool(self.flags & (PF_USER_WORKER | PF_IO_WORKER | PF_KTHREAD))
-
-    @property
     def no_setaffinity(self) -> bool:
+        """The kernel refuses affinity changes (sched_setaffinity gives EINVAL)."""
         return bool(self.flags & PF_NO_SETAFFINITY)
 
 
@@ -239,6 +235,10 @@ class Tasks:
         """The threads of process ``pid``; raises FileNotFoundError if it is gone."""
         return sorted(int(n) for n in os.listdir(self._k.proc_path(str(pid), "task")) if n.isdigit())
 
+    def tids_of_self(self) -> list[int]:
+        """The threads of the calling process."""
+        return fs.listdir_ints(self._k.proc_path("self", "task"))
+
     def exists(self, pid: int, tid: int | None = None) -> bool:
         base = self._k.proc_path(str(pid)) if tid is None else self._k.proc_path(str(pid), "task", str(tid))
         return os.path.isdir(base)
@@ -264,8 +264,12 @@ class Tasks:
     def comm(self, pid: int, tid: int | None = None) -> str:
         return fs.read_text(self._path(pid, tid, "comm")).rstrip("\n")
 
+    def cmdline_raw(self, pid: int) -> bytes:
+        """``/proc/<pid>/cmdline`` as the kernel gives it (NUL-separated)."""
+        return fs.read_bytes(self._path(pid, None, "cmdline"))
+
     def cmdline(self, pid: int) -> list[str]:
-        raw = fs.read_bytes(self._path(pid, None, "cmdline"))
+        raw = self.cmdline_raw(pid)
         if not raw:
             return []
         return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]

@@ -27,10 +27,12 @@ Key = tuple[int, int]  # (pid, tid)
 
 
 class CounterCache:
-    def __init__(self, reader: Callable[[int, int], ThreadCounters | None] | None = None, *,
+    def __init__(self, reader: Callable[[int, int], ThreadCounters | None] | CounterReader | None = None, *,
                  ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic):
-        self._kernel_reader = CounterReader(Kernel()) if reader is None else None
-        self._reader = reader or self._kernel_reader.read
+        if reader is None:
+            reader = CounterReader(Kernel())
+        self._kernel_reader = reader if isinstance(reader, CounterReader) else None
+        self._reader = reader.read if isinstance(reader, CounterReader) else reader
         self.ttl_s = ttl_s
         self._clock = clock
         self._lock = threading.Lock()

@@ -102,6 +102,20 @@ class FastMetric(Metric):
         return s
 
     def write(self, out: list[str], openmetrics: bool, memo: dict) -> None:
+        # A family whose rows are what they were at the last scrape (most of
+        # them, in the steady state) is re-emitted as it was written then.
+        key = (self.name, openmetrics, "family")
+        hit = memo.get(key)
+        if hit is not None and hit[0] == self._rows:
+            out.append(hit[1])
+            return
+        mine: list[str] = []
+        self._write(mine, openmetrics, memo)
+        text = "".join(mine)
+        memo[key] = (self._rows, text)
+        out.append(text)
+
+    def _write(self, out: list[str], openmetrics: bool, memo: dict) -> None:
         name = self.name
         head = name + "_total" if self.type == "counter" and not openmetrics else name
         doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")

@@ -8,53 +8,40 @@ is a process started by libvirt's QEMU driver (``-name guest=NAME,...``).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from ..cpulist import CpuListError, parse_cpulist
-from ..tuning import kthreads as ktmod
+from ..kernel import Kernel
+from ..vocab import REALTIME_POLICIES
 from .interference_sampler import guest_name_from_cmdline
 
-_RT_POLICIES = (os.SCHED_FIFO, os.SCHED_RR)
 
-
-def scan(cpus: frozenset[int], proc_root: str = "/proc") -> tuple[dict[int, dict[int, tuple[str, int]]], dict[int, str]]:
+def scan(cpus: frozenset[int], kernel: Kernel | None = None) -> tuple[dict[int, dict[int, tuple[str, int]]], dict[int, str]]:
     """``(owners, guests)``: ``{cpu: {tid: (process, index)}}`` and ``{pid: domain}``."""
+    tasks = (kernel or Kernel()).tasks
     owners: dict[int, dict[int, tuple[str, int]]] = {}
     guests: dict[int, str] = {}
-    for name in os.listdir(proc_root):
-        if not name.isdigit():
+    for st in tasks.scan():
+        if st.kthread:
             continue
-        base = Path(proc_root, name)
         try:
-            st = ktmod.parse_stat((base / "stat").read_text())
-            if int(st["flags"]) & ktmod.PF_KTHREAD:
-                continue
-            domain = guest_name_from_cmdline((base / "cmdline").read_bytes())
-            tids = [t for t in os.listdir(base / "task") if t.isdigit()]
-        except (OSError, ValueError, IndexError, KeyError):
+            domain = guest_name_from_cmdline(tasks.cmdline_raw(st.pid))
+            tids = tasks.tids(st.pid)
+            label = domain if domain is not None else tasks.comm(st.pid).strip()
+        except (OSError, ValueError):
             continue
         if domain is not None:
-            guests[int(name)] = domain
-        try:
-            label = domain if domain is not None else (base / "comm").read_text().strip()
-        except OSError:
-            continue
-        for index, tid in enumerate(sorted(tids, key=int)):
-            cpu = _rt_pinned_cpu(int(tid), base / "task" / tid)
+            guests[st.pid] = domain
+        for index, tid in enumerate(tids):
+            cpu = _rt_pinned_cpu(tasks, st.pid, tid)
             if cpu is not None and cpu in cpus:
-                owners.setdefault(cpu, {})[int(tid)] = (label, index)
+                owners.setdefault(cpu, {})[tid] = (label, index)
     return owners, guests
 
 
-def _rt_pinned_cpu(tid: int, task_dir: Path) -> int | None:
+def _rt_pinned_cpu(tasks, pid: int, tid: int) -> int | None:
+    """The one CPU a realtime thread is pinned to, else None."""
     try:
-        if os.sched_getscheduler(tid) not in _RT_POLICIES:
-            return None
-        for line in (task_dir / "status").read_text().splitlines():
-            if line.startswith("Cpus_allowed_list:"):
-                allowed = parse_cpulist(line.split(":", 1)[1].strip())
-                return next(iter(allowed)) if len(allowed) == 1 else None
-    except (OSError, CpuListError):
+        now = tasks.sched(tid, pid)
+    except OSError:
         return None
-    return None
+    if now.policy not in REALTIME_POLICIES or len(now.cpus) != 1:
+        return None
+    return next(iter(now.cpus))

@@ -13,17 +13,26 @@ realtime vCPUs pinned there), ``guests()`` returns ``{qemu_pid: domain}``.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..kernel import tracefs
-from ..tuning import kthreads as ktmod
+from ..kernel import Kernel, tracefs
+from ..kernel.tasks import PF_KTHREAD
 from .interference import (
-    CpuAccount, Event, IntrEnter, IntrExit, Kind, Lost, StickyTop, Switch, Window, WindowView, fold_comm,
+    CpuAccount,
+    Event,
+    IntrEnter,
+    IntrExit,
+    Kind,
+    Lost,
+    StickyTop,
+    Switch,
+    Window,
+    WindowView,
+    fold_comm,
 )
 
 log = logging.getLogger(__name__)
@@ -111,9 +120,10 @@ class ProcClassifier:
     """Kind and source of a pid from /proc, cached by (pid, comm).  A task
     that has exited before we look is a ``task`` (no way to tell)."""
 
-    def __init__(self, guests: Callable[[], Mapping[int, str]] = dict, proc_root: str = "/proc", limit: int = 4096):
+    def __init__(self, guests: Callable[[], Mapping[int, str]] = dict, kernel: Kernel | None = None,
+                 limit: int = 4096):
         self._guests = guests
-        self._proc = proc_root
+        self._tasks = (kernel or Kernel()).tasks
         self._cache: dict[tuple[int, str], tuple[Kind, str]] = {}
         self._qemu: dict[int, str | None] = {}
         self._limit = limit
@@ -130,10 +140,10 @@ class ProcClassifier:
 
     def _classify(self, pid: int, comm: str) -> tuple[Kind, str]:
         try:
-            st = ktmod.parse_stat(Path(self._proc, str(pid), "stat").read_text())
-            if int(st["flags"]) & ktmod.PF_KTHREAD:
+            if self._tasks.stat(pid).flags & PF_KTHREAD:
                 return Kind.KTHREAD, fold_comm(comm)
-            tgid = _tgid(Path(self._proc, str(pid), "status"))
+            tgid_text = self._tasks.status(pid).get("Tgid", "")
+            tgid = int(tgid_text) if tgid_text.isdigit() else None
         except (OSError, ValueError, IndexError, KeyError):
             return Kind.TASK, fold_comm(comm)
         domain = self._guests().get(tgid) if tgid is not None else None
@@ -149,7 +159,7 @@ class ProcClassifier:
             if len(self._qemu) >= self._limit:
                 self._qemu.clear()
             try:
-                self._qemu[tgid] = guest_name_from_cmdline(Path(self._proc, str(tgid), "cmdline").read_bytes())
+                self._qemu[tgid] = guest_name_from_cmdline(self._tasks.cmdline_raw(tgid))
             except OSError:
                 return None
         return self._qemu[tgid]
@@ -165,13 +175,6 @@ def guest_name_from_cmdline(cmdline: bytes) -> str | None:
                 if part.startswith("guest="):
                     return part[len("guest="):]
             return value.split(",")[0] or None
-    return None
-
-
-def _tgid(path: Path) -> int | None:
-    for line in path.read_text().splitlines():
-        if line.startswith("Tgid:"):
-            return int(line.split()[1])
     return None
 
 
@@ -269,7 +272,7 @@ class InterferenceSampler:
         if self._housekeeping:
             try:
                 # The reader must never run on the CPUs it measures.
-                os.sched_setaffinity(0, self._housekeeping)
+                Kernel().tasks.set_affinity(0, frozenset(self._housekeeping))
             except OSError as exc:
                 log.warning("interference: cannot confine the reader to %s: %s", sorted(self._housekeeping), exc)
         while not self._stop.wait(self._poll):

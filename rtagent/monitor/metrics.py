@@ -55,6 +55,7 @@ from .connserver import ConnectionServer, Limits
 from .counters import CounterCache
 from .exposition import FastMetric
 from .httpd import RENDER_REUSE_S, MetricsHandler
+from .hostchecks import metric_of
 
 __all__ = ["LISTEN_BACKLOG", "RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
 
@@ -237,22 +238,11 @@ def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
     )
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _take(store: StateStore) -> _Snapshot:
     """Runs under the store's lock: copy, compute nothing expensive."""
     d = store.daemon
-    checks = []
-    for row in (d.host.get("checks") or ()) if isinstance(d.host, dict) else ():
-        if not isinstance(row, dict) or "name" not in row:
-            continue
-        checks.append(_HostCheck(str(row["name"]), bool(row.get("ok")),
-                                 SEVERITY_LEVELS.get(str(row.get("severity", "info")), 0),
-                                 _number(row.get("value"))))
+    checks = tuple(_HostCheck(str(c.name), bool(c.ok), SEVERITY_LEVELS.get(str(c.severity), 0),
+                              None if c.value is None else float(c.value)) for c in d.host_checks)
     # One set of series per guest name: if the store briefly holds two guests
     # of one name (a transient guest re-created with a new UUID), export the
     # newer one rather than duplicate series.
@@ -265,7 +255,7 @@ def _take(store: StateStore) -> _Snapshot:
         libvirt_up=bool(d.libvirt_connected), libvirt_unresponsive_since=d.libvirt_unresponsive_since,
         reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
         events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
-        last_resync_at=d.last_resync_at, host_checks=tuple(checks),
+        last_resync_at=d.last_resync_at, host_checks=checks,
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
         reconcile=_Hist.of(d.reconcile_duration), event_to_tuned=_Hist.of(d.event_to_tuned),
         guests=[_ref(g) for _, g in sorted(by_name.items())],
@@ -392,20 +382,18 @@ class RtagentCollector(Collector):
         sev = _gauge("host_check_severity",
                      "Severity of the host check's current result: 0 ok/info, 1 warning, 2 error.", ["check"])
         seen: set[str] = set()
-        intruders: float | None = None
+        out: list[Metric] = [ok, sev]
         for c in s.host_checks:
             if c.name in seen:
                 continue
             seen.add(c.name)
             ok.add_metric([c.name], 1 if c.ok else 0)
             sev.add_metric([c.name], c.severity)
-            if c.name == "intruders" and c.value is not None:
-                intruders = c.value
-        out: list[Metric] = [ok, sev]
-        if intruders is not None:
-            m = _gauge("host_intruder_threads", "User threads outside the guests whose affinity allows a realtime CPU.")
-            m.add_metric([], intruders)
-            out.append(m)
+            spec = metric_of(c.name)
+            if spec is not None and c.value is not None:
+                m = _gauge(spec.name, spec.help)
+                m.add_metric([], c.value)
+                out.append(m)
         m = _counter("host_corrections", "Host partition corrections (kthread, IRQ, workqueue moves), by kind.",
                      ["kind"])
         for kind, n in s.host_corrections:

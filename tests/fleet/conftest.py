@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
@@ -42,6 +43,20 @@ class Fleet:
     nodes: dict[str, Node]  # "a" → node-a
     sd_file: Path
     workdir: Path
+    conn: Callable[[], object]  # a live libvirt connection
+    guest_uuids: list[str] = field(default_factory=list)  # every guest started, destroyed at teardown
+
+    def start_guest(self, key: str, flavor: str | None = None) -> str:
+        """Another realtime guest on node ``key`` (vCPU 1 on CPU 1); returns its name."""
+        node = self.nodes[key]
+        name = f"{self.prefix}-{key}-{len(node.guests) + 1}"
+        dom = self.conn().createXML(guest_xml(name, flavor), 0)
+        self.guest_uuids.append(dom.UUIDString())
+        node.guests.append(name)
+        return name
+
+    def destroy_guest(self, name: str) -> None:
+        self.conn().lookupByName(name).destroy()
 
     def write_sd(self, names: list[str] | None = None) -> None:
         """file_sd targets, ``instance`` set to the node's name (docs/fleet.md);
@@ -86,7 +101,8 @@ def fleet(libvirtd, _conn_holder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("fleet")
     namespaces: list[Netns] = []
     nodes: dict[str, Node] = {}
-    doms = []
+    fl = Fleet(prefix, None, nodes, workdir / "targets.json", workdir,  # type: ignore[arg-type]
+               lambda: _live(_conn_holder, libvirtd))
     mon: Monitoring | None = None
     try:
         mon_ns = Netns(f"{prefix}-mon").create()
@@ -100,19 +116,14 @@ def fleet(libvirtd, _conn_holder, tmp_path_factory):
                               trace_instance=f"{prefix}-{key}")
             nodes[key].workdir.mkdir()
         for key, flavor in NODE_FLAVORS.items():
-            name = f"{prefix}-{key}-1"
-            dom = _live(_conn_holder, libvirtd).createXML(guest_xml(name, flavor), 0)
-            doms.append(dom.UUIDString())
-            nodes[key].guests.append(name)
-        sd_file = workdir / "targets.json"
-        fl = Fleet(prefix, None, nodes, sd_file, workdir)  # type: ignore[arg-type]
+            fl.start_guest(key, flavor)
         fl.write_sd()
-        mon = fl.mon = start_monitoring(mon_ns, workdir / "monitoring", sd_file)
+        mon = fl.mon = start_monitoring(mon_ns, workdir / "monitoring", fl.sd_file)
         for node in nodes.values():
             node.start_daemon(mon_ns)
         yield fl
     finally:
-        _teardown(nodes, mon, doms, namespaces, lambda: _live(_conn_holder, libvirtd))
+        _teardown(nodes, mon, fl.guest_uuids, namespaces, fl.conn)
 
 
 def _teardown(nodes: dict[str, Node], mon: Monitoring | None, doms: list[str], namespaces: list[Netns],

@@ -33,7 +33,7 @@ def scaled_rules(dest: Path) -> Path:
     def scale(m: re.Match) -> str:
         n, unit = int(m.group(2)), m.group(3)
         seconds = n * {"s": 1, "m": 60, "h": 3600}[unit]
-        return f"{m.group(1)}for: {max(1, seconds // FOR_DIVISOR)}s"
+        return f"{m.group(1)}for: {max(1, seconds // FOR_DIVISOR) if seconds else 0}s"
     text, count = re.subn(r"^(\s+)for: (\d+)([smh])\s*$", scale, RULES.read_text(), flags=re.M)
     assert count >= 10, f"expected the shipped alerts' for: clauses, found {count}"
     dest.write_text(text)

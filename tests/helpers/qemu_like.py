@@ -7,7 +7,7 @@
 Starts threads named ``CPU <i>/KVM`` (``/TCG`` with ``--tcg``), ``call_rcu``,
 ``IO mon_iothread`` and any ``--thread`` names; the main thread keeps its name
 unless ``--comm`` is given (``--comm qemu-system-x86`` makes it look like QEMU
-to :func:`rtagent.tuning.guest.observe.find_qemu_pid`, together with ``-name`` and
+to :meth:`rtagent.kernel.qemu.QemuProcesses.find`, together with ``-name`` and
 ``-uuid``, which are only there to be read from /proc/<pid>/cmdline).  Every
 thread sleeps; nothing spins.  With ``--mlock BYTES`` it maps and mlocks that
 many bytes of its own memory first (the hard RLIMIT_MEMLOCK on the test host

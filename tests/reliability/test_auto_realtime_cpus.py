@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from rtagent.config import read_auto_realtime
+from rtagent.kernel import Kernel
 from tests.conftest import unique_name
 from tests.reliability.conftest import create_guest, wait_for
 from tests.system.conftest import write_config
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.reliability
 
 @pytest.mark.system
 def test_auto_without_isolated_cpus_warns_and_makes_nothing_fifo(rel_daemon, guest_factory, tmp_path):
-    if read_auto_realtime():
+    if Kernel().cpus.kernel_isolated():
         pytest.skip("this host isolates CPUs: auto is not empty here")
     sock = str(tmp_path / "auto.sock")
     name = unique_name("rtsauto")

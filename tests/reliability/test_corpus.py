@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from rtagent.config import read_online
+from rtagent.kernel import Kernel
 from rtagent.cpulist import parse_cpulist
 from tests.guests import kvm_usable, rt_guest_xml
 from tests.reliability.conftest import kvm_pit, report, sched_of, thread_snapshot
@@ -78,7 +78,7 @@ def _rtagent(*args: str) -> subprocess.CompletedProcess:
 
 
 def _skip_if_other_host(case: Case) -> None:
-    if case.online is not None and read_online() != case.online:
+    if case.online is not None and Kernel().cpus.online() != case.online:
         pytest.skip(f"{case.id} is about a host with CPUs {sorted(case.online)} online")
 
 
@@ -206,7 +206,7 @@ def test_apply_with_each_bad_config_changes_nothing(guest_factory, tmp_path):
     g = guest_factory(rt_guest_xml(name := __import__("tests.conftest", fromlist=["unique_name"]).unique_name("rtrel")),
                       name=name)
     before = _host_view(g)
-    online = read_online()
+    online = Kernel().cpus.online()
     ran = 0
     for case in CONFIGS:
         if case.online is not None and case.online != online:

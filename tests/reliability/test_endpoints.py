@@ -28,7 +28,7 @@ pytestmark = pytest.mark.reliability
 @pytest.mark.unit
 def test_metrics_bind_loopback_by_default():
     assert MetricsConfig().host_port == ("127.0.0.1", DEFAULT_METRICS_PORT)
-    cfg = parse_config({}, sys_root=None)
+    cfg = parse_config({}, resolve=False)
     assert cfg.metrics.host_port[0] == "127.0.0.1"
 
 

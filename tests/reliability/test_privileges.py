@@ -70,9 +70,10 @@ def test_missing_cap_chown_for_a_status_group_names_it(tmp_path):
 @pytest.mark.threads
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed")
 def test_read_only_cgroup_rt_files_name_the_file(tmp_path):
-    from rtagent.tuning.guest.rtgroup import find_cpu_hierarchy
+    from rtagent.kernel import Kernel
 
-    hierarchy = find_cpu_hierarchy()
+    tree = Kernel().cgroups.rt_tree()
+    hierarchy = tree.mount if tree is not None else None
     if hierarchy is None:
         pytest.skip("no cgroup v1 RT group scheduling here")
     # A private mount namespace: the read-only remount is invisible to the host.

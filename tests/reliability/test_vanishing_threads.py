@@ -4,7 +4,7 @@
 guest's (``CPU 1/KVM``, ``worker``) that live a few milliseconds.  The real
 engine (:class:`Tuner`: observe → plan → execute) is driven against it in a
 loop: a thread that exits between being listed and being changed must be
-reported as ``vanished`` (ESRCH/ENOENT is normal, DESIGN.md), never as a
+reported as ``vanished`` (ESRCH/ENOENT is normal, docs/design.md), never as a
 failure, and nothing may raise or log an error.  The churn threads only
 sleep, so the ones made SCHED_FIFO on CPU 1 cost nothing.
 """

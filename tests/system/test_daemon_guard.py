@@ -101,21 +101,24 @@ def test_metadata_edit_and_reload_are_intent_changes_not_drift(daemon_factory, g
 
     wait_for(lambda: (d.guest(g.name) or {}).get("intent_changes", {}).get("vcpu_policy"), 10,
              "the reload counted as an intent change")
+    assert _drift_total(d, g) == 0, d.log_text()[-3000:]
+
+    # Real drift is still drift (before the metadata edit below: once the
+    # guest carries metadata, other daemons on this host may correct it first).
+    subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
+    wait_for(lambda: _fifo(tid, 3), 15, "drift corrected", interval=0.01)
+    drifted = wait_for(lambda: _drift_total(d, g) >= 1 and _drift_total(d, g), 10, "drift counted")
+
     # A live metadata edit to priority 2 (metadata wins over rules).
     subprocess.run(["virsh", "-q", "metadata", g.name, "--live", "--uri", RT_NS, "--key", "rt", "--set",
                     "<realtime mask='^0' priority='2' policy='fifo'/>"], check=True, capture_output=True)
     wait_for(lambda: _fifo(tid, 2), 15, "FIFO 2 after the metadata edit", interval=0.01)
-
-    # (Other daemons on the host see this metadata too and may apply it
-    # first; then this one has nothing to change, which is not drift either.)
+    time.sleep(1.0)  # a resync or two: nothing more may be counted as drift
+    # (Other daemons see this metadata too and may apply it first; then this
+    # one has nothing to change, which is not drift either.)
     entry = d.guest(g.name)
-    assert entry["drift_corrections_total"] == 0, (entry["drift_corrections"], d.log_text()[-3000:])
+    assert entry["drift_corrections_total"] == drifted, (entry["drift_corrections"], d.log_text()[-3000:])
     log.warning("intent changes %s, drift %s", entry["intent_changes"], entry["drift_corrections"])
-
-    # Real drift afterwards is still drift.
-    subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
-    wait_for(lambda: _fifo(tid, 2), 15, "drift corrected", interval=0.01)
-    wait_for(lambda: _drift_total(d, g) >= 1, 10, "drift counted")
 
 
 # -- item 10: TUNABLE and DEVICE_ADDED ---------------------------------------------
@@ -158,9 +161,14 @@ def test_device_added_event_reconciles_the_guest(daemon_factory, guest_factory, 
     g = guest_factory(memory_backing=HUGE, metadata="", extra_devices="<controller type='virtio-serial'/>")
     d = daemon_factory(resync=60.0, daemon=_only(g) + "\nproc_connector = false", extra=_rule(g))
     tid = _tuned(d, g)
-    subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
-    time.sleep(0.5)
-    assert not _fifo(tid)  # nothing else corrects it in this test's window
+    for _ in range(10):
+        # The daemon may still be in its follow-up looks after tuning (or
+        # retrying a refused kvm-pit change): demote until it stays demoted.
+        subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
+        time.sleep(1.0)
+        if not _fifo(tid):
+            break
+    assert not _fifo(tid), "the demotion never stayed: something keeps correcting it without an event"
     dev = tmp_path / "channel.xml"
     dev.write_text("<channel type='pty'><target type='virtio' name='org.rtagent.test'/></channel>")
     subprocess.run(["virsh", "-q", "attach-device", g.name, str(dev), "--live"], check=True, capture_output=True)

@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 
 from rtagent.cpulist import parse_cpulist
-from rtagent.tuning import kthreads
+from rtagent.kernel import Kernel
+from rtagent.tuning.host import kthreads
 from tests.system.conftest import wait_for
 from tests.threads.test_hostpart import RT_CPU, _need_two_cpus, assert_same, snapshot
 
 pytestmark = pytest.mark.system
+
+
+def _read_kthreads() -> list[kthreads.KThread]:
+    return [kthreads.KThread.from_task(t) for t in Kernel().tasks.kthreads()]
 
 
 def test_daemon_corrects_host_drift_and_restore_puts_everything_back(daemon_factory, tmp_path):
@@ -33,10 +38,10 @@ def test_daemon_corrects_host_drift_and_restore_puts_everything_back(daemon_fact
         d.config.write_text(text)
         d.proc.send_signal(1)  # SIGHUP: reload with host tuning on
         wait_for(lambda: state_file.exists(), 15, "first host enforcement")
-        ks = next(kt for kt in kthreads.read_kthreads() if kt.comm == f"ksoftirqd/{RT_CPU}")
+        ks = next(kt for kt in _read_kthreads() if kt.comm == f"ksoftirqd/{RT_CPU}")
         wait_for(lambda: os.sched_getscheduler(ks.pid) == os.SCHED_FIFO, 10, "ksoftirqd raised")
 
-        victim = next(kt for kt in kthreads.read_kthreads()
+        victim = next(kt for kt in _read_kthreads()
                       if kt.comm in ("khungtaskd", "kcompactd0", "oom_reaper", "rcu_preempt") and kt.movable)
         wait_for(lambda: RT_CPU not in os.sched_getaffinity(victim.pid), 10, "victim moved")
         os.sched_setaffinity(victim.pid, {0, RT_CPU})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rtagent.tuning.guest.rtgroup import RUNTIME, find_cpu_hierarchy
+from rtagent.kernel import Kernel
 from tests.guests import RT_NS, rt_metadata
 from tests.system.conftest import wait_for
 
@@ -39,10 +39,10 @@ def _cpu_cgroup(tid: int) -> str | None:
 
 def _budget(tid: int) -> int | None:
     """cpu.rt_runtime_us of the thread's cpu cgroup (None without RT group scheduling)."""
-    hierarchy, group = find_cpu_hierarchy(), _cpu_cgroup(tid)
-    if hierarchy is None or group is None:
+    tree, group = Kernel().cgroups.rt_tree(), _cpu_cgroup(tid)
+    if tree is None or group is None:
         return None
-    return int(Path(hierarchy, group.lstrip("/"), RUNTIME).read_text())
+    return tree.runtime(group)
 
 
 def _metadata(name: str, *args: str) -> None:

@@ -23,7 +23,7 @@ HUGE = "<memoryBacking><hugepages/></memoryBacking>"
 
 @pytest.fixture
 def rt_config(tmp_path):
-    """CPU 0 housekeeping, CPU 1 realtime (DESIGN.md, "Care on this machine")."""
+    """CPU 0 housekeeping, CPU 1 realtime (docs/design.md, "Testing against the real thing")."""
     p = tmp_path / "rtagent.toml"
     p.write_text('[host]\nrealtime_cpus = "1"\n[metrics]\nenabled = false\n')
     return str(p)

@@ -17,10 +17,15 @@ from rtagent import cli
 from rtagent.config import parse_config
 from rtagent.cpulist import parse_cpulist, parse_hexmask
 from rtagent.monitor.hostchecks import CHECK_NAMES, SEVERITIES, run_host_checks
-from rtagent.tuning import kthreads
-from rtagent.tuning.hostpart import HostPartitionEnforcer
+from rtagent.kernel import Kernel
+from rtagent.tuning.host import kthreads
+from rtagent.tuning.host.enforcer import HostPartitionEnforcer
 
 pytestmark = pytest.mark.threads
+
+
+def _read_kthreads() -> list[kthreads.KThread]:
+    return [kthreads.KThread.from_task(t) for t in Kernel().tasks.kthreads()]
 
 RT_CPU = 1
 WQ = Path("/sys/devices/virtual/workqueue")
@@ -42,7 +47,7 @@ def _config(tmp_path):
 def _kthread_state():
     """(pid, starttime) -> (comm, affinity, policy, priority), read with syscalls."""
     out = {}
-    for kt in kthreads.read_kthreads():
+    for kt in _read_kthreads():
         if kthreads.is_guest_thread(kt.comm):
             continue  # owned by the guest tuning engine (and other tests' guests)
         try:
@@ -102,7 +107,7 @@ def assert_same(before, after):
 
 
 def _pid_of(comm):
-    for kt in kthreads.read_kthreads():
+    for kt in _read_kthreads():
         if kt.comm == comm:
             return kt
     return None
@@ -127,7 +132,7 @@ def test_enforce_drift_and_restore_on_this_machine(tmp_path):
         # no movable kernel thread (that existed when we enforced) may run on CPU 1
         at_enforce = {(k[0], k[1]) for k in before["kthreads"]}
         offenders = []
-        for kt in kthreads.read_kthreads():
+        for kt in _read_kthreads():
             if (kt.pid, kt.starttime) not in at_enforce or not kt.movable or kthreads.is_guest_thread(kt.comm):
                 continue
             if kthreads.rt_priority_for(kt.comm, 1) is not None:
@@ -164,7 +169,7 @@ def test_enforce_drift_and_restore_on_this_machine(tmp_path):
         assert r_idle.ok and sum(r_idle.corrections_by_kind.values()) == 0
 
         # drift behind the enforcer's back: one kthread and one IRQ
-        victim = next(kt for kt in kthreads.read_kthreads()
+        victim = next(kt for kt in _read_kthreads()
                       if kt.comm in ("khungtaskd", "kcompactd0", "oom_reaper", "kauditd", "rcu_preempt")
                       and kt.movable)
         os.sched_setaffinity(victim.pid, {0, RT_CPU})

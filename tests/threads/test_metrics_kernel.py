@@ -22,13 +22,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtagent.config import Partition, RealtimeConfig, read_online
+from rtagent.config import Partition, RealtimeConfig
+from rtagent.kernel import Kernel
 from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.metrics import RtagentCollector
 from rtagent.state import StateStore
-from rtagent.tuning.guest.report import DomainReport
 from rtagent.tuning.guest.observe import observe_process
 from rtagent.tuning.guest.plan import plan_domain
+from rtagent.tuning.guest.report import DomainReport
 
 pytestmark = pytest.mark.threads
 
@@ -49,7 +50,7 @@ def nonvoluntary(pid: int, tid: int) -> int:
 
 
 def partition() -> Partition:
-    online = read_online()
+    online = Kernel().cpus.online()
     if len(online) < 2:
         pytest.skip("needs two online CPUs")
     rt = frozenset({max(online)})
@@ -67,7 +68,7 @@ def spec_for(name: str, uid: str, part: Partition) -> RealtimeSpec:
 
 
 def put_report(store: StateStore, pid: int, spec: RealtimeSpec, part: Partition) -> DomainReport:
-    observed = observe_process(pid)
+    observed = observe_process(pid, Kernel())
     plan = plan_domain(spec, observed, part, RealtimeConfig())
     report = DomainReport(name=spec.domain, uuid=spec.uuid, spec=spec, pid=pid, observed=observed,
                           threads=plan.threads, violations=[v for tp in plan.threads for v in tp.violations()],

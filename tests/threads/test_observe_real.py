@@ -12,17 +12,18 @@ import uuid as uuidlib
 
 import pytest
 
+from rtagent.kernel import Kernel
 from rtagent.model import MemorySpec
 from rtagent.tuning.guest.memory import verify_memory
 from rtagent.tuning.guest.observe import (
     ProcessGone,
-    find_qemu_pid,
-    list_qemu_processes,
     observe_process,
     read_thread,
 )
 
 pytestmark = pytest.mark.threads
+
+KERNEL = Kernel()
 
 MiB = 1 << 20
 
@@ -45,7 +46,7 @@ def kernel_view(tid: int) -> tuple[str, int, frozenset[int]]:
 
 def test_classification_of_qemu_like_threads(qemu_like):
     h = qemu_like("--vcpus", "3", "--thread", "worker")
-    o = observe_process(h.pid)
+    o = observe_process(h.pid, KERNEL)
 
     assert o.pid == h.pid
     assert {i: t.tid for i, t in o.vcpu_threads.items()} == h.vcpu_tids == {
@@ -64,14 +65,14 @@ def test_classification_of_qemu_like_threads(qemu_like):
 
 def test_tcg_names(qemu_like):
     h = qemu_like("--tcg", "--vcpus", "2", "--no-default-threads")
-    o = observe_process(h.pid)
+    o = observe_process(h.pid, KERNEL)
     assert sorted(o.vcpu_threads) == [0, 1]
     assert o.vcpu_threads[1].name == "CPU 1/TCG"
 
 
 def test_policy_affinity_and_stats_match_the_kernel(qemu_like):
     h = qemu_like()
-    o = observe_process(h.pid)
+    o = observe_process(h.pid, KERNEL)
     for t in o.threads:
         assert (t.policy, t.priority, t.cpus) == kernel_view(t.tid), t.name
         assert t.run_time_ns is not None and t.timeslices is not None and t.timeslices >= 1
@@ -93,7 +94,7 @@ def test_fifo_thread_reads_back(qemu_like):
     except PermissionError as e:  # pragma: no cover - host not prepared
         pytest.fail(f"SCHED_FIFO refused ({e}): RT group scheduling gives this cgroup no rt_runtime_us")
     try:
-        o = observe_process(h.pid)
+        o = observe_process(h.pid, KERNEL)
         t = o.vcpu_threads[1]
         assert (t.policy, t.priority, t.cpus) == ("fifo", 1, frozenset({0}))
         assert t.realtime
@@ -101,7 +102,7 @@ def test_fifo_thread_reads_back(qemu_like):
         # the others are untouched
         assert o.vcpu_threads[0].policy == "other"
         # a single-thread read agrees
-        assert read_thread(h.pid, tid).policy == "fifo"
+        assert read_thread(KERNEL, h.pid, tid).policy == "fifo"
     finally:
         os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
@@ -113,7 +114,7 @@ def test_rr_and_batch_read_back(qemu_like):
     os.sched_setscheduler(rr, os.SCHED_RR, os.sched_param(2))
     try:
         os.sched_setscheduler(batch, os.SCHED_BATCH, os.sched_param(0))
-        o = observe_process(h.pid)
+        o = observe_process(h.pid, KERNEL)
         assert (o.thread(rr).policy, o.thread(rr).priority) == ("rr", 2)
         assert (o.thread(batch).policy, o.thread(batch).priority) == ("batch", 0)
     finally:
@@ -123,7 +124,7 @@ def test_rr_and_batch_read_back(qemu_like):
 def test_memlock_verified_on_a_locking_helper(qemu_like):
     h = qemu_like("--mlock", str(4 * MiB))
     assert h.mlocked == 4 * MiB
-    mem = observe_process(h.pid).memory
+    mem = observe_process(h.pid, KERNEL).memory
     assert mem.vm_lck_bytes >= 4 * MiB
     assert mem.memlock_hard is None or mem.memlock_hard >= 4 * MiB
     vs = verify_memory(MemorySpec(size_bytes=4 * MiB, locked=True), mem)
@@ -132,7 +133,7 @@ def test_memlock_verified_on_a_locking_helper(qemu_like):
 
 def test_memlock_violation_without_mlock(qemu_like):
     h = qemu_like()
-    mem = observe_process(h.pid).memory
+    mem = observe_process(h.pid, KERNEL).memory
     assert mem.vm_lck_bytes == 0
     vs = verify_memory(MemorySpec(size_bytes=4 * MiB, locked=True), mem)
     memlock = [v for v in vs if v.check == "memlock"]
@@ -146,17 +147,18 @@ def test_find_qemu_pid_and_list(qemu_like, tmp_path):
     h = qemu_like("--comm", "qemu-system-x86", "-name", f"guest={name},debug-threads=on", "-uuid", uuid)
     assert h.main == "qemu-system-x86"
     (tmp_path / f"{name}.pid").write_text(str(h.pid))
-    assert find_qemu_pid(name, uuid, run_root=str(tmp_path)) == h.pid
-    assert find_qemu_pid(name, None, run_root=str(tmp_path)) == h.pid
+    k = Kernel(run=str(tmp_path))
+    assert k.qemu.find(name, uuid) == h.pid
+    assert k.qemu.find(name, None) == h.pid
     # no pid file: found by the -uuid scan
-    assert find_qemu_pid(name, uuid, run_root=str(tmp_path / "none")) == h.pid
-    assert list_qemu_processes()[h.pid] == uuid
+    assert Kernel(run=str(tmp_path / "none")).qemu.find(name, uuid) == h.pid
+    assert KERNEL.qemu.all()[h.pid] == uuid
     # the main thread was renamed but is still the main thread
-    assert observe_process(h.pid).thread(h.pid).kind == "main"
+    assert observe_process(h.pid, KERNEL).thread(h.pid).kind == "main"
 
 
 def test_process_gone_after_exit(qemu_like):
     h = qemu_like("--no-default-threads", "--vcpus", "1")
     h.stop()
     with pytest.raises(ProcessGone):
-        observe_process(h.pid)
+        observe_process(h.pid, KERNEL)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.threads
 
 def _report(pid: int) -> DomainReport:
     """A report as a reconcile leaves it: every thread planned as observed."""
-    observed = observe_process(pid)
+    observed = observe_process(pid, Kernel())
     spec = RealtimeSpec(domain="steady", uuid="u-steady", realtime=True)
     threads = [ThreadPlan(t, Want(), "emulator") for t in observed.threads]
     return DomainReport(name="steady", uuid="u-steady", spec=spec, pid=pid, observed=observed, threads=threads)

@@ -8,6 +8,7 @@ import pytest
 from rtagent.cli import main
 from rtagent.config import load_config, parse_config
 from rtagent.errors import ConfigError
+from rtagent.kernel import Kernel
 
 pytestmark = pytest.mark.unit
 
@@ -59,7 +60,7 @@ def test_each_error_names_key_and_value(tmp_path, sysroot, text, key, value, rea
     f = tmp_path / "rtagent.toml"
     f.write_text(text)
     with pytest.raises(ConfigError) as exc:
-        load_config(str(f), sys_root=sysroot)
+        load_config(str(f), kernel=Kernel(sys=f"{sysroot}/sys"))
     msg = str(exc.value)
     assert "\n" not in msg
     assert f"{key} = {value}" in msg if value else key in msg
@@ -86,9 +87,9 @@ def test_missing_explicit_file_and_bad_toml(tmp_path, capsys):
 
 
 def test_valid_config_resolves_partition(sysroot):
-    cfg = parse_config({"host": {"realtime_cpus": "1"}}, sys_root=sysroot)
+    cfg = parse_config({"host": {"realtime_cpus": "1"}}, kernel=Kernel(sys=f"{sysroot}/sys"))
     assert cfg.partition.realtime == {1} and cfg.partition.housekeeping == {0}
-    auto = parse_config({}, sys_root=sysroot)
+    auto = parse_config({}, kernel=Kernel(sys=f"{sysroot}/sys"))
     assert auto.partition.realtime == frozenset() and auto.partition.housekeeping == {0, 1}
 
 
@@ -96,9 +97,9 @@ def test_auto_realtime_uses_isolated_and_nohz_full(sysroot):
     cpu = Path(sysroot, "sys/devices/system/cpu")
     (cpu / "isolated").write_text("1\n")
     (cpu / "nohz_full").write_text("(null)\n")
-    assert parse_config({}, sys_root=sysroot).partition.realtime == {1}
+    assert parse_config({}, kernel=Kernel(sys=f"{sysroot}/sys")).partition.realtime == {1}
 
 
 def test_shipped_example_is_valid():
-    cfg = load_config(str(Path(__file__).parents[2] / "config/rtagent.toml"), sys_root=None)
+    cfg = load_config(str(Path(__file__).parents[2] / "config/rtagent.toml"), resolve=False)
     assert cfg.metrics.listen == "127.0.0.1:9847"

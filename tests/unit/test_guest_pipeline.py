@@ -5,13 +5,13 @@ cgroup tree: plain files, so a refused write is a real write error)."""
 import pytest
 
 from rtagent.config import Partition, RealtimeConfig
+from rtagent.kernel.cgroups import PERIOD, RUNTIME, RtTree
 from rtagent.model import RealtimeSpec
 from rtagent.tuning.guest import vmthreads
 from rtagent.tuning.guest.assess import assess
 from rtagent.tuning.guest.ledger import BudgetLedger
 from rtagent.tuning.guest.observe import classify
 from rtagent.tuning.guest.plan import SetScheduler, plan_actions
-from rtagent.tuning.guest.rtgroup import PERIOD, RUNTIME
 
 from .test_tuning_plan import guest_threads, observed, spec, thread
 
@@ -49,7 +49,7 @@ def test_separate_kthreads_belong_to_their_owner_only():
 
 
 def test_every_kind_has_a_host_prefix_and_the_host_wing_uses_them():
-    from rtagent.tuning import kthreads
+    from rtagent.tuning.host import kthreads
 
     assert set(kthreads.GUEST_PREFIXES) == {k.prefix for k in vmthreads.KINDS}
     for k in vmthreads.KINDS:
@@ -107,7 +107,7 @@ def runtime(root, path):
 
 
 def test_ledger_grants_claims_and_releases_withdrawn_ones(hierarchy):
-    ledger = BudgetLedger(str(hierarchy))
+    ledger = BudgetLedger(RtTree(str(hierarchy), "v1"))
     ledger.claim("a", {"/machine/qemu-a/vcpu1"})
     ledger.claim("b", {"/machine/qemu-b/vcpu1"})
     plan = ledger.grant()
@@ -127,7 +127,7 @@ def test_a_refused_release_never_blocks_the_grant_for_another_guest(hierarchy, m
     gets the real one."""
     from rtagent.tuning.guest import rtgroup
 
-    ledger = BudgetLedger(str(hierarchy), fixed_us=300000)
+    ledger = BudgetLedger(RtTree(str(hierarchy), "v1"), fixed_us=300000)
     ledger.claim("a", {"/machine/qemu-a/vcpu1"})
     ledger.grant()
     real = rtgroup.apply_budgets

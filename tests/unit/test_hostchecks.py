@@ -9,9 +9,10 @@ import pytest
 
 from rtagent.config import Partition
 from rtagent.cpulist import parse_cpulist
+from rtagent.kernel import Kernel
+from rtagent.kernel.irqbalance import detect_irqbalance, parse_shell_vars
 from rtagent.monitor import hostchecks
 from rtagent.monitor.hostchecks import CHECK_NAMES, HostCheck, run_host_checks
-from rtagent.tuning import irqs
 
 pytestmark = pytest.mark.unit
 
@@ -51,6 +52,7 @@ class Host:
         self.hugepages("2048kB", 0, 0)
         self.hugepages("1048576kB", 8, 4)
         self.write("sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids")
+        self.write("proc/self/mounts", f"cgroup2 {self.sys}/fs/cgroup cgroup2 rw,nosuid 0 0")
         self.process(1, "systemd", "0-1")
         self.process(300, "sshd", "0-1", threads=[(301, "sshd-worker", "0-1")])
         self.kthread(22, "ksoftirqd/2", "2")
@@ -88,8 +90,15 @@ class Host:
     def kthread(self, pid, comm, cpus):
         self.process(pid, comm, cpus, flags=PF_KTHREAD)
 
+    def kernel(self) -> Kernel:
+        return Kernel(str(self.proc), str(self.sys), etc=str(self.etc))
+
+    def mount_cgroup_v1(self):
+        """A v1 ``cpu,cpuacct`` hierarchy under sys/fs/cgroup/cpu, named in self/mounts."""
+        self.write("proc/self/mounts", f"cgroup {self.sys}/fs/cgroup/cpu cgroup rw,cpu,cpuacct 0 0")
+
     def checks(self, partition=None, **kw) -> dict[str, HostCheck]:
-        result = run_host_checks(partition or part(), str(self.proc), str(self.sys), etc_root=str(self.etc), **kw)
+        result = run_host_checks(partition or part(), self.kernel(), **kw)
         assert [c.name for c in result] == list(CHECK_NAMES)
         return {c.name: c for c in result}
 
@@ -131,9 +140,8 @@ def test_cmdline_variants_good(host):
     checks = host.checks()
     assert checks["isolcpus"].ok and checks["rcu_nocbs"].ok
     assert "implies" in checks["rcu_nocbs"].detail
-    host.cmdline("x")
-    checks = host.checks(cmdline_path=str(host.write("alt_cmdline", "isolcpus=managed_irq,2-3 nohz_full=2-3 "
-                                                                  "irqaffinity=0")))
+    host.cmdline("isolcpus=managed_irq,2-3 nohz_full=2-3 irqaffinity=0")
+    checks = host.checks()
     assert checks["isolcpus"].ok and checks["nohz_full"].ok and checks["irqaffinity"].ok
 
 
@@ -162,6 +170,7 @@ def test_rt_throttling(host, runtime, period, ok, severity, fragment):
 def test_rt_group_sched(host):
     c = host.checks()["rt_group_sched"]
     assert c.ok and "cgroup v2" in c.detail
+    host.mount_cgroup_v1()
     host.write("sys/fs/cgroup/cpu/cpu.rt_runtime_us", "950000")
     c = host.checks()["rt_group_sched"]
     assert c.ok and c.severity == "info"
@@ -169,6 +178,12 @@ def test_rt_group_sched(host):
     host.write("sys/fs/cgroup/cpu/cpu.rt_runtime_us", "0")
     c = host.checks()["rt_group_sched"]
     assert not c.ok and c.severity == "error"
+
+
+def test_rt_group_sched_on_the_unified_hierarchy(host):
+    host.write("sys/fs/cgroup/cpu.rt_runtime_us", "950000")
+    c = host.checks()["rt_group_sched"]
+    assert c.ok and "cgroup v2" in c.detail and "rtagent grants" in c.detail
 
 
 @pytest.mark.parametrize("value,ok", [("[always] madvise never", False), ("always [madvise] never", True),
@@ -220,7 +235,7 @@ def test_intruders(host):
     assert c.detail.startswith("1 user threads in 1 processes") and "stress[950]" in c.detail
     c = host.checks()["intruders"]
     assert "3 user threads in 2 processes" in c.detail
-    found = hostchecks.find_intruders(frozenset({2, 3}), str(host.proc), {900})
+    found = hostchecks.find_intruders(host.kernel(), frozenset({2, 3}), {900})
     assert found == [(950, 951, "stress-worker")]
 
 
@@ -239,8 +254,8 @@ def test_intruders_remedy_on_a_systemd_cgroup_v2_node_with_isolcpus(host):
     assert "boot with isolcpus" not in c.detail
     assert "isolcpus= already covers 2-3" in c.detail
     assert "systemctl set-property system.slice AllowedCPUs=0-1" in c.detail
-    # cgroup v1 (no cgroup.controllers at the root): no AllowedCPUs= advice.
-    (host.sys / "fs/cgroup/cgroup.controllers").unlink()
+    # cgroup v1 (no cgroup2 mount): no AllowedCPUs= advice.
+    host.write("proc/self/mounts", f"cgroup {host.sys}/fs/cgroup/cpuset cgroup rw,cpuset 0 0")
     c = host.checks()["intruders"]
     assert "AllowedCPUs" not in c.detail and "confine them to 0-1" in c.detail
     # Without isolcpus on the command line the first remedy is still isolcpus.
@@ -270,7 +285,7 @@ def test_irqbalance_environ_wins_and_hex_mask(tmp_path):
     h = Host(tmp_path)
     h.write("etc/sysconfig/irqbalance", "IRQBALANCE_BANNED_CPUS=0000000c\n")
     h.process(700, "irqbalance", "0-3", environ=b"IRQBALANCE_BANNED_CPUS=00000008\0")
-    info = irqs.detect_irqbalance(str(h.proc), str(h.etc), str(h.sys))
+    info = detect_irqbalance(h.kernel())
     assert info.running and info.banned == frozenset({3}) and info.source == "/proc/700/environ"
     c = h.checks()["irqbalance"]
     assert not c.ok and "only 3" in c.detail
@@ -288,7 +303,7 @@ def test_irqbalance_implicit_isolcpus_ban(tmp_path):
 
 
 def test_parse_shell_vars():
-    env = irqs.parse_shell_vars('A=1\n#B=2\nexport C="x y" # trailing\nnot a var\nD=\n')
+    env = parse_shell_vars('A=1\n#B=2\nexport C="x y" # trailing\nnot a var\nD=\n')
     assert env == {"A": "1", "C": "x y", "D": ""}
 
 
@@ -304,6 +319,6 @@ def test_missing_files_do_not_crash(tmp_path):
     proc, sys_ = tmp_path / "proc", tmp_path / "sys"
     proc.mkdir()
     sys_.mkdir()
-    result = run_host_checks(part(), str(proc), str(sys_), etc_root=str(tmp_path / "etc"))
+    result = run_host_checks(part(), Kernel(str(proc), str(sys_), etc=str(tmp_path / "etc")))
     assert [c.name for c in result] == list(CHECK_NAMES)
     assert all(c.detail and c.severity in hostchecks.SEVERITIES for c in result)

@@ -8,12 +8,17 @@ from pathlib import Path
 import pytest
 
 from rtagent.config import HostTuningConfig, Partition, parse_config
-from rtagent.tuning import hostpart, irqs, kthreads, workqueue
+from rtagent.kernel import Kernel
+from rtagent.kernel.tasks import PF_KTHREAD, PF_NO_SETAFFINITY, parse_stat
+from rtagent.tuning.host import kthreads
+from rtagent.tuning.host.conflicts import IrqConflictDetector
+from rtagent.tuning.host.enforcer import HostPartitionEnforcer
+from rtagent.tuning.host.plan import plan_host_partition, read_snapshot
+from rtagent.vocab import HostKind
 
 pytestmark = pytest.mark.unit
 
-PF_KTHREAD = kthreads.PF_KTHREAD
-NOAFF = kthreads.PF_NO_SETAFFINITY
+NOAFF = PF_NO_SETAFFINITY
 
 
 def part(online="0-1", realtime="1", housekeeping=None):
@@ -44,6 +49,9 @@ class Tree:
         self.sys = root / "sys"
         self.proc.mkdir()
         self.sys.mkdir()
+
+    def kernel(self) -> Kernel:
+        return Kernel(str(self.proc), str(self.sys))
 
     def task(self, pid, comm, cpus, *, kthread=True, noaff=False, policy=0, prio=0, ppid=2, threads=()):
         flags = (PF_KTHREAD if kthread else 0) | (NOAFF if noaff else 0)
@@ -93,8 +101,8 @@ def tree(tmp_path):
 
 
 def plan(tree, partition=None, tuning=None, **kw):
-    snap = hostpart.read_host_snapshot(str(tree.proc), str(tree.sys))
-    return hostpart.plan_host_partition(snap, partition or part(), tuning or HostTuningConfig(), **kw)
+    snap = read_snapshot(tree.kernel())
+    return plan_host_partition(snap, partition or part(), tuning or HostTuningConfig(), **kw)
 
 
 def by_item(p):
@@ -111,10 +119,10 @@ def left_items(p):
 
 def test_parse_stat_comm_with_spaces_and_parens():
     line = stat_line(42, "weird) (name x", PF_KTHREAD, starttime=77, policy=1, rt_priority=5)
-    st = kthreads.parse_stat(line)
-    assert st["comm"] == "weird) (name x"
-    assert st["flags"] == PF_KTHREAD and st["starttime"] == 77
-    assert st["policy"] == 1 and st["rt_priority"] == 5
+    st = parse_stat(line)
+    assert st.comm == "weird) (name x"
+    assert st.flags == PF_KTHREAD and st.starttime == 77
+    assert st.policy == "fifo" and st.rt_priority == 5
 
 
 def test_only_kernel_threads_are_read_never_pid1(tree):
@@ -122,11 +130,10 @@ def test_only_kernel_threads_are_read_never_pid1(tree):
     tree.task(2, "kthreadd", "0-1", ppid=0)
     tree.task(500, "bash", "0-1", kthread=False, ppid=1)
     tree.task(15, "rcu_preempt", "0-1")
-    pids = [k.pid for k in kthreads.read_kthreads(str(tree.proc))]
+    pids = [k.pid for k in tree.kernel().tasks.kthreads()]
     assert pids == [2, 15]
     p = plan(tree)
     assert {a.pid for a in p.actions} == {2, 15}
-    assert all(a.pid not in (1, 500) for a in p.actions)
 
 
 def test_movable_kthread_on_realtime_cpu_moves_to_housekeeping(tree):
@@ -232,7 +239,7 @@ def test_workqueue_masks(tree):
     tree.wq("blkcg_punt_bio", "1")
     tree.wq("readonly_wq", "3", writable=False)
     (tree.sys / "devices/virtual/workqueue/power").mkdir()
-    masks = workqueue.read_workqueue_masks(str(tree.sys))
+    masks = tree.kernel().workqueues.all()
     names = [m.name for m in masks]
     assert names[0] == "" and "writeback" in names and "readonly_wq" not in names
     p = plan(tree)
@@ -259,7 +266,7 @@ def test_tuning_switches_and_empty_partition(tree):
     tree.task(15, "rcu_preempt", "0-1")
     tree.task(22, "ksoftirqd/1", "1", noaff=True)
     all_kinds = {a.kind for a in plan(tree).actions}
-    assert all_kinds == set(hostpart.KINDS)
+    assert all_kinds == set(HostKind)
     off = HostTuningConfig(kthreads=False, kthread_priorities=False, irqs=False, workqueues=False)
     p = plan(tree, tuning=off)
     assert p.actions == ()
@@ -290,9 +297,9 @@ def _enforcer(tree, tmp_path, **kw):
     tuning = HostTuningConfig(kthreads=False, kthread_priorities=False,
                               irq_conflict_threshold=2, irq_conflict_window_s=100.0)
     clock = iter(range(0, 10_000, 1))
-    return hostpart.HostPartitionEnforcer(
-        part(), tuning, proc_root=str(tree.proc), sys_root=str(tree.sys),
-        etc_root=str(tmp_path / "etc"), state_file=str(tmp_path / "state" / "saved.json"),
+    return HostPartitionEnforcer(
+        part(), tuning, kernel=Kernel(str(tree.proc), str(tree.sys), etc=str(tmp_path / "etc")),
+        state_file=str(tmp_path / "state" / "saved.json"),
         clock=lambda: float(next(clock)), **kw)
 
 
@@ -310,7 +317,7 @@ def test_apply_saves_originals_counts_corrections_and_restores(tree, tmp_path):
     assert r.ok and r.counts["changed"] == 3
     assert r.changes_by_kind == {"kthread_affinity": 0, "kthread_priority": 0,
                                  "irq_affinity": 2, "workqueue_cpumask": 1}
-    assert r.corrections_by_kind == dict.fromkeys(hostpart.KINDS, 0)
+    assert r.corrections_by_kind == dict.fromkeys(HostKind, 0)
     assert _read(tree.proc / "irq/24/smp_affinity_list") == "0"
     assert _read(tree.proc / "irq/default_smp_affinity") == "1"
     assert _read(g) == "1"
@@ -362,7 +369,7 @@ def test_irq_conflict_reported(tree, tmp_path):
 
 
 def test_conflict_detector_window():
-    d = irqs.IrqConflictDetector(threshold=2, window_s=10)
+    d = IrqConflictDetector(threshold=2, window_s=10)
     assert not d.record(5, 0) and not d.record(5, 1)
     assert d.record(5, 2)
     assert not d.record(5, 30)  # the old ones fell out of the window
@@ -375,17 +382,17 @@ def test_refused_and_vanished_are_not_failures(tree, tmp_path, monkeypatch):
     tree.irq(24, "0-1")
     tree.irq(36, "0-1")
     tree.irq(40, "0-1")
-    real = irqs.write_irq_affinity
+    e = _enforcer(tree, tmp_path)
+    real = e.kernel.irqs.set_affinity
 
-    def fake(irq, cpus, proc_root="/proc"):
+    def fake(irq, cpus):
         if irq == 36:
             raise OSError(errno.EIO, "Input/output error")
         if irq == 40:
             raise FileNotFoundError(errno.ENOENT, "gone")
-        return real(irq, cpus, proc_root)
+        return real(irq, cpus)
 
-    monkeypatch.setattr(irqs, "write_irq_affinity", fake)
-    e = _enforcer(tree, tmp_path)
+    monkeypatch.setattr(e.kernel.irqs, "set_affinity", fake)
     r = e.enforce()
     assert r.ok
     assert [x.item for x in r.refused] == ["irq 36"] and "managed IRQ" in r.refused[0].detail
@@ -402,8 +409,8 @@ def test_refused_and_vanished_are_not_failures(tree, tmp_path, monkeypatch):
 def test_state_file_unwritable_changes_nothing(tree, tmp_path):
     tree.irq(24, "0-1")
     (tmp_path / "blocker").write_text("a file, not a directory")
-    e = hostpart.HostPartitionEnforcer(part(), HostTuningConfig(), proc_root=str(tree.proc),
-                                       sys_root=str(tree.sys), state_file=str(tmp_path / "blocker/saved.json"))
+    e = HostPartitionEnforcer(part(), HostTuningConfig(), kernel=Kernel(str(tree.proc), str(tree.sys)),
+                              state_file=str(tmp_path / "blocker/saved.json"))
     r = e.enforce()
     assert not r.ok and r.errors
     assert [x.status for x in r.results] == ["error"]
@@ -424,12 +431,24 @@ def test_report_json_shape(tree, tmp_path):
     e.restore()
 
 
-def test_kthread_syscall_guards_refuse_pid1_and_reused_pids(tree):
-    kt = kthreads.KThread(1, "init", 0, PF_KTHREAD, 1, frozenset({0, 1}), "other", 0)
+def test_kthread_syscall_guards_refuse_pid1_and_reused_pids(tree, tmp_path):
+    e = HostPartitionEnforcer(part(), HostTuningConfig(), kernel=Kernel(str(tree.proc), str(tree.sys)),
+                              state_file=str(tmp_path / "saved.json"))
     with pytest.raises(PermissionError):
-        kthreads.set_affinity(kt, frozenset({0}), str(tree.proc))
+        e._kthread(1, 1, "init")
     tree.task(15, "rcu_preempt", "0-1")
-    kt = kthreads.read_kthread(15, str(tree.proc))
-    stale = kthreads.KThread(15, "rcu_preempt", 2, kt.flags, kt.starttime + 1, kt.affinity, "other", 0)
+    kt = e._kthread(15, 1015, "rcu_preempt")
+    assert kt.comm == "rcu_preempt"
     with pytest.raises(ProcessLookupError):
-        kthreads.set_affinity(stale, frozenset({0}), str(tree.proc))
+        e._kthread(15, kt.starttime + 1, "rcu_preempt")
+    # A reused PID is vanished, never touched: the planned action reports it so.
+    action = kthreads_action(kt)
+    [r] = e.apply([action]).results
+    assert r.status == "vanished"
+
+
+def kthreads_action(kt):
+    from rtagent.tuning.host.plan import KThreadAffinity
+
+    return KThreadAffinity("kthread_affinity:15:1", kt.label, "0-1", "0", pid=15, starttime=1, comm=kt.comm,
+                           cpus=frozenset({0}))

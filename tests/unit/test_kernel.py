@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from rtagent.kernel import Kernel, outcome_of
+from rtagent.kernel import Kernel, fs, outcome_of
 from rtagent.kernel import cgroups as cg
-from rtagent.kernel import fs
 from rtagent.kernel.errors import describe, refusal_reason
 from rtagent.kernel.irqbalance import detect_irqbalance
 from rtagent.kernel.tasks import PF_KTHREAD, parse_stat, policy_name
@@ -261,13 +260,16 @@ def test_qemu_lookup_by_pidfile_and_uuid(tree):
     assert k.qemu.all() == {4242: UUID}
 
 
-def test_vm_kthreads_only_kernel_threads_of_this_guest(tree):
+def test_kthreads_matching_only_kernel_threads(tree):
     tree.add_process(4242, "qemu", ["qemu"], threads=[FakeThread(4243, "CPU 0/KVM")])
     tree.add_kthread(500, "kvm-pit/4242")
     tree.add_kthread(501, "kvm-pit/9999")
     tree.add_kthread(502, "vhost-4243")
     tree.add_process(503, "vhost-4242", ["fake"])  # a user process with a vhost-like name
-    assert sorted(tree.kernel().qemu.vm_kthreads(4242, [4243])) == [(500, "kvm-pit"), (502, "vhost")]
+    def kind_of(comm):
+        return {"kvm-pit/4242": "kvm-pit", "vhost-4243": "vhost", "vhost-4242": "vhost"}.get(comm)
+
+    assert sorted(tree.kernel().qemu.kthreads_matching(kind_of)) == [(500, "kvm-pit"), (502, "vhost")]
 
 
 def test_irqbalance_detection(tree):

@@ -11,14 +11,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtagent.config import MetricsConfig, Partition, RealtimeConfig
 from rtagent.errors import RtagentError
-from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.kernel.counters import ThreadCounters
+from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.counters import CounterCache
+from rtagent.monitor.hostchecks import HostCheck
 from rtagent.monitor.metrics import RtagentCollector, serve
 from rtagent.state import StateStore
-from rtagent.tuning.guest.report import DomainReport
 from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
 from rtagent.tuning.guest.plan import plan_domain
+from rtagent.tuning.guest.report import DomainReport
+from rtagent.vocab import Severity
 
 pytestmark = pytest.mark.unit
 
@@ -75,12 +77,13 @@ def populated_store() -> StateStore:
         d.events_dropped.update({"proc": 1})
         d.resyncs = 12
         d.last_resync_at = 1700000000.0
-        d.host = {"realtime_cpus": "2-3", "checks": [
-            {"name": "isolcpus", "ok": False, "detail": "…", "severity": "warning"},
-            {"name": "rt_throttling", "ok": True, "detail": "…", "severity": "info"},
-            {"name": "rt_group_sched", "ok": False, "detail": "…", "severity": "error"},
-            {"name": "intruders", "ok": False, "detail": "…", "severity": "warning", "value": 7},
-        ]}
+        d.host = {"realtime_cpus": "2-3"}
+        d.host_checks = (
+            HostCheck("isolcpus", False, "…", Severity.WARNING),
+            HostCheck("rt_throttling", True, "…", Severity.INFO),
+            HostCheck("rt_group_sched", False, "…", Severity.ERROR),
+            HostCheck("intruders", False, "…", Severity.WARNING, value=7),
+        )
         d.host_corrections.update({"irq": 4, "kthread": 9})
         d.host_refused.update({"irq": 2})
         d.reconcile_duration.observe(0.003)
@@ -174,7 +177,7 @@ def test_host_metrics():
 
 def test_no_intruder_gauge_without_a_value():
     store = StateStore()
-    store.daemon.host = {"checks": [{"name": "intruders", "ok": False, "detail": "3 user threads", "severity": "warning"}]}
+    store.daemon.host_checks = (HostCheck("intruders", False, "3 user threads", Severity.WARNING),)
     _, s = scrape(store)
     assert "rtagent_host_intruder_threads" not in s
     assert value(s, "rtagent_host_check_ok", check="intruders") == 0

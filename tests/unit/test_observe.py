@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from rtagent.tuning.guest import observe
+from rtagent.kernel import Kernel, fs
+from rtagent.kernel.qemu import parse_qemu_name
+from rtagent.kernel.tasks import parse_stat
 from rtagent.tuning.guest.observe import (
     ProcessGone,
     ProcessMemory,
     classify,
-    find_kvm_pit,
-    find_qemu_pid,
-    list_qemu_processes,
+    find_vm_kthreads,
     observe_process,
-    parse_qemu_name,
-    parse_stat,
 )
-from tests.procfixture import PF_KTHREAD, PF_USER_WORKER, FakeThread, ProcTree, stat_line
+from tests.procfixture import (
+    PF_KTHREAD,
+    PF_USER_WORKER,
+    FakeThread,
+    ProcTree,
+    stat_line,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -63,13 +67,10 @@ def tree(tmp_path) -> ProcTree:
 )
 def test_parse_stat_splits_at_last_paren(comm):
     line = stat_line(77, comm, state="R", ppid=2, flags=0x4000, priority=5, policy=1, blkio_ticks=9)
-    name, rest = parse_stat(line)
-    assert name == comm
-    assert rest[0] == "R"  # field 3
-    assert int(rest[4 - 3]) == 2  # ppid
-    assert int(rest[9 - 3]) == 0x4000  # flags
-    assert int(rest[40 - 3]) == 5 and int(rest[41 - 3]) == 1 and int(rest[42 - 3]) == 9
-    assert len(rest) == 50
+    st = parse_stat(line)
+    assert st.comm == comm
+    assert st.state == "R" and st.ppid == 2 and st.flags == 0x4000
+    assert (st.rt_priority, st.policy, st.blkio_ticks) == (5, "fifo", 9)
 
 
 def test_parse_stat_real_line():
@@ -79,9 +80,9 @@ def test_parse_stat_real_line():
         "-1 1 1 1 0 0 0 94093831084280 94093836288432 94094306459648 140731679877799 140731679878721 "
         "140731679878721 140731679879132 0\n"
     )
-    name, rest = parse_stat(line)
-    assert name == "CPU 1/KVM"
-    assert (int(rest[37]), int(rest[38])) == (1, 1)  # rt_priority 1, SCHED_FIFO
+    st = parse_stat(line)
+    assert st.comm == "CPU 1/KVM"
+    assert (st.rt_priority, st.policy, st.starttime) == (1, "fifo", 8125)
 
 
 def test_parse_stat_rejects_garbage():
@@ -128,7 +129,7 @@ def test_classify(name, tid, flags, expected):
 def test_observe_real_guest_shape(tree):
     add_rtx1(tree, vm_lck_kb=0, memlock=(8 << 20, 8 << 20))
     tree.add_kthread(QPID + 8, f"kvm-pit/{QPID}", cpus="0-1")
-    o = observe_process(QPID, proc_root=tree.proc)
+    o = observe_process(QPID, tree.kernel())
 
     assert o.pid == QPID
     assert o.cmdline == qemu_cmdline()
@@ -173,7 +174,7 @@ def test_observe_real_guest_shape(tree):
 def test_observe_without_kthread_scan(tree):
     add_rtx1(tree)
     tree.add_kthread(QPID + 8, f"kvm-pit/{QPID}")
-    assert observe_process(QPID, tree.proc, with_kthreads=False).kthreads == ()
+    assert observe_process(QPID, tree.kernel(), with_kthreads=False).kthreads == ()
 
 
 def test_all_policies_and_unknown(tree):
@@ -181,7 +182,7 @@ def test_all_policies_and_unknown(tree):
                for i, (p, prio) in enumerate([("other", 0), ("fifo", 50), ("rr", 3), ("batch", 0), ("idle", 0),
                                                ("deadline", 0), (7, 0), (4, 0)])]
     tree.add_process(100, "p", ["qemu"], threads)
-    got = {t.name: (t.policy, t.priority) for t in observe_process(100, tree.proc).threads}
+    got = {t.name: (t.policy, t.priority) for t in observe_process(100, tree.kernel()).threads}
     assert got == {"p": ("other", 0), "t0": ("other", 0), "t1": ("fifo", 50), "t2": ("rr", 3), "t3": ("batch", 0),
                    "t4": ("idle", 0), "t5": ("deadline", 0), "t6": ("ext", 0), "t7": ("unknown-4", 0)}
 
@@ -192,7 +193,7 @@ def test_comm_with_spaces_and_parens(tree):
         FakeThread(202, ") S 1 2 3 ("),
         FakeThread(203, "a (b) c", policy="rr", priority=7),
     ])
-    o = observe_process(200, tree.proc)
+    o = observe_process(200, tree.kernel())
     by_tid = {t.tid: t for t in o.threads}
     assert by_tid[200].name == "weird) (name" and by_tid[200].kind == "main"
     assert by_tid[201].vcpu == 2
@@ -204,21 +205,21 @@ def test_tcg_vcpus(tree):
     tree.add_process(300, "qemu-system-x86", qemu_cmdline(), [
         FakeThread(301, "CPU 0/TCG"), FakeThread(302, "CPU 1/TCG"), FakeThread(303, "worker"),
     ])
-    o = observe_process(300, tree.proc)
+    o = observe_process(300, tree.kernel())
     assert {i: t.tid for i, t in o.vcpu_threads.items()} == {0: 301, 1: 302}
     assert [t.kind for t in o.emulator_threads] == ["main", "worker"]
 
 
 def test_single_threaded_tcg_has_no_indexed_vcpu(tree):
     tree.add_process(310, "qemu-system-x86", qemu_cmdline(), [FakeThread(311, "ALL CPUs/TCG")])
-    o = observe_process(310, tree.proc)
+    o = observe_process(310, tree.kernel())
     assert o.vcpu_threads == {}
     assert [t.role for t in o.threads] == ["emulator", "vcpu"]
 
 
 def test_vhost_task_thread_inside_qemu(tree):
     add_rtx1(tree, extra=[FakeThread(QPID + 20, f"vhost-{QPID}", flags=0x84040C0, cpus="0-1")])
-    o = observe_process(QPID, tree.proc)
+    o = observe_process(QPID, tree.kernel())
     vh = o.thread(QPID + 20)
     assert (vh.role, vh.kind) == ("kthread", "vhost")
     assert vh not in o.emulator_threads and vh in o.vm_kthreads
@@ -226,9 +227,9 @@ def test_vhost_task_thread_inside_qemu(tree):
 
 def test_no_setaffinity_flag(tree):
     tree.add_process(320, "p", ["qemu"], [FakeThread(321, "iou-wrk-320", flags=0x04000010)])
-    t = observe_process(320, tree.proc).thread(321)
+    t = observe_process(320, tree.kernel()).thread(321)
     assert t.no_setaffinity and t.role == "kthread"
-    assert not observe_process(320, tree.proc).thread(320).no_setaffinity
+    assert not observe_process(320, tree.kernel()).thread(320).no_setaffinity
 
 
 # -- cgroups, schedstat, missing bits ----------------------------------------------
@@ -236,43 +237,43 @@ def test_no_setaffinity_flag(tree):
 
 def test_cgroup_v2_only(tree):
     tree.add_process(400, "p", ["qemu"], [FakeThread(401, "CPU 0/KVM", cgroup_text="0::/machine.slice/x/vcpu0\n")])
-    assert observe_process(400, tree.proc).thread(401).cgroup_cpu == "/machine.slice/x/vcpu0"
+    assert observe_process(400, tree.kernel()).thread(401).cgroup_cpu == "/machine.slice/x/vcpu0"
 
 
 def test_cgroup_v1_combined_controllers(tree):
     text = "5:cpuset:/a\n3:cpu,cpuacct:/machine/g/vcpu0\n1:name=systemd:/\n0::/\n"
     tree.add_process(410, "p", ["qemu"], [FakeThread(411, "CPU 0/KVM", cgroup_text=text)])
-    assert observe_process(410, tree.proc).thread(411).cgroup_cpu == "/machine/g/vcpu0"
+    assert observe_process(410, tree.kernel()).thread(411).cgroup_cpu == "/machine/g/vcpu0"
 
 
 def test_cpuacct_alone_is_not_cpu(tree):
     text = "2:cpuacct:/wrong\n0::/right\n"
     tree.add_process(420, "p", ["qemu"], [FakeThread(421, "x", cgroup_text=text)])
-    assert observe_process(420, tree.proc).thread(421).cgroup_cpu == "/right"
+    assert observe_process(420, tree.kernel()).thread(421).cgroup_cpu == "/right"
 
 
 def test_missing_cgroup_and_schedstat_are_unknown(tree):
     tree.add_process(430, "p", ["qemu"], [FakeThread(431, "CPU 0/KVM", cgroup=None, schedstat=None)])
-    t = observe_process(430, tree.proc).thread(431)
+    t = observe_process(430, tree.kernel()).thread(431)
     assert t.cgroup_cpu is None
     assert (t.run_time_ns, t.run_delay_ns, t.timeslices) == (None, None, None)
 
 
 def test_blkio_ticks(tree):
     tree.add_process(440, "p", ["qemu"], [FakeThread(441, "CPU 0/KVM", blkio_ticks=42)])
-    assert observe_process(440, tree.proc).thread(441).delayacct_blkio_ticks == 42
+    assert observe_process(440, tree.kernel()).thread(441).delayacct_blkio_ticks == 42
 
 
 def test_empty_affinity_list(tree):
     tree.add_process(450, "p", ["qemu"], [FakeThread(451, "x", cpus="")])
-    assert observe_process(450, tree.proc).thread(451).cpus == frozenset()
+    assert observe_process(450, tree.kernel()).thread(451).cpus == frozenset()
 
 
 def test_short_stat_of_old_kernel(tree):
     tree.add_process(460, "p", ["qemu"])
     line = stat_line(460, "p").split()
     tree.path(460, "task", 460, "stat").write_text(" ".join(line[:39]) + "\n")  # up to field 39
-    t = observe_process(460, tree.proc).thread(460)
+    t = observe_process(460, tree.kernel()).thread(460)
     assert (t.policy, t.priority, t.delayacct_blkio_ticks) == ("other", 0, 0)
 
 
@@ -283,7 +284,7 @@ def test_short_stat_of_old_kernel(tree):
 def test_vanished_thread_is_skipped(tree, keep_dir):
     add_rtx1(tree)
     tree.vanish_thread(QPID, QPID + 7, keep_dir=keep_dir)
-    o = observe_process(QPID, tree.proc)
+    o = observe_process(QPID, tree.kernel())
     assert sorted(o.vcpu_threads) == [0]
     assert len(o.threads) == 5
 
@@ -293,7 +294,7 @@ def test_vanished_thread_is_skipped(tree, keep_dir):
 def test_thread_vanishing_mid_read_is_skipped(tree, monkeypatch, exc, file):
     add_rtx1(tree)
     victim = f"/task/{QPID + 6}/{file}"
-    real = observe._read_text
+    real = fs.read_text
 
     def racy(path):
         if path.endswith(victim):
@@ -302,29 +303,29 @@ def test_thread_vanishing_mid_read_is_skipped(tree, monkeypatch, exc, file):
             raise exc(2 if exc is FileNotFoundError else 3, "gone")
         return real(path)
 
-    monkeypatch.setattr(observe, "_read_text", racy)
-    o = observe_process(QPID, tree.proc)
+    monkeypatch.setattr(fs, "read_text", racy)
+    o = observe_process(QPID, tree.kernel())
     assert sorted(o.vcpu_threads) == [1]
 
 
 def test_missing_process_raises_process_gone(tree):
     with pytest.raises(ProcessGone) as e:
-        observe_process(999, tree.proc)
+        observe_process(999, tree.kernel())
     assert e.value.pid == 999 and "999" in str(e.value)
 
 
 def test_process_vanishing_mid_read_raises_process_gone(tree, monkeypatch):
     add_rtx1(tree)
-    real = observe._read_text
+    real = fs.read_text
 
     def racy(path):
         if path.endswith(f"{QPID}/limits"):
             raise ProcessLookupError(3, "No such process")
         return real(path)
 
-    monkeypatch.setattr(observe, "_read_text", racy)
+    monkeypatch.setattr(fs, "read_text", racy)
     with pytest.raises(ProcessGone):
-        observe_process(QPID, tree.proc)
+        observe_process(QPID, tree.kernel())
 
 
 def test_process_gone_when_task_dir_vanishes(tree):
@@ -333,18 +334,18 @@ def test_process_gone_when_task_dir_vanishes(tree):
 
     shutil.rmtree(tree.path(QPID, "task"))
     with pytest.raises(ProcessGone):
-        observe_process(QPID, tree.proc)
+        observe_process(QPID, tree.kernel())
 
 
 def test_zombie_process_is_gone(tree):
     tree.add_process(500, "qemu-system-x86", [], state="Z")
     with pytest.raises(ProcessGone, match="zombie"):
-        observe_process(500, tree.proc)
+        observe_process(500, tree.kernel())
 
 
 def test_zombie_leader_with_live_threads_is_observed(tree):
     tree.add_process(510, "qemu-system-x86", qemu_cmdline(), [FakeThread(511, "CPU 0/KVM")], state="Z")
-    assert sorted(observe_process(510, tree.proc).vcpu_threads) == [0]
+    assert sorted(observe_process(510, tree.kernel()).vcpu_threads) == [0]
 
 
 def test_thread_id_is_not_a_process(tree):
@@ -354,7 +355,7 @@ def test_thread_id_is_not_a_process(tree):
     status = tree.path(QPID + 6, "status")
     status.write_text(status.read_text().replace(f"Tgid:\t{QPID + 6}", f"Tgid:\t{QPID}"))
     with pytest.raises(ValueError, match="thread of process"):
-        observe_process(QPID + 6, tree.proc)
+        observe_process(QPID + 6, tree.kernel())
 
 
 # -- memory -----------------------------------------------------------------------
@@ -363,20 +364,20 @@ def test_thread_id_is_not_a_process(tree):
 def test_memory_values(tree):
     tree.add_process(600, "qemu", ["qemu"], vm_lck_kb=4096, vm_rss_kb=8192, hugetlb_kb=65536, swap_kb=12,
                      memlock=(None, None))
-    m = observe_process(600, tree.proc).memory
+    m = observe_process(600, tree.kernel()).memory
     assert m == ProcessMemory(vm_lck_bytes=4 << 20, vm_rss_bytes=8 << 20, hugetlb_bytes=64 << 20,
                               memlock_soft=None, memlock_hard=None, swap_bytes=12 * 1024)
 
 
 def test_memory_soft_below_hard(tree):
     tree.add_process(610, "qemu", ["qemu"], memlock=(65536, None))
-    m = observe_process(610, tree.proc).memory
+    m = observe_process(610, tree.kernel()).memory
     assert (m.memlock_soft, m.memlock_hard) == (65536, None)
 
 
 def test_memory_of_kernel_thread_is_zero(tree):
     tree.add_kthread(620, "kvm-pit/1")
-    m = observe.read_memory(620, tree.proc)
+    m = tree.kernel().tasks.memory(620)
     assert (m.vm_lck_bytes, m.vm_rss_bytes, m.hugetlb_bytes, m.swap_bytes) == (0, 0, 0, 0)
 
 
@@ -393,38 +394,38 @@ def test_find_kvm_pit_picks_only_this_vms_kthreads(tree):
     tree.add_kthread(55, f"kvm-pit/{QPID}0")  # prefix, not equal
     tree.add_process(56, f"kvm-pit/{QPID}", ["/bin/fake"])  # a user process faking the name
     tree.add_kthread(57, "kworker/0:1")
-    got = {t.tid: t for t in find_kvm_pit(QPID, tree.proc, tids=[QPID, QPID + 5])}
+    got = {t.tid: t for t in find_vm_kthreads(tree.kernel(), QPID, tids=[QPID, QPID + 5])}
     assert sorted(got) == [50, 52, 53]
     assert (got[50].kind, got[50].policy, got[50].priority, got[50].cpus) == ("kvm-pit", "fifo", 2, frozenset({1}))
     assert got[52].kind == got[53].kind == "vhost"
     assert all(t.role == "kthread" for t in got.values())
     # without the tid list only the main thread counts as vhost owner
-    assert sorted(t.tid for t in find_kvm_pit(QPID, tree.proc)) == [50, 52]
+    assert sorted(t.tid for t in find_vm_kthreads(tree.kernel(), QPID)) == [50, 52]
     # observe_process passes the QEMU's tids
-    assert sorted(t.tid for t in observe_process(QPID, tree.proc).kthreads) == [50, 52, 53]
+    assert sorted(t.tid for t in observe_process(QPID, tree.kernel()).kthreads) == [50, 52, 53]
 
 
 def test_find_kvm_pit_by_ppid_without_flag(tree):
     tree.add_kthread(60, "kvm-pit/700", flags=0)
-    assert [t.tid for t in find_kvm_pit(700, tree.proc)] == [60]
+    assert [t.tid for t in find_vm_kthreads(tree.kernel(), 700)] == [60]
 
 
 def test_find_kvm_pit_vanishing(tree, monkeypatch):
     tree.add_kthread(60, "kvm-pit/700")
     tree.add_kthread(61, "kvm-pit/700")
-    real = observe._read_text
+    real = fs.read_text
 
     def racy(path):
         if "/61/" in path and path.endswith("status"):
             raise FileNotFoundError(2, "gone")
         return real(path)
 
-    monkeypatch.setattr(observe, "_read_text", racy)
-    assert [t.tid for t in find_kvm_pit(700, tree.proc)] == [60]
+    monkeypatch.setattr(fs, "read_text", racy)
+    assert [t.tid for t in find_vm_kthreads(tree.kernel(), 700)] == [60]
 
 
 def test_find_kvm_pit_no_proc(tmp_path):
-    assert find_kvm_pit(1, str(tmp_path / "nope")) == []
+    assert find_vm_kthreads(Kernel(str(tmp_path / "nope")), 1) == []
 
 
 # -- finding QEMU --------------------------------------------------------------------
@@ -444,47 +445,47 @@ def test_parse_qemu_name():
 def test_find_by_pidfile(tree):
     add_rtx1(tree)
     tree.write_pidfile("rtx1", QPID)
-    assert find_qemu_pid("rtx1", UUID, tree.run, tree.proc) == QPID
-    assert find_qemu_pid("rtx1", None, tree.run, tree.proc) == QPID
+    assert tree.kernel().qemu.find("rtx1", UUID) == QPID
+    assert tree.kernel().qemu.find("rtx1", None) == QPID
 
 
 def test_find_by_pidfile_uuid_alone_matches(tree):
     add_rtx1(tree, name="renamed")
     tree.write_pidfile("rtx1", QPID)
-    assert find_qemu_pid("rtx1", UUID.upper(), tree.run, tree.proc) == QPID
-    assert find_qemu_pid("rtx1", None, tree.run, tree.proc) is None
+    assert tree.kernel().qemu.find("rtx1", UUID.upper()) == QPID
+    assert tree.kernel().qemu.find("rtx1", None) is None
 
 
 def test_stale_pidfile_with_reused_pid_falls_back_to_uuid_scan(tree):
     tree.add_process(QPID, "bash", ["/bin/bash", "-name", "guest=rtx1", "-uuid", UUID])  # reused pid, not QEMU
     add_rtx1(tree, pid=5000)
     tree.write_pidfile("rtx1", QPID)
-    assert find_qemu_pid("rtx1", UUID, tree.run, tree.proc) == 5000
-    assert find_qemu_pid("rtx1", None, tree.run, tree.proc) is None
+    assert tree.kernel().qemu.find("rtx1", UUID) == 5000
+    assert tree.kernel().qemu.find("rtx1", None) is None
 
 
 def test_pidfile_of_other_guest_is_rejected(tree):
     add_rtx1(tree, name="other", uuid="11111111-2222-3333-4444-555555555555")
     tree.write_pidfile("rtx1", QPID)
-    assert find_qemu_pid("rtx1", UUID, tree.run, tree.proc) is None
+    assert tree.kernel().qemu.find("rtx1", UUID) is None
 
 
 @pytest.mark.parametrize("content", ["", "garbage", "-1", "99999"])
 def test_bad_or_dead_pidfile_falls_back(tree, content):
     add_rtx1(tree, pid=5000)
     tree.write_pidfile("rtx1", content)
-    assert find_qemu_pid("rtx1", UUID, tree.run, tree.proc) == 5000
-    assert find_qemu_pid("rtx1", None, tree.run, tree.proc) is None
+    assert tree.kernel().qemu.find("rtx1", UUID) == 5000
+    assert tree.kernel().qemu.find("rtx1", None) is None
 
 
 def test_no_pidfile_no_process(tree):
-    assert find_qemu_pid("rtx1", UUID, tree.run, tree.proc) is None
+    assert tree.kernel().qemu.find("rtx1", UUID) is None
 
 
 def test_qemu_recognised_by_comm_when_argv0_is_a_wrapper(tree):
     tree.add_process(700, "qemu-system-x86", ["/usr/local/bin/vm-wrapper", "-uuid", UUID])
     tree.write_pidfile("x", 700)
-    assert find_qemu_pid("x", UUID, tree.run, tree.proc) == 700
+    assert tree.kernel().qemu.find("x", UUID) == 700
 
 
 def test_list_qemu_processes(tree):
@@ -496,7 +497,7 @@ def test_list_qemu_processes(tree):
     tree.add_process(803, "kvm", ["/usr/bin/kvm", "-uuid", "u-803"])
     tree.add_kthread(804, "kvm-pit/3759")
     tree.add_process(805, "qemu-img", ["qemu-img", "-uuid"])  # -uuid without a value
-    assert list_qemu_processes(tree.proc) == {
+    assert tree.kernel().qemu.all() == {
         QPID: UUID, 5000: "aaaaaaaa-0000-0000-0000-000000000001", 802: "u-802", 803: "u-803",
     }
 
@@ -504,12 +505,12 @@ def test_list_qemu_processes(tree):
 def test_list_qemu_processes_skips_vanished(tree, monkeypatch):
     add_rtx1(tree)
     add_rtx1(tree, pid=5000, uuid="u2")
-    real = observe._read_bytes
+    real = fs.read_bytes
 
     def racy(path):
         if path.endswith("/5000/cmdline"):
             raise ProcessLookupError(3, "gone")
         return real(path)
 
-    monkeypatch.setattr(observe, "_read_bytes", racy)
-    assert list_qemu_processes(tree.proc) == {QPID: UUID}
+    monkeypatch.setattr(fs, "read_bytes", racy)
+    assert tree.kernel().qemu.all() == {QPID: UUID}

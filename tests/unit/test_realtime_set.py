@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rtagent.config import Partition, RealtimeConfig, parse_config, partition_warning
+from rtagent.kernel import Kernel
 from rtagent.tuning.guest.plan import REALTIME, plan_domain
 from tests.unit.test_tuning_plan import P, guest_threads, observed, spec, thread
 
@@ -50,12 +51,12 @@ def test_start_up_warning_for_auto_with_no_isolated_cpus(tmp_path):
     (cpu / "online").write_text("0-1\n")
     (cpu / "isolated").write_text("\n")
     (cpu / "nohz_full").write_text("(null)\n")
-    cfg = parse_config({}, sys_root=str(tmp_path))
+    cfg = parse_config({}, kernel=Kernel(sys=str(tmp_path / "sys")))
     text = partition_warning(cfg)
     assert text is not None and 'host.realtime_cpus = "auto"' in text and "no vCPU will be made realtime" in text
     (cpu / "isolated").write_text("1\n")
-    assert partition_warning(parse_config({}, sys_root=str(tmp_path))) is None
-    assert partition_warning(parse_config({"host": {"realtime_cpus": "1"}}, sys_root=str(tmp_path))) is None
+    assert partition_warning(parse_config({}, kernel=Kernel(sys=str(tmp_path / "sys")))) is None
+    assert partition_warning(parse_config({"host": {"realtime_cpus": "1"}}, kernel=Kernel(sys=str(tmp_path / "sys")))) is None
 
 
 @pytest.mark.parametrize("section, key, value", [
@@ -67,7 +68,7 @@ def test_client_limits_are_validated(section, key, value):
     from rtagent.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        parse_config({section: {key: value}}, sys_root=None)
+        parse_config({section: {key: value}}, resolve=False)
     assert f"{section}.{key}" in str(err.value)
 
 

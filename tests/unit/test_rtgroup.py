@@ -121,6 +121,7 @@ def test_any_rebalance_keeps_the_invariant_at_every_write(first, second):
 
 
 def test_stale_guest_groups_are_found_in_a_fixture_hierarchy(tmp_path):
+    from rtagent.kernel.cgroups import RtTree
     from rtagent.tuning.guest.rtgroup import RUNTIME, stale_guest_groups
 
     def group(path, runtime, tasks=""):
@@ -137,5 +138,25 @@ def test_stale_guest_groups_are_found_in_a_fixture_hierarchy(tmp_path):
     group("machine/qemu-3-busy", 0)
     group("machine/qemu-3-busy/vcpu0", 0, "456\n")
     group("machine/other-tool", 100000)  # not a libvirt guest group: never touched
-    stale = stale_guest_groups(str(tmp_path), {"/machine/qemu-1-live/vcpu1"})
+    stale = stale_guest_groups(RtTree(str(tmp_path), "v1"), {"/machine/qemu-1-live/vcpu1"})
     assert stale == {"/machine/qemu-2-dead", "/machine/qemu-2-dead/vcpu1"}
+
+
+def test_stale_guest_groups_on_the_v2_layout(tmp_path):
+    """On the unified hierarchy libvirt nests the thread groups one level
+    deeper (``…scope/libvirt/vcpuN``); the dead guest is still found."""
+    from rtagent.kernel.cgroups import RtTree
+    from rtagent.tuning.guest.rtgroup import stale_guest_groups
+    from tests.procfixture import ProcTree
+
+    tree = ProcTree(tmp_path)
+    mount = tree.mount_cgroups("v2")
+    live = "/machine.slice/machine-qemu\\x2d1\\x2dlive.scope/libvirt/vcpu1"
+    dead = "/machine.slice/machine-qemu\\x2d2\\x2ddead.scope"
+    tree.add_cgroup(mount, "/machine.slice", runtime=950000, version="v2")
+    tree.add_cgroup(mount, live, runtime=475000, tasks="123\n", version="v2")
+    tree.add_cgroup(mount, dead, runtime=475000, version="v2")
+    tree.add_cgroup(mount, dead + "/libvirt/vcpu1", runtime=475000, version="v2")
+    rt = tree.kernel().cgroups.rt_tree()
+    assert isinstance(rt, RtTree) and rt.version == "v2"
+    assert stale_guest_groups(rt, {live}) == {dead, dead + "/libvirt/vcpu1"}

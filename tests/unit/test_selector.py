@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_default_selects_every_guest():
-    sel = GuestSelector.from_config(parse_config({}, sys_root=None).daemon)
+    sel = GuestSelector.from_config(parse_config({}, resolve=False).daemon)
     assert sel.selects_all
     assert sel.matches_name("anything")
     assert sel.matches("anything", None)
@@ -18,7 +18,7 @@ def test_default_selects_every_guest():
 
 def test_globs_then_exclusions():
     cfg = parse_config({"daemon": {"guest_names": ["nodeA-*", "db?"],
-                                   "guest_names_exclude": ["nodeA-test*"]}}, sys_root=None)
+                                   "guest_names_exclude": ["nodeA-test*"]}}, resolve=False)
     sel = GuestSelector.from_config(cfg.daemon)
     assert not sel.selects_all
     assert sel.matches_name("nodeA-vm1")
@@ -44,6 +44,6 @@ def test_require_metadata_reads_the_rtagent_element():
 
 
 def test_config_round_trips_to_json():
-    cfg = parse_config({"daemon": {"guest_names": ["a*"]}}, sys_root=None)
+    cfg = parse_config({"daemon": {"guest_names": ["a*"]}}, resolve=False)
     assert cfg.to_json()["daemon"]["guest_names"] == ("a*",)
     assert cfg.daemon.guest_names == ("a*",)

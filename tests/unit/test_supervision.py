@@ -255,3 +255,22 @@ def test_building_the_daemon_starts_no_thread(tmp_path):
                         "daemon": {"lock_file": str(tmp_path / "l")}})
     Daemon(cfg, None)
     assert threading.active_count() == before
+
+
+def test_an_unanswered_probe_marks_libvirt_unresponsive_without_blocking():
+    gate = threading.Event()
+    clock = Clock()
+    w = CallWorker(timeout_s=1.0, clock=clock)
+    w.probe(gate.wait, every_s=5.0)  # returns at once
+    assert w.unresponsive_s() is None  # not yet past the timeout
+    clock.t += 1.5
+    assert w.unresponsive_s() == pytest.approx(1.5)
+    with pytest.raises(LibvirtUnresponsive):
+        w.call("queued behind the hung probe", lambda: None, timeout_s=0.05)
+    w.probe(lambda: None, every_s=5.0)  # one probe at a time: nothing more queued
+    gate.set()
+    for _ in range(1000):  # the worker drains the probe and the timed-out call
+        if w.unresponsive_s() is None:
+            break
+        threading.Event().wait(0.01)
+    assert w.unresponsive_s() is None and w.call("after", lambda: "ok") == "ok"

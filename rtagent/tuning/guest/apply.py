@@ -19,22 +19,22 @@ from typing import Any
 
 from ...cpulist import format_cpulist
 from ...errors import LibvirtError
+from ...kernel import Kernel, outcome_of
+from ...vocab import ApplyOutcome, Outcome, Policy
 from .plan import REALTIME, Action, SetAffinity, SetScheduler
 
 log = logging.getLogger(__name__)
-
-_POLICY = {"other": os.SCHED_OTHER, "fifo": os.SCHED_FIFO, "rr": os.SCHED_RR}
 
 
 @dataclass(frozen=True)
 class Result:
     action: Action
-    outcome: str  # "changed" | "vanished" | "failed" | "skipped" | "dry-run"
+    outcome: ApplyOutcome
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
         a = self.action
-        out: dict[str, Any] = {"tid": a.tid, "name": a.name, "outcome": self.outcome, "detail": self.detail}
+        out: dict[str, Any] = {"tid": a.tid, "name": a.name, "outcome": str(self.outcome), "detail": self.detail}
         if isinstance(a, SetAffinity):
             out.update(kind="affinity", before=format_cpulist(a.before), after=format_cpulist(a.cpus), via=a.via)
         else:
@@ -64,136 +64,109 @@ class Pinner:
             self.guest.pin_iothread(a.iothread, a.cpus)
 
 
-def _v1_mounts(proc_root: str = "/proc") -> dict[str, str]:
-    """controller -> mount point of each cgroup v1 hierarchy."""
-    out = {}
-    with open(os.path.join(proc_root, "self/mounts")) as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) > 3 and parts[2] == "cgroup":
-                for opt in parts[3].split(","):
-                    if opt in ("cpu", "cpuset", "cpuacct"):
-                        out[opt] = parts[1]
-    return out
+class _Executor:
+    """One run of :func:`execute`: the actions in order, through the floor."""
 
+    def __init__(self, kernel: Kernel, pinner: Pinner, on_eperm):
+        self.tasks = kernel.tasks
+        self.cgroups = kernel.cgroups
+        self.pinner = pinner
+        self.on_eperm = on_eperm
+        self.failed_affinity: set[int] = set()
 
-def join_cgroups(pid: int, tid: int, proc_root: str = "/proc") -> None:
-    """Move thread ``tid`` into the cpu/cpuset cgroups of QEMU's main thread
-    (libvirt's emulator cgroups): where a per-VM kernel worker that was born
-    in a realtime vCPU's cgroup belongs."""
-    main: dict[str, str] = {}
-    with open(os.path.join(proc_root, str(pid), "task", str(pid), "cgroup")) as fh:
-        for line in fh:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for c in controllers.split(","):
-                main[c] = path
-    for controller, mount in _v1_mounts(proc_root).items():
-        if controller in main:
-            with open(os.path.join(mount, main[controller].lstrip("/"), "tasks"), "w") as fh:
-                fh.write(str(tid))
-    log.debug("moved thread %d into the cgroups of QEMU %d's main thread", tid, pid)
+    def _set_affinity(self, a: SetAffinity) -> frozenset[int]:
+        """Narrow, moving a per-VM kernel worker out of a cpuset cgroup that
+        excludes the target; returns what the kernel now has."""
+        try:
+            self.tasks.set_affinity(a.tid, a.cpus)
+        except OSError as err:
+            if err.errno != errno.EINVAL or not a.join_cgroups_of:
+                raise
+            # The thread's cpuset cgroup excludes the target CPUs.
+            self.cgroups.join_groups_of(a.join_cgroups_of, a.tid)
+            self.tasks.set_affinity(a.tid, a.cpus)
+        got = self.tasks.affinity(a.tid)
+        if got != a.cpus and a.join_cgroups_of:
+            self.cgroups.join_groups_of(a.join_cgroups_of, a.tid)
+            self.tasks.set_affinity(a.tid, a.cpus)
+            got = self.tasks.affinity(a.tid)
+        return got
 
+    def affinity(self, a: SetAffinity) -> Result:
+        # The syscall first where the cgroup already allows it: the kernel
+        # has the correction before libvirt's round trip (which then puts
+        # its cgroup cpuset and live XML in line).
+        try:
+            self.tasks.set_affinity(a.tid, a.cpus)
+        except OSError:
+            pass  # outside the thread's cpuset: libvirt's pin below first
+        try:
+            self.pinner.pin(a)
+        except LibvirtError as err:
+            # Fall through to the syscall (also what keeps a guest enforced
+            # while libvirtd hangs); report libvirt's reason if that fails too.
+            log.debug("libvirt pin of %s failed: %s", a.name, err)
+        got = self._set_affinity(a)
+        if got != a.cpus:
+            # A cpuset cgroup narrower than the request intersects it.
+            self.failed_affinity.add(a.tid)
+            return Result(a, ApplyOutcome.FAILED, f"kernel kept CPU {format_cpulist(got)} "
+                                                  "(cpuset cgroup does not allow the requested CPUs)")
+        return Result(a, ApplyOutcome.CHANGED)
 
-def _gone(err: OSError) -> bool:
-    return err.errno in (errno.ESRCH, errno.ENOENT)
+    def scheduler(self, a: SetScheduler) -> Result:
+        if a.policy in REALTIME:
+            if a.tid in self.failed_affinity:
+                return Result(a, ApplyOutcome.SKIPPED, "affinity could not be narrowed; not going realtime")
+            got = self.tasks.affinity(a.tid)
+            if a.require_cpus is not None and got != a.require_cpus:
+                return Result(a, ApplyOutcome.SKIPPED, f"affinity is CPU {format_cpulist(got)}, "
+                                                       f"not {format_cpulist(a.require_cpus)}; not going realtime")
+        try:
+            self.tasks.set_scheduler(a.tid, a.policy, a.priority)
+        except PermissionError:
+            if not (a.policy in REALTIME and self.on_eperm is not None and self.on_eperm(a.tid)):
+                raise
+            self.tasks.set_scheduler(a.tid, a.policy, a.priority)
+        return Result(a, ApplyOutcome.CHANGED)
 
+    def run(self, a: Action) -> Result:
+        try:
+            return self.affinity(a) if isinstance(a, SetAffinity) else self.scheduler(a)
+        except OSError as err:
+            if outcome_of(err) is Outcome.VANISHED:
+                log.debug("thread %d (%s) vanished", a.tid, a.name)
+                return Result(a, ApplyOutcome.VANISHED)
+            if isinstance(a, SetAffinity):
+                self.failed_affinity.add(a.tid)
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            return Result(a, ApplyOutcome.FAILED, f"{reason} (errno {errno.errorcode.get(err.errno, err.errno)})")
 
-def _set_scheduler(tid: int, policy: str, priority: int) -> None:
-    os.sched_setscheduler(tid, _POLICY[policy], os.sched_param(priority if policy in REALTIME else 0))
+    def demote_wide(self, actions: list[Action]) -> list[Result]:
+        """Never leave a thread realtime with a wider mask than planned."""
+        out = []
+        for a in actions:
+            if not isinstance(a, SetAffinity) or a.tid not in self.failed_affinity:
+                continue
+            try:
+                now = self.tasks.sched(a.tid)
+                if now.realtime and now.cpus != a.cpus:
+                    self.tasks.set_scheduler(a.tid, Policy.OTHER, 0)
+                    demote = SetScheduler(tid=a.tid, policy="other", priority=0, name=a.name, before="realtime")
+                    out.append(Result(demote, ApplyOutcome.CHANGED,
+                                      "demoted: realtime with an affinity wider than planned"))
+            except OSError as err:
+                if outcome_of(err) is not Outcome.VANISHED:
+                    log.warning("cannot demote %s (tid %d): %s", a.name, a.tid, err)
+        return out
 
 
 def execute(actions: list[Action], pinner: Pinner | None = None, *, dry_run: bool = False,
-            on_eperm=None) -> list[Result]:
+            on_eperm=None, kernel: Kernel | None = None) -> list[Result]:
     """Run ``actions`` in order.  ``on_eperm(tid)`` may grant what a realtime
     change needs (RT group budget) and return True to retry once."""
-    pinner = pinner or Pinner()
-    results: list[Result] = []
-    failed_affinity: set[int] = set()
-    for a in actions:
-        if dry_run:
-            results.append(Result(a, "dry-run"))
-            continue
-        try:
-            if isinstance(a, SetAffinity):
-                # The syscall first where the cgroup already allows it: the
-                # kernel has the correction before libvirt's round trip
-                # (which then puts its cgroup cpuset and live XML in line).
-                try:
-                    os.sched_setaffinity(a.tid, a.cpus)
-                except OSError:
-                    pass  # outside the thread's cpuset: libvirt's pin below first
-                try:
-                    pinner.pin(a)
-                except LibvirtError as err:
-                    # Fall through to the syscall (also what keeps a guest
-                    # enforced while libvirtd hangs); report libvirt's reason
-                    # if that fails too.
-                    log.debug("libvirt pin of %s failed: %s", a.name, err)
-                try:
-                    os.sched_setaffinity(a.tid, a.cpus)
-                except OSError as err:
-                    if err.errno != errno.EINVAL or not a.join_cgroups_of:
-                        raise
-                    # The thread's cpuset cgroup excludes the target CPUs.
-                    join_cgroups(a.join_cgroups_of, a.tid)
-                    os.sched_setaffinity(a.tid, a.cpus)
-                got = frozenset(os.sched_getaffinity(a.tid))
-                if got != a.cpus and a.join_cgroups_of:
-                    join_cgroups(a.join_cgroups_of, a.tid)
-                    os.sched_setaffinity(a.tid, a.cpus)
-                    got = frozenset(os.sched_getaffinity(a.tid))
-                if got != a.cpus:
-                    # A cpuset cgroup narrower than the request intersects it.
-                    failed_affinity.add(a.tid)
-                    results.append(Result(a, "failed", f"kernel kept CPU {format_cpulist(got)} "
-                                          "(cpuset cgroup does not allow the requested CPUs)"))
-                    continue
-                results.append(Result(a, "changed"))
-            else:
-                if a.policy in REALTIME:
-                    if a.tid in failed_affinity:
-                        results.append(Result(a, "skipped", "affinity could not be narrowed; not going realtime"))
-                        continue
-                    got = frozenset(os.sched_getaffinity(a.tid))
-                    if a.require_cpus is not None and got != a.require_cpus:
-                        results.append(Result(a, "skipped", f"affinity is CPU {format_cpulist(got)}, "
-                                              f"not {format_cpulist(a.require_cpus)}; not going realtime"))
-                        continue
-                try:
-                    _set_scheduler(a.tid, a.policy, a.priority)
-                except PermissionError:
-                    if a.policy in REALTIME and on_eperm is not None and on_eperm(a.tid):
-                        _set_scheduler(a.tid, a.policy, a.priority)
-                    else:
-                        raise
-                results.append(Result(a, "changed"))
-        except OSError as err:
-            if _gone(err):
-                log.debug("thread %d (%s) vanished", a.tid, a.name)
-                results.append(Result(a, "vanished"))
-            else:
-                if isinstance(a, SetAffinity):
-                    failed_affinity.add(a.tid)
-                reason = os.strerror(err.errno) if err.errno else str(err)
-                results.append(Result(a, "failed", f"{reason} (errno {errno.errorcode.get(err.errno, err.errno)})"))
-    if not dry_run:
-        results += _demote_wide(actions, failed_affinity)
-    return results
-
-
-def _demote_wide(actions: list[Action], failed_affinity: set[int]) -> list[Result]:
-    """Never leave a thread realtime with a wider mask than planned."""
-    out = []
-    for a in actions:
-        if not isinstance(a, SetAffinity) or a.tid not in failed_affinity:
-            continue
-        try:
-            policy = os.sched_getscheduler(a.tid)
-            if policy in (os.SCHED_FIFO, os.SCHED_RR) and frozenset(os.sched_getaffinity(a.tid)) != a.cpus:
-                _set_scheduler(a.tid, "other", 0)
-                demote = SetScheduler(tid=a.tid, policy="other", priority=0, name=a.name, before="realtime")
-                out.append(Result(demote, "changed", "demoted: realtime with an affinity wider than planned"))
-        except OSError as err:
-            if not _gone(err):
-                log.warning("cannot demote %s (tid %d): %s", a.name, a.tid, err)
-    return out
+    if dry_run:
+        return [Result(a, ApplyOutcome.DRY_RUN) for a in actions]
+    ex = _Executor(kernel or Kernel(), pinner or Pinner(), on_eperm)
+    results = [ex.run(a) for a in actions]
+    return results + ex.demote_wide(actions)

@@ -18,9 +18,12 @@ from ...intent import derive_spec
 from ...model import RealtimeSpec, Violation
 from . import rtgroup, vmthreads
 from .apply import Pinner, execute
+from ...kernel import Kernel
+from ...kernel.errors import GONE
+from ...vocab import Role
 from .assess import assess
 from .ledger import BudgetLedger
-from .observe import Observed, ProcessGone, ThreadInfo, find_kvm_pit, find_qemu_pid, observe_process, read_thread
+from .observe import Observed, ProcessGone, ThreadInfo, find_vm_kthreads, observe_process, read_thread
 from .plan import REALTIME, SetScheduler, plan_actions
 from .report import DomainReport
 
@@ -36,13 +39,11 @@ class Tuner:
 
     KTHREAD_RESCAN_S = 30.0
 
-    def __init__(self, config: Config, *, proc_root: str = "/proc",
-                 run_root: str = "/run/libvirt/qemu", ledger: BudgetLedger | None = None):
+    def __init__(self, config: Config, *, kernel: Kernel | None = None, ledger: BudgetLedger | None = None):
         assert config.partition is not None, "the tuner needs a resolved host partition"
         self.config = config
-        self.proc_root = proc_root
-        self.run_root = run_root
-        self.ledger = ledger if ledger is not None else BudgetLedger.for_host(config.realtime.rt_budget_us, proc_root)
+        self.kernel = kernel or Kernel()
+        self.ledger = ledger if ledger is not None else BudgetLedger.for_host(config.realtime.rt_budget_us, self.kernel)
         self.ledger.configure(config.realtime.rt_budget_us)
         # QEMU pid -> (monotonic time of the scan, ((kthread pid, kind), ...)).
         # Finding the separate per-VM kthreads (kvm-pit/<pid>, …) means
@@ -51,7 +52,8 @@ class Tuner:
         self._kthreads: dict[int, tuple[float, tuple[tuple[int, str], ...]]] = {}
 
     @property
-    def rt_hierarchy(self) -> str | None:
+    def rt_hierarchy(self):
+        """The RT group budget files (``kernel.cgroups.RtTree``), or None."""
         return self.ledger.hierarchy
 
     # -- read-only --------------------------------------------------------
@@ -77,7 +79,7 @@ class Tuner:
         if not spec.valid:
             report.violations = [Violation("intent", e) for e in spec.errors]
             return report
-        pid = find_qemu_pid(name, uuid, run_root=self.run_root, proc_root=self.proc_root)
+        pid = self.kernel.qemu.find(name, uuid)
         if pid is None:
             report.violations = [Violation("process", f"QEMU process of {name!r} not found")]
             return report
@@ -86,7 +88,7 @@ class Tuner:
     def inspect_process(self, report: DomainReport, pid: int) -> DomainReport:
         report.pid = pid
         try:
-            observed = observe_process(pid, proc_root=self.proc_root, with_kthreads=False)
+            observed = observe_process(pid, self.kernel, with_kthreads=False)
             observed = dataclasses.replace(observed, kthreads=self._vm_kthreads(observed))
         except ProcessGone:
             report.violations = [Violation("process", f"QEMU process {pid} of {report.name!r} exited")]
@@ -117,15 +119,15 @@ class Tuner:
             out = []
             for kpid, kind in cached[1]:
                 try:
-                    t = read_thread(kpid, kpid, self.proc_root, role="kthread", kind=kind)
-                except (FileNotFoundError, ProcessLookupError):
+                    t = read_thread(self.kernel, kpid, kpid, role=Role.KTHREAD, kind=kind)
+                except GONE:
                     break
                 if not vmthreads.still_owned(kind, t.name, pid):
                     break  # pid reused
                 out.append(t)
             else:
                 return tuple(out)
-        found = tuple(find_kvm_pit(pid, self.proc_root, tids=[t.tid for t in observed.threads]))
+        found = tuple(find_vm_kthreads(self.kernel, pid, tids=[t.tid for t in observed.threads]))
         self._kthreads[pid] = (now, tuple((t.tid, t.kind) for t in found))
         return found
 
@@ -165,7 +167,7 @@ class Tuner:
             report.changes = execute(actions, None, dry_run=True)
             return report
         budget_error = self._grant_for(report, actions)
-        results = execute(actions, Pinner(guest))
+        results = execute(actions, Pinner(guest), kernel=self.kernel)
         self.ledger.release_unclaimed()
         after = self.inspect_process(DomainReport(name=report.name, uuid=report.uuid, spec=report.spec,
                                                   observed_at=time.time(), withdrawn=report.withdrawn), report.pid)

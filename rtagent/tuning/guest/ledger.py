@@ -18,9 +18,10 @@ for the next round and never stands in the way of a grant for another guest.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
+from ...kernel import Kernel
+from ...kernel.cgroups import RtTree
 from . import rtgroup
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BudgetLedger:
-    # Mount point of the cgroup v1 cpu hierarchy with RT group scheduling,
-    # None when the kernel needs no budget (then every method is a no-op).
-    hierarchy: str | None
+    # The budget files of the hierarchy with RT group scheduling (the floor's
+    # one answer), None when the kernel needs no budget (every method a no-op).
+    hierarchy: RtTree | None
     # realtime.rt_budget_us: a fixed per-vCPU budget, None = equal share.
     fixed_us: int | None = None
     claims: dict[str, frozenset[str]] = field(default_factory=dict)  # guest uuid -> cgroups
@@ -40,8 +41,8 @@ class BudgetLedger:
     release_failed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def for_host(cls, rt_budget_us: int | str, proc_root: str = "/proc") -> BudgetLedger:
-        ledger = cls(rtgroup.find_cpu_hierarchy(proc_root))
+    def for_host(cls, rt_budget_us: int | str, kernel: Kernel) -> BudgetLedger:
+        ledger = cls(kernel.cgroups.rt_tree())
         ledger.configure(rt_budget_us)
         return ledger
 
@@ -63,7 +64,7 @@ class BudgetLedger:
 
     def _exists(self, path: str) -> bool:
         assert self.hierarchy is not None
-        return os.path.isdir(os.path.join(self.hierarchy, path.lstrip("/")))
+        return self.hierarchy.exists(path)
 
     # -- the kernel ------------------------------------------------------------
 

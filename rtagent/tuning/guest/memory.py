@@ -1,7 +1,7 @@
 """Memory checks for a realtime guest: locked and hugepage-backed RAM.
 
 These are verified, never fixed: a process cannot be made to lock memory from
-outside (DESIGN.md, "Memory").  The caller runs :func:`verify_memory` only for
+outside (docs/design.md, "Memory").  The caller runs :func:`verify_memory` only for
 realtime guests; every realtime guest needs both, so a guest that did not ask
 for ``<locked/>`` or ``<hugepages/>`` gets a violation too.
 """

@@ -21,6 +21,7 @@ from typing import Any
 
 from ...config import Partition, RealtimeConfig
 from ...cpulist import format_cpulist
+from ...kernel.cgroups import vcpu_of
 from ...model import RealtimeSpec, Violation
 from .observe import Observed, ThreadInfo
 from .vmthreads import TIMER_KINDS, Placement, placement
@@ -264,7 +265,8 @@ def plan_withdrawal(observed: Observed) -> DomainPlan:
 
 
 def _in_own_vcpu_cgroup(t: ThreadInfo) -> bool:
-    return bool(t.cgroup_cpu) and t.cgroup_cpu.rstrip("/").endswith(f"/vcpu{t.vcpu}")
+    """libvirt has moved the thread into its ``vcpuN`` group (v1 or v2 layout)."""
+    return t.vcpu is not None and vcpu_of(t.cgroup_cpu) == t.vcpu
 
 
 def _iothread_id(name: str) -> int | None:

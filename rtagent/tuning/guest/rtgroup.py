@@ -30,12 +30,13 @@ import errno
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from ...kernel.cgroups import RUNTIME, RtTree, ancestors, guests_parent
 
 log = logging.getLogger(__name__)
 
-RUNTIME = "cpu.rt_runtime_us"
-PERIOD = "cpu.rt_period_us"
+__all__ = ["RUNTIME", "BudgetError", "Write", "BudgetPlan", "plan_budgets", "snapshot", "apply_budgets",
+           "stale_guest_groups", "chain_budget"]
 # Budgets are rounded down to this granularity to keep numbers readable.
 GRANULE_US = 1000
 
@@ -55,48 +56,6 @@ class Write:
 class BudgetPlan:
     per_vcpu_us: int
     writes: list[Write] = field(default_factory=list)
-
-
-def find_cpu_hierarchy(proc_root: str = "/proc") -> str | None:
-    """Mount point of the cgroup v1 hierarchy that has the ``cpu`` controller
-    and RT group scheduling files, or None (cgroup v2, or no RT group sched)."""
-    try:
-        mounts = Path(proc_root, "self/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    for line in mounts:
-        parts = line.split()
-        if len(parts) < 4 or parts[2] != "cgroup":
-            continue
-        if "cpu" in parts[3].split(",") and Path(parts[1], RUNTIME).exists():
-            return parts[1]
-    return None
-
-
-def rt_group_mode(proc_root: str = "/proc", sys_root: str = "/sys") -> str:
-    """"v1": budgets needed and grantable; "v2": RT group scheduling on the
-    unified hierarchy (operator action needed); "none": no RT group
-    scheduling, FIFO needs no budget."""
-    if find_cpu_hierarchy(proc_root):
-        return "v1"
-    if Path(sys_root, "fs/cgroup", RUNTIME).exists() or Path(sys_root, "fs/cgroup/unified", RUNTIME).exists():
-        return "v2"
-    return "none"
-
-
-def _parent(path: str) -> str:
-    parent = path.rsplit("/", 1)[0]
-    return parent or "/"
-
-
-def _ancestors(path: str) -> list[str]:
-    """Ancestors of a cgroup path, excluding the root, nearest last."""
-    out = []
-    p = _parent(path)
-    while p != "/":
-        out.append(p)
-        p = _parent(p)
-    return list(reversed(out))
 
 
 def plan_budgets(
@@ -120,7 +79,7 @@ def plan_budgets(
         return BudgetPlan(per_vcpu_us=0)
     managed: set[str] = set()
     for leaf in leaves | release:
-        managed.update(_ancestors(leaf))
+        managed.update(ancestors(leaf))
     # Budget held by groups we do not manage but which hang off our paths
     # (another guest's groups, another tool's realtime group) stays theirs.
     unmanaged = 0
@@ -151,38 +110,35 @@ def plan_budgets(
         for child in children.get(node, []):
             total += target[child] if child in target else max(runtime.get(child, 0), 0)
         target[node] = total
+    return BudgetPlan(per_vcpu_us=per, writes=_budget_writes(target, runtime))
+
+
+def _budget_writes(target: dict[str, int], runtime: dict[str, int]) -> list[Write]:
+    """Decreases bottom-up first (releasing budget), then increases top-down:
+    every single write keeps the kernel's invariant."""
     writes = [Write(p, runtime.get(p, 0), v) for p, v in target.items() if runtime.get(p, 0) != v]
     decreases = sorted((w for w in writes if w.after < w.before), key=lambda w: w.path.count("/"), reverse=True)
     increases = sorted((w for w in writes if w.after > w.before), key=lambda w: w.path.count("/"))
-    return BudgetPlan(per_vcpu_us=per, writes=decreases + increases)
+    return decreases + increases
 
 
-def _read_int(path: Path) -> int:
-    return int(path.read_text().strip())
-
-
-def snapshot(hierarchy: str, leaves: set[str]) -> tuple[dict[str, int], dict[str, list[str]], int]:
-    """``leaves`` here is every group of interest (to grant and to release)."""
-    """Read what :func:`plan_budgets` needs from the mounted hierarchy."""
-    root = Path(hierarchy)
-    root_period = _read_int(root / PERIOD)
-    runtime: dict[str, int] = {"/": _read_int(root / RUNTIME)}
+def snapshot(tree: RtTree, leaves: set[str]) -> tuple[dict[str, int], dict[str, list[str]], int]:
+    """Read what :func:`plan_budgets` needs; ``leaves`` is every group of
+    interest (to grant and to release)."""
+    root_period = tree.period("/")
+    runtime: dict[str, int] = {"/": tree.runtime("/")}
     children: dict[str, list[str]] = {}
     nodes = {"/"}
     for leaf in leaves:
-        nodes.update(_ancestors(leaf))
+        nodes.update(ancestors(leaf))
     for node in nodes:
-        d = root / node.lstrip("/")
-        kids = []
-        for entry in d.iterdir() if d.is_dir() else ():
-            if entry.is_dir() and (entry / RUNTIME).exists():
-                rel = "/" + str(entry.relative_to(root))
-                kids.append(rel)
-                runtime[rel] = _read_int(entry / RUNTIME)
-                period = _read_int(entry / PERIOD)
-                if period != root_period:
-                    raise BudgetError(f"{entry / PERIOD} is {period} µs, the root's is {root_period} µs: "
-                                      "rtagent only balances budgets with one period")
+        kids = tree.children(node)
+        for kid in kids:
+            runtime[kid] = tree.runtime(kid)
+            period = tree.period(kid)
+            if period != root_period:
+                raise BudgetError(f"{tree.file(kid, 'cpu.rt_period_us')} is {period} µs, the root's is "
+                                  f"{root_period} µs: rtagent only balances budgets with one period")
         children[node] = kids
     for leaf in leaves:
         if leaf not in runtime:
@@ -193,68 +149,61 @@ def snapshot(hierarchy: str, leaves: set[str]) -> tuple[dict[str, int], dict[str
     return runtime, children, root_runtime
 
 
-def apply_budgets(hierarchy: str, leaves: set[str], fixed_us: int | None = None,
+def apply_budgets(tree: RtTree, leaves: set[str], fixed_us: int | None = None,
                   release: set[str] = frozenset()) -> BudgetPlan:
     """Grant realtime budget to ``leaves`` (and their ancestors), take it back
     from ``release``.  Idempotent: no write happens when every group already
     has its target."""
-    release = {p for p in release if Path(hierarchy, p.lstrip("/"), RUNTIME).exists()}
-    runtime, children, root_runtime = snapshot(hierarchy, leaves | release)
+    release = {p for p in release if tree.exists(p)}
+    runtime, children, root_runtime = snapshot(tree, leaves | release)
     plan = plan_budgets(leaves, runtime, children, root_runtime, fixed_us, release)
     for w in plan.writes:
-        target = Path(hierarchy, w.path.lstrip("/"), RUNTIME)
         try:
-            target.write_text(str(w.after))
+            tree.set_runtime(w.path, w.after)
         except OSError as err:
             if err.errno == errno.ENOENT:
                 log.debug("cgroup %s vanished while granting budget", w.path)
                 continue
-            raise BudgetError(f"cannot set {target} from {w.before} to {w.after}: "
+            raise BudgetError(f"cannot set {tree.file(w.path)} from {w.before} to {w.after}: "
                               f"{os.strerror(err.errno or 0)}") from None
         log.debug("rt budget %s: %d -> %d", w.path, w.before, w.after)
     return plan
 
 
-def stale_guest_groups(hierarchy: str, leaves: set[str]) -> set[str]:
+def _holding_if_idle(tree: RtTree, guest: str) -> set[str]:
+    """Groups in ``guest``'s subtree holding budget, if no task runs there."""
+    holding = set()
+    for group, busy, runtime in tree.subtree(guest):
+        if busy:
+            return set()
+        if runtime is not None and runtime > 0:
+            holding.add(group)
+    return holding
+
+
+def stale_guest_groups(tree: RtTree, leaves: set[str]) -> set[str]:
     """Budget held by dead guests: libvirt guest cgroups (``qemu-…``,
     ``machine-qemu…``) next to our guests' cgroups that contain no task at
     all yet hold realtime budget.  libvirt sometimes fails to remove a
     stopped guest's cgroup; without this its budget would be lost until
     reboot.  Returns every budget-holding group in such subtrees."""
-    parents = {_parent(_parent(leaf)) for leaf in leaves if leaf.count("/") >= 2}
+    parents = {p for leaf in leaves if (p := guests_parent(leaf)) is not None}
     out: set[str] = set()
-    for parent in parents:
-        base = Path(hierarchy, parent.lstrip("/"))
-        try:
-            siblings = [e for e in base.iterdir() if e.is_dir() and "qemu" in e.name]
-        except OSError:
-            continue
-        for guest in siblings:
-            rel = "/" + str(guest.relative_to(hierarchy))
-            if any(leaf == rel or leaf.startswith(rel + "/") for leaf in leaves):
+    for group in parents:
+        for guest in tree.guest_groups(group):
+            if any(leaf == guest or leaf.startswith(guest + "/") for leaf in leaves):
                 continue
-            holding, busy = [], False
-            for d, _dirs, _files in os.walk(guest):
-                try:
-                    if Path(d, "tasks").read_text().strip():
-                        busy = True
-                        break
-                    if _read_int(Path(d, RUNTIME)) > 0:
-                        holding.append("/" + str(Path(d).relative_to(hierarchy)))
-                except (OSError, ValueError):
-                    continue
-            if not busy:
-                out.update(holding)
+            out |= _holding_if_idle(tree, guest)
     return out
 
 
-def chain_budget(hierarchy: str, path: str) -> list[tuple[str, int]]:
+def chain_budget(tree: RtTree, path: str) -> list[tuple[str, int]]:
     """``(path, rt_runtime_us)`` from the root to ``path``: a zero anywhere
     means a thread there cannot be realtime."""
     out = []
-    for p in ["/", *_ancestors(path), path] if path != "/" else ["/"]:
+    for p in ["/", *ancestors(path), path] if path != "/" else ["/"]:
         try:
-            out.append((p, _read_int(Path(hierarchy, p.lstrip("/"), RUNTIME))))
+            out.append((p, tree.runtime(p)))
         except FileNotFoundError:
             out.append((p, 0))
     return out

@@ -6,7 +6,7 @@ injection, vhost I/O, huge-page recovery).  Each kind says how to recognise
 it, where it lives (a task inside the QEMU process, or a kthread of its own
 that names its owner) and where it belongs.  Observation (``observe``), the
 planner (``plan``), the RT-budget ledger and the host wing
-(``tuning/kthreads``: threads it must leave to the guest engine) all read
+(``tuning/host/kthreads.py``: threads it must leave to the guest engine) all read
 this table, so adding a row is the whole change.
 """
 
@@ -17,10 +17,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# include/linux/sched.h task flags, /proc/<pid>/stat field 9.
-PF_IO_WORKER = 0x00000010  # io_uring worker (iou-wrk-*, iou-sqp-*)
-PF_USER_WORKER = 0x00004000  # kernel worker inside a user process (vhost_task, kvm-nx-lpage on >= 6.x)
-PF_KTHREAD = 0x00200000
+from ...kernel.tasks import PF_IO_WORKER, PF_KTHREAD, PF_USER_WORKER
+
+# A kernel worker, possibly living inside a user process (the task flags are
+# the floor's, kernel/tasks.py).
 WORKER_FLAGS = PF_USER_WORKER | PF_IO_WORKER | PF_KTHREAD
 
 
