@@ -19,7 +19,7 @@ packages=(
   systemd systemd-sysv libpam-systemd udev dbus kmod util-linux procps iproute2
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils python3
-  python3-libvirt python3-prometheus-client python3-prctl python3-psutil
+  python3-libvirt python3-prometheus-client python3-prctl
   linux-image-cloud-amd64 initramfs-tools
 )
 

@@ -232,7 +232,7 @@ def scenario_install() -> str:
         raise Fail("kernel.timer_migration changed by the install")
     ver = sh("rtagent", "--version").stdout.strip()
     deps = sh("dpkg-query", "-W", "-f=${Version} ", "python3-libvirt", "python3-prometheus-client",
-              "python3-prctl", "python3-psutil").stdout.strip()
+              "python3-prctl").stdout.strip()
     return f"{ver}; {len(files)} paths; unit disabled and inactive; Debian deps {deps}"
 
 
