@@ -23,9 +23,10 @@ import traceback
 
 from .common import REPO, machine_info
 
-BENCHES = {"b1": "bench.b1_latency", "b2": "bench.b2_reaction", "b3": "bench.b3_cost"}
+BENCHES = {"b1": "bench.b1_latency", "b2": "bench.b2_reaction", "b3": "bench.b3_cost",
+           "b3i": "bench.b3_interference"}
 TITLES = {"b1": "B1 — guest-observed latency", "b2": "B2 — reaction and correction time",
-          "b3": "B3 — cost as hosts grow"}
+          "b3": "B3 — cost as hosts grow", "b3i": "B3 — interference accounting on vs off"}
 FORMATTERS = ("format", "format_results", "format_tables", "format_table", "tables", "table", "report")
 
 

@@ -385,12 +385,14 @@ class EventClock:
 
 
 def daemon_config(path: Path, *, socket_path: str, resync: float, prefix: str,
-                  rt_budget_us: int | None = None, daemon_extra: str = "") -> Path:
+                  rt_budget_us: int | None = None, daemon_extra: str = "", interference: bool = False) -> Path:
     """The daemon's config: CPU 1 realtime, manages only guests named
     ``prefix*`` (the guest selector), vCPU 1 of those realtime (FIFO 1,
     Nova's mask ``^0``), host partition enforcement off (it would move the
     whole host's kthreads and IRQs, not ours to touch), metrics off
-    (measured separately, in-process)."""
+    (measured separately, in-process), interference accounting off unless
+    asked for (B3's accounting rows, bench/b3_interference.py), then in
+    its own tracefs instance."""
     assert prefix.startswith(PREFIX)
     budget = f"rt_budget_us = {rt_budget_us}\n" if rt_budget_us else ""
     path.write_text(f"""[host]
@@ -410,9 +412,10 @@ kthread_priorities = false
 irqs = false
 workqueues = false
 [interference]
-# Off: the benchmarks measure enforcement; the tracefs sampler is a separate
-# cost (its own thread), and one instance of it per host is enough.
-enabled = false
+# Off unless asked for: the benchmarks measure enforcement; the tracefs
+# sampler is a separate cost (its own thread), measured by b3_interference.
+enabled = {"true" if interference else "false"}
+instance = "{prefix}itf"
 [[rule]]
 match_name = "{prefix}*"
 realtime_mask = "^0"
@@ -477,11 +480,12 @@ class DaemonProc:
 
 
 def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
-                 log_level: str = "info", workdir: Path | None = None, daemon_extra: str = "") -> DaemonProc:
+                 log_level: str = "info", workdir: Path | None = None, daemon_extra: str = "",
+                 interference: bool = False) -> DaemonProc:
     d = Path(workdir or tempfile.mkdtemp(prefix="rtbench-daemon-"))
     sock = str(d / "rtagent.sock")
     cfg = daemon_config(d / "rtagent.toml", socket_path=sock, resync=resync, prefix=prefix,
-                        rt_budget_us=rt_budget_us, daemon_extra=daemon_extra)
+                        rt_budget_us=rt_budget_us, daemon_extra=daemon_extra, interference=interference)
     notify_path = str(d / "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(notify_path)

@@ -333,11 +333,8 @@ def partition_warning(cfg: Config) -> str | None:
             f"host.realtime_cpus to a CPU list, e.g. \"{max(p.online)}\", or boot with isolcpus=/nohz_full=")
 
 
-def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kernel | None = None,
-                 resolve: bool = True) -> Config:
-    """Validate a decoded TOML document.  ``resolve=False`` skips resolving the
-    host partition (for tools that only inspect XML, like ``rtagent plan``)."""
-    chk = _Checker(path)
+def _sections(chk: _Checker, data: dict[str, Any]) -> tuple[dict[str, Any], object]:
+    """Each known section checked against its dataclass; the raw rules."""
     sections: dict[str, Any] = {}
     rules_raw: object = []
     for key, value in data.items():
@@ -348,7 +345,10 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kerne
         else:
             known = ", ".join(sorted([*_SECTIONS, "rule"]))
             raise chk.fail(key, value, f"unknown section (known: {known})")
-    cfg_rt: RealtimeConfig = sections.get("realtime", RealtimeConfig())
+    return sections, rules_raw
+
+
+def _check_realtime(chk: _Checker, cfg_rt: RealtimeConfig) -> RealtimeConfig:
     _check_priority(chk, "realtime.max_priority", cfg_rt.max_priority, 99)
     _check_priority(chk, "realtime.default_priority", cfg_rt.default_priority, cfg_rt.max_priority)
     if cfg_rt.default_policy not in POLICIES:
@@ -358,8 +358,11 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kerne
     budget = cfg_rt.rt_budget_us
     if budget != "auto" and (isinstance(budget, bool) or not isinstance(budget, int) or not 1000 <= budget <= 1_000_000):
         raise chk.fail("realtime.rt_budget_us", budget, "must be \"auto\" or an integer in 1000..1000000 (µs per 1 s period)")
+    return cfg_rt
 
-    daemon: DaemonConfig = _check_selector(chk, sections.get("daemon", DaemonConfig()))
+
+def _check_daemon(chk: _Checker, daemon: DaemonConfig) -> DaemonConfig:
+    daemon = _check_selector(chk, daemon)
     if not 0.05 <= daemon.resync_interval_s <= 3600:
         raise chk.fail("daemon.resync_interval_s", daemon.resync_interval_s, "must be in 0.05..3600 seconds")
     fc = daemon.full_check_interval_s
@@ -367,17 +370,22 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kerne
         raise chk.fail("daemon.full_check_interval_s", fc, "must be in 0.05..86400 seconds")
     if not os.path.isabs(daemon.lock_file):
         raise chk.fail("daemon.lock_file", daemon.lock_file, "must be an absolute path")
-    lv: LibvirtConfig = sections.get("libvirt", LibvirtConfig())
+    return daemon
+
+
+def _check_libvirt(chk: _Checker, lv: LibvirtConfig) -> LibvirtConfig:
     if not lv.uri:
         raise chk.fail("libvirt.uri", lv.uri, "must not be empty")
     if not 0.1 <= lv.reconnect_max_backoff_s <= 3600:
         raise chk.fail("libvirt.reconnect_max_backoff_s", lv.reconnect_max_backoff_s, "must be in 0.1..3600 seconds")
     if not 0.1 <= lv.call_timeout_s <= 300:
         raise chk.fail("libvirt.call_timeout_s", lv.call_timeout_s, "must be in 0.1..300 seconds")
-    status: StatusConfig = sections.get("status", StatusConfig())
+    return lv
+
+
+def _check_endpoints(chk: _Checker, status: StatusConfig, metrics: MetricsConfig) -> None:
     if not os.path.isabs(status.socket):
         raise chk.fail("status.socket", status.socket, "must be an absolute path")
-    metrics: MetricsConfig = sections.get("metrics", MetricsConfig())
     _check_client_limits(chk, status, metrics)
     try:
         _split_listen(metrics.listen)
@@ -389,6 +397,19 @@ def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kerne
     if metrics.tls_client_ca and not metrics.tls_cert:
         raise chk.fail("metrics.tls_client_ca", metrics.tls_client_ca, "client-certificate auth needs tls_cert and tls_key")
 
+
+def parse_config(data: dict[str, Any], *, path: str | None = None, kernel: Kernel | None = None,
+                 resolve: bool = True) -> Config:
+    """Validate a decoded TOML document.  ``resolve=False`` skips resolving the
+    host partition (for tools that only inspect XML, like ``rtagent plan``)."""
+    chk = _Checker(path)
+    sections, rules_raw = _sections(chk, data)
+    cfg_rt = _check_realtime(chk, sections.get("realtime", RealtimeConfig()))
+    daemon = _check_daemon(chk, sections.get("daemon", DaemonConfig()))
+    lv = _check_libvirt(chk, sections.get("libvirt", LibvirtConfig()))
+    status: StatusConfig = sections.get("status", StatusConfig())
+    metrics: MetricsConfig = sections.get("metrics", MetricsConfig())
+    _check_endpoints(chk, status, metrics)
     interference = _check_interference(chk, sections.get("interference", InterferenceConfig()))
 
     host: HostConfig = sections.get("host", HostConfig())

@@ -647,6 +647,7 @@ def derive_spec_from_element(root: ET.Element, config: Config) -> RealtimeSpec:
         emulator_source=emulator_source,
         source_detail=intent.detail,
         flavor=facts.flavor,
+        libvirt_vcpusched=bool((native := vcpusched_intent(root, facts)) is not None and native.realtime),
     )
     problems = list(facts.problems) + list(intent.problems)
     warnings = list(intent.notes)

@@ -425,6 +425,13 @@ class LibvirtHost:
             out[g.uuid] = g
         return out
 
+    def inactive_guests(self) -> list[Guest]:
+        """Every defined guest that is not running (its XML applies at its next start)."""
+        conn = self.conn
+        doms = self.call("listing defined guests",
+                         lambda: conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE))
+        return [Guest(self, d, RunState.STOPPED) for d in doms]
+
     def lookup(self, name_or_uuid: str) -> Guest:
         conn = self.conn
 

@@ -83,6 +83,9 @@ class RealtimeSpec:
     # Which rule or element supplied the intent, for operators ("rule[0]").
     source_detail: str | None = None
     flavor: str | None = None  # Nova flavor name from <nova:flavor name=…>
+    # The XML has a realtime <vcpusched>, which libvirt applies at start
+    # (whatever rtagent's intent says); refused on hosts with RT group scheduling.
+    libvirt_vcpusched: bool = False
 
     @property
     def valid(self) -> bool:
@@ -117,6 +120,7 @@ class RealtimeSpec:
             "memory": self.memory.to_json(),
             "source_detail": self.source_detail,
             "flavor": self.flavor,
+            "libvirt_vcpusched": self.libvirt_vcpusched,
             "virt_type": self.virt_type,
         }
 

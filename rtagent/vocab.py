@@ -96,6 +96,8 @@ class Check(StrEnum):
     EMULATOR_POLICY = "emulator_policy"
     KTHREAD_AFFINITY = "kthread_affinity"
     KTHREAD_POLICY = "kthread_policy"
+    CPU_CONFLICT = "cpu_conflict"
+    VCPUSCHED_REFUSED = "vcpusched_refused"
 
 
 class DriftKind(StrEnum):

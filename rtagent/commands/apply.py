@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..errors import GuestGone
 from ..selector import GuestSelector
-from .common import guest_line, inspect_running, open_tuner, selected_domains
+from .common import guest_line, inspect_running, judge_host_wide, open_tuner, selected_domains
 
 
 def run(args) -> int:
@@ -22,16 +21,9 @@ def run(args) -> int:
         # Inspect every guest first: the RT budget is shared host-wide, so
         # the grant for one guest must know all realtime vCPU cgroups.
         reports = inspect_running(tuner, doms, selector)
-        if args.domains or not selector.selects_all:
-            # The budget must also count realtime guests that were not named
-            # (or are outside the selection: the kernel's budget is shared).
-            for uuid, guest in host.active_guests().items():
-                if uuid not in {r.uuid for _, r in reports}:
-                    try:
-                        tuner.record_claim(tuner.inspect(guest))
-                    except GuestGone:  # another guest stopped meanwhile: normal
-                        pass
-        for _, r in reports:
+        # pCPU ownership and the RT budget are host-wide: count the guests
+        # that were not named (or are outside the selection) too.
+        for r in judge_host_wide(tuner, host, reports, selector) + [r for _, r in reports]:
             tuner.record_claim(r)
         after = [tuner.apply(guest, dry_run=args.dry_run, report=r) for guest, r in reports]
     finally:

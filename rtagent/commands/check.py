@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 from ..selector import GuestSelector
-from .common import guest_line, host_summary, inspect_running, open_tuner, selected_domains, thread_table
+from .common import (guest_line, host_summary, inspect_running, judge_host_wide, open_tuner, selected_domains,
+                     thread_table, vcpusched_guests)
 from .hostinfo import host_checks_json
 
 
@@ -17,10 +18,13 @@ def run(args) -> int:
     config, host, tuner = open_tuner(args)
     try:
         selector = GuestSelector.from_config(config.daemon)
-        reports = [r for _, r in inspect_running(tuner, selected_domains(host, args.domains, selector), selector)]
+        pairs = inspect_running(tuner, selected_domains(host, args.domains, selector), selector)
+        judge_host_wide(tuner, host, pairs, selector)
+        reports = [r for _, r in pairs]
+        refused = vcpusched_guests(tuner, host, selector)
     finally:
         host.close()
-    checks = host_checks_json(config, guest_pids={r.pid for r in reports if r.pid})
+    checks = host_checks_json(config, guest_pids={r.pid for r in reports if r.pid}, vcpusched_guests=refused)
     bad_host = [c for c in checks if not c["ok"] and c.get("severity") == "error"]
     ok = all(r.compliant for r in reports) and not bad_host
     if args.json:

@@ -8,9 +8,10 @@ from typing import Any
 
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..errors import GuestGone
+from ..errors import DomainXMLError, GuestGone
 from ..libvirt_host import Guest, LibvirtHost
 from ..selector import GuestSelector
+from ..tuning.guest.claims import ClaimBook
 from ..tuning.guest.engine import DomainReport, Tuner
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,49 @@ def inspect_running(tuner: Tuner, guests: list[Guest],
             out.append((guest, report))
         except GuestGone as err:
             log.warning("guest stopped while being inspected: %s", err)
+    return out
+
+
+def judge_host_wide(tuner: Tuner, host: LibvirtHost, pairs: list[tuple[Guest, DomainReport]],
+                    selector: GuestSelector | None = None) -> list[DomainReport]:
+    """Judge each report (in place) against the pCPU claims of every running
+    guest the selector manages (a realtime pCPU has one owner host-wide), as
+    the daemon does.  Returns the reports of every other running guest
+    (selected or not: the kernel's RT budget is shared by all of them)."""
+    book = ClaimBook()
+    mine = {r.uuid for _, r in pairs}
+    others = []
+    for uuid, guest in host.active_guests().items():
+        if uuid in mine:
+            continue
+        try:
+            others.append(tuner.inspect(guest))
+        except GuestGone:  # another guest stopped meanwhile: normal
+            continue
+        if selector is None or selector.matches_name(guest.name):
+            book.record(uuid, others[-1].claims)
+    for _, r in pairs:
+        book.record(r.uuid, r.claims)
+    for i, (guest, r) in enumerate(pairs):
+        pairs[i] = (guest, tuner.reassess(r, book))
+    return others
+
+
+def vcpusched_guests(tuner: Tuner, host: LibvirtHost, selector: GuestSelector | None = None) -> list[str]:
+    """Defined, not running guests whose XML has a realtime ``<vcpusched>``
+    (libvirt applies it at their next start: refused with RT group
+    scheduling).  Empty when this host does not refuse it."""
+    if tuner.vcpusched_refused is None:
+        return []
+    out = []
+    for guest in host.inactive_guests():
+        if selector is not None and not selector.matches_name(guest.name):
+            continue
+        try:
+            if tuner.spec_for(guest).libvirt_vcpusched:
+                out.append(guest.name)
+        except (GuestGone, DomainXMLError):  # undefined meanwhile, or unreadable: not ours to judge
+            continue
     return out
 
 

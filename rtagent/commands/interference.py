@@ -67,7 +67,8 @@ def _report(args, snap, cpus, owners) -> int:
         return 0
     print(f"interference on CPU {format_cpulist(cpus)} over {args.seconds:g}s (tracefs clock {snap.clock})")
     for row in cpus_out:
-        owner = ", ".join(f"{o['owner']}[{o['tid']}]" for o in row["owners"]) or "none"
+        owners = [f"{o['owner']}[{o['tid']}]" for o in row["owners"]]
+        owner = ", ".join(owners[:4]) + (f" and {len(owners) - 4} more" if len(owners) > 4 else "") or "none"
         lost = f", {row['lost_events']} events LOST" if row["lost_events"] else ""
         print(f"CPU {row['cpu']}: {row['share'] * 100:.3f}% foreign ({row['foreign_s'] * 1000:.3f} ms), "
               f"owner {owner}{lost}")

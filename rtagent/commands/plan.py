@@ -18,7 +18,9 @@ from ..config import load_config
 from ..cpulist import format_cpulist
 from ..errors import DomainXMLError
 from ..intent import derive_spec
+from ..kernel import Kernel
 from ..model import RealtimeSpec
+from ..tuning.guest import vcpusched
 
 
 def read_xml(path: str) -> bytes:
@@ -82,8 +84,13 @@ def exit_code(spec: RealtimeSpec) -> int:
 def run(args) -> int:
     config = load_config(args.config, resolve=False)
     spec = derive_spec(read_xml(args.xml), config)
+    # The one fact of the host the plan needs: on a host with RT group
+    # scheduling, libvirt's own <vcpusched> makes the guest fail to start.
+    refused = vcpusched.refusal(spec, vcpusched.host_refuses(Kernel()))
     if args.json:
-        print(json.dumps(spec.to_json()))
+        print(json.dumps({**spec.to_json(), "host_warnings": [refused] if refused else []}))
     else:
         print_table(spec, sys.stdout)
+        if refused:
+            print(f"warning (this host): {refused}")
     return exit_code(spec)

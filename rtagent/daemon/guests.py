@@ -27,6 +27,8 @@ from ..errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnrespo
 from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
 from ..selector import GuestSelector
 from ..state import StateStore
+from ..tuning.guest import vcpusched
+from ..tuning.guest.claims import ClaimBook
 from ..tuning.guest.engine import DomainReport, Tuner
 from . import drift
 from .retry import RetrySchedule
@@ -70,6 +72,9 @@ class GuestSupervisor:
         self.tracked: dict[str, int] = {}  # uuid -> QEMU pid
         self.specs: dict[str, tuple[int | None, object]] = {}  # uuid -> (pid, RealtimeSpec)
         self.intent_changed: set[str] = set()  # uuids whose next changes apply a new intent
+        self.claims = ClaimBook()  # pCPU claims of every guest seen: one owner per realtime pCPU
+        # uuid -> name of defined guests whose <vcpusched> this host refuses (rt_group_sched check).
+        self.vcpusched_refused: dict[str, str] = {}
 
     # -- what happened ------------------------------------------------------
 
@@ -84,6 +89,10 @@ class GuestSupervisor:
             self.reconcile(ev.uuid, Cause(at, started=True))
         elif ev.event in _DROP:
             self.forget(ev.uuid)
+            if ev.event == EventKind.UNDEFINED:
+                self.vcpusched_refused.pop(ev.uuid, None)
+        elif ev.event == EventKind.DEFINED:
+            self._check_vcpusched(ev.uuid)
         elif ev.event == EventKind.METADATA:
             self.specs.pop(ev.uuid, None)
             self.intent_changed.add(ev.uuid)
@@ -150,6 +159,11 @@ class GuestSupervisor:
         for uuid in known - set(active):
             self.forget(uuid)
         for uuid, guest in active.items():
+            if uuid not in self.claims:
+                # Every guest's claims before any is tuned: who started
+                # first keeps a pCPU, whatever order the listing has.
+                self._note_claims(guest)
+        for uuid, guest in active.items():
             self.reconcile(uuid, guest=guest)
         return True
 
@@ -177,7 +191,36 @@ class GuestSupervisor:
 
     # -- one guest ------------------------------------------------------------------
 
+    def _check_vcpusched(self, uuid: str) -> None:
+        """A guest (re)defined with libvirt's own <vcpusched> on a host that
+        refuses it: say so now, before its start fails."""
+        if self.tuner.vcpusched_refused is None:
+            return
+        try:
+            guest = self.host.lookup(uuid)
+            message = vcpusched.refusal(self.tuner.spec_for(guest), self.tuner.vcpusched_refused)
+        except Exception:  # undefined meanwhile, unreadable XML, libvirt trouble: nothing to say
+            log.debug("XML of defined guest %s not read", uuid, exc_info=True)
+            return
+        if message is None:
+            self.vcpusched_refused.pop(uuid, None)
+            return
+        self.vcpusched_refused[uuid] = guest.name
+        log.warning("%s", message)
+
+    def _note_claims(self, guest: Guest) -> None:
+        try:
+            self.claims.record(guest.uuid, self.tuner.inspect(guest).claims)
+        except Exception:  # the reconcile that follows reports it
+            log.debug("claims of %s not read", guest.name, exc_info=True)
+
     def forget(self, uuid: str) -> None:
+        self.claims.drop(uuid)
+        # A pCPU it owned may go to a guest that lost it: look at those now.
+        for other in self.store.read(lambda s: [u for u, g in s.guests.items()
+                                                if g.report is not None and g.report.conflicts]):
+            if other != uuid:
+                self.retry.schedule(other, 0)
         pid = self.tracked.pop(uuid, None)
         self.specs.pop(uuid, None)
         self.guests.pop(uuid, None)
@@ -229,13 +272,15 @@ class GuestSupervisor:
         # "withdrawn": its realtime threads go back to SCHED_OTHER, its budget
         # is released, and it stays tracked as a non-realtime guest.
         withdrawn = guest.uuid in self.tracked
-        before = self.tuner.inspect(guest, spec=cached[1] if cached else None, withdrawn=withdrawn)
+        before = self.tuner.inspect(guest, spec=cached[1] if cached else None, withdrawn=withdrawn,
+                                    peers=self.claims)
         if cached and before.pid != cached[0]:
             # A new QEMU process under the same UUID (a restart we missed).
-            before = self.tuner.inspect(guest)
+            before = self.tuner.inspect(guest, peers=self.claims)
         if self.selector.require_metadata and before.spec.source != "metadata" and before.spec.realtime:
             before = self.tuner.inspect(guest, spec=dataclasses.replace(before.spec, realtime=False),
-                                        withdrawn=withdrawn)
+                                        withdrawn=withdrawn, peers=self.claims)
+        self.claims.record(guest.uuid, before.claims)
         if before.spec.realtime and before.pid is not None:
             self.specs[guest.uuid] = (before.pid, before.spec)
         return before

@@ -25,6 +25,7 @@ class HostSupervisor:
         self._clock = clock
         self.check_interval_s = check_interval_s
         self.next_checks = 0.0
+        self._vcpusched_seen: tuple[str, ...] = ()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -47,28 +48,31 @@ class HostSupervisor:
         specs = self.store.read(lambda s: [g.report.spec for g in s.guests.values() if g.report is not None])
         return vcpu_priority(specs, self.config.realtime.default_priority)
 
-    def enforce(self, guest_pids: set[int]) -> None:
+    def enforce(self, guest_pids: set[int], vcpusched_guests: tuple[str, ...] = ()) -> None:
         report = None
         if self.enforcer is not None:
             try:
                 report = self.enforcer.enforce(self._realtime_priority())
             except Exception:  # the host partition must never take the daemon down
                 log.exception("host partition enforcement failed")
-        checks = self._checks(guest_pids)
+        checks = self._checks(guest_pids, vcpusched_guests)
         self.store.update(lambda s: self._store(s, report, checks))
         if report is not None:
             for r in report.changed:
                 log.info("host: %s", r.to_json())
 
-    def _checks(self, guest_pids: set[int]) -> tuple | None:
+    def _checks(self, guest_pids: set[int], vcpusched_guests: tuple[str, ...] = ()) -> tuple | None:
         now = self._clock()
-        if now < self.next_checks:
+        # A newly defined guest libvirt will refuse to start is news now, not in 30 s.
+        if now < self.next_checks and vcpusched_guests == self._vcpusched_seen:
             return None
         self.next_checks = now + self.check_interval_s
+        self._vcpusched_seen = vcpusched_guests
         try:
             from ..monitor.hostchecks import run_host_checks
 
-            return tuple(run_host_checks(self.config.partition, exclude_pids=guest_pids))
+            return tuple(run_host_checks(self.config.partition, exclude_pids=guest_pids,
+                                         vcpusched_guests=vcpusched_guests))
         except Exception:
             log.exception("host checks failed")
             return None

@@ -162,7 +162,7 @@ class Daemon:
         elif not (self.guests.resync() if full else self.guests.check_steady()):
             self.link.lost("listing guests failed", time.monotonic())
         self.link.publish_responsiveness()
-        self.hostside.enforce(set(self.guests.tracked.values()))
+        self.hostside.enforce(set(self.guests.tracked.values()), tuple(self.guests.vcpusched_refused.values()))
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
                                      setattr(s.daemon, "last_resync_at", time.time())))
         line = status_line(self.store, self.host)

@@ -20,7 +20,7 @@ import errno
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,34 @@ class EventFormat:
             return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         raw = payload[f.offset:f.offset + f.size]
         return int.from_bytes(raw, "little", signed=f.signed)
+
+
+    def reader(self, names: tuple[str, ...]) -> Callable[[bytes, int], tuple]:
+        """A fast reader of fixed-size fields: ``read(buf, offset)`` → their
+        values in ``names`` order (char arrays as raw bytes, NUL-padded).
+        One ``struct`` unpack at the field offsets this kernel's format
+        gives, for the hot path; :meth:`get` for everything else."""
+        fields = sorted((self.fields[n] for n in names), key=lambda f: f.offset)
+        fmt, pos = "<", 0
+        for f in fields:
+            if f.data_loc or f.offset < pos:
+                raise TracefsError(f"{self.system}:{self.name}: field {f.name} cannot be read at a fixed offset")
+            fmt += f"{f.offset - pos}x" if f.offset > pos else ""
+            if f.is_string:
+                fmt += f"{f.size}s"
+            else:
+                code = {1: "b", 2: "h", 4: "i", 8: "q"}.get(f.size)
+                if code is None:
+                    raise TracefsError(f"{self.system}:{self.name}: field {f.name} has size {f.size}")
+                fmt += code if f.signed else code.upper()
+            pos = f.offset + f.size
+        st = struct.Struct(fmt)
+        order = [fields.index(self.fields[n]) for n in names]
+
+        def read(buf: bytes, offset: int) -> tuple:
+            vals = st.unpack_from(buf, offset)
+            return tuple(vals[i] for i in order)
+        return read
 
 
 _FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<sig>\d+);")
@@ -150,54 +178,69 @@ class DecodedPage:
     missed: int          # events the kernel dropped before this page (-1: some, count unknown)
 
 
-def decode_page(page: bytes, header: PageHeader) -> DecodedPage:
-    """One ``trace_pipe_raw`` sub-buffer → records in time order."""
+def page_records(page: bytes, header: PageHeader) -> tuple[list[tuple[int, int, int]], int]:
+    """One ``trace_pipe_raw`` sub-buffer → ``([(ts, offset, length), ...],
+    missed)``: each record's payload is ``page[offset:offset + length]``
+    (not copied: this is the hot path).  ``missed``: events the kernel
+    dropped before this page (-1: some, count unknown)."""
     if len(page) < header.data_offset:
-        return DecodedPage((), 0)
-    (ts,) = struct.unpack_from("<Q", page, header.ts_offset)
+        return [], 0
+    (ts,) = _U64.unpack_from(page, header.ts_offset)
     commit = int.from_bytes(page[header.commit_offset:header.commit_offset + header.commit_size], "little")
-    size = commit & _COMMIT_MASK
     start = header.data_offset
-    end = min(start + size, len(page))
+    end = min(start + (commit & _COMMIT_MASK), len(page))
     missed = 0
     if commit & _MISSED_EVENTS:
         missed = -1
         if commit & _MISSED_STORED and end + 8 <= len(page):
-            missed = struct.unpack_from("<Q", page, end)[0] if header.commit_size == 8 else \
-                struct.unpack_from("<I", page, end)[0]
-    return DecodedPage(tuple(_entries(page, start, end, ts)), missed)
+            missed = _U64.unpack_from(page, end)[0] if header.commit_size == 8 else _U32.unpack_from(page, end)[0]
+    return _entries(page, start, end, ts), missed
 
 
-def _entries(page: bytes, pos: int, end: int, ts: int) -> Iterator[RawRecord]:
+def decode_page(page: bytes, header: PageHeader) -> DecodedPage:
+    """:func:`page_records` with the payloads copied out."""
+    recs, missed = page_records(page, header)
+    return DecodedPage(tuple(RawRecord(ts, bytes(page[o:o + n])) for ts, o, n in recs), missed)
+
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_U32x2 = struct.Struct("<II")
+
+
+def _entries(page: bytes, pos: int, end: int, ts: int) -> list[tuple[int, int, int]]:
+    out: list[tuple[int, int, int]] = []
+    unpack1, unpack2 = _U32.unpack_from, _U32x2.unpack_from
     while pos + 4 <= end:
-        (word,) = struct.unpack_from("<I", page, pos)
+        (word,) = unpack1(page, pos)
         type_len, delta = word & 0x1F, word >> 5
+        if 0 < type_len <= 28:              # the common case: a small event
+            ts += delta
+            plen = type_len * 4
+            if pos + 4 + plen > end:
+                break
+            out.append((ts, pos + 4, plen))
+            pos += 4 + plen
+            continue
+        if pos + 8 > end:
+            break
+        _w, length = unpack2(page, pos)
         if type_len == _TYPE_PADDING:
             if delta == 0:        # the rest of the page is unused
-                return
-            (length,) = struct.unpack_from("<I", page, pos + 4)
+                break
             pos += 4 + length
-            continue
-        if type_len in (_TYPE_TIME_EXTEND, _TYPE_TIME_STAMP):
-            if pos + 8 > end:
-                return
-            (hi,) = struct.unpack_from("<I", page, pos + 4)
-            value = (hi << _TS_SHIFT) + delta
+        elif type_len in (_TYPE_TIME_EXTEND, _TYPE_TIME_STAMP):
+            value = (length << _TS_SHIFT) + delta
             ts = ts + value if type_len == _TYPE_TIME_EXTEND else value | (ts & _TS_MSB)
             pos += 8
-            continue
-        ts += delta
-        if type_len == 0:
-            (length,) = struct.unpack_from("<I", page, pos + 4)
-            data, total = pos + 8, 4 + length
+        else:                     # type_len 0: length word first
+            ts += delta
             plen = length - 4
-        else:
-            data, total = pos + 4, 4 + type_len * 4
-            plen = type_len * 4
-        if plen <= 0 or data + plen > end:
-            return
-        yield RawRecord(ts, bytes(page[data:data + plen]))
-        pos += total
+            if plen <= 0 or pos + 8 + plen > end:
+                break
+            out.append((ts, pos + 8, plen))
+            pos += 4 + length
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -287,7 +330,11 @@ class Instance:
         p = self.path
         _write(p / "tracing_on", "0")
         _write(p / "tracing_cpumask", cpumask_hex(self.cpus))
-        _write(p / "buffer_size_kb", str(buffer_kb))
+        # An instance has a buffer on every CPU; only the traced ones need
+        # one of size (the rest get the kernel's minimum, a page or two).
+        for cpu_dir in sorted((p / "per_cpu").glob("cpu[0-9]*")):
+            cpu = int(cpu_dir.name[3:])
+            _write(cpu_dir / "buffer_size_kb", str(buffer_kb) if cpu in self.cpus else "1")
         clocks = (p / "trace_clock").read_text()
         if clock in clocks.replace("[", " ").replace("]", " ").split():
             _write(p / "trace_clock", clock)

@@ -57,6 +57,10 @@ ACCEPT_BATCH = 64
 # send a reset that can destroy the answer in flight (a POST body).
 LINGER_S = 1.0
 RECV_CHUNK = 16384
+RECV_PER_WAKE = 8
+# A request is never buffered beyond this (the HTTP handler refuses heads
+# over 8 KiB); the handler sees the buffer and answers or refuses.
+MAX_BUFFERED = 65536
 # A connection is never evicted younger than this: a client that waited in
 # the backlog gets at least this long to send its request, and a flood of
 # connections is accepted at most max_connections per this period.
@@ -327,8 +331,12 @@ class ConnectionServer:
         self._read(conn)
 
     def _recv_all(self, conn: _Conn) -> bool:
-        """Read what is there; False on EOF."""
-        while True:
+        """Read what is there, but at most :data:`RECV_PER_WAKE` chunks and
+        :data:`MAX_BUFFERED` bytes (a client streaming without end must not
+        hold the loop or grow the buffer); False on EOF."""
+        for _ in range(RECV_PER_WAKE):
+            if len(conn.inbuf) >= MAX_BUFFERED:
+                return True
             try:
                 data = conn.sock.recv(RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -340,12 +348,15 @@ class ConnectionServer:
                 conn.inbuf += data
             if isinstance(conn.sock, ssl.SSLSocket) and not conn.sock.pending():
                 return True
+        return True
 
     def _read(self, conn: _Conn) -> None:
         alive = self._recv_all(conn)
         response = self.handler.answer(bytes(conn.inbuf)) if conn.inbuf else None
         if response is not None:
             self._respond(conn, response)
+        elif len(conn.inbuf) >= MAX_BUFFERED:
+            self._close(conn, "request_too_large")  # the handler should have refused it
         elif not alive:
             self._close(conn, "client_closed")
         else:

@@ -25,6 +25,7 @@ from ..cpulist import CpuListError, format_cpulist, parse_cpulist
 from ..kernel import Kernel
 from ..kernel.irqbalance import detect_irqbalance
 from ..kernel.tasks import cpus_allowed
+from ..tuning.guest import vcpusched
 from ..vocab import Severity
 
 __all__ = ["Name", "HostCheck", "CheckMetric", "CheckDef", "REGISTRY", "CHECK_NAMES", "SEVERITIES", "run_host_checks",
@@ -48,6 +49,12 @@ class Name(StrEnum):
     HUGEPAGES = "hugepages"
     INTRUDERS = "intruders"
     IRQBALANCE = "irqbalance"
+    # kernel preflight (monitor/preflight.py)
+    FAIR_SERVER = "fair_server"
+    RT_GROUP_SCHED_BOOT = "rt_group_sched_boot"
+    TRACEFS = "tracefs"
+    SMT_SIBLINGS = "smt_siblings"
+    VHOST_WORKER = "vhost_worker"
 
 
 SEVERITIES = tuple(Severity)
@@ -84,6 +91,8 @@ class Context:
     kernel: Kernel
     partition: Partition
     exclude_pids: frozenset[int] = frozenset()
+    # Defined guests with a realtime <vcpusched> (libvirt applies it at start).
+    vcpusched_guests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,11 @@ def _check_rt_group_sched(ctx: Context) -> list[HostCheck]:
         return [_error(name, f"RT group scheduling is on (cgroup {tree.version}) and the root group's "
                              f"cpu.rt_runtime_us is 0: no cgroup can get an RT budget; set "
                              f"kernel.sched_rt_runtime_us to -1 or a positive value")]
+    refused = vcpusched.host_refuses(ctx.kernel)
+    if refused and ctx.vcpusched_guests:
+        return [_warn(name, f"libvirt's own <vcpusched> of guest(s) {', '.join(sorted(ctx.vcpusched_guests))} "
+                            f"will be refused ({refused}): `virsh start` fails with 'Cannot set scheduler "
+                            f"parameters … Operation not permitted'. Fix: {vcpusched.FIXES}")]
     return [_ok(name, f"RT group scheduling is on (cgroup {tree.version}, root cpu.rt_runtime_us = {runtime}): "
                       f"libvirt's vCPU cgroups start with budget 0 and every SCHED_FIFO request in them fails "
                       f"until a budget is granted along the path; rtagent grants it (realtime.rt_budget_us)")]
@@ -436,7 +450,19 @@ REGISTRY: tuple[CheckDef, ...] = (
              CheckMetric("host_intruder_threads",
                          "User threads outside the guests whose affinity allows a realtime CPU.")),
     CheckDef((Name.IRQBALANCE,), _check_irqbalance),
+    CheckDef((Name.FAIR_SERVER,), lambda ctx: [_preflight().check_fair_server(ctx.partition, ctx.kernel)]),
+    CheckDef((Name.RT_GROUP_SCHED_BOOT,), lambda ctx: [_preflight().check_rt_group_sched_boot(
+        parse_cmdline(ctx.kernel.cpus.cmdline()), ctx.kernel)]),
+    CheckDef((Name.TRACEFS,), lambda ctx: [_preflight().check_tracefs(ctx.kernel)]),
+    CheckDef((Name.SMT_SIBLINGS,), lambda ctx: [_preflight().check_smt_siblings(ctx.partition, ctx.kernel)]),
+    CheckDef((Name.VHOST_WORKER,), lambda ctx: [_preflight().check_vhost_worker(ctx.kernel)]),
 )
+
+def _preflight():
+    # monitor/preflight.py imports HostCheck from here: import it late.
+    from . import preflight
+    return preflight
+
 
 CHECK_NAMES: tuple[Name, ...] = tuple(n for d in REGISTRY for n in d.names)
 _METRICS = {n: d.metric for d in REGISTRY if d.metric is not None for n in d.names}
@@ -448,12 +474,12 @@ def metric_of(name: str) -> CheckMetric | None:
 
 
 def run_host_checks(partition: Partition, kernel: Kernel | None = None, *,
-                    exclude_pids: Iterable[int] = ()) -> list[HostCheck]:
+                    exclude_pids: Iterable[int] = (), vcpusched_guests: Iterable[str] = ()) -> list[HostCheck]:
     """Every check of the registry, in its order, each exactly once.
     ``exclude_pids`` are the guests' QEMU PIDs (their threads are not
     intruders).  ``partition``'s realtime set may be empty; the checks that
     depend on it then say that no realtime CPUs are configured."""
-    ctx = Context(kernel or Kernel(), partition, frozenset(exclude_pids))
+    ctx = Context(kernel or Kernel(), partition, frozenset(exclude_pids), tuple(vcpusched_guests))
     out: list[HostCheck] = []
     for d in REGISTRY:
         results = d.run(ctx)

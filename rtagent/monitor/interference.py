@@ -46,10 +46,11 @@ class TaskRole(enum.Enum):
 
 
 # ---------------------------------------------------------------------------
-# events (decoded from the trace by the sampler, or synthetic in tests)
+# events (decoded from the trace by the sampler, or synthetic in tests);
+# slotted, not frozen: one is made per context switch and interrupt
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Switch:
     ts: int
     prev_pid: int
@@ -58,21 +59,21 @@ class Switch:
     next_comm: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IntrEnter:
     ts: int
     kind: Kind          # IRQ or SOFTIRQ
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IntrExit:
     ts: int
     kind: Kind
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Lost:
     """The kernel dropped events before ``ts``: the CPU's state is unknown
     until the next context switch."""
@@ -96,7 +97,8 @@ _DIGITS = re.compile(r"\d+")
 def fold_comm(comm: str) -> str:
     """A comm as a bounded label: the per-CPU / numeric part folded.
 
-    ``kworker/1:2H`` → ``kworker``, ``ksoftirqd/1`` → ``ksoftirqd``,
+    ``kworker/1:2H`` → ``kworker``, ``kworker/u8:0`` → ``kworker/u``
+    (unbound), ``ksoftirqd/1`` → ``ksoftirqd``,
     ``irq/24-eth0`` → ``irq/eth0`` (the action name), ``CPU 1/KVM`` → ``CPU N/KVM``,
     ``worker12`` → ``workerN``.
     """
@@ -104,6 +106,10 @@ def fold_comm(comm: str) -> str:
     m = _THREADED_IRQ.match(comm)
     if m:
         return "irq/" + m[1]   # the action name, as hard IRQs are labelled
+    if comm.startswith("kworker/u"):
+        # Unbound workers are fixed differently (the workqueue cpumask) from
+        # a CPU's own bound kworkers: keep them apart.
+        return "kworker/u"
     if "/" in comm:
         folded = _PERCPU_SUFFIX.sub("", comm)
         if folded:
@@ -149,23 +155,22 @@ class CpuAccount:
         self._task: _Ctx | None = None
         self._stack: list[_Ctx] = []
         self._waiting_owner: int | None = None
+        self._ctx_cache: dict[tuple[int, str], _Ctx] = {}
 
     # -- public
 
     def set_owners(self, tids: Iterable[int]) -> None:
-        self.owners = frozenset(tids)
+        owners = frozenset(tids)
+        if owners != self.owners:
+            self.owners = owners
+            self._ctx_cache.clear()
 
     def feed(self, events: Iterable[Event]) -> None:
+        handlers = {Switch: self._switch, IntrEnter: self._enter, IntrExit: self._exit, Lost: self._lost}
+        advance = self._advance
         for ev in events:
-            self._advance(ev.ts)
-            if isinstance(ev, Switch):
-                self._switch(ev)
-            elif isinstance(ev, IntrEnter):
-                self._enter(ev)
-            elif isinstance(ev, IntrExit):
-                self._exit(ev)
-            else:
-                self._lost()
+            advance(ev.ts)
+            handlers[type(ev)](ev)
 
     def advance(self, ts: int) -> None:
         """Charge the running context up to ``ts`` (no event needed: a busy
@@ -210,6 +215,15 @@ class CpuAccount:
         return t
 
     def _role_of(self, pid: int, comm: str) -> _Ctx:
+        key = (pid, comm)
+        ctx = self._ctx_cache.get(key)
+        if ctx is None:
+            if len(self._ctx_cache) >= 4096:
+                self._ctx_cache.clear()
+            ctx = self._ctx_cache[key] = self._new_role(pid, comm)
+        return ctx
+
+    def _new_role(self, pid: int, comm: str) -> _Ctx:
         if pid == 0:
             return _Ctx(TaskRole.IDLE, None, "idle", 0)
         if pid in self.owners:
@@ -246,7 +260,7 @@ class CpuAccount:
             # Tracing began inside this handler, or the entry was lost.
             self.inconsistent += 1
 
-    def _lost(self) -> None:
+    def _lost(self, _ev: Lost | None = None) -> None:
         self.lost += 1
         self._task = None
         self._stack.clear()
@@ -351,6 +365,7 @@ class WindowView:
     window_s: float
     foreign_s: float
     culprits: tuple[Culprit, ...]
+    events: int = 0      # foreign switch-ins and interrupt entries in the window
 
     @property
     def share(self) -> float:
@@ -358,7 +373,8 @@ class WindowView:
 
     def to_json(self) -> dict[str, object]:
         return {"cpu": self.cpu, "window_s": round(self.window_s, 3), "foreign_s": round(self.foreign_s, 6),
-                "share": round(self.share, 6), "culprits": [c.to_json() for c in self.culprits]}
+                "share": round(self.share, 6), "events": self.events,
+                "culprits": [c.to_json() for c in self.culprits]}
 
 
 @dataclass
@@ -392,4 +408,5 @@ class Window:
             if ns - b_ns > 0 or count - b_count > 0:
                 deltas.append(Culprit(key[0], key[1], (ns - b_ns) / 1e9, count - b_count))
         deltas.sort(key=lambda c: (-c.seconds, c.kind.value, c.source))
-        return WindowView(cpu, t1 - t0, sum(c.seconds for c in deltas), tuple(deltas[:top]))
+        return WindowView(cpu, t1 - t0, sum(c.seconds for c in deltas), tuple(deltas[:top]),
+                          sum(c.count for c in deltas))

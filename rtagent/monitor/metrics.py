@@ -127,6 +127,8 @@ class _FromReport:
     violations: tuple[tuple[str, int], ...] = ()
     memory: tuple[int, int, int] | None = None
     vcpus: tuple[_Vcpu, ...] = ()
+    # (pCPU, this guest's thread, other guest, its thread) per pCPU conflict.
+    conflicts: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class _Guest:
     correction_failures: tuple[tuple[str, int], ...]
     correction_latency: _Hist
     event_to_tuned_s: float | None
+    conflicts: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,15 @@ def _from_report(r: DomainReport) -> _FromReport:
             vcpus.append(_Vcpu(vs.vcpu, "", 0, False, has_thread=False))
     return _FromReport(source=spec.source or "", flavor=spec.flavor or "", realtime=bool(spec.realtime),
                        valid=bool(spec.valid), compliant=bool(r.compliant), violations=tuple(sorted(counts.items())),
-                       memory=memory, vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)))
+                       memory=memory, vcpus=tuple(sorted(vcpus, key=lambda v: v.vcpu)),
+                       conflicts=tuple(_conflict_labels(r.name, c) for c in r.conflicts))
+
+
+def _conflict_labels(name: str, c: Any) -> tuple[str, str, str, str]:
+    """(pCPU, this guest's thread, the other guest, its thread)."""
+    if c.loser == name:
+        return str(c.cpu), c.claim.label, c.owner, c.owner_claim.label
+    return str(c.cpu), c.owner_claim.label, c.loser, c.claim.label
 
 
 def _ref(g: GuestState) -> _GuestRef:
@@ -234,7 +245,7 @@ def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
         realtime=derived.realtime, valid=derived.valid, compliant=derived.compliant, violations=derived.violations,
         memory=derived.memory, vcpus=derived.vcpus, corrections=ref.corrections,
         correction_failures=ref.correction_failures, correction_latency=_Hist.raw(*ref.latency),
-        event_to_tuned_s=ref.event_to_tuned_s,
+        event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts,
     )
 
 
@@ -381,14 +392,19 @@ class RtagentCollector(Collector):
                     ["check"])
         sev = _gauge("host_check_severity",
                      "Severity of the host check's current result: 0 ok/info, 1 warning, 2 error.", ["check"])
+        val = _gauge("host_check_value", "The number behind a host check where it has one (docs/checks.md): "
+                     "e.g. realtime CPUs with a fair server, SMT siblings doing other work, intruder threads.",
+                     ["check"])
         seen: set[str] = set()
-        out: list[Metric] = [ok, sev]
+        out: list[Metric] = [ok, sev, val]
         for c in s.host_checks:
             if c.name in seen:
                 continue
             seen.add(c.name)
             ok.add_metric([c.name], 1 if c.ok else 0)
             sev.add_metric([c.name], c.severity)
+            if c.value is not None:
+                val.add_metric([c.name], c.value)
             spec = metric_of(c.name)
             if spec is not None and c.value is not None:
                 m = _gauge(spec.name, spec.help)
@@ -439,7 +455,12 @@ class RtagentCollector(Collector):
         prio = _gauge("vcpu_priority", "Observed realtime priority of the vCPU thread (0 if not realtime).", dv)
         tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
                        dv)
+        conflict = _gauge("cpu_conflict", "1 per realtime pCPU this guest shares with another guest: "
+                          "thread = this guest's, other = the other guest, other_thread = its thread "
+                          "(docs/checks.md, cpu_conflict).", ["domain", "cpu", "thread", "other", "other_thread"])
         for g in guests:
+            for c in g.conflicts:
+                conflict.add_metric([g.name, *c], 1)
             info.add_metric([g.name, g.uuid, g.source, g.flavor], 1)
             for kind, n in g.corrections:
                 corrections.add_metric([g.name, kind], n)
@@ -476,7 +497,7 @@ class RtagentCollector(Collector):
                 prio.add_metric(labels, v.priority)
                 tuned.add_metric(labels, 1 if v.tuned else 0)
         return [info, realtime, valid, compliant, violations, required, locked, hugetlb, tuned_s,
-                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned]
+                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned, conflict]
 
 
 # ---------------------------------------------------------------------------

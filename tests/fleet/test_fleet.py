@@ -207,3 +207,36 @@ def test_a_node_leaving_service_discovery_raises_target_missing(fleet: Fleet):
         fleet.write_sd()
     fleet.wait(lambda: _webhook_alerts(fleet, "RtagentTargetMissing", "resolved", instance="node-b"), 60,
                "RtagentTargetMissing resolved when node-b is back")
+
+
+def test_a_cpu_conflict_on_one_node_alerts_for_that_node_and_resolves(fleet: Fleet):
+    """A second guest on node-a pinned to the realtime pCPU that node-a's
+    first guest owns: the first keeps it, the newcomer is not made realtime
+    and node-a's tuning compliance drops to 1/2; the conflict alert names
+    node, both guests and the pCPU, and resolves when the newcomer goes."""
+    mon, node = fleet.mon, fleet.nodes["a"]
+    owner = node.guests[0]
+    fleet.wait(lambda: mon.values("instance:rtagent_domains_tuned:ratio") == {n: 1.0 for n in NODES}, 60,
+               "tuning compliance 1 on every node before the conflict")
+    newcomer = fleet.start_guest("a")
+    try:
+        fleet.wait(lambda: mon.values("instance:rtagent_domains_tuned:ratio")
+                   == {"node-a": 0.5, "node-b": 1.0, "node-c": 1.0}, 60, "tuning compliance 1/2 on node-a only")
+        conflict = fleet.wait(lambda: mon.query("rtagent_cpu_conflict > 0"), 30, "the conflict series")
+        assert [(c["metric"]["instance"], c["metric"]["domain"], c["metric"]["other"], c["metric"]["cpu"])
+                for c in conflict] == [("node-a", newcomer, owner, "1")]
+        owner_tid = vcpu_tid(_qemu_pid(owner), 1)
+        assert os.sched_getscheduler(owner_tid) == os.SCHED_FIFO  # the incumbent keeps its core
+
+        firing = fleet.wait(lambda: mon.prom_alerts("RtagentRealtimeCpuConflict"), 60, "the conflict alert")
+        assert {(a["labels"]["instance"], a["labels"]["domain"]) for a in firing} == {("node-a", newcomer)}
+        sent = fleet.wait(lambda: _webhook_alerts(fleet, "RtagentRealtimeCpuConflict", "firing", "rtagent-pager"),
+                          60, "the conflict alert at the webhook (critical: the pager receiver)")
+        assert _instances(sent) == {"node-a"} and {a["labels"]["domain"] for a in sent} == {newcomer}
+        assert owner in sent[0]["annotations"]["summary"] and newcomer in sent[0]["annotations"]["summary"]
+    finally:
+        fleet.destroy_guest(newcomer)
+    fleet.wait(lambda: mon.values("instance:rtagent_domains_tuned:ratio") == {n: 1.0 for n in NODES}, 60,
+               "tuning compliance back to 1 once the newcomer is gone")
+    fleet.wait(lambda: _webhook_alerts(fleet, "RtagentRealtimeCpuConflict", "resolved", instance="node-a"), 60,
+               "the conflict alert resolved")

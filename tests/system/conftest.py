@@ -108,6 +108,11 @@ def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
     instance lock beside its socket (several test daemons run at once)."""
     metrics = (f'enabled = true\nlisten = "127.0.0.1:{metrics_port}"' if metrics_port
                else "enabled = false")
+    # Only this test run's guests (tests.conftest.unique_name): other runs on
+    # a shared host pin their guests to CPU 1 too, and a realtime pCPU has
+    # one owner host-wide, so their guests would take it from ours.
+    if "guest_names" not in daemon:
+        daemon = f'guest_names = ["rtt-{os.getpid()}-*"]\n' + daemon
     # Each test daemon traces into its own tracefs instance.
     interference = "" if "[interference]" in extra else \
         f'[interference]\ninstance = "{unique_name("rtt-itf")}"\npoll_interval_s = 0.5'

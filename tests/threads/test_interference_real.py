@@ -130,13 +130,16 @@ def test_preempted_owner_is_charged_with_the_noise(sampler_factory):
     assert all(src != "owner" for (_k, src) in s._acc[RT_CPU].totals)
 
 
-def _kworker_runtime(cpu: int) -> dict[int, int]:
+def _kworker_runtime(cpu: int) -> dict[int, tuple[int, int]]:
+    """``{pid: (run time ns, runs)}`` of the CPU's bound kworkers (schedstat
+    fields 1 and 3: every switch-in is one run)."""
     out = {}
     for d in glob.glob("/proc/[0-9]*"):
         try:
             if Path(d, "comm").read_text().startswith(f"kworker/{cpu}:"):
-                out[int(d[6:])] = int(Path(d, "schedstat").read_text().split()[0])
-        except (OSError, ValueError):
+                f = Path(d, "schedstat").read_text().split()
+                out[int(d[6:])] = (int(f[0]), int(f[2]))
+        except (OSError, ValueError, IndexError):
             continue
     return out
 
@@ -148,27 +151,39 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     The kernel's schedstat is no exact yardstick for these µs-long runs (it
     charges from the run-queue clock's last update, often the remote wakeup,
     measured 2× the switch-to-switch time on this machine), so the count is
-    held to at least 90 % (at most 150 %) of the injected work items and the time must be positive
-    and below schedstat's."""
+    held to ±10 % of schedstat's count of the kworkers' runs over the same
+    window (which includes other kworker work on this shared CPU) and to at
+    least the injected work items; the time must be positive and below
+    schedstat's."""
     s = sampler_factory()
     settle(s)
     before_ns, before_n = total(s, Kind.KTHREAD, "kworker")
     kw_before = _kworker_runtime(RT_CPU)
     os.sched_setaffinity(0, {HK_CPU})
     try:
-        injected = 200
+        injected = 1000   # dominant over background kworker runs at the window edges
         for _ in range(injected):
             Path("/proc/sys/vm/stat_refresh").read_text()
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    kw_after = _kworker_runtime(RT_CPU)
     settle(s)
+    # Both windows end now (the trace's lags the kernel's by one poll at most).
+    kw_after = _kworker_runtime(RT_CPU)
     ns, n = total(s, Kind.KTHREAD, "kworker")
     ns, n = ns - before_ns, n - before_n
-    schedstat = sum(v - kw_before.get(pid, 0) for pid, v in kw_after.items())
-    # Each work item is at least one run (a preempted item is two); other
-    # kworker work on this busy shared CPU adds a few.
-    assert injected * 0.9 <= n <= injected * 1.5, n
+    with s._lock:
+        lost = s._acc[RT_CPU].lost
+    if lost:
+        pytest.skip(f"the trace buffer overran ({lost} events lost): another heavy load on CPU {RT_CPU}")
+    schedstat = sum(v[0] - kw_before.get(pid, (0, 0))[0] for pid, v in kw_after.items())
+    runs = sum(v[1] - kw_before.get(pid, (0, 0))[1] for pid, v in kw_after.items())
+    # Each work item is at least one run; the kernel's own count of the
+    # kworkers' runs (which includes other kworker work on this shared CPU)
+    # is the exact yardstick for the count.
+    assert n >= injected * 0.9, (n, injected)
+    # + one poll interval of background kworker runs at the window edges
+    # (the trace's window ends up to one poll before the kernel's count).
+    assert abs(n - runs) <= 0.10 * runs + 10, (n, runs)
     assert 0 < ns <= schedstat * 1.1, (ns, schedstat)
 
 
@@ -281,6 +296,10 @@ def test_leftover_instance_is_replaced_and_removed(sampler_factory):
         s.open()
         assert (ROOT / "instances" / name / "events/sched/sched_switch/enable").read_text().strip() == "1"
         assert (ROOT / "instances" / name / "tracing_cpumask").read_text().strip().endswith("2")
+        # only the traced CPU gets a buffer of size
+        per_cpu = ROOT / "instances" / name / "per_cpu"
+        assert int((per_cpu / f"cpu{RT_CPU}" / "buffer_size_kb").read_text()) >= 1024
+        assert int((per_cpu / f"cpu{HK_CPU}" / "buffer_size_kb").read_text()) < 64
         s.stop()
         assert not (ROOT / "instances" / name).exists()
     finally:

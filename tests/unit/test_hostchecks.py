@@ -56,6 +56,11 @@ class Host:
         self.process(1, "systemd", "0-1")
         self.process(300, "sshd", "0-1", threads=[(301, "sshd-worker", "0-1")])
         self.kthread(22, "ksoftirqd/2", "2")
+        # tracefs with what the interference accounting needs (preflight check "tracefs")
+        (self.sys / "kernel/tracing/instances").mkdir(parents=True)
+        for event in ("sched/sched_switch", "irq/irq_handler_entry", "irq/irq_handler_exit",
+                      "irq/softirq_entry", "irq/softirq_exit"):
+            self.write(f"sys/kernel/tracing/events/{event}/format", "name: x\nID: 1\n")
 
     def write(self, rel, text):
         p = self.root / rel

@@ -102,3 +102,65 @@ def test_unresolvable_host_names_the_key():
     with pytest.raises(RtagentError) as err:
         serve(StateStore(), MetricsConfig(listen="no-such-host.invalid:0"), _registry())
     assert "metrics.listen" in str(err.value)
+
+
+def _openssl(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_tls_with_client_certificates(tmp_path):
+    """metrics.tls_client_ca: a client without a certificate signed by that CA
+    is refused in the handshake; one with it is served."""
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    ca_key, ca = tmp_path / "ca.key", tmp_path / "ca.crt"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+             "-keyout", str(ca_key), "-out", str(ca))
+    certs = {}
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        key, csr, crt, extf = (tmp_path / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
+        extf.write_text(ext + "\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+                 "-days", "1", "-extfile", str(extf), "-out", str(crt))
+        certs[name] = (crt, key)
+    cfg = MetricsConfig(listen="127.0.0.1:0", tls_cert=str(certs["server"][0]), tls_key=str(certs["server"][1]),
+                        tls_client_ca=str(ca))
+    server = serve(StateStore(), cfg, _registry())
+    try:
+        anonymous = ssl.create_default_context(cafile=str(ca))
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            urllib.request.urlopen(server.url, timeout=10, context=anonymous).read()
+        with_cert = ssl.create_default_context(cafile=str(ca))
+        with_cert.load_cert_chain(str(certs["client"][0]), str(certs["client"][1]))
+        assert b"rtagent_test_value 7.0" in urllib.request.urlopen(server.url, timeout=10, context=with_cert).read()
+        # The refused handshake did not wedge the server.
+        assert server.server.stats.open <= 1
+    finally:
+        server.close()
+
+
+def test_a_client_streaming_an_endless_head_is_refused_and_others_still_served():
+    server = serve(StateStore(), MetricsConfig(listen="127.0.0.1:0"), _registry())
+    try:
+        with socket.create_connection((server.host, server.port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nX: ")
+            answer = b""
+            try:
+                for _ in range(1000):  # 16 MiB at most; the server answers long before
+                    s.sendall(b"a" * 16384)
+            except OSError:
+                pass  # the server answered and closed
+            try:
+                answer = s.recv(65536)
+            except OSError:
+                pass
+        assert answer == b"" or answer.startswith(b"HTTP/1.0 431 ")
+        assert "rtagent_test_value" in urllib.request.urlopen(server.url, timeout=10).read().decode()
+    finally:
+        server.close()

@@ -114,7 +114,7 @@ def test_source_table_is_bounded():
 
 
 @pytest.mark.parametrize("comm, folded", [
-    ("kworker/1:2H", "kworker"), ("kworker/u8:0", "kworker"), ("ksoftirqd/1", "ksoftirqd"),
+    ("kworker/1:2H", "kworker"), ("kworker/u8:0", "kworker/u"), ("ksoftirqd/1", "ksoftirqd"),
     ("migration/1", "migration"), ("irq/24-eth0", "irq/eth0"), ("CPU 1/KVM", "CPU N/KVM"),
     ("worker12", "workerN"), ("rtagent-noise", "rtagent-noise"), ("", "?"), ("rcu_preempt", "rcu_preempt"),
 ])
@@ -217,6 +217,7 @@ def test_window_share_and_culprits_over_the_last_span():
     assert view.share == pytest.approx(0.1)
     assert [(c.source, c.seconds, c.count) for c in view.culprits] == [("a", 5.0, 4), ("b", 1.0, 1)]
     assert view.to_json()["culprits"][0] == {"kind": "task", "source": "a", "seconds": 5.0, "count": 4}
+    assert view.events == 5
 
 
 def test_empty_window():

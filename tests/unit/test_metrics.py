@@ -389,3 +389,24 @@ def test_tls(tmp_path):
             assert b"rtagent_libvirt_up 1.0" in resp.read()
     finally:
         server.close()
+
+
+def test_cpu_conflict_series_names_both_guests_the_threads_and_the_pcpu():
+    """Issue 12 item 2: the series RtagentRealtimeCpuConflict alerts on."""
+    import dataclasses
+
+    from rtagent.tuning.guest.claims import ClaimRole, Conflict, CpuClaim
+
+    c = Conflict(cpu=2, owner_uuid="u-1", owner="rt1", owner_claim=CpuClaim(ClaimRole.REALTIME_VCPU, frozenset({2}), 1),
+                 loser_uuid="u-2", loser="rt2", claim=CpuClaim(ClaimRole.REALTIME_VCPU, frozenset({2}), 1))
+    store = StateStore()
+
+    def fill(s):
+        s.guest("u-1", "rt1").report = make_report("rt1", "u-1")
+        s.guest("u-2", "rt2").report = dataclasses.replace(make_report("rt2", "u-2"), conflicts=(c,))
+
+    store.update(fill)
+    _, s = scrape(store)
+    assert value(s, "rtagent_cpu_conflict", domain="rt2", cpu="2", thread="realtime vCPU 1", other="rt1",
+                 other_thread="realtime vCPU 1") == 1
+    assert [x.labels["domain"] for x in s["rtagent_cpu_conflict"]] == ["rt2"]

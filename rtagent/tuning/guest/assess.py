@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from ...config import Partition, RealtimeConfig
 from ...model import RealtimeSpec, Violation
+from ...vocab import Check
+from .claims import Conflict
 from .memory import verify_memory
 from .observe import Observed
 from .plan import REALTIME, DomainPlan, ThreadPlan, plan_domain, plan_withdrawal
@@ -32,15 +34,20 @@ class Assessment:
 
 
 def assess(spec: RealtimeSpec, observed: Observed, partition: Partition, rt: RealtimeConfig, *,
-           budget_chain: BudgetChain | None = None, withdrawn: bool = False) -> Assessment:
+           budget_chain: BudgetChain | None = None, withdrawn: bool = False,
+           conflicts: Sequence[Conflict] = ()) -> Assessment:
     """Plan every thread of ``observed`` for ``spec`` and list the violations.
 
     ``withdrawn``: the guest was realtime under rtagent and its intent no
     longer says so; its realtime threads are planned back to SCHED_OTHER.
     ``budget_chain`` is None when the kernel needs no RT group budget.
+    ``conflicts``: this guest's host-wide pCPU conflicts (claims.resolve);
+    the pCPUs it lost are kept free of its threads.
     """
-    plan: DomainPlan = plan_withdrawal(observed) if withdrawn else plan_domain(spec, observed, partition, rt)
-    violations: list[Violation] = []
+    kept_off = frozenset(c.cpu for c in conflicts if c.loser_uuid == spec.uuid)
+    plan: DomainPlan = (plan_withdrawal(observed) if withdrawn
+                        else plan_domain(spec, observed, partition, rt, kept_off))
+    violations: list[Violation] = [Violation(Check.CPU_CONFLICT, c.detail) for c in conflicts]
     for tp in plan.threads:
         violations += tp.violations()
     violations += plan.violations

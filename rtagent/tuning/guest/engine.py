@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 from ...config import Config
 from ...errors import DomainXMLError
 from ...intent import derive_spec
-from ...model import RealtimeSpec, Violation
-from . import rtgroup, vmthreads
-from .apply import Pinner, execute
 from ...kernel import Kernel
 from ...kernel.errors import GONE
-from ...vocab import Role
+from ...model import RealtimeSpec, Violation
+from ...vocab import Check, Role
+from . import rtgroup, vcpusched, vmthreads
+from .apply import Pinner, execute
 from .assess import assess
+from .claims import ClaimBook, GuestClaims, claims_of
 from .ledger import BudgetLedger
-from .observe import Observed, ProcessGone, ThreadInfo, find_vm_kthreads, observe_process, read_thread
+from .observe import (
+    Observed,
+    ProcessGone,
+    ThreadInfo,
+    find_vm_kthreads,
+    observe_process,
+    read_thread,
+)
 from .plan import REALTIME, SetScheduler, plan_actions
 from .report import DomainReport
 
@@ -45,6 +54,8 @@ class Tuner:
         self.kernel = kernel or Kernel()
         self.ledger = ledger if ledger is not None else BudgetLedger.for_host(config.realtime.rt_budget_us, self.kernel)
         self.ledger.configure(config.realtime.rt_budget_us)
+        # Why libvirt's own <vcpusched> fails here (None: it does not).
+        self.vcpusched_refused = vcpusched.host_refuses(self.kernel)
         # QEMU pid -> (monotonic time of the scan, ((kthread pid, kind), ...)).
         # Finding the separate per-VM kthreads (kvm-pit/<pid>, …) means
         # reading the comm of every process on the host; they live as long
@@ -61,11 +72,14 @@ class Tuner:
     def spec_for(self, guest) -> RealtimeSpec:
         return derive_spec(guest.xml(), self.config)
 
-    def inspect(self, guest, spec: RealtimeSpec | None = None, *, withdrawn: bool = False) -> DomainReport:
+    def inspect(self, guest, spec: RealtimeSpec | None = None, *, withdrawn: bool = False,
+                peers: ClaimBook | None = None) -> DomainReport:
         """Observe a running guest and compare it with its plan; changes
-        nothing (the budget ledger included).  ``withdrawn``: the caller
-        tuned this guest as realtime before and its intent no longer says
-        so (see :func:`assess`)."""
+        nothing (the budget ledger and ``peers`` included).  ``withdrawn``:
+        the caller tuned this guest as realtime before and its intent no
+        longer says so (see :func:`assess`).  ``peers``: the pCPU claims of
+        the other guests, for host-wide ownership (claims.py); the guest's
+        own claims are in ``report.claims`` for the caller to record."""
         name, uuid = guest.name, guest.uuid
         if spec is None:
             try:
@@ -75,25 +89,72 @@ class Tuner:
         withdrawn = withdrawn and not spec.realtime
         report = DomainReport(name=name, uuid=uuid, spec=spec, observed_at=time.time(), withdrawn=withdrawn)
         if not (spec.realtime or withdrawn):
+            report.claims = self._passive_claims(spec)
             return report
         if not spec.valid:
-            report.violations = [Violation("intent", e) for e in spec.errors]
+            report.violations = [Violation(Check.INTENT, e) for e in spec.errors]
             return report
         pid = self.kernel.qemu.find(name, uuid)
         if pid is None:
-            report.violations = [Violation("process", f"QEMU process of {name!r} not found")]
+            report.violations = [Violation(Check.PROCESS, f"QEMU process of {name!r} not found")]
+            refused = vcpusched.refusal(spec, self.vcpusched_refused)
+            if refused:
+                report.violations.append(Violation(Check.VCPUSCHED_REFUSED, refused))
             return report
-        return self.inspect_process(report, pid)
+        return self.inspect_process(report, pid, peers)
 
-    def inspect_process(self, report: DomainReport, pid: int) -> DomainReport:
+    def _started(self, pid: int) -> float:
+        """When QEMU ``pid`` started, in seconds since boot (who claimed first)."""
+        try:
+            return self.kernel.tasks.stat(pid).starttime / os.sysconf("SC_CLK_TCK")
+        except GONE:
+            return float("inf")
+
+    def _passive_claims(self, spec: RealtimeSpec) -> GuestClaims | None:
+        """A guest rtagent does not tune still claims the realtime pCPUs it
+        pins threads to (and may have been there first)."""
+        claims = claims_of(spec, 0.0, relevant=self.config.partition.realtime)
+        if not claims.claims:
+            return None
+        pid = self.kernel.qemu.find(spec.domain, spec.uuid)
+        return dataclasses.replace(claims, started=float("inf") if pid is None else self._started(pid))
+
+    def _claims(self, report: DomainReport) -> GuestClaims:
+        spec, observed = report.spec, report.observed
+        assert observed is not None
+        holding = frozenset(
+            next(iter(v.cpus)) for v in spec.realtime_vcpus
+            if len(v.cpus) == 1 and (t := observed.vcpu_threads.get(v.vcpu)) is not None
+            and t.realtime and t.cpus == v.cpus)
+        return claims_of(spec, self._started(observed.pid), holding, relevant=self.config.partition.realtime)
+
+    def reassess(self, report: DomainReport, peers: ClaimBook) -> DomainReport:
+        """Judge an observed guest again against ``peers`` (a one-shot
+        command that first had to see every guest's claims); no new reads
+        but the RT-budget chain."""
+        if report.observed is None or report.claims is None:
+            return report
+        return self._judge(report, peers.ownership_for(report.claims).for_guest(report.uuid))
+
+    def inspect_process(self, report: DomainReport, pid: int, peers: ClaimBook | None = None, *,
+                        conflicts: tuple | None = None) -> DomainReport:
+        """``conflicts`` (already resolved) instead of ``peers``: the look
+        after a change, judged as the look before it."""
         report.pid = pid
         try:
             observed = observe_process(pid, self.kernel, with_kthreads=False)
             observed = dataclasses.replace(observed, kthreads=self._vm_kthreads(observed))
         except ProcessGone:
-            report.violations = [Violation("process", f"QEMU process {pid} of {report.name!r} exited")]
+            report.violations = [Violation(Check.PROCESS, f"QEMU process {pid} of {report.name!r} exited")]
             return report
         report.observed = observed
+        report.claims = self._claims(report)
+        if conflicts is None:
+            conflicts = peers.ownership_for(report.claims).for_guest(report.uuid) if peers is not None else ()
+        return self._judge(report, conflicts)
+
+    def _judge(self, report: DomainReport, conflicts: tuple) -> DomainReport:
+        assert report.observed is not None
         chain = None
         if self.ledger.hierarchy is not None:
             hierarchy = self.ledger.hierarchy
@@ -101,8 +162,9 @@ class Tuner:
             def chain(cgroup: str) -> list[tuple[str, int]]:
                 return rtgroup.chain_budget(hierarchy, cgroup)
 
-        verdict = assess(report.spec, observed, self.config.partition, self.config.realtime,
-                         budget_chain=chain, withdrawn=report.withdrawn)
+        verdict = assess(report.spec, report.observed, self.config.partition, self.config.realtime,
+                         budget_chain=chain, withdrawn=report.withdrawn, conflicts=conflicts)
+        report.conflicts = tuple(conflicts)
         report.threads = list(verdict.threads)
         report.violations = list(verdict.violations)
         report.realtime_cgroups = verdict.realtime_cgroups
@@ -170,9 +232,10 @@ class Tuner:
         results = execute(actions, Pinner(guest), kernel=self.kernel)
         self.ledger.release_unclaimed()
         after = self.inspect_process(DomainReport(name=report.name, uuid=report.uuid, spec=report.spec,
-                                                  observed_at=time.time(), withdrawn=report.withdrawn), report.pid)
+                                                  observed_at=time.time(), withdrawn=report.withdrawn), report.pid,
+                                    conflicts=report.conflicts)
         after.changes = results
-        after.violations += [Violation("rt_budget", err) for err in budget_error]
+        after.violations += [Violation(Check.RT_BUDGET, err) for err in budget_error]
         for r in results:
             if r.outcome in ("changed", "failed"):
                 log.debug("%s: %s: %s%s", report.name, r.outcome, r.action.describe(),

@@ -9,6 +9,7 @@ for ``<locked/>`` or ``<hugepages/>`` gets a violation too.
 from __future__ import annotations
 
 from ...model import MemorySpec, Violation
+from ...vocab import Check
 from .observe import ProcessMemory
 
 __all__ = ["verify_memory", "format_bytes"]
@@ -59,7 +60,7 @@ def verify_memory(spec_memory: MemorySpec, mem: ProcessMemory) -> list[Violation
     if not spec_memory.locked:
         out.append(
             Violation(
-                "memlock",
+                Check.MEMLOCK,
                 "<memoryBacking><locked/> is missing: guest memory may be swapped or reclaimed "
                 f"(VmLck {format_bytes(mem.vm_lck_bytes)}, {_rlimit(mem)}){_swapped(mem)}",
             )
@@ -73,17 +74,17 @@ def verify_memory(spec_memory: MemorySpec, mem: ProcessMemory) -> list[Violation
         limit = mem.memlock_soft
         if limit is not None and size and limit < size:
             hint = "; the limit is below the guest's memory"
-        out.append(Violation("memlock", f"{shown} < {target} ({_rlimit(mem)}){hint}{_swapped(mem)}"))
+        out.append(Violation(Check.MEMLOCK, f"{shown} < {target} ({_rlimit(mem)}){hint}{_swapped(mem)}"))
 
     if not spec_memory.hugepages:
         out.append(
             Violation(
-                "hugepages",
+                Check.HUGEPAGES,
                 "<memoryBacking><hugepages/> is missing: guest memory is backed by normal pages "
                 f"(HugetlbPages {format_bytes(mem.hugetlb_bytes)})",
             )
         )
     elif (size and mem.hugetlb_bytes < size) or (not size and mem.hugetlb_bytes == 0):
         target = f"guest memory {format_bytes(size)}" if size else "any hugepage memory"
-        out.append(Violation("hugepages", f"HugetlbPages {format_bytes(mem.hugetlb_bytes)} < {target}"))
+        out.append(Violation(Check.HUGEPAGES, f"HugetlbPages {format_bytes(mem.hugetlb_bytes)} < {target}"))
     return out

@@ -16,6 +16,7 @@ hold on every path (one-shot apply, daemon reconcile, drift correction):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,33 +186,59 @@ def _kvm_pit_want(spec: RealtimeSpec, partition: Partition, rt: RealtimeConfig) 
     return Want(policy="fifo", priority=min(top + 1, 99), cpus=cpus)
 
 
-def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt: RealtimeConfig) -> DomainPlan:
+def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt: RealtimeConfig,
+                kept_off: frozenset[int] = frozenset()) -> DomainPlan:
     """Desired state of every thread of a valid realtime guest, and the
-    guest-level violations (vCPU count, host partition)."""
+    guest-level violations (vCPU count, host partition).  ``kept_off``: pCPUs
+    owned by another guest's realtime vCPU (claims.py), which none of this
+    guest's threads may use."""
     plan = DomainPlan()
     if not (spec.realtime and spec.valid):
         return plan
-    iothread_cpus = {t.iothread: t.cpus for t in spec.iothreads}
-    emulator_cpus = spec.emulator_cpus or partition.housekeeping
-    seen_vcpus = set()
+    seen_vcpus = _plan_vcpus(plan, spec, observed, partition)
+    _plan_others(plan, spec, observed, partition, rt)
+    if kept_off:
+        plan.threads = [_keep_off(tp, kept_off, spec, partition) for tp in plan.threads]
+    missing = sorted(v.vcpu for v in spec.realtime_vcpus if v.vcpu not in seen_vcpus)
+    if missing:
+        plan.violations.append(Violation("vcpu_count", f"realtime vCPU {format_cpulist(missing)} has no thread "
+                                          f"(found {len(seen_vcpus)} vCPU threads, XML has {len(spec.vcpus)})"))
+    plan.violations += _partition_violations(spec, partition)
+    return plan
+
+
+def _plan_vcpus(plan: DomainPlan, spec: RealtimeSpec, observed: Observed, partition: Partition) -> set[int | None]:
+    seen: set[int | None] = set()
     per_vcpu_cgroups = any(_in_own_vcpu_cgroup(t) for t in observed.threads if t.role == "vcpu")
     for t in observed.threads:
+        if t.role != "vcpu":
+            continue
+        seen.add(t.vcpu)
+        want = _vcpu_want(spec, t, partition)
+        if per_vcpu_cgroups and not _in_own_vcpu_cgroup(t) and want.policy in REALTIME:
+            # libvirt has not yet moved this (new) vCPU thread into its
+            # vcpuN cgroup.  A realtime thread cannot be moved into a
+            # cgroup without RT budget, so tuning it now would make
+            # libvirt's move (and the hotplug) fail: wait for the move.
+            plan.violations.append(Violation(
+                "vcpu_pending", f"vCPU {t.vcpu} (tid {t.tid}) is not yet in its vcpu{t.vcpu} cgroup "
+                f"(in {t.cgroup_cpu}); tuned once libvirt has placed it"))
+            continue
+        plan.threads.append(ThreadPlan(t, want, "vcpu", pin_via="vcpu"))
+    return seen
+
+
+def _plan_others(plan: DomainPlan, spec: RealtimeSpec, observed: Observed, partition: Partition,
+                 rt: RealtimeConfig) -> None:
+    """Emulator threads, iothreads and the per-VM kernel threads."""
+    iothread_cpus = {t.iothread: t.cpus for t in spec.iothreads}
+    emulator_cpus = spec.emulator_cpus or partition.housekeeping
+    for t in observed.threads:
         if t.role == "vcpu":
-            seen_vcpus.add(t.vcpu)
-            want = _vcpu_want(spec, t, partition)
-            if per_vcpu_cgroups and not _in_own_vcpu_cgroup(t) and want.policy in REALTIME:
-                # libvirt has not yet moved this (new) vCPU thread into its
-                # vcpuN cgroup.  A realtime thread cannot be moved into a
-                # cgroup without RT budget, so tuning it now would make
-                # libvirt's move (and the hotplug) fail: wait for the move.
-                plan.violations.append(Violation(
-                    "vcpu_pending", f"vCPU {t.vcpu} (tid {t.tid}) is not yet in its vcpu{t.vcpu} cgroup "
-                    f"(in {t.cgroup_cpu}); tuned once libvirt has placed it"))
-                continue
-            plan.threads.append(ThreadPlan(t, want, "vcpu", pin_via="vcpu"))
-        elif t.role == "emulator":
+            continue
+        if t.role == "emulator":
             io = _iothread_id(t.name)
-            if io is not None and io in iothread_cpus and iothread_cpus[io]:
+            if io is not None and iothread_cpus.get(io):
                 plan.threads.append(ThreadPlan(t, Want(policy="other", cpus=iothread_cpus[io]),
                                                "emulator", pin_via="iothread", iothread=io))
             else:
@@ -232,24 +259,35 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
         else:
             plan.threads.append(ThreadPlan(k, Want(policy="other", cpus=emulator_cpus), "kthread"))
 
-    want_vcpus = {v.vcpu for v in spec.vcpus}
-    missing = sorted(v.vcpu for v in spec.realtime_vcpus if v.vcpu not in seen_vcpus)
-    if missing:
-        plan.violations.append(Violation("vcpu_count", f"realtime vCPU {format_cpulist(missing)} has no thread "
-                                          f"(found {len(seen_vcpus)} vCPU threads, XML has {len(want_vcpus)})"))
-    if partition.realtime:
-        outside = sorted(c for v in spec.realtime_vcpus for c in v.cpus if c not in partition.realtime)
-        if outside:
-            plan.violations.append(Violation(
-                "partition", f"realtime vCPUs pinned to CPU {format_cpulist(outside)}, not a realtime CPU of "
-                f"this host (realtime CPUs {format_cpulist(partition.realtime)}): those vCPUs are not made "
-                "realtime"))
-    else:
-        plan.violations.append(Violation(
+
+def _keep_off(tp: ThreadPlan, kept_off: frozenset[int], spec: RealtimeSpec, partition: Partition) -> ThreadPlan:
+    """A thread planned onto a pCPU another guest's realtime vCPU owns: it is
+    not made realtime there, and it is kept on the rest of its CPUs when its
+    pinning has others.  A thread pinned only there is left where libvirt
+    put it (moving it through libvirt would rewrite the guest's live pinning,
+    the very intent rtagent reads): its guest's XML has to change."""
+    w = tp.want
+    if w.cpus is None or not w.cpus & kept_off:
+        return tp
+    rest = w.cpus - kept_off
+    if w.policy in REALTIME:
+        return dataclasses.replace(tp, want=Want(policy="other", cpus=rest or None))
+    return dataclasses.replace(tp, want=Want(policy=w.policy, priority=w.priority, cpus=rest or None))
+
+
+def _partition_violations(spec: RealtimeSpec, partition: Partition) -> list[Violation]:
+    if not partition.realtime:
+        return [Violation(
             "partition", "the host has no realtime CPUs (host.realtime_cpus is auto and neither isolcpus "
             "nor nohz_full is set): no vCPU is made realtime; set host.realtime_cpus or boot with "
-            "isolcpus=/nohz_full="))
-    return plan
+            "isolcpus=/nohz_full=")]
+    outside = sorted(c for v in spec.realtime_vcpus for c in v.cpus if c not in partition.realtime)
+    if outside:
+        return [Violation(
+            "partition", f"realtime vCPUs pinned to CPU {format_cpulist(outside)}, not a realtime CPU of "
+            f"this host (realtime CPUs {format_cpulist(partition.realtime)}): those vCPUs are not made "
+            "realtime")]
+    return []
 
 
 def plan_withdrawal(observed: Observed) -> DomainPlan:

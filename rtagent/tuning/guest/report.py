@@ -10,6 +10,7 @@ from typing import Any
 from ...cpulist import format_cpulist
 from ...model import RealtimeSpec, Violation
 from .apply import Result
+from .claims import Conflict, GuestClaims
 from .observe import Observed
 from .plan import ThreadPlan
 
@@ -30,6 +31,11 @@ class DomainReport:
     withdrawn: bool = False
     # cpu-controller cgroups the plan needs RT budget for.
     realtime_cgroups: frozenset[str] = frozenset()
+    # The pCPUs this guest claims (for host-wide ownership), and the
+    # conflicts it is part of: as the loser, or as the owner of a pCPU an
+    # untuned guest shares.
+    claims: GuestClaims | None = None
+    conflicts: tuple[Conflict, ...] = ()
 
     @property
     def realtime(self) -> bool:
@@ -59,6 +65,7 @@ class DomainReport:
             "errors": list(spec.errors),
             "warnings": list(spec.warnings),
             "violations": [v.to_json() for v in self.violations],
+            "conflicts": [c.to_json() for c in self.conflicts],
             "threads": [thread_row(tp) for tp in self.threads],
             "changes": [r.to_json() for r in self.changes],
             "memory": None if self.observed is None else {
