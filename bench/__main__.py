@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if plot_path and isinstance(results.get("b3"), dict) and results["b3"].get("daemon"):
         from .b3_cost import plot
 
-        if plot(results["b3"], plot_path):
-            print(f"plot: {plot_path}")
+        try:
+            if plot(results["b3"], plot_path):
+                print(f"plot: {plot_path}")
+        except ImportError as err:  # matplotlib is optional ([bench] extra): keep the results
+            print(f"plot skipped: {err}")
     results["elapsed_s"] = time.monotonic() - t_all
     print(f"total: {results['elapsed_s'] / 60:.1f} min")
     if args.json:

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--xml", required=True, metavar="FILE", help="domain XML file ('-' = stdin)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--running", action="store_true",
+                   help="also compare with the guests running here (libvirt): pCPUs they own (exit 1 on a conflict)")
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -4,7 +4,8 @@ A debugging tool for operators, so it must work off-host: the config is
 loaded without resolving the host partition (``resolve=False``).
 
 Exit codes: 0 = valid, or not a realtime guest; 1 = realtime intent that
-fails validation; 2 = unreadable or malformed XML, or a bad config (raised as
+fails validation, or (with ``--running``) a pCPU a running guest owns; 2 =
+unreadable or malformed XML, or a bad config (raised as
 :class:`~rtagent.errors.RtagentError` and printed by the CLI).
 """
 
@@ -21,6 +22,7 @@ from ..intent import derive_spec
 from ..kernel import Kernel
 from ..model import RealtimeSpec
 from ..tuning.guest import vcpusched
+from .plan_host import running_conflicts
 
 
 def read_xml(path: str) -> bytes:
@@ -87,10 +89,17 @@ def run(args) -> int:
     # The one fact of the host the plan needs: on a host with RT group
     # scheduling, libvirt's own <vcpusched> makes the guest fail to start.
     refused = vcpusched.refusal(spec, vcpusched.host_refuses(Kernel()))
+    # And the pCPUs the running guests own: started now, this guest comes last.
+    conflicts, note = running_conflicts(spec, config) if getattr(args, "running", False) else ([], None)
     if args.json:
-        print(json.dumps({**spec.to_json(), "host_warnings": [refused] if refused else []}))
+        print(json.dumps({**spec.to_json(), "host_warnings": [refused] if refused else [],
+                          "conflicts": [c.to_json() for c in conflicts], "conflicts_note": note}))
     else:
         print_table(spec, sys.stdout)
         if refused:
             print(f"warning (this host): {refused}")
-    return exit_code(spec)
+        for c in conflicts:
+            print(f"conflict (running guests): {c.detail}")
+        if note:
+            print(f"note: {note}")
+    return 1 if conflicts else exit_code(spec)

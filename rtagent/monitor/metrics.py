@@ -181,6 +181,7 @@ class _Snapshot:
     events: tuple[tuple[str, int], ...] = ()
     events_dropped: tuple[tuple[str, int], ...] = ()
     resyncs: int = 0
+    full_checks: int = 0
     last_resync_at: float | None = None
     host_checks: tuple[_HostCheck, ...] = ()
     host_corrections: tuple[tuple[str, int], ...] = ()
@@ -266,7 +267,7 @@ def _take(store: StateStore) -> _Snapshot:
         libvirt_up=bool(d.libvirt_connected), libvirt_unresponsive_since=d.libvirt_unresponsive_since,
         reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
         events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
-        last_resync_at=d.last_resync_at, host_checks=checks,
+        full_checks=int(d.full_checks), last_resync_at=d.last_resync_at, host_checks=checks,
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
         reconcile=_Hist.of(d.reconcile_duration), event_to_tuned=_Hist.of(d.event_to_tuned),
         guests=[_ref(g) for _, g in sorted(by_name.items())],
@@ -367,8 +368,12 @@ class RtagentCollector(Collector):
         for source, n in s.events_dropped:
             m.add_metric([source], n)
         out.append(m)
-        m = _counter("resyncs", "Periodic full resyncs of every guest.")
+        m = _counter("resyncs", "Periodic resyncs (the cheap steady check, or a full check).")
         m.add_metric([], s.resyncs)
+        out.append(m)
+        m = _counter("full_checks", "Resyncs that re-listed the guests through libvirt and re-read each in full "
+                     "(every daemon.full_check_interval_s, and after a reconnect or lost events).")
+        m.add_metric([], s.full_checks)
         out.append(m)
         if s.last_resync_at is not None:
             m = _gauge("last_resync_timestamp_seconds", "Unix time of the last completed resync.")

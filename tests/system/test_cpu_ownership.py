@@ -52,7 +52,8 @@ def _daemon(daemon_factory):
     return d, port
 
 
-def test_second_realtime_guest_on_a_taken_pcpu_is_not_made_realtime(daemon_factory, guest_factory, capsys):
+def test_second_realtime_guest_on_a_taken_pcpu_is_not_made_realtime(daemon_factory, guest_factory, capsys,
+                                                                     tmp_path):
     d, port = _daemon(daemon_factory)
     a = guest_factory(name=unique_name(f"{PREFIX}-a"), memory_backing=HUGE)
     atid = a.vcpu_tids()[1]
@@ -73,6 +74,14 @@ def test_second_realtime_guest_on_a_taken_pcpu_is_not_made_realtime(daemon_facto
     series = [line for line in text.splitlines() if line.startswith("rtagent_cpu_conflict{")]
     assert len(series) == 1 and f'domain="{b.name}"' in series[0] and f'other="{a.name}"' in series[0] \
         and 'cpu="1"' in series[0] and series[0].endswith(" 1.0"), series
+
+    # The plan of a third guest wanting CPU 1 says it now.
+    xml = tmp_path / "third.xml"
+    xml.write_text(b.xml())
+    capsys.readouterr()
+    assert main(["plan", "--json", "--running", "--config", str(d.config), "--xml", str(xml)]) == 1
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["valid"] and [c["owner"] for c in planned["conflicts"]] == [a.name]
 
     capsys.readouterr()
     assert main(["check", "--json", "--config", str(d.config), b.name]) == 1

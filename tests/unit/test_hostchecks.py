@@ -185,6 +185,20 @@ def test_rt_group_sched(host):
     assert not c.ok and c.severity == "error"
 
 
+def test_rt_group_sched_warns_while_a_vcpusched_guest_is_defined(host):
+    """Issue 12 item 9: libvirt would fail to start that guest here."""
+    host.mount_cgroup_v1()
+    host.write("sys/fs/cgroup/cpu/cpu.rt_runtime_us", "950000")
+    host.sysctl("sched_rt_runtime_us", "950000")
+    c = host.checks(vcpusched_guests=["nova-1", "nova-0"])["rt_group_sched"]
+    assert not c.ok and c.severity == "warning"
+    assert "nova-0, nova-1" in c.detail and "will be refused" in c.detail
+    assert "kernel.sched_rt_runtime_us = -1" in c.detail and "urn:rtagent:realtime:1" in c.detail
+    assert host.checks()["rt_group_sched"].ok  # no such guest: as before
+    host.sysctl("sched_rt_runtime_us", "-1")  # the kernel's zero-budget check is lifted
+    assert host.checks(vcpusched_guests=["nova-0"])["rt_group_sched"].ok
+
+
 def test_rt_group_sched_on_the_unified_hierarchy(host):
     host.write("sys/fs/cgroup/cpu.rt_runtime_us", "950000")
     c = host.checks()["rt_group_sched"]

@@ -76,6 +76,7 @@ def populated_store() -> StateStore:
         d.events.update({"libvirt": 5, "proc": 40})
         d.events_dropped.update({"proc": 1})
         d.resyncs = 12
+        d.full_checks = 2
         d.last_resync_at = 1700000000.0
         d.host = {"realtime_cpus": "2-3"}
         d.host_checks = (
@@ -151,6 +152,7 @@ def test_daemon_metrics():
     assert value(s, "rtagent_events_total", source="proc") == 40
     assert value(s, "rtagent_events_dropped_total", source="proc") == 1
     assert value(s, "rtagent_resyncs_total") == 12
+    assert value(s, "rtagent_full_checks_total") == 2
     assert value(s, "rtagent_last_resync_timestamp_seconds") == 1700000000.0
     assert value(s, "rtagent_reconcile_duration_seconds_count") == 2
     assert value(s, "rtagent_reconcile_duration_seconds_sum") == pytest.approx(0.203)
