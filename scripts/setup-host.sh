@@ -16,7 +16,8 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
   qemu-system-x86 qemu-utils libvirt-dev pkg-config libcap-dev \
   python3-venv python3-dev gcc rt-tests stress-ng prometheus prometheus-alertmanager \
   procps util-linux iproute2 systemd libcap2-bin \
-  debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools >/dev/null
+  debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+  debootstrap dpkg-dev e2fsprogs >/dev/null
 
 # QEMU must run as root to open /dev/kvm on hosts where the kvm group is not set
 # up (the PVM /dev/kvm here is 0600 root).

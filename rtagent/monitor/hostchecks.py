@@ -355,6 +355,40 @@ def find_intruders(kernel: Kernel, realtime: frozenset[int],
     return out
 
 
+def _isolated_by_cmdline(realtime: frozenset[int], params: dict[str, str | None]) -> bool:
+    """``isolcpus=`` (domain isolation, the default flag) covers every realtime CPU."""
+    if "isolcpus" not in params:
+        return False
+    try:
+        cpus, flags = parse_isolcpus(params["isolcpus"] or "")
+    except CpuListError:
+        return False
+    return realtime <= cpus and (not flags - {"managed_irq"} or "domain" in flags)
+
+
+def _intruders_remedy(ctx: Context) -> str:
+    """What to change.  ``isolcpus=`` only sets the affinity tasks start with:
+    on the unified hierarchy, once the cpuset controller is enabled (libvirt
+    does it for ``machine.slice`` when the first guest starts) every task of
+    the groups below the root gets the group's CPUs, all of them — seen on
+    Debian 12 (systemd 252, kernel 6.1) in the node tier.  There the fix is
+    systemd's ``AllowedCPUs=`` on the host's own slices, not the command line."""
+    p = ctx.partition
+    rts, hk = format_cpulist(p.realtime), format_cpulist(p.housekeeping)
+    if not _isolated_by_cmdline(p.realtime, parse_cmdline(ctx.kernel.cpus.cmdline())):
+        return f"boot with isolcpus={rts} or set systemd's CPUAffinity={hk} in system.conf"
+    try:
+        pid1 = ctx.kernel.tasks.comm(1).strip()
+    except OSError:
+        pid1 = ""
+    if pid1 == "systemd" and ctx.kernel.cgroups.unified():
+        return (f"isolcpus= already covers {rts}, but on cgroup v2 the cpuset controller gives every task of "
+                f"a group all of the group's CPUs: confine the host's own groups with "
+                f"`systemctl set-property system.slice AllowedCPUs={hk}` (and user.slice, init.scope)")
+    return (f"isolcpus= already covers {rts}, but their affinity was widened after boot (a cpuset or a "
+            f"tool): confine them to {hk} (taskset, the init system's CPU affinity)")
+
+
 def _check_intruders(ctx: Context) -> list[HostCheck]:
     p, name = ctx.partition, Name.INTRUDERS
     if not p.realtime:
@@ -373,9 +407,8 @@ def _check_intruders(ctx: Context) -> list[HostCheck]:
     examples = ", ".join(f"{comm}[{pid}]" for pid, comm in list(procs.items())[:5])
     more = f" and {len(procs) - 5} more" if len(procs) > 5 else ""
     return [replace(_warn(name, f"{len(found)} user threads in {len(procs)} processes may run on realtime CPUs "
-                                f"{rts} (e.g. {examples}{more}); rtagent does not move them: boot with "
-                                f"isolcpus={rts} or set systemd's CPUAffinity={format_cpulist(p.housekeeping)} "
-                                f"in system.conf"), value=len(found))]
+                                f"{rts} (e.g. {examples}{more}); rtagent does not move them: "
+                                f"{_intruders_remedy(ctx)}"), value=len(found))]
 
 
 def _check_irqbalance(ctx: Context) -> list[HostCheck]:

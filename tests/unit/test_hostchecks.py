@@ -258,6 +258,33 @@ def test_intruders(host):
     assert found == [(950, 951, "stress-worker")]
 
 
+def test_intruders_remedy_on_a_systemd_cgroup_v2_node_with_isolcpus(host):
+    """Debian 12 node (tests/node): isolcpus=managed_irq,domain,1 on the command
+    line, systemd as PID 1, cgroup v2.  Once libvirt enabled the cpuset
+    controller for the first guest, systemd, cron, journald … were all
+    allowed on CPU 1 again: "boot with isolcpus" is no advice there."""
+    c = host.checks()["intruders"]  # the fixture: isolcpus covers 2-3, systemd[1] on 0-1 only
+    assert c.ok
+    host.process(400, "cron", "0-3")
+    for f in ("1/status", "1/task/1/status"):
+        (host.proc / f).write_text("Name:\tsystemd\nCpus_allowed_list:\t0-3\n")
+    c = host.checks()["intruders"]
+    assert not c.ok and "systemd[1]" in c.detail and "cron[400]" in c.detail
+    assert "boot with isolcpus" not in c.detail
+    assert "isolcpus= already covers 2-3" in c.detail
+    assert "systemctl set-property system.slice AllowedCPUs=0-1" in c.detail
+    # cgroup v1 (no cgroup2 mount): no AllowedCPUs= advice.
+    host.write("proc/self/mounts", f"cgroup {host.sys}/fs/cgroup/cpuset cgroup rw,cpuset 0 0")
+    c = host.checks()["intruders"]
+    assert "AllowedCPUs" not in c.detail and "confine them to 0-1" in c.detail
+    # Without isolcpus on the command line the first remedy is still isolcpus.
+    host.cmdline("root=/dev/sda1 nohz_full=2-3")
+    assert "boot with isolcpus=2-3" in host.checks()["intruders"].detail
+    # isolcpus with only the nohz flag does not isolate the scheduler domain.
+    host.cmdline("root=/dev/sda1 isolcpus=nohz,2-3")
+    assert "boot with isolcpus=2-3" in host.checks()["intruders"].detail
+
+
 def test_kernel_threads_are_not_intruders(host):
     host.kthread(60, "kworker/2:1", "2")
     assert host.checks()["intruders"].ok
