@@ -15,10 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..state import DaemonState, GuestState, VcpuCounters
+from ..vocab import ApplyOutcome, DriftKind, Policy, Role
 from ..tuning.guest.plan import SetAffinity
 from ..tuning.guest.engine import DomainReport
 
-REALTIME_POLICIES = ("fifo", "rr")
+REALTIME_POLICIES = (Policy.FIFO, Policy.RR)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,15 @@ class Outcome:
         return bool(self.drift)
 
 
-def change_kind(role_check: str, action) -> str:
-    """``vcpu_policy``, ``emulator_affinity``, ``kthread_affinity`` …"""
-    return f"{role_check}_{'affinity' if isinstance(action, SetAffinity) else 'policy'}"
+def change_kind(role_check: str, action) -> DriftKind | str:
+    """``vcpu_policy``, ``emulator_affinity``, ``kthread_affinity`` … (a
+    :class:`~rtagent.vocab.DriftKind`; a thread of no known role gives a
+    plain ``thread_…`` string rather than a wrong kind)."""
+    kind = f"{role_check}_{'affinity' if isinstance(action, SetAffinity) else 'policy'}"
+    try:
+        return DriftKind(kind)
+    except ValueError:
+        return kind
 
 
 def classify(before: DomainReport, after: DomainReport, *, tuned_before: bool, intent_changed: bool) -> Outcome:
@@ -57,12 +64,12 @@ def classify(before: DomainReport, after: DomainReport, *, tuned_before: bool, i
     failures: Counter = Counter()
     for r in after.changes:
         kind = change_kind(check_by_tid.get(r.action.tid, "thread"), r.action)
-        if r.outcome == "failed":
+        if r.outcome == ApplyOutcome.FAILED:
             failures[kind] += 1
-        elif r.outcome == "changed" and tuned_before:
+        elif r.outcome == ApplyOutcome.CHANGED and tuned_before:
             (intent if intent_changed else drift)[kind] += 1
     rt_tuned = bool(after.observed) and all(
-        tp.ok for tp in after.threads if tp.thread.role == "vcpu" and tp.want.policy in REALTIME_POLICIES)
+        tp.ok for tp in after.threads if tp.thread.role == Role.VCPU and tp.want.policy in REALTIME_POLICIES)
     return Outcome(drift=drift, intent=intent, failures=failures, realtime_tuned=rt_tuned)
 
 
@@ -92,7 +99,7 @@ def record(g: GuestState, daemon: DaemonState, after: DomainReport, outcome: Out
 def _vcpu_counters(g: GuestState, after: DomainReport, now: float) -> None:
     """Run-queue delay per realtime vCPU, and its rate since the last look."""
     for t in after.observed.threads:
-        if t.role != "vcpu" or t.vcpu is None:
+        if t.role != Role.VCPU or t.vcpu is None:
             continue
         c = g.vcpus.get(t.vcpu)
         delay = t.run_delay_ns or 0
