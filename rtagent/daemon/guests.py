@@ -30,6 +30,7 @@ from ..state import StateStore
 from ..tuning.guest import vcpusched
 from ..tuning.guest.claims import ClaimBook
 from ..tuning.guest.engine import DomainReport, Tuner
+from ..vocab import Check
 from . import drift
 from .retry import RetrySchedule
 from .steady import SteadyCheck
@@ -324,10 +325,10 @@ class GuestSupervisor:
         self._account(uuid, before, after, drift.Times(cause.at if cause.at is not None else t0,
                                                        self._clock(), self._wall()), cause.started, t0)
         self.steady.record(uuid, after)
-        pending = any(v.check == "vcpu_pending" for v in after.violations)
+        pending = any(v.check == Check.VCPU_PENDING for v in after.violations)
         # A refused change (EPERM while budget is short, a cpuset in flux) is
         # retried on the same backoff, not only at the next resync.
-        refused = bool(after.failures) or any(v.check == "rt_budget" for v in after.violations)
+        refused = bool(after.failures) or any(v.check == Check.RT_BUDGET for v in after.violations)
         self.retry.after_reconcile(uuid, attempts, pending=pending, refused=refused,
                                    settling=retry_attempts is not None)
         return after

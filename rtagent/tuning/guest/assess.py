@@ -70,6 +70,6 @@ def budget_violations(threads: Sequence[ThreadPlan], budget_chain: BudgetChain |
             continue
         zero = [p for p, v in budget_chain(t.cgroup_cpu) if v <= 0]
         if zero:
-            out.append(Violation("rt_budget", f"{t.name} (tid {t.tid}) cannot be realtime: cgroup "
+            out.append(Violation(Check.RT_BUDGET, f"{t.name} (tid {t.tid}) cannot be realtime: cgroup "
                                  f"{zero[0]} has cpu.rt_runtime_us 0 (RT group scheduling)"))
     return out

@@ -24,6 +24,7 @@ from ...config import Partition, RealtimeConfig
 from ...cpulist import format_cpulist
 from ...kernel.cgroups import vcpu_of
 from ...model import RealtimeSpec, Violation
+from ...vocab import Check
 from .observe import Observed, ThreadInfo
 from .vmthreads import TIMER_KINDS, Placement, placement
 
@@ -201,7 +202,7 @@ def plan_domain(spec: RealtimeSpec, observed: Observed, partition: Partition, rt
         plan.threads = [_keep_off(tp, kept_off, spec, partition) for tp in plan.threads]
     missing = sorted(v.vcpu for v in spec.realtime_vcpus if v.vcpu not in seen_vcpus)
     if missing:
-        plan.violations.append(Violation("vcpu_count", f"realtime vCPU {format_cpulist(missing)} has no thread "
+        plan.violations.append(Violation(Check.VCPU_COUNT, f"realtime vCPU {format_cpulist(missing)} has no thread "
                                           f"(found {len(seen_vcpus)} vCPU threads, XML has {len(spec.vcpus)})"))
     plan.violations += _partition_violations(spec, partition)
     return plan
@@ -221,7 +222,7 @@ def _plan_vcpus(plan: DomainPlan, spec: RealtimeSpec, observed: Observed, partit
             # cgroup without RT budget, so tuning it now would make
             # libvirt's move (and the hotplug) fail: wait for the move.
             plan.violations.append(Violation(
-                "vcpu_pending", f"vCPU {t.vcpu} (tid {t.tid}) is not yet in its vcpu{t.vcpu} cgroup "
+                Check.VCPU_PENDING, f"vCPU {t.vcpu} (tid {t.tid}) is not yet in its vcpu{t.vcpu} cgroup "
                 f"(in {t.cgroup_cpu}); tuned once libvirt has placed it"))
             continue
         plan.threads.append(ThreadPlan(t, want, "vcpu", pin_via="vcpu"))
@@ -278,13 +279,13 @@ def _keep_off(tp: ThreadPlan, kept_off: frozenset[int], spec: RealtimeSpec, part
 def _partition_violations(spec: RealtimeSpec, partition: Partition) -> list[Violation]:
     if not partition.realtime:
         return [Violation(
-            "partition", "the host has no realtime CPUs (host.realtime_cpus is auto and neither isolcpus "
+            Check.PARTITION, "the host has no realtime CPUs (host.realtime_cpus is auto and neither isolcpus "
             "nor nohz_full is set): no vCPU is made realtime; set host.realtime_cpus or boot with "
             "isolcpus=/nohz_full=")]
     outside = sorted(c for v in spec.realtime_vcpus for c in v.cpus if c not in partition.realtime)
     if outside:
         return [Violation(
-            "partition", f"realtime vCPUs pinned to CPU {format_cpulist(outside)}, not a realtime CPU of "
+            Check.PARTITION, f"realtime vCPUs pinned to CPU {format_cpulist(outside)}, not a realtime CPU of "
             f"this host (realtime CPUs {format_cpulist(partition.realtime)}): those vCPUs are not made "
             "realtime")]
     return []
