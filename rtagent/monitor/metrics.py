@@ -39,6 +39,7 @@ import ssl
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -291,6 +292,90 @@ def _histogram(name: str, doc: str, labels: Iterable[str] = ()) -> FastMetric:
     return FastMetric(f"{NS}_{name}", doc, "histogram", list(labels))
 
 
+def _guest_families() -> SimpleNamespace:
+    """The per-guest families, in exposition order (one place to add one)."""
+    d, dv = ["domain"], ["domain", "vcpu"]
+    # uuid is Nova's instance UUID for Nova guests; flavor joins fleet
+    # queries to flavors ("which flavors lose tuning").
+    info = _gauge("domain_info", "Guest metadata; always 1.", ["domain", "uuid", "source", "flavor"])
+    realtime = _gauge("domain_realtime", "1 if the guest has realtime intent, else 0.", d)
+    valid = _gauge("domain_realtime_intent_valid",
+                   "1 if the guest's realtime intent is valid (or it has none), 0 if invalid (nothing applied).", d)
+    compliant = _gauge("domain_compliant", "1 if the guest matches its realtime intent (no violations), else 0.", d)
+    violations = _gauge("domain_violations", "Current violations of the guest, by check (docs/checks.md); "
+                        "a check without a series has none.", ["domain", "check"])
+    required = _gauge("domain_memory_required_bytes", "Guest RAM size from the domain XML.", d)
+    locked = _gauge("domain_memory_locked_bytes", "VmLck of the guest's QEMU process.", d)
+    hugetlb = _gauge("domain_memory_hugetlb_bytes", "HugetlbPages of the guest's QEMU process.", d)
+    tuned_s = _gauge("domain_event_to_tuned_seconds",
+                     "Time from this guest's STARTED event until its realtime vCPUs were all tuned.", d)
+    corrections = _counter("drift_corrections", "Configuration drift corrected, by kind.", ["domain", "kind"])
+    failures = _counter("drift_correction_failures", "Drift corrections that failed, by kind.",
+                        ["domain", "kind"])
+    latency = _histogram("drift_correction_seconds", "Time from detecting drift to having corrected it "
+                         "(realtime guests).", d)
+    delay = _counter("vcpu_run_delay_seconds",
+                     "Time the realtime vCPU thread was runnable but waiting for a CPU (schedstat field 2).", dv)
+    cpu = _counter("vcpu_cpu_seconds", "Time the realtime vCPU thread ran on a CPU (schedstat field 1).", dv)
+    nvcsw = _counter("vcpu_involuntary_context_switches",
+                     "Involuntary context switches of the realtime vCPU thread (preemptions).", dv)
+    policy = _gauge("vcpu_policy_info", "Observed scheduling policy of the realtime vCPU thread; always 1.",
+                    ["domain", "vcpu", "policy"])
+    prio = _gauge("vcpu_priority", "Observed realtime priority of the vCPU thread (0 if not realtime).", dv)
+    tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
+                   dv)
+    conflict = _gauge("cpu_conflict", "1 per realtime pCPU this guest shares with another guest: "
+                      "thread = this guest's, other = the other guest, other_thread = its thread "
+                      "(docs/checks.md, cpu_conflict).", ["domain", "cpu", "thread", "other", "other_thread"])
+    return SimpleNamespace(info=info, realtime=realtime, valid=valid, compliant=compliant, violations=violations,
+                           required=required, locked=locked, hugetlb=hugetlb, tuned_s=tuned_s,
+                           corrections=corrections, failures=failures, latency=latency, delay=delay, cpu=cpu,
+                           nvcsw=nvcsw, policy=policy, prio=prio, tuned=tuned, conflict=conflict)
+
+
+def _add_guest(f: SimpleNamespace, g: _Guest) -> None:
+    for c in g.conflicts:
+        f.conflict.add_metric([g.name, *c], 1)
+    f.info.add_metric([g.name, g.uuid, g.source, g.flavor], 1)
+    for kind, n in g.corrections:
+        f.corrections.add_metric([g.name, kind], n)
+    for kind, n in g.correction_failures:
+        f.failures.add_metric([g.name, kind], n)
+    if g.realtime:
+        f.latency.add_metric([g.name], list(g.correction_latency.buckets), g.correction_latency.total)
+    if g.event_to_tuned_s is not None:
+        f.tuned_s.add_metric([g.name], g.event_to_tuned_s)
+    if not g.has_report:
+        return
+    f.realtime.add_metric([g.name], 1 if g.realtime else 0)
+    f.valid.add_metric([g.name], 1 if g.valid else 0)
+    f.compliant.add_metric([g.name], 1 if g.compliant else 0)
+    for check, n in g.violations:
+        f.violations.add_metric([g.name, check], n)
+    if g.memory is not None:
+        f.required.add_metric([g.name], g.memory[0])
+        f.locked.add_metric([g.name], g.memory[1])
+        f.hugetlb.add_metric([g.name], g.memory[2])
+
+
+def _add_vcpus(f: SimpleNamespace, g: _Guest, counters: dict) -> None:
+    for v in g.vcpus:
+        labels = [g.name, str(v.vcpu)]
+        if not v.has_thread:
+            f.tuned.add_metric(labels, 0)
+            continue
+        c = counters.get((v.pid, v.tid))
+        if c is not None:  # None: the thread is gone since the report (re-read at the next reconcile)
+            if c.run_delay_ns is not None:
+                f.delay.add_metric(labels, c.run_delay_ns / 1e9)
+            if c.run_time_ns is not None:
+                f.cpu.add_metric(labels, c.run_time_ns / 1e9)
+            f.nvcsw.add_metric(labels, c.nonvoluntary_ctxt_switches)
+        f.policy.add_metric([*labels, v.policy], 1)
+        f.prio.add_metric(labels, v.priority)
+        f.tuned.add_metric(labels, 1 if v.tuned else 0)
+
+
 class RtagentCollector(Collector):
     """Reads the :class:`StateStore` on every scrape."""
 
@@ -430,79 +515,12 @@ class RtagentCollector(Collector):
     # -- guests ---------------------------------------------------------------
 
     def _guests(self, guests: list[_Guest], counters: dict) -> list[Metric]:
-        d, dv = ["domain"], ["domain", "vcpu"]
-        # uuid is Nova's instance UUID for Nova guests; flavor joins fleet
-        # queries to flavors ("which flavors lose tuning").
-        info = _gauge("domain_info", "Guest metadata; always 1.", ["domain", "uuid", "source", "flavor"])
-        realtime = _gauge("domain_realtime", "1 if the guest has realtime intent, else 0.", d)
-        valid = _gauge("domain_realtime_intent_valid",
-                       "1 if the guest's realtime intent is valid (or it has none), 0 if invalid (nothing applied).", d)
-        compliant = _gauge("domain_compliant", "1 if the guest matches its realtime intent (no violations), else 0.", d)
-        violations = _gauge("domain_violations", "Current violations of the guest, by check (docs/checks.md); "
-                            "a check without a series has none.", ["domain", "check"])
-        required = _gauge("domain_memory_required_bytes", "Guest RAM size from the domain XML.", d)
-        locked = _gauge("domain_memory_locked_bytes", "VmLck of the guest's QEMU process.", d)
-        hugetlb = _gauge("domain_memory_hugetlb_bytes", "HugetlbPages of the guest's QEMU process.", d)
-        tuned_s = _gauge("domain_event_to_tuned_seconds",
-                         "Time from this guest's STARTED event until its realtime vCPUs were all tuned.", d)
-        corrections = _counter("drift_corrections", "Configuration drift corrected, by kind.", ["domain", "kind"])
-        failures = _counter("drift_correction_failures", "Drift corrections that failed, by kind.",
-                            ["domain", "kind"])
-        latency = _histogram("drift_correction_seconds", "Time from detecting drift to having corrected it "
-                             "(realtime guests).", d)
-        delay = _counter("vcpu_run_delay_seconds",
-                         "Time the realtime vCPU thread was runnable but waiting for a CPU (schedstat field 2).", dv)
-        cpu = _counter("vcpu_cpu_seconds", "Time the realtime vCPU thread ran on a CPU (schedstat field 1).", dv)
-        nvcsw = _counter("vcpu_involuntary_context_switches",
-                         "Involuntary context switches of the realtime vCPU thread (preemptions).", dv)
-        policy = _gauge("vcpu_policy_info", "Observed scheduling policy of the realtime vCPU thread; always 1.",
-                        ["domain", "vcpu", "policy"])
-        prio = _gauge("vcpu_priority", "Observed realtime priority of the vCPU thread (0 if not realtime).", dv)
-        tuned = _gauge("vcpu_tuned", "1 if the realtime vCPU thread has its planned policy, priority and pinning.",
-                       dv)
-        conflict = _gauge("cpu_conflict", "1 per realtime pCPU this guest shares with another guest: "
-                          "thread = this guest's, other = the other guest, other_thread = its thread "
-                          "(docs/checks.md, cpu_conflict).", ["domain", "cpu", "thread", "other", "other_thread"])
+        f = _guest_families()
         for g in guests:
-            for c in g.conflicts:
-                conflict.add_metric([g.name, *c], 1)
-            info.add_metric([g.name, g.uuid, g.source, g.flavor], 1)
-            for kind, n in g.corrections:
-                corrections.add_metric([g.name, kind], n)
-            for kind, n in g.correction_failures:
-                failures.add_metric([g.name, kind], n)
-            if g.realtime:
-                latency.add_metric([g.name], list(g.correction_latency.buckets), g.correction_latency.total)
-            if g.event_to_tuned_s is not None:
-                tuned_s.add_metric([g.name], g.event_to_tuned_s)
-            if not g.has_report:
-                continue
-            realtime.add_metric([g.name], 1 if g.realtime else 0)
-            valid.add_metric([g.name], 1 if g.valid else 0)
-            compliant.add_metric([g.name], 1 if g.compliant else 0)
-            for check, n in g.violations:
-                violations.add_metric([g.name, check], n)
-            if g.memory is not None:
-                required.add_metric([g.name], g.memory[0])
-                locked.add_metric([g.name], g.memory[1])
-                hugetlb.add_metric([g.name], g.memory[2])
-            for v in g.vcpus:
-                labels = [g.name, str(v.vcpu)]
-                if not v.has_thread:
-                    tuned.add_metric(labels, 0)
-                    continue
-                c = counters.get((v.pid, v.tid))
-                if c is not None:  # None: the thread is gone since the report (re-read at the next reconcile)
-                    if c.run_delay_ns is not None:
-                        delay.add_metric(labels, c.run_delay_ns / 1e9)
-                    if c.run_time_ns is not None:
-                        cpu.add_metric(labels, c.run_time_ns / 1e9)
-                    nvcsw.add_metric(labels, c.nonvoluntary_ctxt_switches)
-                policy.add_metric([*labels, v.policy], 1)
-                prio.add_metric(labels, v.priority)
-                tuned.add_metric(labels, 1 if v.tuned else 0)
-        return [info, realtime, valid, compliant, violations, required, locked, hugetlb, tuned_s,
-                corrections, failures, latency, delay, cpu, nvcsw, policy, prio, tuned, conflict]
+            _add_guest(f, g)
+            if g.has_report:
+                _add_vcpus(f, g, counters)
+        return list(vars(f).values())
 
 
 # ---------------------------------------------------------------------------
