@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cpulist import format_hexmask
 from ..errors import RtagentError
 
 DEFAULT_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -263,20 +264,6 @@ def find_tracefs(mounts_path: str = "/proc/self/mounts", candidates: Iterable[st
     return None
 
 
-def cpumask_hex(cpus: Iterable[int]) -> str:
-    """A CPU set as tracing_cpumask wants it: comma-separated 32-bit hex words."""
-    mask = 0
-    for c in cpus:
-        mask |= 1 << c
-    words = []
-    while True:
-        words.append(f"{mask & 0xFFFFFFFF:08x}")
-        mask >>= 32
-        if not mask:
-            break
-    return ",".join(reversed(words))
-
-
 def _write(path: Path, value: str) -> None:
     try:
         with open(path, "w") as fh:
@@ -329,7 +316,7 @@ class Instance:
                    buffer_kb: int, clock: str) -> None:
         p = self.path
         _write(p / "tracing_on", "0")
-        _write(p / "tracing_cpumask", cpumask_hex(self.cpus))
+        _write(p / "tracing_cpumask", format_hexmask(self.cpus))
         # An instance has a buffer on every CPU; only the traced ones need
         # one of size (the rest get the kernel's minimum, a page or two).
         for cpu_dir in sorted((p / "per_cpu").glob("cpu[0-9]*")):

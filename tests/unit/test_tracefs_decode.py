@@ -165,9 +165,12 @@ def test_decoder_maps_records_to_accountant_events():
     ]
 
 
-def test_cpumask_hex():
-    assert tracefs.cpumask_hex([1]) == "00000002"
-    assert tracefs.cpumask_hex([0, 33]) == "00000002,00000001"
+def test_cpumask_is_the_kernels_bitmap_format():
+    # tracing_cpumask takes the format cpulist writes for every bitmap.
+    from rtagent.cpulist import format_hexmask
+
+    assert format_hexmask([1]) == "00000002"
+    assert format_hexmask([0, 33]) == "00000002,00000001"
 
 
 def test_find_tracefs_from_mount_table(tmp_path):
