@@ -145,10 +145,10 @@ class ProcConnector:
                     self.on_thread(ev[1], ev[2], ev[0])
                 offset += (length + 3) & ~3
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=timeout)
         if self._sock is not None:
             try:
                 self._sock.send(_control(PROC_CN_MCAST_IGNORE))
