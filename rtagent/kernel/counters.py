@@ -100,8 +100,10 @@ class CounterReader:
             run_time, run_delay = sched
             last = self._last.get(key)
             if last is not None and run_delay is not None and (last[0] == run_delay or now < last[2]):
+                # Kept as it was: the delay stays the one the count was read
+                # at, so a thread that stops waiting gets its exact count at
+                # the next read once the value is due.
                 nvcsw = last[1]
-                self._last[key] = (run_delay, nvcsw, last[2])
             else:
                 nvcsw = self._status(key)
                 if nvcsw is None:

@@ -85,6 +85,13 @@ def test_status_is_read_only_when_the_run_delay_moved_and_the_value_is_old(proc)
     clock.t += 10
     assert r.read_many([key])[key] == ThreadCounters(7000, 40, 9)
     assert r.status_reads == 2
+    # it stops waiting: once the value is due, the exact count, and kept
+    clock.t += 3600
+    assert r.read_many([key])[key] == ThreadCounters(7000, 40, 11)
+    assert r.status_reads == 3
+    clock.t += 3600
+    assert r.read_many([key])[key] == ThreadCounters(7000, 40, 11)
+    assert r.status_reads == 3
 
 
 def test_a_thread_that_left_is_none_and_its_descriptors_are_closed(proc):
