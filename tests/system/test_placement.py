@@ -24,19 +24,12 @@ import pytest
 from tests.conftest import unique_name
 from tests.guests import pinned_cputune
 from tests.system.conftest import wait_for
+from tests.system.test_event_paths import _fifo_on
 
 pytestmark = pytest.mark.system
 
 HOUR = 3600.0
 IOTHREAD_TUNE = pinned_cputune({0: "0", 1: "1"}, extra="<iothreadpin iothread='1' cpuset='0'/>")
-
-
-def _fifo_on(tid: int, cpus: set[int]) -> bool:
-    try:
-        return (os.sched_getscheduler(tid) == os.SCHED_FIFO and os.sched_getparam(tid).sched_priority == 1
-                and os.sched_getaffinity(tid) == cpus)
-    except ProcessLookupError:
-        return False
 
 
 def _start(daemon_factory, guest_factory, daemon_lines: str = ""):
@@ -87,7 +80,7 @@ def test_a_live_added_iothread_gets_its_planned_cpuset_before_libvirts_affinity_
     # watch is what did.
     wait_for(lambda: (group / "cpuset.cpus").read_text().strip() == "0", 10, "iothread7's cpuset clamped")
     assert os.sched_getaffinity(new) == {0}
-    wait_for(lambda: f"new iothread7 cpuset 0-1 -> 0" in d.log_text(), 10, "the clamp logged")
+    wait_for(lambda: "new iothread7 cpuset 0-1 -> 0" in d.log_text(), 10, "the clamp logged")
     assert _counts(d) == before, "a resync or full check ran"
     # A second one, and removal: the watch follows the groups.
     subprocess.run(["virsh", "-q", "iothreaddel", g.name, "7", "--live"], check=True)
