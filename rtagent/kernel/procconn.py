@@ -115,9 +115,13 @@ class ProcConnector:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
+        # poll, not select: the scrape keeps descriptors open (its schedstat
+        # pool), so a socket made after it may be numbered past FD_SETSIZE.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([sock], [], [], 0.5)
+                ready = poller.poll(500)
                 if not ready:
                     continue
                 data = sock.recv(65536)
