@@ -167,12 +167,17 @@ def daemon_factory(libvirtd, tmp_path):
     started: list[RunningDaemon] = []
 
     def start(resync: float = 0.5, extra: str = "", watchdog_usec: int = 2_000_000, daemon: str = "",
-              metrics_port: int | None = None) -> RunningDaemon:
-        """``extra``: TOML appended after the tables; ``daemon``: lines in [daemon]."""
+              metrics_port: int | None = None, reuse: RunningDaemon | None = None) -> RunningDaemon:
+        """``extra``: TOML appended after the tables; ``daemon``: lines in [daemon];
+        ``reuse``: a stopped daemon whose config (socket, lock, record) the new one runs with."""
         n = len(started)
-        sock = str(tmp_path / f"rtagent{n}.sock")
-        cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra, daemon=daemon,
-                           metrics_port=metrics_port)
+        if reuse is not None:
+            assert reuse.proc.poll() is not None, "restart only a stopped daemon"
+            sock, cfg = reuse.socket, reuse.config
+        else:
+            sock = str(tmp_path / f"rtagent{n}.sock")
+            cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra, daemon=daemon,
+                               metrics_port=metrics_port)
         notify_path = str(tmp_path / f"notify{n}.sock")
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.bind(notify_path)
