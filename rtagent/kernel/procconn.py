@@ -152,11 +152,17 @@ class ProcConnector:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
+        # poll, not select: the scrape keeps descriptors open (its schedstat
+        # pool), so a socket made after it may be numbered past FD_SETSIZE.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
             try:
-                # No timeout: with the kernel filter an idle host wakes us never.
-                ready, _, _ = select.select([sock, self._wake_r], [], [])
-                if sock not in ready:
+                # No timeout: with the kernel filter an idle host wakes us
+                # never; stop() wakes us through the pipe.
+                ready = poller.poll()
+                if not any(fd == sock.fileno() for fd, _ev in ready):
                     continue
                 data = sock.recv(65536)
             except OSError as err:

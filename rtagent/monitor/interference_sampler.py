@@ -23,14 +23,14 @@ from pathlib import Path
 from ..kernel import Kernel, tracefs
 from ..kernel.tasks import PF_KTHREAD
 from .interference import (
+    ENTER,
+    EXIT,
+    LOST,
+    SWITCH,
     CpuAccount,
     Event,
-    IntrEnter,
-    IntrExit,
     Kind,
-    Lost,
     StickyTop,
-    Switch,
     Window,
     WindowView,
     fold_comm,
@@ -59,11 +59,12 @@ Owners = Mapping[int, Mapping[int, tuple[str, int]]]
 
 
 class Decoder:
-    """Turns raw records into accountant events using the instance's formats.
+    """Turns raw records into accountant events (tuples) using the
+    instance's formats.
 
     The hot path (every context switch and interrupt of a realtime CPU):
     one ``struct`` unpack per record straight from the page, comm strings
-    decoded once per distinct value."""
+    decoded once per distinct value, IRQ names once per IRQ number."""
 
     def __init__(self, formats: Mapping[int, tracefs.EventFormat]):
         self._by_id: dict[int, Callable[[int, bytes, int], Event]] = {}
@@ -84,35 +85,52 @@ class Decoder:
     def _converter(self, fmt: tracefs.EventFormat) -> Callable[[int, bytes, int], Event] | None:
         name = fmt.name
         if name == "sched_switch":
-            read = fmt.reader(("prev_pid", "prev_state", "next_pid", "next_comm"))
-            comm = self._comm
-
-            def switch(ts: int, page: bytes, off: int) -> Event:
-                prev_pid, prev_state, next_pid, next_comm = read(page, off)
-                return Switch(ts, prev_pid, prev_state, next_pid, comm(next_comm))
-            return switch
+            return self._switch(fmt)
         if name == "irq_handler_entry":
-            def irq_entry(ts: int, page: bytes, off: int) -> Event:
-                payload = bytes(page[off:off + 64])
-                return IntrEnter(ts, Kind.IRQ, str(fmt.get(payload, "name")) or f"irq{fmt.get(payload, 'irq')}")
-            return irq_entry
+            return self._irq_entry(fmt)
         if name == "irq_handler_exit":
-            return lambda ts, page, off: IntrExit(ts, Kind.IRQ, "")
+            read_pid = fmt.reader(("common_pid",))
+            return lambda ts, page, off: (ts, EXIT, read_pid(page, off)[0], Kind.IRQ, "")
         if name in ("softirq_entry", "softirq_exit"):
             symbols = fmt.symbols or _SOFTIRQ_FALLBACK
-            cls = IntrEnter if name.endswith("entry") else IntrExit
-            read_vec = fmt.reader(("vec",))
+            code = ENTER if name.endswith("entry") else EXIT
+            read_vec = fmt.reader(("common_pid", "vec"))
 
             def soft(ts: int, page: bytes, off: int) -> Event:
-                (vec,) = read_vec(page, off)
-                return cls(ts, Kind.SOFTIRQ, symbols.get(vec) or f"vec{vec}")
+                pid, vec = read_vec(page, off)
+                return (ts, code, pid, Kind.SOFTIRQ, symbols.get(vec) or f"vec{vec}")
             return soft
         if fmt.system == "irq_vectors" and (name.endswith("_entry") or name.endswith("_exit")):
-            vector = name.rsplit("_", 1)[0]
-            if name.endswith("_entry"):
-                return lambda ts, page, off: IntrEnter(ts, Kind.IRQ, vector)
-            return lambda ts, page, off: IntrExit(ts, Kind.IRQ, vector)
+            vector, side = name.rsplit("_", 1)
+            code = ENTER if side == "entry" else EXIT
+            read_pid = fmt.reader(("common_pid",))
+            return lambda ts, page, off: (ts, code, read_pid(page, off)[0], Kind.IRQ, vector)
         return None
+
+    def _switch(self, fmt: tracefs.EventFormat) -> Callable[[int, bytes, int], Event]:
+        read = fmt.reader(("prev_pid", "prev_state", "next_pid", "next_comm", "prev_comm"))
+        comm = self._comm
+
+        def switch(ts: int, page: bytes, off: int) -> Event:
+            prev_pid, prev_state, next_pid, next_comm, prev_comm = read(page, off)
+            return (ts, SWITCH, prev_pid, prev_state, next_pid, comm(next_comm), comm(prev_comm))
+        return switch
+
+    def _irq_entry(self, fmt: tracefs.EventFormat) -> Callable[[int, bytes, int], Event]:
+        read = fmt.reader(("common_pid", "irq"))
+        names: dict[int, str] = {}
+
+        def irq_entry(ts: int, page: bytes, off: int) -> Event:
+            pid, irq = read(page, off)
+            name = names.get(irq)
+            if name is None:
+                # The action name (a __data_loc string): decoded once per IRQ.
+                payload = bytes(page[off:off + 64])
+                name = str(fmt.get(payload, "name")) or f"irq{irq}"
+                if len(names) < 1024:
+                    names[irq] = name
+            return (ts, ENTER, pid, Kind.IRQ, name)
+        return irq_entry
 
     def events(self, pages: Iterable[bytes], header: tracefs.PageHeader) -> tuple[list[Event], int]:
         out: list[Event] = []
@@ -122,8 +140,8 @@ class Decoder:
             recs, missed = tracefs.page_records(page, header)
             if missed:
                 lost += max(missed, 1)
-                out.append(Lost(recs[0][0] if recs else 0))
-            for ts, off, plen in recs:
+                out.append((recs[0][0] if recs else 0, LOST))
+            for ts, off, _plen in recs:
                 fn = by_id.get(page[off] | page[off + 1] << 8)
                 if fn is None:
                     continue
@@ -162,7 +180,11 @@ class ProcClassifier:
 
     def _classify(self, pid: int, comm: str) -> tuple[Kind, str]:
         try:
-            if self._tasks.stat(pid).flags & PF_KTHREAD:
+            stat = self._tasks.stat(pid)
+            # No trace event named this task yet (its switch-in was not
+            # traced): its comm as the kernel has it now.
+            comm = comm or stat.comm
+            if stat.flags & PF_KTHREAD:
                 return Kind.KTHREAD, fold_comm(comm)
             tgid_text = self._tasks.status(pid).get("Tgid", "")
             tgid = int(tgid_text) if tgid_text.isdigit() else None
