@@ -79,6 +79,9 @@ class DaemonConfig:
     # what can drift (policy, priority, affinity) by syscall.
     full_check_interval_s: float = 30.0
     proc_connector: bool = True
+    # Make realtime vCPUs realtime while libvirt still holds a starting
+    # guest's CPUs stopped (daemon/startwatch.py), not at its STARTED event.
+    start_window_early: bool = True
     # One daemon per host: held with flock(2) for the daemon's lifetime.
     lock_file: str = "/run/rtagent/rtagent.lock"
     # The guest selector (rtagent/selector.py): which guests this daemon

@@ -57,7 +57,8 @@ class GuestSupervisor:
     def __init__(self, config: Config, host: LibvirtHost, store: StateStore, *,
                  selector: GuestSelector | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, tuner: Tuner | None = None,
-                 on_tracked: Callable[[set[int]], None] | None = None):
+                 on_tracked: Callable[[set[int]], None] | None = None,
+                 on_reconciled: Callable[[str, DomainReport], None] | None = None):
         self.config = config
         self.host = host
         self.store = store
@@ -66,6 +67,7 @@ class GuestSupervisor:
         self._clock = clock
         self._wall = wall
         self._on_tracked = on_tracked
+        self.on_reconciled = on_reconciled  # after every applied reconcile (the start window's record)
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
         self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
         self.next_full = 0.0  # monotonic time the next resync must be a full check
@@ -325,6 +327,8 @@ class GuestSupervisor:
         self._account(uuid, before, after, drift.Times(cause.at if cause.at is not None else t0,
                                                        self._clock(), self._wall()), cause.started, t0)
         self.steady.record(uuid, after)
+        if self.on_reconciled is not None:
+            self.on_reconciled(uuid, after)
         pending = any(v.check == Check.VCPU_PENDING for v in after.violations)
         # A refused change (EPERM while budget is short, a cpuset in flux) is
         # retried on the same backoff, not only at the next resync.
