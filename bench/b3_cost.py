@@ -11,9 +11,9 @@
   the whole process's CPU % of a core, and RSS.
 * Where the time goes: the same resync driven in-process under cProfile, and
   the real daemon sampled with py-spy (if installed).
-* ``/metrics``: ``generate_latest`` over a :class:`RtagentCollector` on a
-  *synthetic* state store (hand-built guests) with 10, 100 and 1,000 vCPU
-  series.
+* ``/metrics``: :mod:`bench.b3_scrape` — the daemon's encoder and endpoint
+  over a state store of synthetic guests whose realtime vCPUs are real
+  threads, 10 to 1,000 vCPU series (the goal's: 100 guests × 10).
 
 Goals (issue 9): ≤ 5 µs CPU per managed thread per resync; 100 guests ≤ 0.5 %
 of a core at a 1 s resync; RSS ≤ 40 MiB; scrape ≤ 20 ms at 1,000 series.
@@ -28,10 +28,9 @@ import pstats
 import shutil
 import subprocess
 import time
-import uuid as uuidlib
 from pathlib import Path
 
-from . import tuned_side
+from . import b3_scrape, tuned_side
 from .common import (
     REPO,
     Guests,
@@ -45,7 +44,6 @@ from .common import (
     schedstat,
     start_daemon,
     thread_names,
-    summary,
     wait_for,
 )
 
@@ -56,7 +54,6 @@ B3_BUDGET_US = 1000  # per realtime vCPU; 100 guests take 10 % of the root RT bu
 GOAL_US_PER_THREAD = 5.0
 GOAL_CPU_PCT_100 = 0.5
 GOAL_RSS_MIB = 40.0
-GOAL_SCRAPE_MS_1000 = 20.0
 
 
 def _prefix() -> str:
@@ -416,231 +413,6 @@ def _py_spy(pid: int, seconds: float) -> dict | None:
 
 
 # ---------------------------------------------------------------------------
-# /metrics on a synthetic store
-
-
-class RealThreads:
-    """``n`` real, sleeping threads of this process: the synthetic store's
-    vCPU threads, so that the scrape reads real kernel counters for them."""
-
-    def __init__(self, n: int):
-        import threading
-
-        self._stop = threading.Event()
-        self._ready: list[int] = []
-        lock = threading.Lock()
-
-        def body() -> None:
-            with lock:
-                self._ready.append(threading.get_native_id())
-            self._stop.wait()
-
-        self._threads = [threading.Thread(target=body, daemon=True) for _ in range(n)]
-        for t in self._threads:
-            t.start()
-        while len(self._ready) < n:
-            time.sleep(0.01)
-        self.tids = list(self._ready)
-
-    def close(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-
-def synthetic_store(n_guests: int, rt_vcpus: int, vcpu_tids: list[int] | None = None):
-    """A state store of ``n_guests`` made-up guests, each with vCPU 0 on CPU 0
-    and ``rt_vcpus`` realtime vCPUs — built with the real planner over
-    made-up threads, so every series the collector can emit is there.
-    ``vcpu_tids``: real threads of this process to stand for the realtime
-    vCPUs (their counters are read at scrape time)."""
-    from rtagent.config import Partition, RealtimeConfig
-    from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
-    from rtagent.monitor.hostchecks import HostCheck
-    from rtagent.state import StateStore, VcpuCounters
-    from rtagent.tuning.guest.report import DomainReport
-    from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
-    from rtagent.tuning.guest.plan import plan_domain
-
-    part = Partition(online=frozenset(range(rt_vcpus + 1)), realtime=frozenset(range(1, rt_vcpus + 1)),
-                     housekeeping=frozenset({0}))
-    real = iter(vcpu_tids or ())
-
-    def thread(tid, name, role="emulator", vcpu=None, kind="other", policy="other", prio=0, cpus=(0,)):
-        return ThreadInfo(tid=tid, name=name, role=role, vcpu=vcpu, kind=kind, policy=policy, priority=prio,
-                          cpus=frozenset(cpus), cgroup_cpu="/machine/synthetic", run_time_ns=10**9,
-                          run_delay_ns=12345, timeslices=100, voluntary_ctxt_switches=10,
-                          nonvoluntary_ctxt_switches=2, delayacct_blkio_ticks=0)
-
-    store = StateStore()
-
-    def fill(s) -> None:
-        d = s.daemon
-        d.libvirt_connected, d.proc_connector, d.resyncs = True, True, 1000
-        d.last_resync_at = time.time()
-        d.events.update({"libvirt": 10, "proc": 100})
-        d.host_checks = tuple(HostCheck(f"check{i}", i % 3 != 0, "", ("info", "warning", "error")[i % 3], i)
-                              for i in range(15))
-        d.host_corrections.update({"irq_affinity": 3})
-        for _ in range(100):
-            d.reconcile_duration.observe(0.003)
-            d.event_to_tuned.observe(0.015)
-        for g in range(n_guests):
-            name, uuid = f"synthetic-{g:04d}", str(uuidlib.UUID(int=g + 1))
-            pid = os.getpid() if vcpu_tids else 10000 + 100 * g
-            spec = RealtimeSpec(
-                domain=name, uuid=uuid, realtime=True, source="metadata",
-                vcpus=(VcpuSpec(0, False, "other", 0, frozenset({0})),
-                       *(VcpuSpec(i, True, "fifo", 1, frozenset({i})) for i in range(1, rt_vcpus + 1))),
-                emulator_cpus=frozenset({0}), emulator_source="emulatorpin",
-                memory=MemorySpec(size_bytes=64 << 20))
-            base = 10000 + 100 * g
-            threads = (thread(base, "qemu-system-x86", kind="main"), thread(base + 1, "call_rcu", kind="call_rcu"),
-                       thread(base + 2, "IO mon_iothread", kind="iothread"),
-                       thread(base + 3, "CPU 0/KVM", "vcpu", 0, "vcpu"),
-                       *(thread(next(real, base + 3 + i), f"CPU {i}/KVM", "vcpu", i, "vcpu", "fifo", 1, (i,))
-                         for i in range(1, rt_vcpus + 1)))
-            observed = Observed(pid=pid, threads=threads, kthreads=(), memory=ProcessMemory(), cmdline=[])
-            plan = plan_domain(spec, observed, part, RealtimeConfig())
-            report = DomainReport(name=name, uuid=uuid, spec=spec, pid=pid, observed=observed,
-                                  threads=plan.threads, violations=[v for tp in plan.threads for v in tp.violations()]
-                                  + plan.violations, observed_at=time.time())
-            gs = s.guest(uuid, name)
-            gs.report = report
-            gs.tuned_at, gs.event_to_tuned_s = time.time(), 0.015
-            gs.corrections.update({"vcpu_policy": 1, "vcpu_affinity": 2})
-            gs.correction_latency.observe(0.4)
-            for i in range(1, rt_vcpus + 1):
-                gs.vcpus[i] = VcpuCounters(run_delay_ns=12345, run_time_ns=10**9, nonvoluntary_ctxt_switches=2,
-                                           run_delay_rate=1.5, observed_at=time.time())
-
-    store.update(fill)
-    return store
-
-
-def _time_scrapes(reg, encoder, reps: int, before=None) -> tuple[list[float], list[float]]:
-    wall, cpu = [], []
-    for _ in range(reps):
-        if before is not None:
-            before()
-        t, c = time.perf_counter(), time.thread_time()
-        encoder(reg)
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.thread_time() - c)
-    return wall, cpu
-
-
-def _scrape_lock_block(store, reg, encoder, reps: int) -> dict:
-    """How long the enforcement side waits for the store's lock while scrapes
-    run back to back on another thread (a scrape must never block it)."""
-    import threading
-
-    stop = threading.Event()
-
-    def scraper() -> None:
-        while not stop.is_set():
-            encoder(reg)
-
-    t = threading.Thread(target=scraper, daemon=True)
-    t.start()
-    waits = []
-    try:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            store.update(lambda s: s.daemon.resyncs)
-            waits.append(time.perf_counter() - t0)
-            time.sleep(0.002)
-    finally:
-        stop.set()
-        t.join()
-    return summary(waits)
-
-
-SCRAPE_INTERVAL_S = 15.0  # Prometheus' default
-
-
-class _Scrapes:
-    """A clock that advances one scrape interval per scrape (the benchmark
-    scrapes back to back; the daemon's reader spaces status reads in time)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def tick(self) -> None:
-        self.n += 1
-
-    def now(self) -> float:
-        return self.n * SCRAPE_INTERVAL_S
-
-
-def _busy_reader(scrapes: _Scrapes):
-    """The worst case for a scrape: every vCPU thread ran since the last one
-    (so status is re-read whenever the daemon's reader would, with scrapes
-    15 s apart) and every counter moved (no family is re-emitted from the
-    last scrape's text).  Real reads of the benchmark's sleeping threads,
-    their values then shifted."""
-    from rtagent.kernel.counters import CounterReader, ThreadCounters
-    from rtagent.kernel.root import Kernel
-
-    reader = CounterReader(Kernel(), assume_ran=True, clock=scrapes.now)
-
-    def read(pid: int, tid: int):
-        c = reader.read(pid, tid)
-        if c is None:
-            return None
-        bump = scrapes.n * 1_000_003
-        return ThreadCounters((c.run_time_ns or 0) + bump, (c.run_delay_ns or 0) + bump // 7,
-                              c.nonvoluntary_ctxt_switches + bump % 1000)
-
-    return read
-
-
-def run_scrape(reps: int) -> dict:
-    """/metrics through the daemon's own encoder (rtagent/monitor/exposition.py)
-    on synthetic stores whose realtime vCPUs are real threads of this process:
-    ``busy`` reads every counter as if every thread ran (worst case, the
-    goal row), ``cold`` reads them as the daemon does for these idle
-    threads (schedstat only), ``cached`` reuses them (a second scraper
-    within the interval)."""
-    from prometheus_client import CollectorRegistry
-
-    from rtagent.monitor.counters import CounterCache
-    from rtagent.monitor.exposition import choose_encoder
-    from rtagent.monitor.metrics import RtagentCollector
-
-    text_encoder, _ = choose_encoder("text/plain; version=0.0.4")
-    om_encoder, _ = choose_encoder("application/openmetrics-text; version=1.0.0")
-    rows = []
-    for n_guests, rt in ((10, 1), (100, 1), (1000, 1), (1, 10), (10, 10), (100, 10)):
-        real = RealThreads(n_guests * rt)
-        try:
-            store = synthetic_store(n_guests, rt, real.tids)
-            cold, warm = CounterCache(ttl_s=0.0), CounterCache(ttl_s=3600.0)
-            scrapes = _Scrapes()
-            busy = CounterCache(_busy_reader(scrapes), ttl_s=0.0)
-            regs = {}
-            for label, cache in (("busy", busy), ("cold", cold), ("cached", warm)):
-                reg = regs[label] = CollectorRegistry()
-                reg.register(RtagentCollector(store, counters=cache))
-            body = text_encoder(regs["cold"])  # warm-up
-            row = {"guests": n_guests, "rt_vcpus_per_guest": rt, "bytes": len(body)}
-            text = body.decode()
-            row["vcpu_series"] = len({(ln.split('domain="')[1].split('"')[0], ln.split('vcpu="')[1].split('"')[0])
-                                      for ln in text.splitlines() if 'vcpu="' in ln and not ln.startswith("#")})
-            row["samples"] = sum(1 for ln in text.splitlines() if ln and not ln.startswith("#"))
-            row["counter_series"] = text.count("rtagent_vcpu_run_delay_seconds_total{")
-            for label, reg in regs.items():
-                for fmt, enc in (("text", text_encoder), ("openmetrics", om_encoder)):
-                    wall, cpu = _time_scrapes(reg, enc, reps, scrapes.tick if label == "busy" else None)
-                    row[f"{label}_{fmt}"] = {"wall": summary(wall), "cpu": summary(cpu)}
-            row["lock_wait"] = _scrape_lock_block(store, regs["busy"], text_encoder, 200)
-        finally:
-            real.close()
-        rows.append(row)
-    return {"rows": rows, "reps": reps, "synthetic": True}
-
-
-# ---------------------------------------------------------------------------
 
 
 def plot(res: dict, path: str) -> str | None:
@@ -681,7 +453,7 @@ def plot(res: dict, path: str) -> str | None:
 def run(quick: bool = True) -> dict:
     with on_housekeeping():
         t0 = time.monotonic()
-        out = {"scrape": run_scrape(10 if quick else 50)}
+        out = {"scrape": b3_scrape.run_scrape(10 if quick else 50)}
         sizes = [1, 10, 30] if quick else [1, 10, 50, 100]
         out["daemon"] = run_daemon_cost(sizes, window_s=6.0 if quick else 20.0, windows=3, profile=True,
                                         budget_wait_s=60.0 if quick else 1500.0)
@@ -730,17 +502,7 @@ def goals_table(res: dict) -> str:
     rows = []
     for key, tag in DAEMON_RUNS:
         rows += _daemon_goal_rows(res.get(key) or {}, tag)
-    for r in (res.get("scrape") or {}).get("rows", []):
-        # The goal's shape: 1,000 vCPU series as 100 guests × 10 realtime vCPUs.
-        if (r["guests"], r["rt_vcpus_per_guest"]) == (100, 10) and "cold_text" in r:
-            for key, what in (("busy_text", "every thread ran"), ("busy_openmetrics", "every thread ran, OpenMetrics"),
-                              ("cold_text", "idle threads"), ("cached_text", "counters cached")):
-                p99 = r[key]["wall"]["p99"] * 1000
-                rows.append([f"/metrics, {r['vcpu_series']} vCPU series, {what} (p99)", f"{p99:.1f} ms",
-                             f"≤ {GOAL_SCRAPE_MS_1000:g} ms", _mark(p99 <= GOAL_SCRAPE_MS_1000)])
-            lw = r["lock_wait"]["max"] * 1000
-            rows.append(["state lock wait during back-to-back scrapes (max)", f"{lw:.2f} ms",
-                         "never blocks enforcement", "n/a"])
+    rows += b3_scrape.goal_rows(res.get("scrape") or {})
     for key, tag in DAEMON_RUNS:
         rows += _tuned_goal_rows(res.get(key) or {}, tag)
     return format_table(["B3 goal", "measured", "goal", ""], rows)
@@ -832,28 +594,7 @@ def format(res: dict) -> str:
         parts.append(format_table(["py-spy, real daemon main thread, busy samples (inclusive)", "%"], rows))
     elif ps:
         parts.append(f"py-spy: {ps.get('error')}")
-    s = res.get("scrape") or {}
-    rows = []
-    for r in s.get("rows", []):
-        if "cold_text" not in r:
-            continue
-        ms = (lambda k, q: f"{r[k]['wall'][q] * 1000:.2f}")  # noqa: E731
-        rows.append([f"{r['guests']} × {r['rt_vcpus_per_guest']}", r["vcpu_series"], r["samples"],
-                     f"{r['bytes'] / 1024:.0f}", ms("busy_text", "p50"), ms("busy_text", "p99"),
-                     ms("busy_openmetrics", "p99"), ms("cold_text", "p50"), ms("cached_text", "p50"),
-                     ms("cached_text", "p99"), f"{r['lock_wait']['max'] * 1000:.2f}"])
-    if rows:
-        parts.append(format_table(["/metrics, synthetic store, real vCPU threads: guests × realtime vCPUs",
-                                   "vCPU series", "samples", "KiB", "all ran p50 ms", "all ran p99 ms",
-                                   "all ran OM p99 ms", "idle p50 ms", "cached p50 ms", "cached p99 ms",
-                                   "lock wait max ms"], rows))
-        parts.append(f"The daemon's encoder (rtagent/monitor/exposition.py) on a registry holding only "
-                     f"RtagentCollector, {s['reps']} repetitions each.  The realtime vCPUs are real sleeping threads "
-                     f"of the benchmark: \"all ran\" treats every thread as having run since the last scrape (15 s "
-                     f"apart: schedstat every time, status when the daemon's reader would re-read it) and "
-                     f"shifts every value (every counter moved), \"idle\" "
-                     f"reads them as the daemon does for threads that did not run (schedstat only), \"cached\" "
-                     f"reuses the values (another scraper within the interval). "
-                     f"Lock wait: the longest the enforcement side waited for the state lock while scrapes ran "
-                     f"back to back.  Goal ≤ {GOAL_SCRAPE_MS_1000:g} ms at 1,000 series.")
+    scrape = b3_scrape.detail(res.get("scrape") or {})
+    if scrape:
+        parts.append(scrape)
     return "\n\n".join(parts)

@@ -82,6 +82,10 @@ class DaemonConfig:
     # Make realtime vCPUs realtime while libvirt still holds a starting
     # guest's CPUs stopped (daemon/startwatch.py), not at its STARTED event.
     start_window_early: bool = True
+    # Watch each managed guest's cpuset groups (inotify) and give a
+    # live-added iothread's new group its planned CPUs before libvirt's
+    # affinity call lands (daemon/placement.py).
+    cpuset_watch: bool = True
     # One daemon per host: held with flock(2) for the daemon's lifetime.
     lock_file: str = "/run/rtagent/rtagent.lock"
     # The guest selector (rtagent/selector.py): which guests this daemon

@@ -1,10 +1,9 @@
 """``rtagent run``: the loop — timers, the event queue and signals.
 
-Callbacks (libvirt, proc connector), signal handlers and timers only
-*enqueue*; this loop, in the main thread, hands items to the guest and
-host-side supervisors, so reconciles never race.  No libvirt call blocks it
-longer than ``[libvirt] call_timeout_s``, so the watchdog (petted only here)
-says whether *enforcement* is alive, not whether libvirt is.
+Callbacks (libvirt, proc connector, the start watch), signal handlers and timers
+only *enqueue*; this loop, in the main thread, hands items to the guest and host-side
+supervisors, so reconciles never race.  No libvirt call blocks it longer than ``[libvirt]
+call_timeout_s``, so the watchdog (petted only here) says whether *enforcement* is alive.
 """
 
 from __future__ import annotations
@@ -64,7 +63,8 @@ class Daemon:
                                 lambda ev: self._put(Kind.EVENT, ev), lambda reason: self._put(Kind.CLOSED, reason))
         self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
                                  lambda: self._put(Kind.RESYNC))
-        self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked)
+        self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
+                                      on_placements=self.services.set_placements)
         self.startwatch = StartWatch(self.guests, lambda: self._put(Kind.START))
         self.hostside = HostSupervisor(config, self.store)
         self._stop, self._next_resync, self._last_status = False, 0.0, ""

@@ -27,10 +27,13 @@ Key = tuple[int, int]  # (pid, tid)
 
 
 class CounterCache:
+    """``reader``: a :class:`CounterReader` (read in one batch per scrape), or
+    any ``(pid, tid) -> ThreadCounters | None`` (tests, the benchmark)."""
+
     def __init__(self, reader: Callable[[int, int], ThreadCounters | None] | CounterReader | None = None, *,
-                 ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic):
+                 ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.monotonic, max_fds: int = 0):
         if reader is None:
-            reader = CounterReader(Kernel())
+            reader = CounterReader(Kernel(), max_fds=max_fds)
         self._kernel_reader = reader if isinstance(reader, CounterReader) else None
         self._reader = reader.read if isinstance(reader, CounterReader) else reader
         self.ttl_s = ttl_s
@@ -46,13 +49,29 @@ class CounterCache:
         with self._lock:
             old = self._values
             fresh: dict[Key, tuple[float, ThreadCounters | None]] = {}
+            stale: list[Key] = []
             for key in keys:
                 hit = old.get(key)
                 if hit is None or now - hit[0] >= self.ttl_s:
-                    hit = (now, self._reader(*key))
-                    self.reads += 1
-                fresh[key] = hit
+                    stale.append(key)
+                else:
+                    fresh[key] = hit
+            if stale:
+                self.reads += len(stale)
+                if self._kernel_reader is not None:
+                    got = self._kernel_reader.read_many(stale)
+                else:
+                    got = {key: self._reader(*key) for key in stale}
+                for key in stale:
+                    fresh[key] = (now, got[key])
             self._values = fresh
-            if self._kernel_reader is not None and len(fresh) < len(old):
+            if self._kernel_reader is not None and fresh.keys() != old.keys():
                 self._kernel_reader.keep(set(fresh))
         return {k: v[1] for k, v in fresh.items()}
+
+    def close(self) -> None:
+        """Close the reader's kept descriptors (the endpoint stops)."""
+        with self._lock:
+            self._values = {}
+            if self._kernel_reader is not None:
+                self._kernel_reader.close()

@@ -29,8 +29,9 @@ def start_endpoints(config: Config, store: StateStore, snapshot=None):
     soft = fdlimit.raise_nofile()
     metrics_cap = config.metrics.max_connections if config.metrics.enabled else 0
     budget = fdlimit.client_budget(soft, metrics_cap, config.status.max_clients)
-    log.debug("file descriptors: soft limit %d, client caps metrics %d + status %d, %d kept for enforcement",
-              soft, budget.metrics, budget.status, fdlimit.ENFORCEMENT_RESERVE)
+    log.debug("file descriptors: soft limit %d, client caps metrics %d + status %d, %d kept for enforcement, "
+              "%d for the scrape's schedstat", soft, budget.metrics, budget.status, fdlimit.ENFORCEMENT_RESERVE,
+              budget.counters if config.metrics.enabled else 0)
     status = StatusServer(config.status.socket, config.status.group, snapshot or store.snapshot,
                           max_clients=budget.status, timeout_s=config.status.timeout_s)
     status.start()
@@ -39,7 +40,8 @@ def start_endpoints(config: Config, store: StateStore, snapshot=None):
         from .metrics import serve
 
         try:
-            metrics = serve(store, config.metrics, max_connections=budget.metrics, status_server=status.server)
+            metrics = serve(store, config.metrics, max_connections=budget.metrics, status_server=status.server,
+                            counter_fds=budget.counters)
         except Exception:
             status.close()
             raise

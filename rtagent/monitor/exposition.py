@@ -39,8 +39,11 @@ _OM = "application/openmetrics-text"
 def fmt_value(v: float | int) -> str:
     """prometheus_client's ``floatToGoString``, with its common case (a small
     non-negative integer: counts, 0/1 gauges) done without the float round trip."""
-    if type(v) is int and 0 <= v < 1_000_000:
+    t = type(v)
+    if t is int and 0 <= v < 1_000_000:
         return f"{v}.0"
+    if t is float and 0.0 <= v < 1e6:
+        return repr(v)  # what floatToGoString returns below 7 integer digits
     return floatToGoString(v)
 
 
@@ -67,6 +70,12 @@ class FastMetric(Metric):
         """Gauges/counters: ``(labels, value)``; histograms: ``(labels, buckets,
         sum_value)`` with ``buckets`` as ``[(le, cumulative count), …]``."""
         self._rows.append((tuple(labels), value, sum_value))
+
+    @property
+    def rows(self) -> list[tuple[tuple[str, ...], Any, Any]]:
+        """The rows as :meth:`add_metric` stores them (callers that keep rows
+        across scrapes extend this list directly)."""
+        return self._rows
 
     # -- prometheus_client's view (OpenMetrics via the library, tests, …) ----
 
@@ -126,8 +135,9 @@ class FastMetric(Metric):
             self._write_histogram(out, memo)
             return
         sample = name + "_total" if self.type == "counter" else name
-        prefix = self._prefix
-        out.extend(f"{prefix(sample, values, memo)}{fmt_value(value)}\n" for values, value, _ in self._rows)
+        prefix, get, fmt = self._prefix, memo.get, fmt_value
+        for values, value, _ in self._rows:
+            out.append(f"{get((sample, values)) or prefix(sample, values, memo)}{fmt(value)}\n")
 
     def _write_histogram(self, out: list[str], memo: dict) -> None:
         name = self.name

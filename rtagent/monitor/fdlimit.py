@@ -7,6 +7,12 @@ use them up: their connections are capped (``metrics.max_connections``,
 ``status.max_clients``) and the caps must fit under the soft
 ``RLIMIT_NOFILE`` with :data:`ENFORCEMENT_RESERVE` descriptors to spare.
 
+The scrape keeps two descriptors open per exported realtime vCPU thread
+(its ``schedstat`` and ``status``, read with ``pread``: a third and two
+thirds of the cost of opening them each scrape, :mod:`rtagent.kernel.counters`).  Those come out of the same
+budget, after the clients: at most :data:`COUNTER_FDS` of what the reserve
+and the client caps leave; threads beyond it are read by path.
+
 At start the soft limit is raised to the hard limit (systemd's default soft
 limit is 1,024, its hard limit 524,288; the unit sets ``LimitNOFILE=``).  If
 the caps still do not fit, they are lowered and the daemon says so.
@@ -20,11 +26,14 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENFORCEMENT_RESERVE", "ClientBudget", "client_budget", "raise_nofile"]
+__all__ = ["COUNTER_FDS", "ENFORCEMENT_RESERVE", "ClientBudget", "client_budget", "raise_nofile"]
 
 # Descriptors kept for everything but clients: a reconcile of one guest has a
 # handful open at once; libvirt, netlink, selectors and logs a dozen more.
 ENFORCEMENT_RESERVE = 256
+# Descriptors the scrape may keep open (schedstat + status per realtime
+# vCPU thread): twice the 1,000 realtime vCPUs of the goal, twice over.
+COUNTER_FDS = 4096
 # Never ask for more than this even when the hard limit is "unlimited".
 _SOFT_CEILING = 1 << 20
 
@@ -35,6 +44,7 @@ class ClientBudget:
     metrics: int
     status: int
     lowered: bool = False
+    counters: int = 0  # descriptors the scrape may keep open (its vCPU counters)
 
 
 def raise_nofile() -> int:
@@ -50,9 +60,10 @@ def raise_nofile() -> int:
     return soft
 
 
-def client_budget(soft_limit: int, metrics: int, status: int) -> ClientBudget:
+def client_budget(soft_limit: int, metrics: int, status: int, counters: int = COUNTER_FDS) -> ClientBudget:
     """Fit the configured client caps under ``soft_limit`` minus the reserve,
-    halving both (at least 1 each) until they do."""
+    halving both (at least 1 each) until they do; the scrape's kept
+    descriptors get at most ``counters`` of what is left (maybe none)."""
     room = max(2, soft_limit - ENFORCEMENT_RESERVE)
     want_m, want_s = metrics, status
     while metrics + status > room and (metrics > 1 or status > 1):
@@ -63,4 +74,4 @@ def client_budget(soft_limit: int, metrics: int, status: int) -> ClientBudget:
                     "enforcement: metrics.max_connections lowered from %d to %d, status.max_clients from %d "
                     "to %d (raise LimitNOFILE= in the unit)", soft_limit, room, ENFORCEMENT_RESERVE,
                     want_m, metrics, want_s, status)
-    return ClientBudget(soft_limit, metrics, status, lowered)
+    return ClientBudget(soft_limit, metrics, status, lowered, max(0, min(counters, room - metrics - status)))

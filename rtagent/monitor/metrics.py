@@ -367,22 +367,54 @@ def _add_guest(f: SimpleNamespace, g: _Guest) -> None:
         f.hugetlb.add_metric([g.name], g.memory[2])
 
 
-def _add_vcpus(f: SimpleNamespace, g: _Guest, counters: dict) -> None:
+def _add_vcpus(f: SimpleNamespace, g: _Guest) -> None:
+    """The vCPU rows that come from the report; the counters are added per
+    scrape (:func:`_add_counters`)."""
     for v in g.vcpus:
         labels = [g.name, str(v.vcpu)]
         if not v.has_thread:
             f.tuned.add_metric(labels, 0)
             continue
-        c = counters.get((v.pid, v.tid))
-        if c is not None:  # None: the thread is gone since the report (re-read at the next reconcile)
-            if c.run_delay_ns is not None:
-                f.delay.add_metric(labels, c.run_delay_ns / 1e9)
-            if c.run_time_ns is not None:
-                f.cpu.add_metric(labels, c.run_time_ns / 1e9)
-            f.nvcsw.add_metric(labels, c.nonvoluntary_ctxt_switches)
         f.policy.add_metric([*labels, v.policy], 1)
         f.prio.add_metric(labels, v.priority)
         f.tuned.add_metric(labels, 1 if v.tuned else 0)
+
+
+# The per-scrape families: everything else a guest exports is kept as rows.
+_COUNTED = ("delay", "cpu", "nvcsw")
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One guest's rows of every family but the vCPU counters, built once per
+    change of what it shows, and the (pid, tid, labels) of its counter rows."""
+
+    static: tuple[tuple[str, tuple], ...]  # (family attribute, its rows)
+    counted: tuple[tuple[int, int, tuple[str, str]], ...]
+
+
+def _rows_of(g: _Guest) -> _Rows:
+    f = _guest_families()
+    _add_guest(f, g)
+    if g.has_report:
+        _add_vcpus(f, g)
+    static = tuple((attr, tuple(m.rows)) for attr, m in vars(f).items() if m.rows and attr not in _COUNTED)
+    counted = tuple((v.pid, v.tid, (g.name, str(v.vcpu))) for v in g.vcpus if v.has_thread) if g.has_report else ()
+    return _Rows(static, counted)
+
+
+def _add_counters(f: SimpleNamespace, rows: _Rows, counters: dict) -> None:
+    delay, cpu, nvcsw = f.delay.rows, f.cpu.rows, f.nvcsw.rows
+    for pid, tid, labels in rows.counted:
+        c = counters.get((pid, tid))
+        if c is None:  # the thread is gone since the report (re-read at the next reconcile)
+            continue
+        run_time, run_delay, switches = c
+        if run_delay is not None:
+            delay.append((labels, run_delay / 1e9, None))
+        if run_time is not None:
+            cpu.append((labels, run_time / 1e9, None))
+        nvcsw.append((labels, switches, None))
 
 
 class RtagentCollector(Collector):
@@ -393,7 +425,8 @@ class RtagentCollector(Collector):
         self.version = version
         # Per-thread counters, read at scrape time (not by the resync).
         self.counters = counters or CounterCache()
-        self._derived: dict[str, tuple[DomainReport, _FromReport]] = {}  # uuid -> (report, what it says)
+        # uuid -> (report, what it says, what the rows show, the guest, its rows)
+        self._derived: dict[str, tuple[DomainReport | None, _FromReport, tuple, _Guest, _Rows]] = {}
 
     def describe(self) -> list[Metric]:
         # Nothing to pre-declare: names are checked by the tests, and an empty
@@ -404,7 +437,7 @@ class RtagentCollector(Collector):
         t0 = time.perf_counter()
         snap: _Snapshot = self.store.read(_take)
         guests = self._derive(snap.guests)
-        counters = self.counters.get((v.pid, v.tid) for g in guests for v in g.vcpus if v.has_thread)
+        counters = self.counters.get((pid, tid) for _, rows in guests for pid, tid, _ in rows.counted)
         families = [*self._daemon(snap), *self._host(snap), *self._guests(guests, counters)]
         scrape = _gauge("scrape_duration_seconds",
                         "Time this collector took to read the state store and build the metrics (this scrape).")
@@ -412,8 +445,10 @@ class RtagentCollector(Collector):
         families.append(scrape)
         yield from families
 
-    def _derive(self, refs: list[_GuestRef]) -> list[_Guest]:
-        """Outside the lock: each guest's rows, re-derived only for a new report."""
+    def _derive(self, refs: list[_GuestRef]) -> list[tuple[_Guest, _Rows]]:
+        """Outside the lock: each guest's rows, re-derived only for a new
+        report, rebuilt only when what it shows changed (the steady state
+        reuses them: a scrape then builds only the vCPU counter rows)."""
         old, new = self._derived, {}
         out = []
         for ref in refs:
@@ -425,9 +460,15 @@ class RtagentCollector(Collector):
                 derived = hit[1]
             else:
                 derived = _from_report(r)
-            if r is not None:
-                new[ref.uuid] = (r, derived)
-            out.append(_guest(ref, derived))
+            key = (derived, ref.name, ref.corrections, ref.correction_failures, ref.latency[1], ref.latency[2],
+                   ref.event_to_tuned_s, r is not None)
+            if hit is not None and hit[2] == key:
+                g, rows = hit[3], hit[4]
+            else:
+                g = _guest(ref, derived)
+                rows = _rows_of(g)
+            new[ref.uuid] = (r, derived, key, g, rows)
+            out.append((g, rows))
         self._derived = new
         return out
 
@@ -523,13 +564,14 @@ class RtagentCollector(Collector):
 
     # -- guests ---------------------------------------------------------------
 
-    def _guests(self, guests: list[_Guest], counters: dict) -> list[Metric]:
+    def _guests(self, guests: list[tuple[_Guest, _Rows]], counters: dict) -> list[Metric]:
         f = _guest_families()
-        for g in guests:
-            _add_guest(f, g)
-            if g.has_report:
-                _add_vcpus(f, g, counters)
-        return list(vars(f).values())
+        families = vars(f)
+        for _, rows in guests:
+            for attr, rs in rows.static:
+                families[attr].rows.extend(rs)
+            _add_counters(f, rows, counters)
+        return list(families.values())
 
 
 # ---------------------------------------------------------------------------
@@ -570,8 +612,10 @@ class ClientServersCollector(Collector):
 class MetricsServer:
     """A running /metrics endpoint; :meth:`close` stops it and joins its thread."""
 
-    def __init__(self, server: ConnectionServer, handler: MetricsHandler, registry: CollectorRegistry, tls: bool):
+    def __init__(self, server: ConnectionServer, handler: MetricsHandler, registry: CollectorRegistry, tls: bool,
+                 counters: CounterCache | None = None):
         self.server = server
+        self.counters = counters
         self.handler = handler
         self.registry = registry
         self.host, self.port = server.listener.getsockname()[:2]
@@ -586,6 +630,8 @@ class MetricsServer:
         server, self.server = self.server, None
         if server is not None:
             server.close(timeout)
+            if self.counters is not None:
+                self.counters.close()  # after the server thread stopped: no scrape is reading
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -647,7 +693,8 @@ def _bind(cfg: MetricsConfig) -> socket.socket:
 
 def serve(store: StateStore, metrics_config: MetricsConfig, registry: CollectorRegistry | None = None, *,
           max_connections: int | None = None, status_server: ConnectionServer | None = None,
-          reuse_s: float = RENDER_REUSE_S) -> MetricsServer:
+          reuse_s: float = RENDER_REUSE_S, counter_fds: int = 0,
+          counters: CounterCache | None = None) -> MetricsServer:
     """Serve ``/metrics`` for ``store`` on ``metrics_config.listen``.
 
     A private registry (not prometheus_client's global one) holds the
@@ -656,7 +703,9 @@ def serve(store: StateStore, metrics_config: MetricsConfig, registry: CollectorR
     ``tls_client_ca`` it also requires a client certificate signed by it.
     ``max_connections`` overrides the config's cap (the daemon's descriptor
     budget, :mod:`rtagent.monitor.fdlimit`); ``status_server`` adds the
-    status socket's connection counters.
+    status socket's connection counters.  ``counter_fds``: ``schedstat``
+    descriptors the vCPU counters may keep open (the same budget's
+    ``counters``); ``counters``: a cache to read them through (benchmarks).
     """
     ctx = _tls_context(metrics_config)
     sock = _bind(metrics_config)
@@ -664,7 +713,8 @@ def serve(store: StateStore, metrics_config: MetricsConfig, registry: CollectorR
         registry = CollectorRegistry()
         # The agent's own CPU, memory, file descriptors, start time.
         ProcessCollector(registry=registry)
-    registry.register(RtagentCollector(store))
+    counters = counters or CounterCache(max_fds=counter_fds)
+    registry.register(RtagentCollector(store, counters=counters))
     limits = Limits(max_connections=max_connections or metrics_config.max_connections,
                     idle_timeout_s=metrics_config.idle_timeout_s,
                     request_timeout_s=metrics_config.request_timeout_s)
@@ -675,4 +725,4 @@ def serve(store: StateStore, metrics_config: MetricsConfig, registry: CollectorR
         servers["status"] = status_server
     registry.register(ClientServersCollector(servers))
     server.start()
-    return MetricsServer(server, handler, registry, ctx is not None)
+    return MetricsServer(server, handler, registry, ctx is not None, counters)

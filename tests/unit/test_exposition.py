@@ -79,7 +79,8 @@ def test_only_fast_families():
 
 def test_fmt_value_matches_go_formatting():
     from prometheus_client.utils import floatToGoString
-    for v in (0, 1, 7, 999_999, 1_000_000, 123_456_789, -3, 0.5, 1e-9, 2.0, float("inf"), float("nan")):
+    for v in (0, 1, 7, 999_999, 1_000_000, 123_456_789, -3, 0.5, 1e-9, 2.0, float("inf"), float("nan"), 0.0, -0.0,
+              1e-07, 3.14159e-05, 123456.789, 999999.999999, 1e6, 1234567.5, 1e21, -2.5, 12345.000000001):
         assert fmt_value(v) == floatToGoString(v), v
 
 
@@ -89,3 +90,34 @@ def test_the_endpoint_encodes_through_exposition():
     from rtagent.monitor import exposition, httpd
 
     assert httpd.choose_encoder is exposition.choose_encoder
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_one_collector_across_changes_writes_what_a_fresh_one_writes(openmetrics):
+    """The collector keeps each guest's rows (and the writer its text) while
+    what they show stays; every kind of change shows on the next scrape,
+    byte for byte what prometheus_client writes for the new state."""
+    store = _store()
+    counters = report_counters(store)
+    reg = CollectorRegistry()
+    reg.register(_Fixed(store, version="9.9.9", counters=counters))
+    encoder, _ = choose_encoder(OM if openmetrics else "")
+    library = om_latest if openmetrics else generate_latest
+    split = (lambda b: sorted(b.decode().replace("# EOF\n", "").split("# HELP ")))
+    first = encoder(reg)
+    assert encoder(reg) == first  # steady state: the same bytes
+
+    def change(s: StateStore) -> None:
+        g = s.guests["11111111-2222-3333-4444-555555555555"]
+        g.corrections.update({"vcpu_policy": 1})
+        g.correction_latency.observe(0.05)
+        s.guests["aaaaaaaa-2222-3333-4444-555555555555"].report = make_report(
+            "rt2", "aaaaaaaa-2222-3333-4444-555555555555", v2_policy="other")
+        del s.guests["dddddddd-2222-3333-4444-555555555555"]
+    store.update(change)
+    ours = encoder(reg)
+    assert ours != first
+    fresh = CollectorRegistry()
+    fresh.register(_Fixed(store, version="9.9.9", counters=counters))
+    assert split(ours) == split(library(fresh))
+    assert b"we\\\"ird" not in ours

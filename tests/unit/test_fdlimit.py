@@ -34,3 +34,17 @@ def test_raise_nofile_reaches_the_hard_limit():
         assert got == (hard if hard != resource.RLIM_INFINITY else got) and got >= min(256, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_scrapes_descriptors_come_after_the_clients():
+    """The kept schedstat descriptors get what the reserve and the client caps
+    leave, at most COUNTER_FDS, and never push the clients down."""
+    from rtagent.monitor.fdlimit import COUNTER_FDS
+
+    assert client_budget(65536, 64, 64).counters == COUNTER_FDS
+    b = client_budget(1024, 64, 64)
+    assert (b.metrics, b.status, b.counters) == (64, 64, 1024 - ENFORCEMENT_RESERVE - 128)
+    b = client_budget(ENFORCEMENT_RESERVE + 100, 64, 64)
+    assert (b.metrics, b.status, b.counters) == (32, 32, 36)
+    assert client_budget(ENFORCEMENT_RESERVE + 10, 5000, 5000).counters >= 0
+    assert client_budget(65536, 64, 64, counters=0).counters == 0
