@@ -125,13 +125,14 @@ class Tally:
     count: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Ctx:
     role: TaskRole
     kind: Kind | None
     source: str
     pid: int = -1
     comm: str = ""
+    tally: Tally | None = None     # where its time goes (None: idle, owner)
 
 
 Classifier = Callable[[int, str], tuple[Kind, str]]
@@ -167,7 +168,9 @@ class CpuAccount:
         self._task: _Ctx | None = None
         self._stack: list[_Ctx] = []
         self._waiting_owner: int | None = None
+        self._victim: int | None = None     # the owner that foreign time now delays
         self._ctx_cache: dict[tuple[int, str], _Ctx] = {}
+        self._intr_cache: dict[tuple[Kind, str], _Ctx] = {}
         self._comms: dict[int, str] = {}    # pid -> the comm a switch last named
 
     # -- public
@@ -179,6 +182,7 @@ class CpuAccount:
             self._ctx_cache.clear()
             if self._task is not None:
                 self._task = self._role_of(self._task.pid, self._task.comm)
+            self._set_victim()
 
     def feed(self, events: Iterable[Event]) -> None:
         evs = events if isinstance(events, (list, tuple)) else list(events)
@@ -203,7 +207,12 @@ class CpuAccount:
             elif code == ENTER:
                 self._enter(ev[3], ev[4])
             else:
-                self._exit(ev[3])
+                stack = self._stack
+                if stack and stack[-1].kind is ev[3]:
+                    stack.pop()
+                else:
+                    # Tracing began inside this handler, or the entry was lost.
+                    self.inconsistent += 1
 
     def advance(self, ts: int) -> None:
         """Charge the running context up to ``ts`` (no event needed: a busy
@@ -222,19 +231,17 @@ class CpuAccount:
             return
         self._now = ts
         top = self._stack[-1] if self._stack else self._task
-        if top is None or top.kind is None:
+        if top is None or top.tally is None:
             return
         dt = ts - now
-        self._tally(top.kind, top.source).ns += dt
-        owner = self._affected_owner()
-        if owner is not None:
-            per = self.preempted.setdefault(owner, {})
+        top.tally.ns += dt
+        if self._victim is not None:
+            per = self.preempted.setdefault(self._victim, {})
             per[top.kind] = per.get(top.kind, 0) + dt
 
-    def _affected_owner(self) -> int | None:
-        if self._task is not None and self._task.role is TaskRole.OWNER:
-            return self._task.pid
-        return self._waiting_owner
+    def _set_victim(self) -> None:
+        task = self._task
+        self._victim = task.pid if task is not None and task.role is TaskRole.OWNER else self._waiting_owner
 
     def _tally(self, kind: Kind, source: str) -> Tally:
         key = (kind, source)
@@ -264,7 +271,7 @@ class CpuAccount:
         if pid in self.owners:
             return _Ctx(TaskRole.OWNER, None, "owner", pid, comm)
         kind, source = self.classify(pid, comm)
-        return _Ctx(TaskRole.FOREIGN, kind, source, pid, comm)
+        return _Ctx(TaskRole.FOREIGN, kind, source, pid, comm, self._tally(kind, source))
 
     def _remember(self, pid: int, comm: str) -> None:
         if comm and self._comms.get(pid) != comm:
@@ -276,8 +283,9 @@ class CpuAccount:
         if nxt.role is TaskRole.OWNER or (self._waiting_owner is not None and self._waiting_owner not in self.owners):
             self._waiting_owner = None
         self._task = nxt
-        if nxt.kind is not None:
-            self._tally(nxt.kind, nxt.source).count += 1
+        if nxt.tally is not None:
+            nxt.tally.count += 1
+        self._set_victim()
 
     def _missed_switch(self, pid: int, comm: str | None, events: list[Event] | tuple[Event, ...], i: int) -> None:
         # After idle this runs before the time since the previous event is
@@ -296,25 +304,28 @@ class CpuAccount:
             # means an exit event was lost.
             self.inconsistent += 1
             self._stack.clear()
-        self._remember(prev_pid, prev_comm)
-        self._remember(next_pid, next_comm)
+        comms = self._comms
+        if comms.get(next_pid) != next_comm:
+            self._remember(next_pid, next_comm)
+        if prev_comm and comms.get(prev_pid) != prev_comm:
+            self._remember(prev_pid, prev_comm)
         if prev_pid in self.owners and runnable(prev_state):
             self._waiting_owner = prev_pid
-        self._switched_in(self._role_of(next_pid, next_comm))
+        self._switched_in(self._ctx_cache.get((next_pid, next_comm)) or self._role_of(next_pid, next_comm))
 
     def _enter(self, kind: Kind, source: str) -> None:
-        if len(self._stack) >= MAX_DEPTH:
+        stack = self._stack
+        if len(stack) >= MAX_DEPTH:
             self.inconsistent += 1
-            self._stack.clear()
-        self._stack.append(_Ctx(TaskRole.FOREIGN, kind, source))
-        self._tally(kind, source).count += 1
-
-    def _exit(self, kind: Kind) -> None:
-        if self._stack and self._stack[-1].kind is kind:
-            self._stack.pop()
-        else:
-            # Tracing began inside this handler, or the entry was lost.
-            self.inconsistent += 1
+            stack.clear()
+        ctx = self._intr_cache.get((kind, source))
+        if ctx is None:
+            if len(self._intr_cache) >= 4096:
+                self._intr_cache.clear()
+            ctx = self._intr_cache[(kind, source)] = _Ctx(TaskRole.FOREIGN, kind, source, -1, "",
+                                                           self._tally(kind, source))
+        ctx.tally.count += 1
+        stack.append(ctx)
 
     def _lost(self, _ts: int) -> None:
         self.lost += 1
@@ -322,6 +333,7 @@ class CpuAccount:
         self._task = None
         self._stack.clear()
         self._waiting_owner = None
+        self._victim = None
 
 
 def _comm_ahead(events: list[Event] | tuple[Event, ...], i: int, pid: int) -> str:

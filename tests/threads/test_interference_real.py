@@ -81,7 +81,17 @@ def steal_ns(cpu: int) -> int:
 def report(what: str, accounted: float, reference: float) -> None:
     """One line per measurement (pytest -s, or the CI log of a failure)."""
     print(f"interference {what}: accounted {accounted:.0f} of {reference:.0f}"
-          f" ({accounted / reference if reference else 0:.3f})")
+          f" ({accounted / reference if reference else 0:.3f}) load {os.getloadavg()[0]:.1f}")
+
+
+def skip_if_lost(s: InterferenceSampler) -> None:
+    """Events the kernel dropped (the buffer overran: another heavy load on
+    CPU 1, or the reader starved on a loaded CPU 0) make the accounting
+    incomplete by design — it says so (lost_events) — so no ±10 % can hold."""
+    with s._lock:
+        lost = s._acc[RT_CPU].lost
+    if lost:
+        pytest.skip(f"the trace buffer overran ({lost} events lost): another heavy load on CPU {RT_CPU}")
 
 
 def settle(s: InterferenceSampler) -> None:
@@ -105,6 +115,7 @@ def test_busy_task_is_attributed_within_ten_percent(sampler_factory):
     settle(s)
     ns, count = total(s, Kind.TASK, name)
     report("busy task ns", ns, injected_ns)
+    skip_if_lost(s)
     assert count >= 1
     assert abs(ns - injected_ns) <= 0.10 * injected_ns + stolen, (ns, injected_ns, stolen)
     view = s.snapshot().cpus[0].window
@@ -127,6 +138,7 @@ def test_preempted_owner_is_charged_with_the_noise(sampler_factory):
     settle(s)
     ns, _ = total(s, Kind.TASK, noise_name)
     report("noise beside an owner ns", ns, injected_ns)
+    skip_if_lost(s)
     assert abs(ns - injected_ns) <= 0.10 * injected_ns + stolen, (ns, injected_ns, stolen)
     cpu = s.snapshot().cpus[0]
     preempted = cpu.preempted[("itf-guest", 1)]
@@ -177,10 +189,7 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     kw_after = _kworker_runtime(RT_CPU)
     ns, n = total(s, Kind.KTHREAD, "kworker")
     ns, n = ns - before_ns, n - before_n
-    with s._lock:
-        lost = s._acc[RT_CPU].lost
-    if lost:
-        pytest.skip(f"the trace buffer overran ({lost} events lost): another heavy load on CPU {RT_CPU}")
+    skip_if_lost(s)
     schedstat = sum(v[0] - kw_before.get(pid, (0, 0))[0] for pid, v in kw_after.items())
     runs = sum(v[1] - kw_before.get(pid, (0, 0))[1] for pid, v in kw_after.items())
     report("kworker runs", n, runs)
@@ -285,6 +294,7 @@ def test_irq_moved_there_and_triggered(sampler_factory):
     ns, n = total(s, Kind.IRQ, action)
     ns, n = ns - before_ns, n - before_n
     report("irq count", n, seen)
+    skip_if_lost(s)
     if seen < 100:
         pytest.skip(f"IRQ {irq} fired only {seen} times on CPU {RT_CPU} (another test moved it?)")
     # The kernel's own per-CPU count of the IRQ is the yardstick; there is no
