@@ -55,6 +55,9 @@ class EventKind(str, enum.Enum):
     METADATA = "metadata"  # METADATA_CHANGE: the intent may have changed
     TUNABLE = "tunable"  # a live vcpupin / emulatorpin / iothreadpin
     DEVICE_ADDED = "device_added"  # hotplug: new threads (vhost, iothread) follow
+    # Not libvirt's: a managed guest's thread-group cpuset was rewritten (the
+    # first step of libvirt's re-pin, seen in cgroupfs; daemon/placement.py).
+    CPUSET = "cpuset"
     OTHER = "other"
 
 

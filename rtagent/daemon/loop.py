@@ -62,7 +62,7 @@ class Daemon:
         self.link = LibvirtLink(self.host, self.store, config.libvirt.reconnect_max_backoff_s,
                                 lambda ev: self._put(Kind.EVENT, ev), lambda reason: self._put(Kind.CLOSED, reason))
         self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
-                                 lambda: self._put(Kind.RESYNC))
+                                 lambda: self._put(Kind.RESYNC), lambda e, at: self.queue.put(Item(Kind.EVENT, e, at)))
         self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
                                       on_placements=self.services.set_placements)
         self.startwatch = StartWatch(self.guests, lambda: self._put(Kind.START))

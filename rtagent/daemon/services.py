@@ -11,7 +11,7 @@ from .. import privileges
 from ..config import Config, load_config, partition_warning
 from ..errors import RtagentError
 from ..cpulist import format_cpulist
-from ..libvirt_host import LibvirtHost, start_event_loop
+from ..libvirt_host import DomainEvent, LibvirtHost, start_event_loop
 from ..kernel import Kernel
 from ..kernel.procconn import ProcConnector
 from ..monitor.endpoints import start_endpoints
@@ -47,10 +47,11 @@ def prepare(config: Config, lock: InstanceLock) -> privileges.PrivilegeReport:
 
 class Services:
     def __init__(self, store: StateStore, on_thread: Callable[[int, int, str], None],
-                 on_overflow: Callable[[], None]):
+                 on_overflow: Callable[[], None], on_repin: Callable[[DomainEvent, float], None] | None = None):
         self.store = store
         self._on_thread = on_thread
         self._on_overflow = on_overflow
+        self._on_repin = on_repin
         self.procconn: ProcConnector | None = None
         self.status: StatusServer | None = None
         self.metrics = None
@@ -90,7 +91,7 @@ class Services:
                 self.procconn = None
         try:
             if config.daemon.cpuset_watch:
-                self.placement = PlacementWatch(Kernel())
+                self.placement = PlacementWatch(Kernel(), self._on_repin)
                 self.placement.start()
         except OSError as err:
             log.warning("cpuset watch unavailable (%s): a live-added iothread is placed by the reconcile "
