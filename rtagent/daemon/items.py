@@ -11,6 +11,7 @@ class Kind(enum.Enum):
     THREAD = "thread"
     CLOSED = "closed"
     RESYNC = "resync"
+    START = "start"  # wakes the loop; _timers hands the signal to daemon/startwatch.py
     RELOAD = "reload"
     STOP = "stop"
 
