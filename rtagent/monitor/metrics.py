@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
@@ -132,15 +132,15 @@ class _FromReport:
     conflicts: tuple[tuple[str, str, str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class _GuestRef:
-    """Taken under the store's lock: a reference and small copies, nothing derived."""
+class _GuestRef(NamedTuple):
+    """Taken under the store's lock: a reference and flat copies, nothing
+    derived, nothing sorted (a tuple: the cheapest copy per guest)."""
 
     name: str
     uuid: str
     report: DomainReport | None
-    corrections: tuple[tuple[str, int], ...]
-    correction_failures: tuple[tuple[str, int], ...]
+    corrections: dict
+    correction_failures: dict
     latency: tuple[tuple[float, ...], list[int], float]
     event_to_tuned_s: float | None
 
@@ -236,8 +236,8 @@ def _conflict_labels(name: str, c: Any) -> tuple[str, str, str, str]:
 
 def _ref(g: GuestState) -> _GuestRef:
     h = g.correction_latency
-    return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=_items(g.corrections),
-                     correction_failures=_items(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
+    return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=dict(g.corrections),
+                     correction_failures=dict(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
                      event_to_tuned_s=g.event_to_tuned_s)
 
 
@@ -245,8 +245,8 @@ def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
     return _Guest(
         name=ref.name, uuid=ref.uuid, source=derived.source, flavor=derived.flavor, has_report=ref.report is not None,
         realtime=derived.realtime, valid=derived.valid, compliant=derived.compliant, violations=derived.violations,
-        memory=derived.memory, vcpus=derived.vcpus, corrections=ref.corrections,
-        correction_failures=ref.correction_failures, correction_latency=_Hist.raw(*ref.latency),
+        memory=derived.memory, vcpus=derived.vcpus, corrections=_items(ref.corrections),
+        correction_failures=_items(ref.correction_failures), correction_latency=_Hist.raw(*ref.latency),
         event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts,
     )
 
