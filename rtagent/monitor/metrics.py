@@ -56,6 +56,7 @@ from .connserver import ConnectionServer, Limits
 from .counters import CounterCache
 from .exposition import FastMetric
 from .httpd import RENDER_REUSE_S, MetricsHandler
+from .lockprio import at_loop_priority
 from .hostchecks import metric_of
 
 __all__ = ["LISTEN_BACKLOG", "RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
@@ -426,7 +427,8 @@ class RtagentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         t0 = time.perf_counter()
-        snap: _Snapshot = self.store.read(_take)
+        with at_loop_priority():  # the lock is held at the loop's priority, never at a client's
+            snap: _Snapshot = self.store.read(_take)
         guests = self._derive(snap.guests)
         counters = self.counters.get((pid, tid) for _, rows in guests for pid, tid, _ in rows.counted)
         families = [*self._daemon(snap), *self._host(snap), *self._guests(guests, counters)]

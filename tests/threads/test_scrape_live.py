@@ -206,3 +206,35 @@ def test_a_client_that_never_reads_delays_neither_the_writer_nor_other_scrapes()
         for s in stuck:
             s.close()
         srv.close()
+
+
+class _Recording(StateStore):
+    """Records the nice value of the thread that holds the lock for a reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nice_inside: list[int] = []
+
+    def read(self, fn):
+        self.nice_inside.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().read(fn)
+
+
+def test_a_scrape_from_a_nice_client_thread_holds_the_lock_at_the_loops_priority():
+    store = _Recording()
+    reg = CollectorRegistry()
+    reg.register(RtagentCollector(store, counters=CounterCache(lambda pid, tid: None)))
+    seen: dict[str, int] = {}
+
+    def client() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 10)  # as the endpoints' threads run
+        ENCODE(reg)
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    t = threading.Thread(target=client)
+    t.start()
+    t.join(30)
+    loop = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert store.nice_inside == [loop]
+    assert seen["after"] == 10  # back to the client's priority after the copy
