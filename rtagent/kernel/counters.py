@@ -1,32 +1,40 @@
 """Per-thread scheduler counters, read when they are exported.
 
-``schedstat`` (time on CPU, time runnable but waiting — the run-queue delay —
-and timeslices) and the involuntary context switches from ``status``.  These
-are the evidence a scrape exports, not something to enforce, so they are
-read at scrape time (cached by :mod:`rtagent.monitor.counters`), never on
-every resync.
+Time on CPU, time runnable but waiting (the run-queue delay) and involuntary
+context switches of the realtime vCPU threads: the evidence a scrape
+exports, not something to enforce, so they are read at scrape time (cached
+by :mod:`rtagent.monitor.counters`), never on every resync.
 
-Measured (1,000 threads, quiet machine): ``open``+``read``+``close`` of
-``schedstat`` costs ~2.8 µs a thread, ``pread`` on a descriptor kept open
-~0.8 µs; ``status`` ~6.7 µs by path, ~4.1 µs by ``pread`` (kernel
-formatting of ~50 lines).  So each exported thread's ``schedstat`` and
-``status`` descriptors are kept open, within a budget the endpoints account
-for (:mod:`rtagent.monitor.fdlimit`); files beyond it are read by path.  A kept descriptor names the thread, not the
-number: once the thread exits it reads ``ESRCH``, even if the TID is reused.
-``status`` is read only when its value can have moved (see
-:class:`CounterReader`).
+On the live kernel they come from taskstats (:mod:`rtagent.kernel.taskstats`:
+all three exact, one netlink answer a thread, no descriptor per thread).
+Where taskstats is unavailable (no ``CAP_NET_ADMIN``, a kernel without it, a
+fixture tree) they come from ``/proc``: ``schedstat`` (fields 1 and 2) and
+``status`` (``nonvoluntary_ctxt_switches``).  Measured there (1,000
+threads, quiet machine): ``open``+``read``+``close`` of ``schedstat`` costs
+~2.8 µs a thread, ``pread`` on a descriptor kept open ~0.8 µs; ``status``
+~6.7 µs by path, ~4.1 µs by ``pread``.  So each exported thread's
+``schedstat`` and ``status`` descriptors are kept open, within a budget the
+endpoints account for (:mod:`rtagent.monitor.fdlimit`); files beyond it are
+read by path.  A kept descriptor names the thread, not the number: once the
+thread exits it reads ``ESRCH``, even if the TID is reused.  ``status`` is
+read only when its value can have moved (see :class:`CounterReader`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+from .taskstats import Taskstats, TaskstatsUnavailable
+
 if TYPE_CHECKING:
     from .root import Kernel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ThreadCounters", "CounterReader", "NVCSW_MAX_AGE_S"]
 
@@ -57,8 +65,9 @@ Key = tuple[int, int]  # (pid, tid)
 
 
 class CounterReader:
-    """Reads ``schedstat`` on every call and ``status`` only when the
-    involuntary-switch count can have moved and the value is old.
+    """Taskstats when it works; else ``schedstat`` on every call and
+    ``status`` only when the involuntary-switch count can have moved and the
+    value is old:
 
     A preempted thread stays runnable on a run queue until it runs again, and
     the kernel adds that wait to schedstat's run-queue delay
@@ -71,8 +80,12 @@ class CounterReader:
     ``status`` of each thread, first come first kept)."""
 
     def __init__(self, kernel: Kernel, *, clock=time.monotonic, max_fds: int = 0,
-                 nvcsw_max_age_s: float = NVCSW_MAX_AGE_S):
+                 nvcsw_max_age_s: float = NVCSW_MAX_AGE_S, taskstats: bool = True):
         self._kernel = kernel
+        # taskstats first (exact, cheapest) on the live kernel; the files are
+        # the fallback and what a fixture tree has.
+        self._ts: Taskstats | None = None
+        self._ts_state = "untried" if taskstats and kernel.live else "off"
         self._clock = clock
         self._max_age = nvcsw_max_age_s
         self.max_fds = max(0, max_fds)
@@ -90,12 +103,40 @@ class CounterReader:
         got = self.read_many(((pid, tid),))[(pid, tid)]
         return None if got is None else ThreadCounters(*got)
 
+    @property
+    def source(self) -> str:
+        """Where the counters come from now: ``taskstats`` or ``proc``."""
+        return "taskstats" if self._ts is not None else "proc"
+
     def read_many(self, keys: Iterable[Key]) -> dict[Key, tuple[int | None, int | None, int] | None]:
-        """One pass over ``keys`` (the scrape's threads): the common case — a
-        kept ``schedstat`` descriptor, the count still good — inline.  Values
-        are plain ``(run_time_ns, run_delay_ns, nonvoluntary_ctxt_switches)``
-        tuples (:class:`ThreadCounters`' fields, equal to one; no object per
-        thread and scrape)."""
+        """One pass over ``keys`` (the scrape's threads).  Values are plain
+        ``(run_time_ns, run_delay_ns, nonvoluntary_ctxt_switches)`` tuples
+        (:class:`ThreadCounters`' fields, equal to one; no object per thread
+        and scrape)."""
+        keys = list(keys)
+        ts = self._taskstats()
+        if ts is not None:
+            try:
+                return ts.read_many(keys)
+            except OSError as err:  # reopened at the next scrape; the files answer this one
+                log.warning("taskstats read failed (%s): reading /proc for this scrape", err)
+                ts.close()
+                self._ts, self._ts_state = None, "untried"
+        return self._read_files(keys)
+
+    def _taskstats(self) -> Taskstats | None:
+        if self._ts_state == "untried":
+            try:
+                self._ts, self._ts_state = Taskstats.open(), "open"
+                self.keep(set())  # the files' descriptors are not needed any more
+            except TaskstatsUnavailable as err:
+                log.info("%s: vCPU counters are read from /proc (schedstat, status)", err)
+                self._ts_state = "off"
+        return self._ts
+
+    def _read_files(self, keys: list[Key]) -> dict[Key, tuple[int | None, int | None, int] | None]:
+        """``schedstat`` through kept descriptors (the common case inline),
+        ``status`` when the count can have moved and is due."""
         now = self._clock()
         out: dict[Key, tuple[int | None, int | None, int] | None] = {}
         kept, last_of, pread = self._fds["schedstat"], self._last, os.pread
@@ -179,3 +220,6 @@ class CounterReader:
         for key in {k for fds in self._fds.values() for k in fds}:
             self._forget(key)
         self._last.clear()
+        if self._ts is not None:
+            self._ts.close()
+            self._ts, self._ts_state = None, "untried"

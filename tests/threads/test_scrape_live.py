@@ -76,7 +76,10 @@ def vcpu1(name: str, domain: str) -> tuple:
     return name, (("domain", domain), ("vcpu", "1"))
 
 
-def test_kept_descriptors_follow_the_kernel_and_close_when_the_thread_exits():
+@pytest.mark.parametrize("taskstats", [True, False], ids=["taskstats", "proc-files"])
+def test_the_counters_follow_the_kernel_and_leave_with_the_thread(taskstats):
+    """Through taskstats (the daemon's first choice) and through kept /proc
+    descriptors (its fallback): the kernel's values, scrape after scrape."""
     part = partition()
     v = Vcpu(min(part.housekeeping))
     try:
@@ -85,11 +88,14 @@ def test_kept_descriptors_follow_the_kernel_and_close_when_the_thread_exits():
         put_report(store, os.getpid(), spec, part)
         # Every scrape reads the kernel (no TTL) and re-reads status whenever
         # the run-queue delay moved (no age limit).
-        reader = CounterReader(Kernel(), max_fds=64, nvcsw_max_age_s=0.0)
+        reader = CounterReader(Kernel(), max_fds=64, nvcsw_max_age_s=0.0, taskstats=taskstats)
         reg = CollectorRegistry()
         reg.register(RtagentCollector(store, counters=CounterCache(reader, ttl_s=0.0)))
         samples(reg)
-        assert reader.open_fds == 2  # schedstat and status of the one realtime vCPU
+        if taskstats:
+            assert reader.source == "taskstats" and reader.open_fds == 0
+        else:
+            assert reader.source == "proc" and reader.open_fds == 2  # schedstat and status of the realtime vCPU
 
         for _ in range(2):
             v.work()  # runs, and waits behind this process's other threads
@@ -99,15 +105,42 @@ def test_kept_descriptors_follow_the_kernel_and_close_when_the_thread_exits():
             assert got[vcpu1("rtagent_vcpu_run_delay_seconds_total", "kept")] == delay_ns / 1e9
             assert got[vcpu1("rtagent_vcpu_involuntary_context_switches_total", "kept")] == \
                 nonvoluntary(os.getpid(), v.tid)
-        assert reader.open_fds == 2
 
         v.end()
         got = samples(reg)
         assert vcpu1("rtagent_vcpu_cpu_seconds_total", "kept") not in got
         assert got[vcpu1("rtagent_vcpu_tuned", "kept")] == 0  # the report's rows stay until the next reconcile
         assert reader.open_fds == 0
+        reader.close()
     finally:
         v.end()
+
+
+def test_taskstats_answers_match_proc_for_many_threads_and_none_for_a_foreign_tid():
+    """A batch larger than one datagram of requests; a TID given with the
+    wrong process is refused (as a reused TID would be)."""
+    from rtagent.kernel.taskstats import CHUNK, Taskstats
+
+    ts = Taskstats.open()
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait, daemon=True) for _ in range(CHUNK * 2 + 5)]
+    for t in threads:
+        t.start()
+    try:
+        pid = os.getpid()
+        keys = [(pid, t.native_id) for t in threads]
+        got = ts.read_many(keys)
+        for key in keys:  # sleeping threads: their counters do not move
+            run_ns, delay_ns = schedstat(*key)
+            assert got[key] == (run_ns, delay_ns, nonvoluntary(*key))
+        assert ts.read_many([(1, keys[0][1])]) == {(1, keys[0][1]): None}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    gone = keys[0]
+    assert ts.read_many([gone]) == {gone: None}
+    ts.close()
 
 
 def _big_store(n: int = 300) -> StateStore:
