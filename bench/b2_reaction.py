@@ -9,9 +9,12 @@
     --live``) → corrected, at resync intervals of 1 s and 0.25 s.
 (c) a new thread appears (``virsh iothreadadd --live``) → pinned to the
     emulator set, with the proc connector and a 60 s resync (so the resync is
-    not what fixes it); the same without a daemon, to see what libvirt does
-    on its own.  The benchmark listens to the proc connector itself, so the
-    placement is also timed from the thread's FORK event.
+    not what fixes it); the same with the daemon's cpuset watch off, and
+    without a daemon, to see what libvirt does on its own.  The benchmark
+    listens to the proc connector itself, so the placement is timed from the
+    thread's FORK event: *placed* = the first poll (every 0.5 ms) from which
+    the thread's affinity is the emulator set and stays so until ``STAY_S``
+    after virsh returned (libvirt's placement is part of virsh's job).
 (d) a live re-pin through libvirt (``virsh vcpupin/emulatorpin/iothreadpin
     --live``) → corrected, with a 60 s resync and full check: only the
     TUNABLE event can be what corrects it.
@@ -47,6 +50,7 @@ from .common import (
 RT_CPUS = {1}
 EMU_CPUS = {0}
 POLL_S = 0.001
+STAY_S = 0.5  # "stays placed": still right this long after virsh returned
 B2_BUDGET_US = 10_000  # fixed, small: leave the RT budget to whoever else runs realtime guests here
 
 
@@ -393,15 +397,17 @@ def _iothread_trial(name: str, pid: int, iothread: int, daemon_log=None, timeout
                 if wide is not None and fixed is None:
                     fixed = now
                 stable_since = stable_since or now
-            # Done: virsh finished and the thread has sat in the emulator set for 0.3 s.
-            if virsh_done is not None and stable_since is not None and now - stable_since >= 0.3:
+            # Done: virsh finished (libvirt's placement is part of its job) and
+            # the thread has stayed in the emulator set for STAY_S after that.
+            if virsh_done is not None and stable_since is not None and now - max(stable_since, virsh_done) >= STAY_S:
                 break
             # Without a daemon nothing may ever fix it: 2 s after virsh is enough to say so.
             if daemon_log is None and virsh_done is not None and now - virsh_done > 2.0:
                 break
         time.sleep(POLL_S / 2)
     p.wait()
-    out = {"iothread": iothread, "tid": tid, "virsh_rc": p.returncode,
+    err = p.stderr.read().decode().strip() if p.stderr else ""
+    out = {"iothread": iothread, "tid": tid, "virsh_rc": p.returncode, "virsh_error": err or None,
            "virsh_s": (virsh_done - t0) if virsh_done else None,
            "born_s": (born - t0) if born else None, "widened": wide is not None,
            "final_ok": stable_since is not None}
@@ -413,9 +419,12 @@ def _iothread_trial(name: str, pid: int, iothread: int, daemon_log=None, timeout
         out["fixed_after_add_s"] = born - t0
     fork_at = forks.forks.get(tid) if forks is not None and tid is not None else None
     if fork_at is not None and stable_since is not None:
-        # Placed = the last time it became (and stayed) as planned; a thread
-        # born inside the emulator set and never widened was placed at birth.
-        out["event_to_placed_s"] = max(0.0, (fixed if wide is not None and fixed is not None else fork_at) - fork_at)
+        # Placed = the first poll of the final run of polls that all saw the
+        # plan (until STAY_S after virsh returned).  A thread right from the
+        # first poll counts from that poll, not from its birth: an upper
+        # bound that includes the benchmark finding the thread.
+        out["event_to_placed_s"] = max(0.0, stable_since - fork_at)
+        out["event_to_found_s"] = max(0.0, born - fork_at)
     if daemon_log is not None and tid is not None:
         text = daemon_log()
         out["fixed_by_daemon"] = f"(tid {tid}) affinity" in text
@@ -426,12 +435,16 @@ def _iothread_trial(name: str, pid: int, iothread: int, daemon_log=None, timeout
     return out
 
 
+MODE_WATCH = "rtagent (proc connector + cpuset watch, resync 60 s)"
+MODE_NO_WATCH = "rtagent, cpuset watch off"
+
+
 def run_iothreads(n: int, n_baseline: int) -> dict:
     from tests.guests import pinned_cputune
 
     prefix = _prefix() + "io-"
     results = {}
-    for mode, count in (("rtagent (proc connector, resync 60 s)", n), ("no daemon (libvirt alone)", n_baseline)):
+    for mode, count in ((MODE_WATCH, n), (MODE_NO_WATCH, n_baseline), ("no daemon (libvirt alone)", n_baseline)):
         if count <= 0:
             continue
         name = f"{prefix}{len(results)}"
@@ -439,7 +452,8 @@ def run_iothreads(n: int, n_baseline: int) -> dict:
         daemon = None
         try:
             if mode.startswith("rtagent"):
-                daemon = start_daemon(prefix, resync=60.0, rt_budget_us=B2_BUDGET_US)
+                daemon = start_daemon(prefix, resync=60.0, rt_budget_us=B2_BUDGET_US,
+                                      daemon_extra="" if mode == MODE_WATCH else "cpuset_watch = false\n")
             guests.start(name, xml=guest_xml(name, iothreads=1, cputune=pinned_cputune(
                 {0: "0", 1: "1"}, extra="<iothreadpin iothread='1' cpuset='0'/>")))
             pid = wait_for(lambda: qemu_pid(name), 30)  # noqa: B023
@@ -458,6 +472,7 @@ def run_iothreads(n: int, n_baseline: int) -> dict:
                 "exposed": summary([t["exposed_s"] for t in trials if "exposed_s" in t]),
                 "fixed_after_add": summary([t["fixed_after_add_s"] for t in trials if "fixed_after_add_s" in t]),
                 "event_to_placed": summary([t["event_to_placed_s"] for t in trials if "event_to_placed_s" in t]),
+                "event_to_found": summary([t["event_to_found_s"] for t in trials if "event_to_found_s" in t]),
                 "virsh": summary([t["virsh_s"] for t in trials if t.get("virsh_s") is not None]),
                 "fixed_by_daemon": sum(1 for t in trials if t.get("fixed_by_daemon")),
                 "widened": sum(1 for t in trials if t["widened"]),
@@ -518,11 +533,12 @@ def goals_table(res: dict) -> str:
         if not mode.startswith("rtagent"):
             continue
         e = r.get("event_to_placed") or {"n": 0}
-        rows.append([f"new iothread placed, from its FORK event (p99, n={e['n']}; widened by libvirt "
-                     f"{r['widened']}/{len(r['trials'])})", ms(e["p99"]) + " ms" if e["n"] else "–",
-                     f"≤ {GOAL_NEW_THREAD_S * 1000:.0f} ms",
+        label = "new iothread placed and stays placed, from its FORK event" + (
+            "" if mode == MODE_WATCH else " — cpuset watch off (reference)")
+        rows.append([f"{label} (p99, n={e['n']}; widened {r['widened']}/{len(r['trials'])})",
+                     ms(e["p99"]) + " ms" if e["n"] else "–", f"≤ {GOAL_NEW_THREAD_S * 1000:.0f} ms",
                      _mark(e["p99"] <= GOAL_NEW_THREAD_S if e["n"] and not r["not_fixed"] else
-                           (False if r["not_fixed"] else None))])
+                           (False if r["not_fixed"] else None)) if mode == MODE_WATCH else "—"])
     return format_table(["B2 goal (measured through the kernel)", "measured", "goal", ""], rows)
 
 
@@ -574,10 +590,15 @@ def format(res: dict) -> str:
     for mode, r in res["iothread"].items():
         e = r.get("event_to_placed") or {"n": 0}
         if e["n"]:
-            rows.append([mode, e["n"], ms(e["p50"]), ms(e["p99"]), ms(e["max"]), f"{r['widened']}/{len(r['trials'])}"])
+            f = r.get("event_to_found") or {"n": 0}
+            rows.append([mode, e["n"], ms(e["p50"]), ms(e["p99"]), ms(e["max"]), ms(f["p50"]) if f["n"] else "–",
+                         f"{r['widened']}/{len(r['trials'])}"])
     if rows:
-        parts.append(format_table(["B2c FORK event (benchmark's proc connector) → placed", "n", "p50 ms", "p99 ms",
-                                   "max ms", "widened by libvirt"], rows))
+        parts.append(format_table(["B2c FORK event (benchmark's proc connector) → placed and stays placed", "n",
+                                   "p50 ms", "p99 ms", "max ms", "found p50 ms", "widened (polled)"], rows))
+        parts.append(f"placed = the first 0.5 ms poll from which the thread's affinity is the emulator set and stays "
+                     f"so until {STAY_S:g} s after virsh returned; a thread right from its first poll counts from "
+                     "that poll (found = FORK → the benchmark first sees the named thread).")
     t = res.get("tunable") or {}
     rows = []
     for kind, k in (t.get("kinds") or {}).items():

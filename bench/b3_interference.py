@@ -27,7 +27,9 @@ import subprocess
 import sys
 import time
 
-from .common import format_table, median, process_cpu_ns, rss_bytes, start_daemon
+from rtagent.monitor.interference_sampler import READER_THREAD_NAME as READER
+
+from .common import format_table, median, process_cpu_ns, rss_bytes, schedstat, start_daemon, thread_names
 
 RT_CPU = "1"
 RESYNC_S = 1.0
@@ -37,7 +39,11 @@ def _prefix() -> str:
     return f"rtbench-b3i-{os.getpid()}-"
 
 
-def _stress(seconds: float, freq: int | None = None) -> subprocess.Popen:
+def _stress(seconds: float, freq: int | None = None) -> subprocess.Popen | None:
+    """The context-switch load on CPU 1; ``freq`` 0: none (the idle row —
+    what the shared machine alone produces there)."""
+    if freq == 0:
+        return None
     argv = ["stress-ng", "--switch", "1", "--taskset", RT_CPU, "-t", f"{seconds:g}s", "--metrics-brief"]
     if freq:
         argv += ["--switch-freq", str(freq)]
@@ -61,19 +67,35 @@ def _accounted(daemon) -> tuple[int, int]:
     return 0, 0
 
 
+def _thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU ns per thread name (comm) of ``pid``: the reader thread names
+    itself ``rtagent-itf``."""
+    out: dict[str, int] = {}
+    for tid, comm in thread_names(pid).items():
+        st = schedstat(pid, tid)
+        if st:
+            out[comm] = out.get(comm, 0) + st[0]
+    return out
+
+
 def _daemon_window(daemon, seconds: float, freq: int) -> dict:
     load = _stress(seconds + 2, freq)
     try:
         time.sleep(1.0)
-        lost0 = _accounted(daemon)[1]
-        c0, t0 = process_cpu_ns(daemon.pid), time.monotonic()
+        ev0, lost0 = _accounted(daemon)
+        c0, th0, t0 = process_cpu_ns(daemon.pid), _thread_cpu_ns(daemon.pid), time.monotonic()
         time.sleep(seconds)
-        c1, t1 = process_cpu_ns(daemon.pid), time.monotonic()
+        c1, th1, t1 = process_cpu_ns(daemon.pid), _thread_cpu_ns(daemon.pid), time.monotonic()
         events, lost1 = _accounted(daemon)
     finally:
-        load.wait(timeout=seconds + 30)
+        if load is not None:
+            load.wait(timeout=seconds + 30)
+    reader = th1.get(READER, 0) - th0.get(READER, 0)
     return {"cpu_pct": 100.0 * (c1 - c0) / 1e9 / (t1 - t0), "rss_mib": rss_bytes(daemon.pid) / 2**20,
-            "lost_per_s": (lost1 - lost0) / (t1 - t0), "events_in_window": events}
+            "reader_cpu_pct": 100.0 * reader / 1e9 / (t1 - t0),
+            "lost_per_s": (lost1 - lost0) / (t1 - t0), "events_in_window": events,
+            "events_per_s": (events - ev0) / (t1 - t0),
+            "load": os.getloadavg()[0]}
 
 
 def _switch_cost(seconds: float) -> float | None:
@@ -105,7 +127,7 @@ def _switch_costs(reps: int, seconds: float) -> dict[str, list[float]]:
 def run(quick: bool = True) -> dict:
     reps = 3 if quick else 6
     window = 5.0 if quick else 15.0
-    freqs = (1000, 10000)
+    freqs = (0, 1000, 10000)
     rows: dict[str, dict] = {"off": {}, "on": {}}
     events: list[dict] = []
     prefix = _prefix()
@@ -125,6 +147,9 @@ def run(quick: bool = True) -> dict:
     for mode in rows:
         out[mode] = {str(f): {"cpu_pct": median([w["cpu_pct"] for w in ws]), "cpu_pct_all": [w["cpu_pct"] for w in ws],
                               "rss_mib": median([w["rss_mib"] for w in ws]),
+                              "reader_cpu_pct": median([w["reader_cpu_pct"] for w in ws]),
+                              "events_per_s": median([w["events_per_s"] for w in ws]),
+                              "load": median([w["load"] for w in ws]),
                               "lost_per_s": median([w["lost_per_s"] for w in ws]),
                               "events_in_window": median([w["events_in_window"] for w in ws])}
                      for f, ws in rows[mode].items()}
@@ -137,13 +162,16 @@ def format(res: dict) -> str:
     rows = []
     for f in res["freqs"]:
         off, on = res["off"][str(f)], res["on"][str(f)]
-        rows.append([f"stress-ng --switch --switch-freq {f} on CPU 1", f"{off['cpu_pct']:.2f} %", f"{on['cpu_pct']:.2f} %",
-                     f"{on['cpu_pct'] - off['cpu_pct']:+.2f} pp", f"{on['lost_per_s']:.0f}",
-                     f"{off['rss_mib']:.1f} / {on['rss_mib']:.1f}", "≤ 2 % of a core, 0 lost"])
-    sw = res["switch_ns"]
-    table = format_table(["load", "daemon CPU, accounting off", "on", "difference", "events lost/s (on)",
-                          "RSS MiB off / on", "goal"],
+        load = "nothing (the shared machine alone)" if f == 0 else f"stress-ng --switch --switch-freq {f}"
+        rows.append([f"{load} on CPU 1", f"{on.get('events_per_s', 0):.0f}", f"{off['cpu_pct']:.2f} %",
+                     f"{on['cpu_pct']:.2f} %", f"{on['cpu_pct'] - off['cpu_pct']:+.2f} pp",
+                     f"{on.get('reader_cpu_pct', 0):.2f} %", f"{on['lost_per_s']:.0f}",
+                     f"{off['rss_mib']:.1f} / {on['rss_mib']:.1f}", f"{on.get('load', 0):.1f}",
+                     "≤ 2 % of a core, 0 lost"])
+    table = format_table(["load", "interference events/s (on)", "daemon CPU, accounting off", "on", "difference",
+                          "of which the reader thread", "events lost/s (on)", "RSS MiB off / on", "loadavg", "goal"],
                          rows, title="B3 accounting: the daemon's cost")
+    sw = res["switch_ns"]
     if sw["none"] and sw["on"]:
         table += "\n\n" + format_table(
             ["stress-ng --switch on CPU 1", "no accounting", "accounting on", "cost per switch", "goal"],

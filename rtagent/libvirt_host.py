@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from .errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
+from .threadname import name_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,16 +145,6 @@ def start_event_loop() -> None:
 WORKER_THREAD_NAME = "rtagent-libvirt"  # its comm, for top -H and the benchmarks
 
 
-def _name_thread(name: str) -> None:
-    """The kernel's name of the calling thread (Python does not set it)."""
-    try:
-        import prctl
-
-        prctl.set_name(name)
-    except (ImportError, OSError):  # cosmetic: the daemon runs without it
-        pass
-
-
 class CallWorker:
     """Runs calls on one daemon thread; the caller waits at most a timeout.
 
@@ -183,7 +174,7 @@ class CallWorker:
             self._thread.start()
 
     def _run(self) -> None:
-        _name_thread(WORKER_THREAD_NAME)
+        name_thread(WORKER_THREAD_NAME)
         while True:
             fut, fn = self._jobs.get()
             if fut.set_running_or_notify_cancel():

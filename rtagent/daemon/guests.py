@@ -31,7 +31,8 @@ from ..tuning.guest import vcpusched
 from ..tuning.guest.claims import ClaimBook
 from ..tuning.guest.engine import DomainReport, Tuner
 from ..vocab import Check
-from . import drift
+from . import drift, repin
+from .placement import GuestPlacement, placement_of
 from .retry import RetrySchedule
 from .steady import SteadyCheck
 
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 # Events that start or re-verify tuning, and those that end a guest's state.
 _TUNE = {EventKind.STARTED, EventKind.RESUMED}
 _DROP = {EventKind.STOPPED, EventKind.UNDEFINED, EventKind.CRASHED}
-# Something moved or added threads: look now (drift), and again while libvirt settles.
-_LOOK = {EventKind.TUNABLE, EventKind.DEVICE_ADDED}
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,8 @@ class GuestSupervisor:
     def __init__(self, config: Config, host: LibvirtHost, store: StateStore, *,
                  selector: GuestSelector | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, tuner: Tuner | None = None,
-                 on_tracked: Callable[[set[int]], None] | None = None):
+                 on_tracked: Callable[[set[int]], None] | None = None,
+                 on_placements: Callable[[dict[int, GuestPlacement]], None] | None = None):
         self.config = config
         self.host = host
         self.store = store
@@ -66,6 +66,8 @@ class GuestSupervisor:
         self._clock = clock
         self._wall = wall
         self._on_tracked = on_tracked
+        self._on_placements = on_placements
+        self.placements: dict[int, GuestPlacement] = {}  # QEMU pid -> where its new iothreads go
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
         self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
         self.next_full = 0.0  # monotonic time the next resync must be a full check
@@ -74,6 +76,7 @@ class GuestSupervisor:
         self.specs: dict[str, tuple[int | None, object]] = {}  # uuid -> (pid, RealtimeSpec)
         self.intent_changed: set[str] = set()  # uuids whose next changes apply a new intent
         self.claims = ClaimBook()  # pCPU claims of every guest seen: one owner per realtime pCPU
+        self.last: dict[str, DomainReport] = {}  # uuid -> the report after its last reconcile
         # uuid -> name of defined guests whose <vcpusched> this host refuses (rt_group_sched check).
         self.vcpusched_refused: dict[str, str] = {}
 
@@ -98,12 +101,34 @@ class GuestSupervisor:
             self.specs.pop(ev.uuid, None)
             self.intent_changed.add(ev.uuid)
             self.reconcile(ev.uuid, Cause(at))
-        elif ev.event in _LOOK:
+        elif ev.event == EventKind.TUNABLE:
             self._running(ev.uuid)
-            if ev.event == EventKind.DEVICE_ADDED and ev.uuid in self.tracked:
-                self.tuner.rescan_kthreads(self.tracked[ev.uuid])  # a hotplug may bring vhost kthreads
+            self.on_repin(ev.uuid, Cause(at))
+        elif ev.event == EventKind.DEVICE_ADDED:
+            # A hotplug brings new threads (and maybe vhost kthreads): look
+            # now, and again while libvirt places them.
+            self._running(ev.uuid)
+            if ev.uuid in self.tracked:
+                self.tuner.rescan_kthreads(self.tracked[ev.uuid])
             self.reconcile(ev.uuid, Cause(at))
             self.retry.schedule(ev.uuid, 0)
+
+    def on_repin(self, uuid: str, cause: Cause) -> None:
+        """A live re-pin (TUNABLE): libvirt sends it after its cgroup and
+        affinity change, so there is nothing to wait for.  The echo of our
+        own pin call (and a no-op re-pin) leaves every thread as recorded:
+        three syscalls a thread say so.  Otherwise the look before the fix
+        is a syscall re-read of the last observation (repin.py)."""
+        if self.steady.unchanged(uuid):
+            log.debug("re-pin event for %s: every thread as recorded", uuid)
+            return
+        last = self.last.get(uuid)
+        observed = None
+        if last is not None and last.pid == self.tracked.get(uuid) and uuid in self.specs \
+                and uuid not in self.intent_changed:
+            observed = repin.refreshed(last, self.tuner.kernel.tasks)
+        before = None if observed is None or last is None else self.tuner.rejudge(last, observed)
+        self.reconcile(uuid, cause, before=before)
 
     def on_threads(self, pids: dict[int, float]) -> None:
         """New or renamed threads in these QEMU processes (pid -> seen at)."""
@@ -230,11 +255,28 @@ class GuestSupervisor:
         self.intent_changed.discard(uuid)
         self.retry.discard(uuid)
         self.steady.forget(uuid)
+        self.last.pop(uuid, None)
         self.tuner.forget(uuid, pid)
         self.store.drop(uuid)
         self._tracked_changed()
         if pid is not None:
             log.info("guest %s stopped; state dropped", uuid)
+            if self.placements.pop(pid, None) is not None and self._on_placements is not None:
+                self._on_placements(dict(self.placements))
+
+    def _placed(self, after: DomainReport) -> None:
+        """Publish where this guest's live-added iothreads go, when it changed."""
+        placement = placement_of(after) if after.pid is not None and self.tracked.get(after.uuid) == after.pid else None
+        if after.pid is None or self.placements.get(after.pid) == placement:
+            return
+        for pid in [p for p, pl in self.placements.items() if pl.uuid == after.uuid and p != after.pid]:
+            del self.placements[pid]  # an earlier QEMU of this guest
+        if placement is None:
+            self.placements.pop(after.pid, None)
+        else:
+            self.placements[after.pid] = placement
+        if self._on_placements is not None:
+            self._on_placements(dict(self.placements))
 
     def _tracked_changed(self) -> None:
         if self._on_tracked is not None:
@@ -302,12 +344,19 @@ class GuestSupervisor:
         return None
 
     def reconcile(self, uuid: str, cause: Cause = Cause(), *, guest: Guest | None = None,
-                  retry_attempts: int | None = None) -> DomainReport | None:
+                  retry_attempts: int | None = None, before: DomainReport | None = None) -> DomainReport | None:
         """Bring one guest to its plan.  ``guest`` comes from the resync's
-        one-RPC listing (saving a lookup and a state() round trip)."""
+        one-RPC listing (saving a lookup and a state() round trip);
+        ``before``, the look before the fix when the caller has it already
+        (a re-pin: on_repin)."""
         t0 = self._clock()
         attempts = retry_attempts if retry_attempts is not None else 0
-        seen = self._observe(uuid, guest)
+        known = self.guests.get(uuid)
+        if before is not None and known is not None:
+            known.known_state = None  # as _guest() leaves it
+            seen: tuple[Guest, DomainReport] | None = (known, before)
+        else:
+            seen = self._observe(uuid, guest)
         if seen is None:
             return None
         guest, before = seen
@@ -325,6 +374,11 @@ class GuestSupervisor:
         self._account(uuid, before, after, drift.Times(cause.at if cause.at is not None else t0,
                                                        self._clock(), self._wall()), cause.started, t0)
         self.steady.record(uuid, after)
+        if after.observed is not None:
+            self.last[uuid] = after
+        else:
+            self.last.pop(uuid, None)
+        self._placed(after)
         pending = any(v.check == Check.VCPU_PENDING for v in after.violations)
         # A refused change (EPERM while budget is short, a cpuset in flux) is
         # retried on the same backoff, not only at the next resync.

@@ -62,7 +62,8 @@ class Daemon:
                                 lambda ev: self._put(Kind.EVENT, ev), lambda reason: self._put(Kind.CLOSED, reason))
         self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
                                  lambda: self._put(Kind.RESYNC))
-        self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked)
+        self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
+                                      on_placements=self.services.set_placements)
         self.hostside = HostSupervisor(config, self.store)
         self._stop = False
         self._next_resync = 0.0

@@ -18,6 +18,7 @@ from ..monitor.endpoints import start_endpoints
 from ..state import StateStore
 from ..status import StatusServer
 from .lock import InstanceLock
+from .placement import GuestPlacement, PlacementWatch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Services:
         self.status: StatusServer | None = None
         self.metrics = None
         self.interference = None  # monitor.interference_service.InterferenceService
+        self.placement: PlacementWatch | None = None  # new iothreads' cpuset groups (placement.py)
 
     def _overflow(self) -> None:
         """The proc connector lost events: count it, and resync to catch up."""
@@ -65,6 +67,11 @@ class Services:
         if self.procconn is not None:
             self.procconn.set_tracked(pids)
 
+    def set_placements(self, placements: dict[int, GuestPlacement]) -> None:
+        """Where each managed QEMU's live-added iothreads go."""
+        if self.placement is not None:
+            self.placement.set_guests(placements)
+
     def start(self, config: Config, privs) -> None:
         if config.daemon.proc_connector and privs.proc_connector:
             self.procconn = ProcConnector(self._on_thread, self._overflow)
@@ -75,6 +82,13 @@ class Services:
                 log.warning("proc connector unavailable (%s): new threads are tuned at the next resync "
                             "(needs CAP_NET_ADMIN)", err)
                 self.procconn = None
+        try:
+            if config.daemon.cpuset_watch:
+                self.placement = PlacementWatch(Kernel())
+                self.placement.start()
+        except OSError as err:
+            log.warning("cpuset watch unavailable (%s): a live-added iothread is placed by the reconcile "
+                        "after libvirt's affinity call", err)
         from ..monitor import interference_service as itf
 
         self.interference = itf.InterferenceService.start(config, self.store)
@@ -89,6 +103,8 @@ class Services:
         for svc in (self.procconn, self.status, self.metrics):
             if svc is not None:
                 (svc.stop if svc is self.procconn else svc.close)()
+        if self.placement is not None:
+            self.placement.stop()
         if self.interference is not None:
             self.interference.stop()   # removes its tracefs instance
 

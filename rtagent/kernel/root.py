@@ -12,6 +12,7 @@ import os
 from functools import cached_property
 
 from .cgroups import Cgroups
+from .cpusets import Cpusets
 from .cpus import Cpus
 from .irqs import Irqs
 from .qemu import QemuProcesses
@@ -56,6 +57,10 @@ class Kernel:
     @cached_property
     def cgroups(self) -> Cgroups:
         return Cgroups(self)
+
+    @cached_property
+    def cpusets(self) -> Cpusets:
+        return Cpusets(self)
 
     @cached_property
     def irqs(self) -> Irqs:

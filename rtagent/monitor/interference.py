@@ -46,41 +46,39 @@ class TaskRole(enum.Enum):
 
 
 # ---------------------------------------------------------------------------
-# events (decoded from the trace by the sampler, or synthetic in tests);
-# slotted, not frozen: one is made per context switch and interrupt
+# events: plain tuples, one per context switch and interrupt of a realtime CPU
+# (the hot path: a tuple costs a tenth of an object), made by the decoder or
+# by the constructors below.  ``pid`` is the event's ``common_pid``: the task
+# that was current on the CPU when the event fired (for a switch: prev).
+
+SWITCH, ENTER, EXIT, LOST = 0, 1, 2, 3
+UNKNOWN_PID = -1
+
+# (ts, SWITCH, prev_pid, prev_state, next_pid, next_comm, prev_comm)
+# (ts, ENTER | EXIT, pid, kind, source)
+# (ts, LOST)
+Event = tuple
 
 
-@dataclass(slots=True)
-class Switch:
-    ts: int
-    prev_pid: int
-    prev_state: int     # sched_switch prev_state; runnable when the low state bits are 0
-    next_pid: int
-    next_comm: str
+def Switch(ts: int, prev_pid: int, prev_state: int, next_pid: int, next_comm: str,  # noqa: N802
+           prev_comm: str = "") -> Event:
+    """``prev_state``: runnable when the low state bits are 0."""
+    return (ts, SWITCH, prev_pid, prev_state, next_pid, next_comm, prev_comm)
 
 
-@dataclass(slots=True)
-class IntrEnter:
-    ts: int
-    kind: Kind          # IRQ or SOFTIRQ
-    source: str
+def IntrEnter(ts: int, kind: Kind, source: str, pid: int = UNKNOWN_PID) -> Event:  # noqa: N802
+    """A hard IRQ / system vector (IRQ) or softirq (SOFTIRQ) begins."""
+    return (ts, ENTER, pid, kind, source)
 
 
-@dataclass(slots=True)
-class IntrExit:
-    ts: int
-    kind: Kind
-    source: str
+def IntrExit(ts: int, kind: Kind, source: str, pid: int = UNKNOWN_PID) -> Event:  # noqa: N802
+    return (ts, EXIT, pid, kind, source)
 
 
-@dataclass(slots=True)
-class Lost:
+def Lost(ts: int) -> Event:  # noqa: N802
     """The kernel dropped events before ``ts``: the CPU's state is unknown
-    until the next context switch."""
-    ts: int
-
-
-Event = Switch | IntrEnter | IntrExit | Lost
+    until an event names the current task again."""
+    return (ts, LOST)
 
 
 def runnable(prev_state: int) -> bool:
@@ -127,12 +125,14 @@ class Tally:
     count: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Ctx:
     role: TaskRole
     kind: Kind | None
     source: str
     pid: int = -1
+    comm: str = ""
+    tally: Tally | None = None     # where its time goes (None: idle, owner)
 
 
 Classifier = Callable[[int, str], tuple[Kind, str]]
@@ -141,7 +141,19 @@ Classifier = Callable[[int, str], tuple[Kind, str]]
 class CpuAccount:
     """The accountant of one CPU.  ``owners`` are the tids whose time is not
     interference (the realtime vCPU pinned here); ``classify(pid, comm)``
-    gives a foreign task's kind and source."""
+    gives a foreign task's kind and source (``comm`` is ``""`` when no trace
+    event named it: the classifier looks it up).
+
+    The current task is taken from *every* event (its ``common_pid``), not
+    from context switches alone: a kernel may leave switches out of the
+    trace (this machine's leaves out every switch out of CPU 1's idle task,
+    docs/interference.md), and a task already running when tracing began
+    was never switched in.  When an event names another task than the one
+    believed current, a switch was missed; it is taken to have happened
+    right after the previous event on this CPU — an idle CPU that halts
+    leaves idle only through an interrupt, whose exit is traced — and
+    counted as one switch-in (and in ``inferred``).
+    """
 
     def __init__(self, cpu: int, classify: Classifier, owners: Iterable[int] = ()):
         self.cpu = cpu
@@ -151,11 +163,15 @@ class CpuAccount:
         self.preempted: dict[int, dict[Kind, int]] = {}
         self.lost = 0
         self.inconsistent = 0
+        self.inferred = 0      # switches the trace left out, seen from the next event's task
         self._now: int | None = None
         self._task: _Ctx | None = None
         self._stack: list[_Ctx] = []
         self._waiting_owner: int | None = None
+        self._victim: int | None = None     # the owner that foreign time now delays
         self._ctx_cache: dict[tuple[int, str], _Ctx] = {}
+        self._intr_cache: dict[tuple[Kind, str], _Ctx] = {}
+        self._comms: dict[int, str] = {}    # pid -> the comm a switch last named
 
     # -- public
 
@@ -164,13 +180,39 @@ class CpuAccount:
         if owners != self.owners:
             self.owners = owners
             self._ctx_cache.clear()
+            if self._task is not None:
+                self._task = self._role_of(self._task.pid, self._task.comm)
+            self._set_victim()
 
     def feed(self, events: Iterable[Event]) -> None:
-        handlers = {Switch: self._switch, IntrEnter: self._enter, IntrExit: self._exit, Lost: self._lost}
+        evs = events if isinstance(events, (list, tuple)) else list(events)
         advance = self._advance
-        for ev in events:
-            advance(ev.ts)
-            handlers[type(ev)](ev)
+        for i in range(len(evs)):
+            ev = evs[i]
+            code = ev[1]
+            if code == LOST:
+                self._lost(ev[0])
+                continue
+            pid = ev[2]
+            task = self._task
+            if pid >= 0 and (task is None or task.pid != pid):
+                if task is not None and task.role is not TaskRole.IDLE:
+                    # The believed task was running at the previous event;
+                    # when it stopped is unknown: it is charged up to here.
+                    advance(ev[0])
+                self._missed_switch(pid, ev[6] if code == SWITCH else None, evs, i)
+            advance(ev[0])
+            if code == SWITCH:
+                self._switch(ev)
+            elif code == ENTER:
+                self._enter(ev[3], ev[4])
+            else:
+                stack = self._stack
+                if stack and stack[-1].kind is ev[3]:
+                    stack.pop()
+                else:
+                    # Tracing began inside this handler, or the entry was lost.
+                    self.inconsistent += 1
 
     def advance(self, ts: int) -> None:
         """Charge the running context up to ``ts`` (no event needed: a busy
@@ -180,26 +222,26 @@ class CpuAccount:
     # -- internals
 
     def _advance(self, ts: int) -> None:
-        if self._now is None or ts <= self._now:
+        now = self._now
+        if now is None or ts <= now:
             # Out-of-order by a hair (an event committed after advance()) is
             # charged as zero rather than rewinding.
-            self._now = ts if self._now is None else self._now
+            if now is None:
+                self._now = ts
             return
-        dt = ts - self._now
         self._now = ts
         top = self._stack[-1] if self._stack else self._task
-        if top is None or top.role is not TaskRole.FOREIGN or top.kind is None:
+        if top is None or top.tally is None:
             return
-        self._tally(top.kind, top.source).ns += dt
-        owner = self._affected_owner()
-        if owner is not None:
-            per = self.preempted.setdefault(owner, {})
+        dt = ts - now
+        top.tally.ns += dt
+        if self._victim is not None:
+            per = self.preempted.setdefault(self._victim, {})
             per[top.kind] = per.get(top.kind, 0) + dt
 
-    def _affected_owner(self) -> int | None:
-        if self._task is not None and self._task.role is TaskRole.OWNER:
-            return self._task.pid
-        return self._waiting_owner
+    def _set_victim(self) -> None:
+        task = self._task
+        self._victim = task.pid if task is not None and task.role is TaskRole.OWNER else self._waiting_owner
 
     def _tally(self, kind: Kind, source: str) -> Tally:
         key = (kind, source)
@@ -225,46 +267,87 @@ class CpuAccount:
 
     def _new_role(self, pid: int, comm: str) -> _Ctx:
         if pid == 0:
-            return _Ctx(TaskRole.IDLE, None, "idle", 0)
+            return _Ctx(TaskRole.IDLE, None, "idle", 0, comm)
         if pid in self.owners:
-            return _Ctx(TaskRole.OWNER, None, "owner", pid)
+            return _Ctx(TaskRole.OWNER, None, "owner", pid, comm)
         kind, source = self.classify(pid, comm)
-        return _Ctx(TaskRole.FOREIGN, kind, source, pid)
+        return _Ctx(TaskRole.FOREIGN, kind, source, pid, comm, self._tally(kind, source))
 
-    def _switch(self, ev: Switch) -> None:
+    def _remember(self, pid: int, comm: str) -> None:
+        if comm and self._comms.get(pid) != comm:
+            if len(self._comms) >= 4096:
+                self._comms.clear()
+            self._comms[pid] = comm
+
+    def _switched_in(self, nxt: _Ctx) -> None:
+        if nxt.role is TaskRole.OWNER or (self._waiting_owner is not None and self._waiting_owner not in self.owners):
+            self._waiting_owner = None
+        self._task = nxt
+        if nxt.tally is not None:
+            nxt.tally.count += 1
+        self._set_victim()
+
+    def _missed_switch(self, pid: int, comm: str | None, events: list[Event] | tuple[Event, ...], i: int) -> None:
+        # After idle this runs before the time since the previous event is
+        # charged: that time goes to the task this event names.
+        if self._task is not None:
+            self.inferred += 1
+        # Its own later switch names it best: a comm remembered from an
+        # earlier run may be stale (a process renames itself after start).
+        comm = comm or _comm_ahead(events, i, pid) or self._comms.get(pid, "")
+        self._switched_in(self._role_of(pid, comm))
+
+    def _switch(self, ev: Event) -> None:
+        _ts, _code, prev_pid, prev_state, next_pid, next_comm, prev_comm = ev
         if self._stack:
             # No context switch happens inside a hard IRQ; a leftover frame
             # means an exit event was lost.
             self.inconsistent += 1
             self._stack.clear()
-        if ev.prev_pid in self.owners and runnable(ev.prev_state):
-            self._waiting_owner = ev.prev_pid
-        nxt = self._role_of(ev.next_pid, ev.next_comm)
-        if nxt.role is TaskRole.OWNER or (self._waiting_owner is not None and self._waiting_owner not in self.owners):
-            self._waiting_owner = None
-        self._task = nxt
-        if nxt.role is TaskRole.FOREIGN and nxt.kind is not None:
-            self._tally(nxt.kind, nxt.source).count += 1
+        comms = self._comms
+        if comms.get(next_pid) != next_comm:
+            self._remember(next_pid, next_comm)
+        if prev_comm and comms.get(prev_pid) != prev_comm:
+            self._remember(prev_pid, prev_comm)
+        if prev_pid in self.owners and runnable(prev_state):
+            self._waiting_owner = prev_pid
+        self._switched_in(self._ctx_cache.get((next_pid, next_comm)) or self._role_of(next_pid, next_comm))
 
-    def _enter(self, ev: IntrEnter) -> None:
-        if len(self._stack) >= MAX_DEPTH:
+    def _enter(self, kind: Kind, source: str) -> None:
+        stack = self._stack
+        if len(stack) >= MAX_DEPTH:
             self.inconsistent += 1
-            self._stack.clear()
-        self._stack.append(_Ctx(TaskRole.FOREIGN, ev.kind, ev.source))
-        self._tally(ev.kind, ev.source).count += 1
+            stack.clear()
+        ctx = self._intr_cache.get((kind, source))
+        if ctx is None:
+            if len(self._intr_cache) >= 4096:
+                self._intr_cache.clear()
+            ctx = self._intr_cache[(kind, source)] = _Ctx(TaskRole.FOREIGN, kind, source, -1, "",
+                                                           self._tally(kind, source))
+        ctx.tally.count += 1
+        stack.append(ctx)
 
-    def _exit(self, ev: IntrExit) -> None:
-        if self._stack and self._stack[-1].kind is ev.kind:
-            self._stack.pop()
-        else:
-            # Tracing began inside this handler, or the entry was lost.
-            self.inconsistent += 1
-
-    def _lost(self, _ev: Lost | None = None) -> None:
+    def _lost(self, _ts: int) -> None:
         self.lost += 1
+        self._now = None       # nothing is charged across the gap
         self._task = None
         self._stack.clear()
         self._waiting_owner = None
+        self._victim = None
+
+
+def _comm_ahead(events: list[Event] | tuple[Event, ...], i: int, pid: int) -> str:
+    """The comm the first later switch gives ``pid`` ("" if none): a task
+    first seen in an interrupt it took is named by its own switch out,
+    usually in the same read.  Runs once per such task, not per event."""
+    for j in range(i, len(events)):
+        ev = events[j]
+        if ev[1] == SWITCH:
+            if ev[2] == pid and ev[6]:
+                return ev[6]
+            if ev[4] == pid:
+                return ev[5]
+    return ""
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ realtime vCPUs pinned there), ``guests()`` returns ``{qemu_pid: domain}``.
 from __future__ import annotations
 
 import logging
-import struct
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,15 +23,16 @@ from pathlib import Path
 
 from ..kernel import Kernel, tracefs
 from ..kernel.tasks import PF_KTHREAD
+from ..threadname import name_thread
 from .interference import (
+    ENTER,
+    EXIT,
+    LOST,
+    SWITCH,
     CpuAccount,
     Event,
-    IntrEnter,
-    IntrExit,
     Kind,
-    Lost,
     StickyTop,
-    Switch,
     Window,
     WindowView,
     fold_comm,
@@ -52,26 +54,63 @@ _SOFTIRQ_FALLBACK = {0: "HI", 1: "TIMER", 2: "NET_TX", 3: "NET_RX", 4: "BLOCK", 
                      6: "TASKLET", 7: "SCHED", 8: "HRTIMER", 9: "RCU"}
 
 Owners = Mapping[int, Mapping[int, tuple[str, int]]]
+READER_THREAD_NAME = "rtagent-itf"   # its comm: top -H, the benchmarks
 
 
 # ---------------------------------------------------------------------------
 # records → events
 
 
+# How a record becomes an event: by the row ``Decoder`` keeps per event id.
+_FIXED, _SOFTIRQ, _IRQ_ENTRY, _SWITCH = 0, 1, 2, 3
+
+
+def _word(fmt: tracefs.EventFormat, name: str) -> int:
+    """The 32-bit word a field starts at (its low word for a 64-bit one)."""
+    f = fmt.fields[name]
+    if f.offset % 4 or f.size not in (4, 8) or f.data_loc:
+        raise tracefs.TracefsError(f"{fmt.system}:{fmt.name}: field {name} is not an aligned integer "
+                                   f"(offset {f.offset}, size {f.size}): this kernel's layout is not supported")
+    return f.offset // 4
+
+
 class Decoder:
-    """Turns raw records into accountant events using the instance's formats.
+    """Turns raw records into accountant events (tuples) using the
+    instance's formats.
 
     The hot path (every context switch and interrupt of a realtime CPU):
-    one ``struct`` unpack per record straight from the page, comm strings
-    decoded once per distinct value."""
+    fields read as 32-bit words of the page at the offsets this kernel's
+    formats give, no object but the event tuple, comm strings decoded once
+    per distinct value, IRQ names once per IRQ number."""
 
     def __init__(self, formats: Mapping[int, tracefs.EventFormat]):
-        self._by_id: dict[int, Callable[[int, bytes, int], Event]] = {}
+        self._rows: dict[int, tuple] = {}
         self._comms: dict[bytes, str] = {}
+        self._irq_names: dict[int, str] = {}
+        self._irq_fmt: tracefs.EventFormat | None = None
         for ident, fmt in formats.items():
-            fn = self._converter(fmt)
-            if fn is not None:
-                self._by_id[ident] = fn
+            row = self._row(fmt)
+            if row is not None:
+                self._rows[ident] = row
+
+    def _row(self, fmt: tracefs.EventFormat) -> tuple | None:
+        name = fmt.name
+        pid = _word(fmt, "common_pid")
+        if name == "sched_switch":
+            comm = (fmt.fields["next_comm"].offset, fmt.fields["prev_comm"].offset, fmt.fields["next_comm"].size)
+            return (_SWITCH, _word(fmt, "prev_pid"), _word(fmt, "prev_state"), _word(fmt, "next_pid"), comm)
+        if name == "irq_handler_entry":
+            self._irq_fmt = fmt
+            return (_IRQ_ENTRY, pid, _word(fmt, "irq"))
+        if name == "irq_handler_exit":
+            return (_FIXED, pid, EXIT, Kind.IRQ, "")
+        if name in ("softirq_entry", "softirq_exit"):
+            symbols = dict(fmt.symbols or _SOFTIRQ_FALLBACK)
+            return (_SOFTIRQ, pid, ENTER if name.endswith("entry") else EXIT, _word(fmt, "vec"), symbols)
+        if fmt.system == "irq_vectors" and (name.endswith("_entry") or name.endswith("_exit")):
+            vector, side = name.rsplit("_", 1)
+            return (_FIXED, pid, ENTER if side == "entry" else EXIT, Kind.IRQ, vector)
+        return None
 
     def _comm(self, raw: bytes) -> str:
         s = self._comms.get(raw)
@@ -81,57 +120,48 @@ class Decoder:
             s = self._comms[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         return s
 
-    def _converter(self, fmt: tracefs.EventFormat) -> Callable[[int, bytes, int], Event] | None:
-        name = fmt.name
-        if name == "sched_switch":
-            read = fmt.reader(("prev_pid", "prev_state", "next_pid", "next_comm"))
-            comm = self._comm
-
-            def switch(ts: int, page: bytes, off: int) -> Event:
-                prev_pid, prev_state, next_pid, next_comm = read(page, off)
-                return Switch(ts, prev_pid, prev_state, next_pid, comm(next_comm))
-            return switch
-        if name == "irq_handler_entry":
-            def irq_entry(ts: int, page: bytes, off: int) -> Event:
-                payload = bytes(page[off:off + 64])
-                return IntrEnter(ts, Kind.IRQ, str(fmt.get(payload, "name")) or f"irq{fmt.get(payload, 'irq')}")
-            return irq_entry
-        if name == "irq_handler_exit":
-            return lambda ts, page, off: IntrExit(ts, Kind.IRQ, "")
-        if name in ("softirq_entry", "softirq_exit"):
-            symbols = fmt.symbols or _SOFTIRQ_FALLBACK
-            cls = IntrEnter if name.endswith("entry") else IntrExit
-            read_vec = fmt.reader(("vec",))
-
-            def soft(ts: int, page: bytes, off: int) -> Event:
-                (vec,) = read_vec(page, off)
-                return cls(ts, Kind.SOFTIRQ, symbols.get(vec) or f"vec{vec}")
-            return soft
-        if fmt.system == "irq_vectors" and (name.endswith("_entry") or name.endswith("_exit")):
-            vector = name.rsplit("_", 1)[0]
-            if name.endswith("_entry"):
-                return lambda ts, page, off: IntrEnter(ts, Kind.IRQ, vector)
-            return lambda ts, page, off: IntrExit(ts, Kind.IRQ, vector)
-        return None
+    def _irq_name(self, irq: int, page: bytes, off: int) -> str:
+        name = self._irq_names.get(irq)
+        if name is None:
+            # The action name is a __data_loc string: decoded once per IRQ.
+            name = str(self._irq_fmt.get(bytes(page[off:off + 256]), "name")) or f"irq{irq}"
+            if len(self._irq_names) < 1024:
+                self._irq_names[irq] = name
+        return name
 
     def events(self, pages: Iterable[bytes], header: tracefs.PageHeader) -> tuple[list[Event], int]:
         out: list[Event] = []
         lost = 0
-        by_id = self._by_id
         for page in pages:
             recs, missed = tracefs.page_records(page, header)
             if missed:
                 lost += max(missed, 1)
-                out.append(Lost(recs[0][0] if recs else 0))
-            for ts, off, plen in recs:
-                fn = by_id.get(page[off] | page[off + 1] << 8)
-                if fn is None:
-                    continue
-                try:
-                    out.append(fn(ts, page, off))
-                except (ValueError, IndexError, KeyError, UnicodeError, struct.error):
-                    continue
+                out.append((recs[0][0] if recs else 0, LOST))
+            if recs:
+                self._decode(page, recs, out)
         return out, lost
+
+    def _decode(self, page: bytes, recs: list[tuple[int, int]], out: list[Event]) -> None:
+        words, rows, comms, append = tracefs.page_words(page), self._rows, self._comms, out.append
+        for ts, off in recs:
+            w = off >> 2
+            row = rows.get(words[w] & 0xFFFF)
+            if row is None:
+                continue
+            how = row[0]
+            if how == _FIXED:
+                append((ts, row[2], words[w + row[1]], row[3], row[4]))
+            elif how == _SWITCH:
+                n_off, p_off, size = row[4]
+                n_raw, p_raw = page[off + n_off:off + n_off + size], page[off + p_off:off + p_off + size]
+                n_comm, p_comm = comms.get(n_raw) or self._comm(n_raw), comms.get(p_raw) or self._comm(p_raw)
+                append((ts, SWITCH, words[w + row[1]], words[w + row[2]], words[w + row[3]], n_comm, p_comm))
+            elif how == _SOFTIRQ:
+                vec = words[w + row[3]]
+                append((ts, row[2], words[w + row[1]], Kind.SOFTIRQ, row[4].get(vec) or f"vec{vec}"))
+            else:
+                irq = words[w + row[2]]
+                append((ts, ENTER, words[w + row[1]], Kind.IRQ, self._irq_names.get(irq) or self._irq_name(irq, page, off)))
 
 
 # ---------------------------------------------------------------------------
@@ -162,7 +192,11 @@ class ProcClassifier:
 
     def _classify(self, pid: int, comm: str) -> tuple[Kind, str]:
         try:
-            if self._tasks.stat(pid).flags & PF_KTHREAD:
+            stat = self._tasks.stat(pid)
+            # No trace event named this task yet (its switch-in was not
+            # traced): its comm as the kernel has it now.
+            comm = comm or stat.comm
+            if stat.flags & PF_KTHREAD:
                 return Kind.KTHREAD, fold_comm(comm)
             tgid_text = self._tasks.status(pid).get("Tgid", "")
             tgid = int(tgid_text) if tgid_text.isdigit() else None
@@ -255,6 +289,7 @@ class InterferenceSampler:
         self._inst: tracefs.Instance | None = None
         self._decoder: Decoder | None = None
         self.error: str | None = None
+        self._wake: tuple[int, int] | None = None    # stop() wakes the reader out of poll()
 
     # -- lifecycle
 
@@ -275,11 +310,15 @@ class InterferenceSampler:
 
     def start(self) -> None:
         self.open()
+        self._wake = os.pipe()
+        os.set_blocking(self._wake[1], False)
         self._thread = threading.Thread(target=self._run, name="rtagent-interference", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -289,20 +328,41 @@ class InterferenceSampler:
             except tracefs.TracefsError as exc:
                 log.warning("interference: %s", exc)
             self._inst = None
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
 
     def _run(self) -> None:
+        name_thread(READER_THREAD_NAME)
         if self._housekeeping:
             try:
                 # The reader must never run on the CPUs it measures.
                 Kernel().tasks.set_affinity(0, frozenset(self._housekeeping))
             except OSError as exc:
                 log.warning("interference: cannot confine the reader to %s: %s", sorted(self._housekeeping), exc)
-        while not self._stop.wait(self._poll):
+        waiter = self._waiter()
+        while not self._stop.is_set():
+            # Every poll_interval_s, or at once when a buffer is half full
+            # (a burst that would otherwise overrun it before the timer).
+            waiter.poll(self._poll * 1000)
+            if self._stop.is_set():
+                break
             try:
                 self.poll()
             except Exception as exc:  # the daemon never dies on the sampler's behalf
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.exception("interference: poll failed")
+                self._stop.wait(self._poll)   # and never spins on a failing read
+
+    def _waiter(self) -> select.poll:
+        waiter = select.poll()
+        if self._wake is not None:
+            waiter.register(self._wake[0], select.POLLIN)
+        if self._inst is not None:
+            for c in self.cpus:
+                waiter.register(self._inst.fd(c), select.POLLIN)
+        return waiter
 
     # -- work
 

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -48,8 +49,6 @@ def _culprit(data: dict, name: str) -> dict | None:
 
 
 @needs_tracefs
-@pytest.mark.xfail(strict=False, reason="known bug (docs/interference.md): a task interval spanning reads of a "
-                   "quiet CPU's buffer can go uncharged")
 def test_daemon_accounts_injected_noise(daemon_factory):
     port = _free_port()
     instance = unique_name("rtt-itf")
@@ -61,10 +60,17 @@ def test_daemon_accounts_injected_noise(daemon_factory):
     steal0 = steal_ns(RT_CPU)
     injected = finish(busy(name, 0.5))
     stolen = steal_ns(RT_CPU) - steal0
-    data, text = wait_for(lambda: (lambda s: s if _culprit(s[0], name) else None)(_status(d.socket)), 10,
-                          "the noise in the status window")
+    wait_for(lambda: _culprit(_status(d.socket)[0], name), 10, "the noise in the status window")
+    # The reader polls every 0.2 s: the run's tail is in the next reads.
+    time.sleep(4 * 0.2 + 0.3)
+    data, text = _status(d.socket)
     assert data["interference"]["running"] is True
     cul = _culprit(data, name)
+    lost = sum(c["lost_events"] for c in data["interference"]["cpus"] if c["cpu"] == RT_CPU)
+    if lost:
+        pytest.skip(f"the trace buffer overran ({lost} events lost): another heavy load on CPU {RT_CPU}")
+    print(f"interference daemon busy task ns: accounted {cul['seconds'] * 1e9:.0f} of {injected}"
+          f" ({cul['seconds'] * 1e9 / injected:.3f})")
     assert cul["kind"] == "task"
     assert abs(cul["seconds"] * 1e9 - injected) <= 0.10 * injected + stolen, (cul, injected, stolen)
     assert f"interference CPU {RT_CPU}:" in text

@@ -28,16 +28,6 @@ RT_CPU, HK_CPU = 1, 0
 ROOT = tracefs.find_tracefs()
 needs_tracefs = pytest.mark.skipif(ROOT is None or os.geteuid() != 0,
                                    reason="needs root and tracefs (scripts/setup-host.sh mounts it)")
-# KNOWN BUG, open (issue 16, docs/interference.md "Known bug"): on a quiet
-# realtime CPU the accountant sometimes charges nothing for a task whose run
-# spans several reads (seen 2026-12-01 in a clean CI run: 0, 210, 320 of
-# 500 ms; the IRQs inside the run are seen, the task's own interval is not).
-# On a busy CPU it was within ±10 % in every run.  Not strict: the test
-# still runs, and reports XPASS when the accounting is right.
-KNOWN_UNDERCOUNT = pytest.mark.xfail(
-    reason="known bug: a task interval spanning reads of a quiet CPU's buffer can go uncharged", strict=False)
-
-
 @pytest.fixture
 def sampler_factory():
     made: list[InterferenceSampler] = []
@@ -88,6 +78,22 @@ def steal_ns(cpu: int) -> int:
     return 0
 
 
+def report(what: str, accounted: float, reference: float) -> None:
+    """One line per measurement (pytest -s, or the CI log of a failure)."""
+    print(f"interference {what}: accounted {accounted:.0f} of {reference:.0f}"
+          f" ({accounted / reference if reference else 0:.3f}) load {os.getloadavg()[0]:.1f}")
+
+
+def skip_if_lost(s: InterferenceSampler) -> None:
+    """Events the kernel dropped (the buffer overran: another heavy load on
+    CPU 1, or the reader starved on a loaded CPU 0) make the accounting
+    incomplete by design — it says so (lost_events) — so no ±10 % can hold."""
+    with s._lock:
+        lost = s._acc[RT_CPU].lost
+    if lost:
+        pytest.skip(f"the trace buffer overran ({lost} events lost): another heavy load on CPU {RT_CPU}")
+
+
 def settle(s: InterferenceSampler) -> None:
     """Long enough for the reader thread to read what is in the buffers."""
     time.sleep(4 * s._poll + 0.3)
@@ -100,7 +106,6 @@ def total(s: InterferenceSampler, kind: Kind, source: str) -> tuple[int, int]:
 
 
 @needs_tracefs
-@KNOWN_UNDERCOUNT
 def test_busy_task_is_attributed_within_ten_percent(sampler_factory):
     s = sampler_factory()
     name = comm_name("noise")
@@ -109,6 +114,8 @@ def test_busy_task_is_attributed_within_ten_percent(sampler_factory):
     stolen = steal_ns(RT_CPU) - steal0
     settle(s)
     ns, count = total(s, Kind.TASK, name)
+    report("busy task ns", ns, injected_ns)
+    skip_if_lost(s)
     assert count >= 1
     assert abs(ns - injected_ns) <= 0.10 * injected_ns + stolen, (ns, injected_ns, stolen)
     view = s.snapshot().cpus[0].window
@@ -130,6 +137,8 @@ def test_preempted_owner_is_charged_with_the_noise(sampler_factory):
     finish(owner)
     settle(s)
     ns, _ = total(s, Kind.TASK, noise_name)
+    report("noise beside an owner ns", ns, injected_ns)
+    skip_if_lost(s)
     assert abs(ns - injected_ns) <= 0.10 * injected_ns + stolen, (ns, injected_ns, stolen)
     cpu = s.snapshot().cpus[0]
     preempted = cpu.preempted[("itf-guest", 1)]
@@ -154,7 +163,6 @@ def _kworker_runtime(cpu: int) -> dict[int, tuple[int, int]]:
 
 
 @needs_tracefs
-@KNOWN_UNDERCOUNT
 def test_kernel_thread_made_to_run_there(sampler_factory):
     """``vm.stat_refresh`` queues one work item on every CPU's kworker.
 
@@ -181,12 +189,10 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     kw_after = _kworker_runtime(RT_CPU)
     ns, n = total(s, Kind.KTHREAD, "kworker")
     ns, n = ns - before_ns, n - before_n
-    with s._lock:
-        lost = s._acc[RT_CPU].lost
-    if lost:
-        pytest.skip(f"the trace buffer overran ({lost} events lost): another heavy load on CPU {RT_CPU}")
+    skip_if_lost(s)
     schedstat = sum(v[0] - kw_before.get(pid, (0, 0))[0] for pid, v in kw_after.items())
     runs = sum(v[1] - kw_before.get(pid, (0, 0))[1] for pid, v in kw_after.items())
+    report("kworker runs", n, runs)
     # Each work item is at least one run; the kernel's own count of the
     # kworkers' runs (which includes other kworker work on this shared CPU)
     # is the exact yardstick for the count.
@@ -287,6 +293,8 @@ def test_irq_moved_there_and_triggered(sampler_factory):
     settle(s)
     ns, n = total(s, Kind.IRQ, action)
     ns, n = ns - before_ns, n - before_n
+    report("irq count", n, seen)
+    skip_if_lost(s)
     if seen < 100:
         pytest.skip(f"IRQ {irq} fired only {seen} times on CPU {RT_CPU} (another test moved it?)")
     # The kernel's own per-CPU count of the IRQ is the yardstick; there is no

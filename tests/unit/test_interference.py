@@ -72,17 +72,93 @@ def test_irq_during_idle_counts():
     assert a.totals == {(Kind.IRQ, "eth0"): Tally(4, 1)} and a.preempted == {}
 
 
-def test_unknown_start_is_not_charged_until_the_first_switch():
+def test_a_task_running_when_tracing_began_is_charged_from_the_first_event():
+    """No switch-in: the first events (a tick, the switch out) name the task."""
     a = acc()
-    a.feed([IntrExit(5, Kind.IRQ, ""), Switch(1000, 7, 0, 200, "noise")])
+    a.feed([IntrEnter(5, Kind.IRQ, "local_timer", pid=7), IntrExit(8, Kind.IRQ, "local_timer", pid=7),
+            Switch(1000, 7, SLEEPING, 0, "swapper/1", prev_comm="busy")])
     a.advance(1500)
-    assert a.totals == {(Kind.TASK, "noise"): Tally(500, 1)} and a.inconsistent == 1
+    assert a.totals == {(Kind.TASK, "busy"): Tally(992, 1), (Kind.IRQ, "local_timer"): Tally(3, 1)}
+    assert a.inferred == 0 and a.inconsistent == 0
+
+
+def test_a_switch_the_trace_left_out_is_inferred_from_the_next_events_task():
+    """This machine's kernel traces no switch out of CPU 1's idle task: the
+    task is seen first in the tick that interrupts it; it was switched in
+    right after the interrupt that woke the idle CPU."""
+    a = acc()
+    a.feed([Switch(0, 300, SLEEPING, 0, "swapper/1", prev_comm="kworker/1:1"),
+            IntrEnter(100, Kind.IRQ, "call_function_single", pid=0),
+            IntrExit(102, Kind.IRQ, "call_function_single", pid=0),
+            # here 0 -> 200 "noise" ran, and the trace has no record of it
+            IntrEnter(4102, Kind.IRQ, "local_timer", pid=200), IntrExit(4110, Kind.IRQ, "local_timer", pid=200),
+            Switch(9000, 200, SLEEPING, 0, "swapper/1", prev_comm="noise")])
+    assert a.totals[(Kind.TASK, "noise")] == Tally(4000 + 4890, 1)
+    assert a.inferred == 1
+    assert a.totals[(Kind.IRQ, "local_timer")] == Tally(8, 1)
+
+
+def test_a_left_out_switch_out_of_idle_with_no_event_inside_is_the_gap_since_the_last_event():
+    a = acc()
+    a.feed([Switch(0, 300, SLEEPING, 0, "swapper/1", prev_comm="x"),
+            IntrEnter(50, Kind.IRQ, "reschedule", pid=0), IntrExit(51, Kind.IRQ, "reschedule", pid=0),
+            Switch(90, 301, SLEEPING, 0, "swapper/1", prev_comm="kworker/1:2")])
+    assert a.totals[(Kind.KTHREAD, "kworker")] == Tally(39, 1) and a.inferred == 1
+
+
+def test_an_inferred_task_without_a_traced_comm_is_classified_by_pid():
+    seen = []
+
+    def record(pid, comm):
+        seen.append((pid, comm))
+        return Kind.TASK, comm or f"pid{pid}"
+
+    a = CpuAccount(1, record, ())
+    a.feed([Switch(0, 1, SLEEPING, 0, "swapper/1", prev_comm="a"),
+            IntrEnter(10, Kind.IRQ, "local_timer", pid=55), IntrExit(12, Kind.IRQ, "local_timer", pid=55)])
+    assert (55, "") in seen
+    # a comm a switch named before is used for the same pid
+    a.feed([Switch(20, 55, SLEEPING, 56, "named"), Switch(30, 56, SLEEPING, 0, "swapper/1"),
+            IntrEnter(40, Kind.IRQ, "local_timer", pid=56), IntrExit(41, Kind.IRQ, "local_timer", pid=56)])
+    assert (56, "") not in seen and a.totals[(Kind.TASK, "named")].count == 2
+
+
+def test_an_inferred_task_takes_the_name_of_its_own_switch_out_over_an_older_one():
+    """A process seen on the CPU before it renamed itself (python → noise)."""
+    a = acc()
+    a.feed([Switch(0, 0, 0, 200, "python"), Switch(10, 200, SLEEPING, 0, "swapper/1", prev_comm="python"),
+            IntrEnter(20, Kind.IRQ, "reschedule", pid=0), IntrExit(21, Kind.IRQ, "reschedule", pid=0),
+            IntrEnter(500, Kind.IRQ, "local_timer", pid=200), IntrExit(501, Kind.IRQ, "local_timer", pid=200),
+            Switch(900, 200, SLEEPING, 0, "swapper/1", prev_comm="noise")])
+    assert a.totals[(Kind.TASK, "noise")] == Tally(479 + 399, 1)
+    assert a.totals[(Kind.TASK, "python")] == Tally(10, 1)
+
+
+def test_an_inferred_owner_is_not_interference_and_stops_waiting():
+    a = acc()
+    a.feed([Switch(0, 0, 0, OWNER, "CPU 1/KVM"),
+            Switch(100, OWNER, PREEMPTED, 400, "hidden"),   # owner preempted, still runnable
+            # hidden -> owner was left out of the trace
+            IntrEnter(300, Kind.IRQ, "local_timer", pid=OWNER), IntrExit(305, Kind.IRQ, "local_timer", pid=OWNER)])
+    a.advance(1000)
+    assert a.totals[(Kind.TASK, "hidden")] == Tally(200, 1)
+    assert a.preempted == {OWNER: {Kind.TASK: 200, Kind.IRQ: 5}}
+
+
+def test_events_without_a_pid_never_infer():
+    a = acc()
+    a.feed([Switch(0, 0, 0, 200, "noise"), IntrEnter(10, Kind.IRQ, "eth0"), IntrExit(20, Kind.IRQ, ""),
+            Switch(30, 200, SLEEPING, 0, "swapper/1")])
+    assert a.totals[(Kind.TASK, "noise")] == Tally(20, 1) and a.inferred == 0
 
 
 def test_lost_events_reset_the_state():
     a = acc()
-    a.feed([Switch(0, 0, 0, 200, "noise"), Lost(100), Switch(400, 999, 0, 0, "swapper/1")])
-    assert a.totals[(Kind.TASK, "noise")] == Tally(100, 1) and a.lost == 1
+    a.feed([Switch(0, 0, 0, 200, "noise"), Lost(100), Switch(400, 999, 0, 0, "swapper/1", prev_comm="later")])
+    # nothing is charged across the gap: not to the task before it, not to
+    # the task the next event names
+    assert a.totals[(Kind.TASK, "noise")] == Tally(0, 1) and a.lost == 1
+    assert a.totals[(Kind.TASK, "later")] == Tally(0, 1)
 
 
 def test_a_switch_inside_an_unclosed_irq_clears_it():

@@ -81,9 +81,10 @@ def irq_entry_payload(f, irq, name):
     return bytes(buf)
 
 
-def simple_payload(f, value):
+def simple_payload(f, value, pid=0):
     buf = bytearray(12)
     struct.pack_into("<H", buf, 0, f.id)
+    struct.pack_into("<i", buf, 4, pid)          # common_pid: the task the event interrupted
     struct.pack_into("<I", buf, 8, value)
     return bytes(buf)
 
@@ -154,14 +155,15 @@ def test_decoder_maps_records_to_accountant_events():
             + entry(1, simple_payload(by_name["irq_handler_exit"], 36))
             + entry(1, simple_payload(by_name["softirq_entry"], 4))
             + entry(1, simple_payload(by_name["softirq_exit"], 4))
-            + entry(1, simple_payload(by_name["local_timer_entry"], 236))
-            + entry(1, simple_payload(by_name["local_timer_exit"], 236)))
+            + entry(1, simple_payload(by_name["local_timer_entry"], 236, pid=4711))
+            + entry(1, simple_payload(by_name["local_timer_exit"], 236, pid=4711)))
     events, lost = Decoder(formats).events([page(0, body, missed=3)], HEADER)
     assert lost == 3
     assert events == [
-        Lost(1), Switch(1, 0, 0, 42, "noise"), IntrEnter(2, Kind.IRQ, "virtio1-req.0"), IntrExit(3, Kind.IRQ, ""),
-        IntrEnter(4, Kind.SOFTIRQ, "BLOCK"), IntrExit(5, Kind.SOFTIRQ, "BLOCK"),
-        IntrEnter(6, Kind.IRQ, "local_timer"), IntrExit(7, Kind.IRQ, "local_timer"),
+        Lost(1), Switch(1, 0, 0, 42, "noise", prev_comm="prev"),
+        IntrEnter(2, Kind.IRQ, "virtio1-req.0", pid=0), IntrExit(3, Kind.IRQ, "", pid=0),
+        IntrEnter(4, Kind.SOFTIRQ, "BLOCK", pid=0), IntrExit(5, Kind.SOFTIRQ, "BLOCK", pid=0),
+        IntrEnter(6, Kind.IRQ, "local_timer", pid=4711), IntrExit(7, Kind.IRQ, "local_timer", pid=4711),
     ]
 
 

@@ -159,6 +159,15 @@ class Tuner:
             conflicts = peers.ownership_for(report.claims).for_guest(report.uuid) if peers is not None else ()
         return self._judge(report, conflicts)
 
+    def rejudge(self, last: DomainReport, observed: Observed) -> DomainReport:
+        """``last`` (a reconciled report) judged again on ``observed`` — the
+        same threads with their scheduling re-read by syscall — against the
+        same conflicts: the look before a fix when only scheduling can have
+        changed (a live re-pin), without re-reading /proc."""
+        report = DomainReport(name=last.name, uuid=last.uuid, spec=last.spec, pid=last.pid, observed=observed,
+                              observed_at=time.time(), withdrawn=last.withdrawn, claims=last.claims)
+        return self._judge(report, last.conflicts)
+
     def _judge(self, report: DomainReport, conflicts: tuple) -> DomainReport:
         assert report.observed is not None
         chain = None
