@@ -134,8 +134,9 @@ class _FromReport:
 
 
 class _GuestRef(NamedTuple):
-    """Taken under the store's lock: a reference and flat copies, nothing
-    derived, nothing sorted (a tuple: the cheapest copy per guest)."""
+    """Taken under the store's lock: a reference and flat copies (a tuple:
+    the cheapest copy per guest); sorting and deriving happen outside it."""
+
 
     name: str
     uuid: str
@@ -144,6 +145,7 @@ class _GuestRef(NamedTuple):
     correction_failures: dict
     latency: tuple[tuple[float, ...], list[int], float]
     event_to_tuned_s: float | None
+    start_window: tuple[tuple[int, float], ...] = ()  # (vCPU, unprotected seconds) of its start
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class _Guest:
     correction_latency: _Hist
     event_to_tuned_s: float | None
     conflicts: tuple[tuple[str, str, str, str], ...] = ()
+    start_window: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -239,7 +242,9 @@ def _ref(g: GuestState) -> _GuestRef:
     h = g.correction_latency
     return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=dict(g.corrections),
                      correction_failures=dict(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
-                     event_to_tuned_s=g.event_to_tuned_s)
+                     event_to_tuned_s=g.event_to_tuned_s,
+                     start_window=tuple((v, ns / 1e9) for v, e in sorted(g.start_window.items())
+                                        if (ns := e.unprotected_ns) is not None))
 
 
 def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
@@ -248,7 +253,7 @@ def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
         realtime=derived.realtime, valid=derived.valid, compliant=derived.compliant, violations=derived.violations,
         memory=derived.memory, vcpus=derived.vcpus, corrections=_items(ref.corrections),
         correction_failures=_items(ref.correction_failures), correction_latency=_Hist.raw(*ref.latency),
-        event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts,
+        event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts, start_window=ref.start_window,
     )
 
 
@@ -310,6 +315,9 @@ def _guest_families() -> SimpleNamespace:
     hugetlb = _gauge("domain_memory_hugetlb_bytes", "HugetlbPages of the guest's QEMU process.", d)
     tuned_s = _gauge("domain_event_to_tuned_seconds",
                      "Time from this guest's STARTED event until its realtime vCPUs were all tuned.", d)
+    unprotected = _gauge("vcpu_unprotected_start_seconds",
+                         "Time the realtime vCPU thread ran as non-realtime in this guest's start, from libvirt "
+                         "placing it in its vcpuN cgroup until SCHED_FIFO/RR landed (docs/metrics.md).", dv)
     corrections = _counter("drift_corrections", "Configuration drift corrected, by kind.", ["domain", "kind"])
     failures = _counter("drift_correction_failures", "Drift corrections that failed, by kind.",
                         ["domain", "kind"])
@@ -329,7 +337,7 @@ def _guest_families() -> SimpleNamespace:
                       "thread = this guest's, other = the other guest, other_thread = its thread "
                       "(docs/checks.md, cpu_conflict).", ["domain", "cpu", "thread", "other", "other_thread"])
     return SimpleNamespace(info=info, realtime=realtime, valid=valid, compliant=compliant, violations=violations,
-                           required=required, locked=locked, hugetlb=hugetlb, tuned_s=tuned_s,
+                           required=required, locked=locked, hugetlb=hugetlb, tuned_s=tuned_s, unprotected=unprotected,
                            corrections=corrections, failures=failures, latency=latency, delay=delay, cpu=cpu,
                            nvcsw=nvcsw, policy=policy, prio=prio, tuned=tuned, conflict=conflict)
 
@@ -346,6 +354,8 @@ def _add_guest(f: SimpleNamespace, g: _Guest) -> None:
         f.latency.add_metric([g.name], list(g.correction_latency.buckets), g.correction_latency.total)
     if g.event_to_tuned_s is not None:
         f.tuned_s.add_metric([g.name], g.event_to_tuned_s)
+    for vcpu, seconds in g.start_window:
+        f.unprotected.add_metric([g.name, str(vcpu)], seconds)
     if not g.has_report:
         return
     f.realtime.add_metric([g.name], 1 if g.realtime else 0)
@@ -454,7 +464,7 @@ class RtagentCollector(Collector):
             else:
                 derived = _from_report(r)
             key = (derived, ref.name, ref.corrections, ref.correction_failures, ref.latency[1], ref.latency[2],
-                   ref.event_to_tuned_s, r is not None)
+                   ref.event_to_tuned_s, ref.start_window, r is not None)
             if hit is not None and hit[2] == key:
                 g, rows = hit[3], hit[4]
             else:
