@@ -137,7 +137,6 @@ class _GuestRef(NamedTuple):
     """Taken under the store's lock: a reference and flat copies (a tuple:
     the cheapest copy per guest); sorting and deriving happen outside it."""
 
-
     name: str
     uuid: str
     report: DomainReport | None
