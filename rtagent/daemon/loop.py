@@ -23,6 +23,7 @@ from ..errors import RtagentError
 from ..libvirt_host import LibvirtHost
 from ..sdnotify import Notifier
 from ..state import StateStore
+from .cadence import resync_due
 from .guests import GuestSupervisor
 from .hostside import HostSupervisor
 from .link import LibvirtLink
@@ -66,7 +67,7 @@ class Daemon:
                                       on_placements=self.services.set_placements)
         self.hostside = HostSupervisor(config, self.store)
         self._stop = False
-        self._resynced_at = 0.0  # monotonic end of the last timed resync
+        self._resynced_at = 0.0  # monotonic end of the last resync (daemon/cadence.py)
         self._last_status = ""
 
     def _put(self, kind: Kind, payload: object = None) -> None:
@@ -93,11 +94,10 @@ class Daemon:
                  format_cpulist(self.config.partition.housekeeping))
 
     def run_forever(self) -> None:
-        self._resynced_at = time.monotonic()
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_watchdog = time.monotonic()
         while not self._stop:
-            deadlines = [self._resync_due(), self.link.reconnect_due(), self.guests.retry.next_deadline(),
+            deadlines = [resync_due(self), self.link.reconnect_due(), self.guests.retry.next_deadline(),
                          next_watchdog if watchdog_every else None]
             timeout = min(d for d in deadlines if d is not None) - time.monotonic()
             try:
@@ -117,22 +117,8 @@ class Daemon:
         due = self.link.reconnect_due()
         if due is not None and now >= due and self.link.connect():
             self.resync()
-        if now >= self._resync_due():
+        if now >= resync_due(self):
             self.resync(full=now >= self.guests.next_full)
-            self._resynced_at = time.monotonic()
-
-    def _resync_due(self) -> float:
-        """When the next timed resync is due: one interval after the last
-        one ended.  With no guest managed and no host partition to enforce a
-        steady resync has nothing to check, so an idle daemon wakes only as
-        often as its libvirt liveness probe is sent (the call timeout) and
-        for the full check when it is due; a guest being tracked brings the
-        interval back at once.  Each wake-up costs ~50-100 µs of CPU here."""
-        interval = self.config.daemon.resync_interval_s
-        if self.guests.tracked or self.hostside.enforcer is not None:
-            return self._resynced_at + interval
-        idle = self._resynced_at + max(interval, self.config.libvirt.call_timeout_s)
-        return max(self._resynced_at + interval, min(idle, self.guests.next_full))
 
     def _handle_batch(self, first: Item) -> None:
         """Handle ``first`` and whatever else is queued, collapsing repeated
@@ -179,6 +165,7 @@ class Daemon:
         self.hostside.enforce(set(self.guests.tracked.values()), tuple(self.guests.vcpusched_refused.values()))
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
                                      setattr(s.daemon, "last_resync_at", time.time())))
+        self._resynced_at = time.monotonic()
         line = status_line(self.store, self.host)
         if line != self._last_status:
             self.notifier.status(line)

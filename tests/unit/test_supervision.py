@@ -283,6 +283,7 @@ def test_an_idle_daemon_resyncs_only_as_often_as_its_probe_and_full_check_need(t
     interval back at once."""
     from rtagent.config import parse_config
     from rtagent.daemon import Daemon
+    from rtagent.daemon.cadence import resync_due
 
     cfg = parse_config({"host": {"realtime_cpus": "1"}, "daemon": {"lock_file": str(tmp_path / "l"),
                                                                   "resync_interval_s": 1.0},
@@ -291,14 +292,14 @@ def test_an_idle_daemon_resyncs_only_as_often_as_its_probe_and_full_check_need(t
                                         "workqueues": False}})
     d = Daemon(cfg, None)
     d._resynced_at, d.guests.next_full = 100.0, 130.0
-    assert d.hostside.enforcer is None and d._resync_due() == 105.0
+    assert d.hostside.enforcer is None and resync_due(d) == 105.0
     d.guests.next_full = 102.5
-    assert d._resync_due() == 102.5  # the full check is due before the probe
+    assert resync_due(d) == 102.5  # the full check is due before the probe
     d.guests.next_full = 100.2
-    assert d._resync_due() == 101.0  # never more often than the interval
+    assert resync_due(d) == 101.0  # never more often than the interval
     d.guests.tracked["uuid-a"] = 4242
     d.guests.next_full = 130.0
-    assert d._resync_due() == 101.0
+    assert resync_due(d) == 101.0
     d.guests.tracked.clear()
     d.hostside.enforcer = object()
-    assert d._resync_due() == 101.0
+    assert resync_due(d) == 101.0
