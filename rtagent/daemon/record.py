@@ -90,7 +90,14 @@ class RealtimeRecord:
 
     def note(self, report: DomainReport) -> None:
         """Follow one reconcile: an entry for a guest rtagent makes realtime;
-        none once a withdrawn guest has no realtime thread left."""
+        none once a withdrawn guest has no realtime thread left.  Never
+        raises: enforcement goes on without the record."""
+        try:
+            self._note(report)
+        except Exception:
+            log.exception("realtime record: %s not noted", report.name)
+
+    def _note(self, report: DomainReport) -> None:
         if report.withdrawn and not still_realtime(report):
             self.done(report.uuid)
             return
