@@ -79,9 +79,10 @@ class DaemonConfig:
     # what can drift (policy, priority, affinity) by syscall.
     full_check_interval_s: float = 30.0
     proc_connector: bool = True
-    # Watch each managed guest's cpuset groups (inotify) and give a
-    # live-added iothread's new group its planned CPUs before libvirt's
-    # affinity call lands (daemon/placement.py).
+    # Watch each managed guest's cpuset groups (inotify): give a live-added
+    # iothread's new group its planned CPUs before libvirt's affinity call
+    # lands, and see a live re-pin at libvirt's cpuset write, before its
+    # TUNABLE event (daemon/placement.py).
     cpuset_watch: bool = True
     # One daemon per host: held with flock(2) for the daemon's lifetime.
     lock_file: str = "/run/rtagent/rtagent.lock"
