@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 
+from . import b2_startwindow
 from .common import (
     EventClock,
     Guests,
@@ -504,6 +505,7 @@ def run(quick: bool = True) -> dict:
             "drift": run_drift(5 if quick else 20),
             "iothread": run_iothreads(5 if quick else 20, 3 if quick else 10),
             "tunable": run_tunable(5 if quick else 20),
+            "start_window": b2_startwindow.run(10 if quick else 40),
         }
         out["elapsed_s"] = time.monotonic() - t0
     return out
@@ -547,6 +549,8 @@ def goals_table(res: dict) -> str:
                      ms(e["p99"]) + " ms" if e["n"] else "–", f"≤ {GOAL_NEW_THREAD_S * 1000:.0f} ms",
                      _mark(e["p99"] <= GOAL_NEW_THREAD_S if e["n"] and not r["not_fixed"] else
                            (False if r["not_fixed"] else None)) if mode == MODE_WATCH else "—"])
+    if res.get("start_window"):
+        rows.append(b2_startwindow.goal_row(res["start_window"]))
     return format_table(["B2 goal (measured through the kernel)", "measured", "goal", ""], rows)
 
 
@@ -622,6 +626,8 @@ def format(res: dict) -> str:
                      "corrected = from the first poll (every 1 ms) that saw the re-pin to the first that saw the plan "
                      "again; a re-pin no poll saw (the cpuset watch put the group's CPUs back before libvirt's "
                      "affinity call landed, or undid it within a poll) counts as 1 ms.")
+    if res.get("start_window"):
+        parts.append(b2_startwindow.format(res["start_window"]))
     parts.append("exposed = time the new thread's affinity was outside the emulator set (CPU 0), from the first "
                  "poll that saw it widened to the first that saw it back; add→ok = from starting virsh.")
     return "\n\n".join(parts)

@@ -440,5 +440,16 @@ class LibvirtHost:
             raise DomainNotFound(f"domain {name_or_uuid!r} not found") from None
 
 
+    def lookup_id(self, domain_id: int) -> Guest:
+        """The active domain with libvirt's run-time id ``domain_id``.  Answers
+        while the domain is still starting (libvirt assigns the id before it
+        creates the guest's cgroups), which is what the start watch needs."""
+        conn = self.conn
+        try:
+            return Guest(self, self.call(f"lookup of domain id {domain_id}", lambda: conn.lookupByID(domain_id)))
+        except GuestGone:
+            raise DomainNotFound(f"no active domain with id {domain_id}") from None
+
+
 class DomainNotFound(GuestGone):
     exit_code = 2

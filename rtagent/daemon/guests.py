@@ -58,7 +58,8 @@ class GuestSupervisor:
                  selector: GuestSelector | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, tuner: Tuner | None = None,
                  on_tracked: Callable[[set[int]], None] | None = None,
-                 on_placements: Callable[[dict[int, GuestPlacement]], None] | None = None):
+                 on_placements: Callable[[dict[int, GuestPlacement]], None] | None = None,
+                 on_reconciled: Callable[[str, DomainReport], None] | None = None):
         self.config = config
         self.host = host
         self.store = store
@@ -69,6 +70,7 @@ class GuestSupervisor:
         self._on_tracked = on_tracked
         self._on_placements = on_placements
         self.placements: dict[int, GuestPlacement] = {}  # QEMU pid -> where its new iothreads go
+        self.on_reconciled = on_reconciled  # after every applied reconcile (the start window's record)
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
         self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
         self.next_full = 0.0  # monotonic time the next resync must be a full check
@@ -420,6 +422,8 @@ class GuestSupervisor:
         else:
             self.last.pop(uuid, None)
         self._placed(after)
+        if self.on_reconciled is not None:
+            self.on_reconciled(uuid, after)
         pending = any(v.check == Check.VCPU_PENDING for v in after.violations)
         # A refused change (EPERM while budget is short, a cpuset in flux) is
         # retried on the same backoff, not only at the next resync.

@@ -57,6 +57,7 @@ class Services:
         self.metrics = None
         self.interference = None  # monitor.interference_service.InterferenceService
         self.placement: PlacementWatch | None = None  # new iothreads' cpuset groups (placement.py)
+        self.startwatch = None
 
     def _overflow(self) -> None:
         """The proc connector lost events: count it, and resync to catch up."""
@@ -73,7 +74,12 @@ class Services:
         if self.placement is not None:
             self.placement.set_guests(placements)
 
-    def start(self, config: Config, privs) -> None:
+    def start(self, config: Config, privs, startwatch=None) -> None:
+        """``startwatch``: the daemon's StartWatch (daemon/startwatch.py), whose
+        cgroup watcher thread starts here, after privileges are settled."""
+        self.startwatch = startwatch
+        if startwatch is not None:
+            startwatch.start()
         if config.daemon.proc_connector and privs.proc_connector:
             self.procconn = ProcConnector(self._on_thread, self._overflow)
             try:
@@ -101,6 +107,8 @@ class Services:
             self.metrics.registry.register(itf.InterferenceCollector(self.interference))
 
     def close(self) -> None:
+        if self.startwatch is not None:
+            self.startwatch.stop()
         for svc in (self.procconn, self.status, self.metrics):
             if svc is not None:
                 (svc.stop if svc is self.procconn else svc.close)()

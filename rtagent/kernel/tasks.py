@@ -380,6 +380,14 @@ class Tasks:
     def affinity(self, tid: int) -> frozenset[int]:
         return frozenset(os.sched_getaffinity(tid))
 
+    def run_time_ns(self, tid: int) -> int | None:
+        """Time on CPU so far (``schedstat`` field 1); None when the thread
+        is gone or the kernel has no CONFIG_SCHED_INFO."""
+        try:
+            return int(fs.read_text(self._k.proc_path(str(tid), "schedstat")).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def set_affinity(self, tid: int, cpus: frozenset[int]) -> None:
         os.sched_setaffinity(tid, cpus)
 
