@@ -22,6 +22,7 @@ from ..errors import RtagentError
 from ..libvirt_host import LibvirtHost
 from ..sdnotify import Notifier
 from ..state import StateStore
+from .cadence import resync_due
 from .guests import GuestSupervisor
 from .hostside import HostSupervisor
 from .link import LibvirtLink
@@ -67,7 +68,7 @@ class Daemon:
                                       on_placements=self.services.set_placements)
         self.startwatch = StartWatch(self.guests, lambda: self._put(Kind.START))
         self.hostside = HostSupervisor(config, self.store)
-        self._stop, self._next_resync, self._last_status = False, 0.0, ""
+        self._stop, self._resynced_at, self._last_status = False, 0.0, ""  # _resynced_at: daemon/cadence.py
 
     def _put(self, kind: Kind, payload: object = None) -> None:
         self.queue.put(Item(kind, payload, time.monotonic()))
@@ -93,11 +94,10 @@ class Daemon:
                  format_cpulist(self.config.partition.housekeeping))
 
     def run_forever(self) -> None:
-        self._next_resync = time.monotonic() + self.config.daemon.resync_interval_s
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_watchdog = time.monotonic()
         while not self._stop:
-            deadlines = [self._next_resync, self.link.reconnect_due(), self.guests.retry.next_deadline(),
+            deadlines = [resync_due(self), self.link.reconnect_due(), self.guests.retry.next_deadline(),
                          self.startwatch.next_deadline(), next_watchdog if watchdog_every else None]
             timeout = min(d for d in deadlines if d is not None) - time.monotonic()
             try:
@@ -118,9 +118,8 @@ class Daemon:
         due = self.link.reconnect_due()
         if due is not None and now >= due and self.link.connect():
             self.resync()
-        if now >= self._next_resync:
+        if now >= resync_due(self):
             self.resync(full=now >= self.guests.next_full)
-            self._next_resync = time.monotonic() + self.config.daemon.resync_interval_s
 
     def _handle_batch(self, first: Item) -> None:
         """Handle ``first`` and whatever else is queued, collapsing repeated
@@ -167,6 +166,7 @@ class Daemon:
         self.hostside.enforce(set(self.guests.tracked.values()), tuple(self.guests.vcpusched_refused.values()))
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
                                      setattr(s.daemon, "last_resync_at", time.time())))
+        self._resynced_at = time.monotonic()
         line = status_line(self.store, self.host)
         if line != self._last_status:
             self.notifier.status(line)

@@ -22,6 +22,7 @@ import struct
 import threading
 from collections.abc import Callable
 
+from ..threadname import name_thread
 from . import cnfilter
 
 # <linux/connector.h>, <linux/cn_proc.h>
@@ -150,6 +151,7 @@ class ProcConnector:
                 self.on_thread(pid, pid, "watch")
 
     def _run(self) -> None:
+        name_thread("proc-connector")  # its comm, for top -H and the benchmarks' per-thread CPU
         sock = self._sock
         assert sock is not None
         # poll, not select: the scrape keeps descriptors open (its schedstat
