@@ -158,9 +158,10 @@ class CallWorker:
     ThreadPoolExecutor: the interpreter must be able to exit while libvirt
     is hung."""
 
-    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic, name: str = WORKER_THREAD_NAME):
         self.timeout_s = timeout_s
         self._clock = clock
+        self._name = name
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stuck: Future | None = None
@@ -175,11 +176,11 @@ class CallWorker:
         capabilities before any thread exists (they are per thread), and it
         builds its LibvirtHost before that."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=WORKER_THREAD_NAME, daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
-        name_thread(WORKER_THREAD_NAME)
+        name_thread(self._name)
         while True:
             fut, fn = self._jobs.get()
             if fut.set_running_or_notify_cancel():
@@ -340,6 +341,7 @@ class LibvirtHost:
     def __init__(self, uri: str, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
         self.uri = uri
         self.worker = CallWorker(call_timeout_s)
+        self.start_worker = CallWorker(call_timeout_s, name="rtagent-lv-start")  # starting guests only
         self._conn: libvirt.virConnect | None = None
         self._closed = False  # the close callback fired
         self._callback_ids: list[int] = []
@@ -504,15 +506,24 @@ class LibvirtHost:
             raise DomainNotFound(f"domain {name_or_uuid!r} not found") from None
 
 
-    def lookup_id(self, domain_id: int) -> Guest:
-        """The active domain with libvirt's run-time id ``domain_id``.  Answers
-        while the domain is still starting (libvirt assigns the id before it
-        creates the guest's cgroups), which is what the start watch needs."""
+    def starting(self, domain_id: int) -> tuple[Guest, str]:
+        """The active domain with libvirt's run-time id ``domain_id`` and its
+        live XML.  Both answer while the domain is still starting (libvirt
+        assigns the id before it creates the guest's cgroups), which is what
+        the start watch needs.  On a worker of its own: a starting guest must
+        not wait behind the loop's calls (a full check's listing, another
+        guest's pins), nor they behind it.  Raises rtagent's errors."""
         conn = self.conn
+
+        def ask() -> tuple[libvirt.virDomain, str]:
+            dom = conn.lookupByID(domain_id)
+            return dom, dom.XMLDesc(0)
+
         try:
-            return Guest(self, self.call(f"lookup of domain id {domain_id}", lambda: conn.lookupByID(domain_id)))
+            dom, xml = self.start_worker.call(f"lookup of domain id {domain_id}", ask)
         except GuestGone:
             raise DomainNotFound(f"no active domain with id {domain_id}") from None
+        return Guest(self, dom), xml
 
 
 class DomainNotFound(GuestGone):

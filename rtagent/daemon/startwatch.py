@@ -190,8 +190,8 @@ class StartWatch:
         while (item := self._lookups.get()) is not None:
             group, domain_id = item
             try:
-                guest = self.sup.host.lookup_id(domain_id)
-                self._signal(_Resolved(group, guest, guest.xml()))
+                guest, xml = self.sup.host.starting(domain_id)
+                self._signal(_Resolved(group, guest, xml))
             except Exception as err:  # gone again, libvirt busy: the STARTED path remains
                 self._signal(_Resolved(group, None, None, str(err)))
 

@@ -151,6 +151,18 @@ workqueues = false
     return path
 
 
+def free_port_in(lo: int, hi: int) -> int:
+    """A free loopback port in ``lo..hi`` (each engineer's test range)."""
+    for port in range(lo, hi + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {lo}-{hi}")
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     last = None
@@ -206,4 +218,4 @@ def daemon_factory(libvirtd, tmp_path):
         assert d.stop_rc in (None, 0), f"daemon exited {d.stop_rc} after SIGTERM:\n{text[-6000:]}"
 
 
-__all__ = ["RunningDaemon", "wait_for", "json"]
+__all__ = ["RunningDaemon", "free_port_in", "wait_for", "json"]
