@@ -111,6 +111,7 @@ def teardown(steps: Sequence[Step], budget_s: float = TEARDOWN_S,
             bad.append(step.name)
             continue
         took = clock() - t0
+        log.debug("stopping: %s done in %.3fs", step.name, took)
         if took > timeout + 0.5:
             log.warning("stopping: %s took %.1fs (cap %.1fs)", step.name, took, timeout)
             bad.append(step.name)

@@ -7,6 +7,7 @@ the old loop sat out the whole call, or never left its start-up wait."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from tests.helpers.libvirt_proxy import FreezableProxy
 from tests.system.conftest import remove_trace_instance, trace_instance_of, wait_for, write_config
 
 pytestmark = pytest.mark.system
+log = logging.getLogger(__name__)
 SIGTERM_EXIT_S = 8.0
 HUNG_CALL_TIMEOUT = "[libvirt]\nuri = \"{uri}\"\ncall_timeout_s = 60.0\n"
 
@@ -38,9 +40,11 @@ def _instance_gone(config: Path) -> bool:
 
 
 def _stop_and_check(proc: subprocess.Popen, config: Path, sock: str) -> int:
+    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
         rc = proc.wait(timeout=SIGTERM_EXIT_S)
+        log.warning("SIGTERM → exit %d in %.2fs with libvirt hung (call timeout 60 s)", rc, time.monotonic() - t0)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
