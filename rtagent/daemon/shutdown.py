@@ -70,8 +70,10 @@ def sleep_unless(stopped: Callable[[], bool], seconds: float) -> None:
 
 
 def install_stack_dump(signum: int = DUMP_SIGNAL) -> None:
-    """``kill -USR1 <pid>``: every thread's stack on stderr (the journal)."""
+    """``kill -USR1 <pid>``: every thread's stack on stderr (the journal);
+    a fatal signal (SIGSEGV in a C library, SIGABRT) writes them too."""
     try:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
         faulthandler.register(signum, file=sys.stderr, all_threads=True, chain=False)
     except (ValueError, OSError, AttributeError) as err:  # stderr closed or not a real file
         log.warning("no stack dump on signal %d: %s", signum, err)

@@ -1,7 +1,5 @@
 """Stopping within a bound (rtagent/daemon/shutdown.py) and the libvirt
-worker's part in it: waits end when a stop is asked, a close behind a stuck
-call is handed to the worker instead of running libvirt's destructor on the
-caller's thread."""
+worker's part in it: waits end when a stop is asked."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ import pytest
 
 from rtagent.daemon import shutdown
 from rtagent.errors import LibvirtUnresponsive
-from rtagent.libvirt_host import CallWorker, LibvirtHost
+from rtagent.libvirt_host import CallWorker
 
 pytestmark = pytest.mark.unit
 
@@ -72,35 +70,6 @@ def test_a_stop_ends_a_wait_for_a_hung_call_and_refuses_new_ones():
         threading.Event().wait(0.05)
     # The close of the connection is still waited for, once the hung call returned.
     assert w.call("close", lambda: "closed", timeout_s=5.0, stopping=True) == "closed"
-
-
-class _Conn:
-    """Stands for a virConnect: records on which thread it is closed."""
-
-    def __init__(self) -> None:
-        self.closed_on: str | None = None
-
-    def unregisterCloseCallback(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed_on = threading.current_thread().name
-
-
-def test_close_behind_a_stuck_call_is_left_to_the_worker():
-    gate = threading.Event()
-    host = LibvirtHost("test:///default", call_timeout_s=0.05)
-    with pytest.raises(LibvirtUnresponsive):
-        host.call("hung", gate.wait)
-    conn = host._conn = _Conn()
-    host.close()  # returns at once; nothing closed on this thread
-    assert conn.closed_on is None and host._conn is None
-    gate.set()
-    for _ in range(100):
-        if conn.closed_on is not None:
-            break
-        threading.Event().wait(0.05)
-    assert conn.closed_on == "rtagent-libvirt"
 
 
 def test_the_units_stop_timeout_is_above_the_daemons_own_bound():
