@@ -79,6 +79,9 @@ class DaemonConfig:
     # what can drift (policy, priority, affinity) by syscall.
     full_check_interval_s: float = 30.0
     proc_connector: bool = True
+    # Make realtime vCPUs realtime while libvirt still holds a starting
+    # guest's CPUs stopped (daemon/startwatch.py), not at its STARTED event.
+    start_window_early: bool = True
     # Watch each managed guest's cpuset groups (inotify) and give a
     # live-added iothread's new group its planned CPUs before libvirt's
     # affinity call lands (daemon/placement.py).

@@ -55,6 +55,9 @@ class EventKind(str, enum.Enum):
     METADATA = "metadata"  # METADATA_CHANGE: the intent may have changed
     TUNABLE = "tunable"  # a live vcpupin / emulatorpin / iothreadpin
     DEVICE_ADDED = "device_added"  # hotplug: new threads (vhost, iothread) follow
+    # Not libvirt's: a managed guest's thread-group cpuset was rewritten (the
+    # first step of libvirt's re-pin, seen in cgroupfs; daemon/placement.py).
+    CPUSET = "cpuset"
     OTHER = "other"
 
 
@@ -435,6 +438,17 @@ class LibvirtHost:
             return Guest(self, self.call(f"lookup of {name_or_uuid!r}", find))
         except GuestGone:
             raise DomainNotFound(f"domain {name_or_uuid!r} not found") from None
+
+
+    def lookup_id(self, domain_id: int) -> Guest:
+        """The active domain with libvirt's run-time id ``domain_id``.  Answers
+        while the domain is still starting (libvirt assigns the id before it
+        creates the guest's cgroups), which is what the start watch needs."""
+        conn = self.conn
+        try:
+            return Guest(self, self.call(f"lookup of domain id {domain_id}", lambda: conn.lookupByID(domain_id)))
+        except GuestGone:
+            raise DomainNotFound(f"no active domain with id {domain_id}") from None
 
 
 class DomainNotFound(GuestGone):

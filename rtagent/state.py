@@ -78,6 +78,9 @@ class GuestState:
     last_correction_at: float | None = None
     vcpus: dict[int, VcpuCounters] = field(default_factory=dict)
     correction_latency: Histogram = field(default_factory=Histogram)
+    # The start window of this QEMU process's start, per realtime vCPU
+    # (daemon/startwindow.py VcpuStart): what it ran before it was realtime.
+    start_window: dict[int, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = self.report.to_json() if self.report is not None else {
@@ -96,6 +99,7 @@ class GuestState:
                      "run_time_ns": c.run_time_ns, "nonvoluntary_ctxt_switches": c.nonvoluntary_ctxt_switches}
             for i, c in sorted(self.vcpus.items())
         }
+        out["start_window"] = {str(v): e.to_json() for v, e in sorted(self.start_window.items())}
         return out
 
 
@@ -110,6 +114,7 @@ class DaemonState:
     # None while libvirt answers.
     libvirt_unresponsive_since: float | None = None
     proc_connector: bool = False
+    start_watch: bool = False  # libvirt's cgroup creation is watched (daemon/startwatch.py)
     events: Counter = field(default_factory=Counter)  # source -> count ("libvirt", "proc")
     events_dropped: Counter = field(default_factory=Counter)
     resyncs: int = 0
@@ -132,6 +137,7 @@ class DaemonState:
                         "unresponsive_for_s": None if self.libvirt_unresponsive_since is None
                         else round(time.time() - self.libvirt_unresponsive_since, 1)},
             "proc_connector": self.proc_connector,
+            "start_watch": self.start_watch,
             "events": dict(self.events),
             "events_dropped": dict(self.events_dropped),
             "resyncs": self.resyncs,

@@ -187,11 +187,14 @@ def guest_factory(_conn_holder, libvirtd):
 
     created: list[Guest] = []
 
-    def start(xml: str | None = None, *, name: str | None = None, wait_vcpus: bool = True, **kw) -> Guest:
+    def start(xml: str | None = None, *, name: str | None = None, wait_vcpus: bool = True, flags: int = 0,
+              **kw) -> Guest:
+        """``flags``: createXML's (``VIR_DOMAIN_START_PAUSED``: the guest's CPUs
+        stay stopped until resumed)."""
         name = name or unique_name()
         if xml is None:
             xml = guests.rt_guest_xml(name, **kw)
-        dom = _live(_conn_holder, libvirtd).createXML(xml, 0)
+        dom = _live(_conn_holder, libvirtd).createXML(xml, flags)
         g = Guest(name=name, dom=dom, uuid_str=dom.UUIDString())
         created.append(g)
         if wait_vcpus:

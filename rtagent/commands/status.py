@@ -62,6 +62,26 @@ def _libvirt_state(lv: dict) -> str:
     return "connected"
 
 
+def _start_window(entries: dict) -> str:
+    """START: the most any realtime vCPU ran as non-realtime in this guest's
+    start (rtagent_vcpu_unprotected_start_seconds); "-" if not measured."""
+    values = [e["unprotected_seconds"] for e in entries.values() if e.get("unprotected_seconds") is not None]
+    return f"{max(values) * 1e6:.0f}µs" if values else "-"
+
+
+def _start_window_lines(entries: dict) -> list[str]:
+    out = []
+    for v, e in sorted(entries.items(), key=lambda kv: int(kv[0])):
+        if e.get("unprotected_seconds") is None:
+            out.append(f"start window: vCPU {v} not realtime yet (placed by libvirt, tid {e.get('tid')})")
+            continue
+        since = "since libvirt placed it" if e.get("baseline") == "placement" else "since its thread started"
+        when = "while libvirt was starting the guest" if e.get("path") == "early" else "after the STARTED event"
+        out.append(f"start window: vCPU {v} ran {e['unprotected_seconds'] * 1e6:.0f} µs as non-realtime "
+                   f"{since}; made realtime {when}")
+    return out
+
+
 def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
     d, host = data.get("daemon", {}), data.get("host", {})
     lv = d.get("libvirt", {})
@@ -77,7 +97,8 @@ def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
         lines.append(f"  {'✗' if c.get('severity') == 'error' else '!'} {c['name']}: {c['detail']}")
     lines += render_interference(data.get("interference"))
     lines.append("")
-    lines.append(f"{'DOMAIN':<24} {'RT VCPUS':<9} {'OK':<3} {'DRIFT':>5}  {'RUNQ DELAY':>12}  VIOLATIONS")
+    lines.append(f"{'DOMAIN':<24} {'RT VCPUS':<9} {'OK':<3} {'DRIFT':>5}  {'RUNQ DELAY':>12}  {'START':>9}  "
+                 "VIOLATIONS")
     if not domains:
         lines.append("(no realtime guests)")
     for g in domains:
@@ -87,10 +108,12 @@ def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
         rate = sum(v.get("run_delay_rate_ns_per_s", 0) for k, v in stats.items() if int(k) in rt or not rt)
         viol = ", ".join(sorted({v["check"] for v in g.get("violations", [])})) or "-"
         lines.append(f"{g.get('name', '?'):<24} {g.get('realtime_vcpus') or '-':<9} {ok:<3} "
-                     f"{g.get('drift_corrections_total', 0):>5}  {rate / 1000:>9.1f}µs/s  {viol}")
+                     f"{g.get('drift_corrections_total', 0):>5}  {rate / 1000:>9.1f}µs/s  "
+                     f"{_start_window(g.get('start_window') or {}):>9}  {viol}")
         if detail:
             lines.append("")
             lines += ["  " + line for line in thread_table(g.get("threads", []))]
+            lines += ["  " + line for line in _start_window_lines(g.get("start_window") or {})]
             for v in g.get("violations", []):
                 lines.append(f"  ✗ {v['check']}: {v['detail']}")
             if g.get("drift_corrections"):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Config
+from ..cpulist import format_cpulist
 from ..errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
 from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
 from ..selector import GuestSelector
@@ -30,9 +31,9 @@ from ..state import StateStore
 from ..tuning.guest import vcpusched
 from ..tuning.guest.claims import ClaimBook
 from ..tuning.guest.engine import DomainReport, Tuner
-from ..vocab import Check
+from ..vocab import Check, DriftKind
 from . import drift, repin
-from .placement import GuestPlacement, placement_of
+from .placement import CLAMPED, GuestPlacement, placement_of
 from .retry import RetrySchedule
 from .steady import SteadyCheck
 
@@ -57,7 +58,8 @@ class GuestSupervisor:
                  selector: GuestSelector | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, tuner: Tuner | None = None,
                  on_tracked: Callable[[set[int]], None] | None = None,
-                 on_placements: Callable[[dict[int, GuestPlacement]], None] | None = None):
+                 on_placements: Callable[[dict[int, GuestPlacement]], None] | None = None,
+                 on_reconciled: Callable[[str, DomainReport], None] | None = None):
         self.config = config
         self.host = host
         self.store = store
@@ -68,6 +70,7 @@ class GuestSupervisor:
         self._on_tracked = on_tracked
         self._on_placements = on_placements
         self.placements: dict[int, GuestPlacement] = {}  # QEMU pid -> where its new iothreads go
+        self.on_reconciled = on_reconciled  # after every applied reconcile (the start window's record)
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
         self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
         self.next_full = 0.0  # monotonic time the next resync must be a full check
@@ -85,6 +88,15 @@ class GuestSupervisor:
     def on_event(self, ev: DomainEvent, at: float) -> None:
         if not self.selector.matches_name(ev.name):
             return  # not ours: as if it did not exist
+        if ev.event == EventKind.CPUSET:
+            # A re-pin seen in cgroupfs before libvirt's TUNABLE event (placement.py).
+            self.store.update(lambda s: s.daemon.events.update({"cpuset": 1}))
+            log.debug("cpuset of %s rewritten in %s", ev.name, ",".join(ev.keys))
+            self._running(ev.uuid)
+            if CLAMPED in ev.keys:
+                self._clamped(ev.uuid, ev.keys[0], at)
+            self.on_repin(ev.uuid, Cause(at))
+            return
         self.store.update(lambda s: s.daemon.events.update({"libvirt": 1}))
         log.debug("libvirt event %s for %s %s", ev.event.value, ev.name, ",".join(ev.keys))
         if ev.event in _TUNE:
@@ -140,6 +152,34 @@ class GuestSupervisor:
                 self._running(uuid)
                 self.reconcile(uuid, Cause(at))
                 self.retry.schedule(uuid, 0)
+
+    def _clamped(self, uuid: str, group: str, at: float) -> None:
+        """The watch put a re-pinned group's planned CPUs back before
+        libvirt's affinity call landed (placement.py): the kernel is as
+        planned.  Count the drift, and make libvirt's own pin call so its
+        live XML says the plan again (it waits for the re-pin's job)."""
+        last, guest = self.last.get(uuid), self.guests.get(uuid)
+        placement = placement_of(last) if last is not None else None
+        cpus = placement.groups.get(group) if placement is not None else None
+        if guest is None or cpus is None:
+            return
+        kind = DriftKind.VCPU_AFFINITY if group.startswith("vcpu") else DriftKind.EMULATOR_AFFINITY
+        try:
+            repin.pin_group(guest, group, cpus)
+        except LibvirtError as err:
+            log.warning("%s: libvirt's pin of %s after the cpuset fix failed: %s", guest.name, group, err)
+        done, wall = self._clock(), self._wall()
+
+        def update(s: StateStore) -> None:
+            g = s.guests.get(uuid)
+            if g is not None and g.tuned_at is not None:
+                g.corrections[kind] += 1
+                g.last_correction_at = wall
+                g.correction_latency.observe(done - at)
+
+        self.store.update(update)
+        log.info("%s: changed (drift): %s cpuset put back to %s as libvirt re-pinned it", guest.name, group,
+                 format_cpulist(cpus))
 
     def _running(self, uuid: str) -> None:
         """The event itself says the guest runs (a re-pin, a hotplug, a new
@@ -368,6 +408,9 @@ class GuestSupervisor:
         if before.pid is not None and self.tracked.get(uuid) != before.pid:
             self.tracked[uuid] = before.pid
             self._tracked_changed()
+        # The plan being applied, before its libvirt pin calls write the
+        # groups' cpusets: the watch must not take them for a re-pin.
+        self._placed(before)
         after = self._apply(guest, before)
         if after is None:
             return None
@@ -379,6 +422,8 @@ class GuestSupervisor:
         else:
             self.last.pop(uuid, None)
         self._placed(after)
+        if self.on_reconciled is not None:
+            self.on_reconciled(uuid, after)
         pending = any(v.check == Check.VCPU_PENDING for v in after.violations)
         # A refused change (EPERM while budget is short, a cpuset in flux) is
         # retried on the same backoff, not only at the next resync.

@@ -1,10 +1,9 @@
 """``rtagent run``: the loop — timers, the event queue and signals.
 
-Callbacks (libvirt, proc connector), signal handlers and timers only
-*enqueue*; this loop, in the main thread, hands items to the guest and
-host-side supervisors, so reconciles never race.  No libvirt call blocks it
-longer than ``[libvirt] call_timeout_s``, so the watchdog (petted only here)
-says whether *enforcement* is alive, not whether libvirt is.
+Callbacks (libvirt, proc connector, the start watch), signal handlers and timers
+only *enqueue*; this loop, in the main thread, hands items to the guest and host-side
+supervisors, so reconciles never race.  No libvirt call blocks it longer than ``[libvirt]
+call_timeout_s``, so the watchdog (petted only here) says whether *enforcement* is alive.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from .hostside import HostSupervisor
 from .link import LibvirtLink
 from .lock import InstanceLock
 from .services import Services, prepare, reload_config, status_line
+from .startwatch import StartWatch
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class Kind(enum.Enum):
     THREAD = "thread"
     CLOSED = "closed"
     RESYNC = "resync"
+    START = "start"  # wakes the loop; _timers hands the signal to daemon/startwatch.py
     RELOAD = "reload"
     STOP = "stop"
 
@@ -61,13 +62,12 @@ class Daemon:
         self.link = LibvirtLink(self.host, self.store, config.libvirt.reconnect_max_backoff_s,
                                 lambda ev: self._put(Kind.EVENT, ev), lambda reason: self._put(Kind.CLOSED, reason))
         self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
-                                 lambda: self._put(Kind.RESYNC))
+                                 lambda: self._put(Kind.RESYNC), lambda e, at: self.queue.put(Item(Kind.EVENT, e, at)))
         self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
                                       on_placements=self.services.set_placements)
+        self.startwatch = StartWatch(self.guests, lambda: self._put(Kind.START))
         self.hostside = HostSupervisor(config, self.store)
-        self._stop = False
-        self._next_resync = 0.0
-        self._last_status = ""
+        self._stop, self._next_resync, self._last_status = False, 0.0, ""
 
     def _put(self, kind: Kind, payload: object = None) -> None:
         self.queue.put(Item(kind, payload, time.monotonic()))
@@ -85,7 +85,7 @@ class Daemon:
                 raise RtagentError("stopped before libvirt was reachable")
             self.notifier.status(f"waiting for libvirt at {self.config.libvirt.uri}")
             time.sleep(max(0.0, self.link.next_connect - time.monotonic()))
-        self.services.start(self.config, privs)
+        self.services.start(self.config, privs, self.startwatch)
         self.resync()
         self.notifier.ready(status_line(self.store, self.host))
         log.info("rtagent %s ready: %d realtime guest(s), realtime CPUs %s, housekeeping CPUs %s",
@@ -98,7 +98,7 @@ class Daemon:
         next_watchdog = time.monotonic()
         while not self._stop:
             deadlines = [self._next_resync, self.link.reconnect_due(), self.guests.retry.next_deadline(),
-                         next_watchdog if watchdog_every else None]
+                         self.startwatch.next_deadline(), next_watchdog if watchdog_every else None]
             timeout = min(d for d in deadlines if d is not None) - time.monotonic()
             try:
                 self._handle_batch(self.queue.get(timeout=max(0.0, timeout)))
@@ -112,6 +112,7 @@ class Daemon:
                 next_watchdog = time.monotonic() + watchdog_every
 
     def _timers(self) -> None:
+        self.startwatch.run_due()
         self.guests.run_due()
         now = time.monotonic()
         due = self.link.reconnect_due()

@@ -22,6 +22,23 @@ with :meth:`PlacementWatch.set_guests`), and the new thread itself is tuned
 by the ordinary reconcile.  It acts on its own thread, not through the
 loop's queue, because the window between libvirt's two steps (~15 ms) is
 shorter than a reconcile on a busy housekeeping CPU.
+
+A live re-pin (``virsh vcpupin/emulatorpin/iothreadpin --live``) starts the
+same way: libvirt writes the group's ``cpuset.cpus``, then calls
+``sched_setaffinity``, then saves its status file (an fsync) and only then
+sends TUNABLE — 20–80 ms later on a busy host.  The watcher sees the write
+of a group that no longer holds its plan:
+
+* a widening (the new CPUs include the plan's, e.g. ``0-1``): it writes the
+  plan back at once, so libvirt's affinity call lands on the planned CPUs
+  (or, if it came first, the write moves the threads back), and hands the
+  guest to the loop (``EventKind.CPUSET``, "clamped"), which counts the
+  drift and makes libvirt's own pin call so its live XML agrees;
+* anything else (the plan's CPUs not all in it): writing the plan back
+  could leave libvirt's call an empty intersection and fail the operator's
+  command, so it writes nothing, waits (≤ 5 ms) until libvirt's affinity
+  call has landed on one of the group's threads and hands the guest to the
+  loop as a re-pin, corrected like the TUNABLE event would correct it.
 """
 
 from __future__ import annotations
@@ -39,14 +56,22 @@ from ..cpulist import format_cpulist
 from ..kernel import Kernel
 from ..kernel import inotify as ino
 from ..kernel.cpusets import CPUS
+from ..libvirt_host import DomainEvent, EventKind
 from ..tuning.guest.report import DomainReport
 from ..vocab import ThreadKind
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GuestPlacement", "PlacementWatch", "placement_of"]
+__all__ = ["CLAMPED", "MOVED", "GuestPlacement", "PlacementWatch", "placement_of"]
 
 _IOTHREAD_GROUP = re.compile(r"iothread(\d+)")
+_THREAD_GROUP = re.compile(r"emulator|vcpu\d+|iothread\d+")  # libvirt's per-thread groups
+# After a foreign write of a group's CPUs, how long to wait for libvirt's
+# sched_setaffinity that follows it (µs apart in libvirt; a busy host).
+AFFINITY_WAIT_S = 0.005
+# The second key of an EventKind.CPUSET event: what the watch did.
+CLAMPED = "clamped"  # wrote the plan back (a widening)
+MOVED = "moved"  # wrote nothing: the loop corrects it
 # How long after its mkdir a group counts as libvirt's to finish placing:
 # libvirt's sequence takes tens of ms; this leaves room for a busy host.
 NEW_GROUP_WINDOW_S = 5.0
@@ -61,6 +86,9 @@ class GuestPlacement:
     name: str
     emulator: frozenset[int]
     iothreads: dict[int, frozenset[int]] = field(default_factory=dict)
+    # The planned CPUs of each existing thread group (by its name), where
+    # every thread in it has the same plan.
+    groups: dict[str, frozenset[int]] = field(default_factory=dict)
 
     def iothread_cpus(self, iothread: int) -> frozenset[int]:
         return self.iothreads.get(iothread) or self.emulator
@@ -76,7 +104,18 @@ def placement_of(report: DomainReport) -> GuestPlacement | None:
     if not emulator:
         return None
     pins = {t.iothread: t.cpus for t in report.spec.iothreads if t.cpus}
-    return GuestPlacement(report.uuid, report.name, frozenset(emulator), pins)
+    return GuestPlacement(report.uuid, report.name, frozenset(emulator), pins, _group_plans(report))
+
+
+def _group_plans(report: DomainReport) -> dict[str, frozenset[int]]:
+    """Group name (libvirt lays out the cpu and cpuset hierarchies alike)
+    → the one planned CPU set of the threads in it."""
+    wants: dict[str, set[frozenset[int]]] = {}
+    for tp in report.threads:
+        group = (tp.thread.cgroup_cpu or "").rstrip("/").rsplit("/", 1)[-1]
+        if _THREAD_GROUP.fullmatch(group) and tp.want.cpus:
+            wants.setdefault(group, set()).add(frozenset(tp.want.cpus))
+    return {g: next(iter(w)) for g, w in wants.items() if len(w) == 1}
 
 
 @dataclass
@@ -85,15 +124,32 @@ class _Guest:
     dir: str
     dir_wd: int
     new: dict[str, tuple[int, float]] = field(default_factory=dict)  # group -> (wd, created at)
+    groups: dict[str, int] = field(default_factory=dict)  # existing group -> wd
+
+
+@dataclass(frozen=True)
+class _Repin:
+    """A foreign write of a group's CPUs: wait for libvirt's affinity call."""
+
+    placement: GuestPlacement
+    group_dir: str
+    want: frozenset[int]
+    at: float
+    clamped: bool  # the plan was written back already
 
 
 class PlacementWatch:
     """The watcher thread.  ``set_guests`` is called from the main loop;
     everything else runs on the watcher's thread."""
 
-    def __init__(self, kernel: Kernel, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, kernel: Kernel, on_repin: Callable[[DomainEvent, float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """``on_repin(event, at)``: a re-pin seen in cgroupfs (called on the
+        watcher's thread; must only enqueue)."""
         self.kernel = kernel
+        self.on_repin = on_repin
         self.clamped = 0  # groups whose CPUs were set before libvirt's affinity call
+        self.repins = 0  # re-pins handed to the loop
         self._clock = clock
         self._ino = ino.Inotify()
         self._lock = threading.Lock()
@@ -126,12 +182,25 @@ class PlacementWatch:
         except OSError as err:  # gone meanwhile, or out of watches: the reconcile still places the thread
             log.debug("%s: cpuset directory not watched: %s", placement.name, err)
             return
-        self._guests[pid] = _Guest(placement, d, wd)
+        g = self._guests[pid] = _Guest(placement, d, wd)
         self._wds[wd] = (pid, "")
+        if self.on_repin is not None:
+            for group in self.kernel.cpusets.groups(d):
+                if _THREAD_GROUP.fullmatch(group):
+                    self._watch_group(pid, g, group)
+
+    def _watch_group(self, pid: int, g: _Guest, group: str) -> None:
+        try:
+            wd = self._ino.add(os.path.join(g.dir, group), ino.IN_MODIFY)
+        except OSError as err:
+            log.debug("%s: group %s not watched: %s", g.placement.name, group, err)
+            return
+        g.groups[group] = wd
+        self._wds[wd] = (pid, group)
 
     def _drop(self, pid: int) -> None:
         g = self._guests.pop(pid)
-        for wd in [g.dir_wd] + [w for w, _ in g.new.values()]:
+        for wd in [g.dir_wd] + [w for w, _ in g.new.values()] + list(g.groups.values()):
             self._wds.pop(wd, None)
             try:
                 self._ino.remove(wd)
@@ -157,30 +226,82 @@ class PlacementWatch:
                 events = self._ino.read() if ready else []
             except (OSError, ValueError):  # closed by stop()
                 return
+            repins: list[_Repin] = []
             with self._lock:
                 for ev in events:
                     try:
-                        self._handle(ev)
+                        repins += self._handle(ev)
                     except Exception:  # never let one event end the watch
                         log.exception("cpuset watch: event %s failed", ev)
                 self._expire()
+            for r in {r.group_dir: r for r in repins}.values():
+                self._hand_over(r)
 
-    def _handle(self, ev: ino.InotifyEvent) -> None:
+    def _handle(self, ev: ino.InotifyEvent) -> list[_Repin]:
         if ev.overflow:
-            log.warning("cpuset watch: inotify queue overflowed; new iothreads are placed by the reconcile")
-            return
+            log.warning("cpuset watch: inotify queue overflowed; the events and the resync catch up")
+            return []
         where = self._wds.get(ev.wd)
         if where is None:
-            return
+            return []
         pid, group = where
         g = self._guests[pid]
         if ev.mask & ino.IN_IGNORED:  # the directory went away (iothreaddel, guest stopped)
             self._wds.pop(ev.wd, None)
             g.new.pop(group, None)
+            g.groups.pop(group, None)
         elif not group and ev.mask & ino.IN_CREATE and _IOTHREAD_GROUP.fullmatch(ev.name):
             self._adopt(pid, g, ev.name)
         elif group in g.new and ev.mask & ino.IN_MODIFY and ev.name == CPUS:
             self._clamp(g, group)
+        elif group in g.groups and ev.mask & ino.IN_MODIFY and ev.name == CPUS:
+            return self._foreign(g, group)
+        return []
+
+    def _foreign(self, g: _Guest, group: str) -> list[_Repin]:
+        """A write of an existing group's CPUs: a re-pin if they are no
+        longer the plan (our own pin calls write the plan)."""
+        want = g.placement.groups.get(group)
+        path = os.path.join(g.dir, group)
+        try:
+            have = self.kernel.cpusets.cpus(path)
+        except OSError:
+            return []
+        if want is None or have is None or have == want:
+            return []
+        at = self._clock()
+        if not have >= want:
+            return [_Repin(g.placement, path, want, at, clamped=False)]
+        try:
+            self.kernel.cpusets.set_cpus(path, want)
+        except OSError as err:
+            log.debug("%s: %s not put back: %s", g.placement.name, group, err)
+            return [_Repin(g.placement, path, want, at, clamped=False)]
+        self.clamped += 1
+        return [_Repin(g.placement, path, want, at, clamped=True)]
+
+    def _hand_over(self, r: _Repin) -> None:
+        """Wait (outside the lock, ≤ AFFINITY_WAIT_S) for libvirt's affinity
+        call to land on one of the group's threads, then hand the guest to
+        the loop; if it never lands, the loop looks anyway (cheaply)."""
+        if not r.clamped:
+            end = r.at + AFFINITY_WAIT_S
+            tids = self.kernel.cpusets.tasks(r.group_dir)
+            while tids and self._clock() < end and not self._moved(tids, r.want):
+                time.sleep(0.0002)
+        self.repins += 1
+        assert self.on_repin is not None
+        self.on_repin(DomainEvent(uuid=r.placement.uuid, name=r.placement.name, event=EventKind.CPUSET,
+                                  keys=(os.path.basename(r.group_dir), CLAMPED if r.clamped else MOVED)), r.at)
+
+    def _moved(self, tids: list[int], want: frozenset[int]) -> bool:
+        for tid in tids:
+            try:
+                if self.kernel.tasks.affinity(tid) != want:
+                    return True
+            except OSError:
+                continue
+        return False
 
     def _adopt(self, pid: int, g: _Guest, group: str) -> None:
         """A new ``iothreadN`` group: watch its writes, and clamp it if
@@ -212,13 +333,19 @@ class PlacementWatch:
                  format_cpulist(have), format_cpulist(want))
 
     def _expire(self) -> None:
+        """A new group past its window is an existing group from then on
+        (re-pins of it are watched), or unwatched without a re-pin callback."""
         now = self._clock()
         for g in self._guests.values():
             for group, (wd, at) in list(g.new.items()):
-                if now - at > NEW_GROUP_WINDOW_S:
-                    del g.new[group]
-                    self._wds.pop(wd, None)
-                    try:
-                        self._ino.remove(wd)
-                    except OSError:
-                        pass
+                if now - at <= NEW_GROUP_WINDOW_S:
+                    continue
+                del g.new[group]
+                if self.on_repin is not None:
+                    g.groups[group] = wd
+                    continue
+                self._wds.pop(wd, None)
+                try:
+                    self._ino.remove(wd)
+                except OSError:
+                    pass

@@ -22,7 +22,7 @@ from ..kernel.tasks import Tasks
 from ..tuning.guest.observe import Observed, ThreadInfo
 from ..tuning.guest.report import DomainReport
 
-__all__ = ["refreshed"]
+__all__ = ["pin_group", "refreshed"]
 
 
 def _resched(tasks: Tasks, t: ThreadInfo, pid: int) -> ThreadInfo:
@@ -45,3 +45,15 @@ def refreshed(last: DomainReport | None, tasks: Tasks) -> Observed | None:
     except GONE:
         return None
     return dataclasses.replace(obs, threads=threads, kthreads=kthreads)
+
+
+def pin_group(guest, group: str, cpus: frozenset[int]) -> None:
+    """libvirt's own pin call for one of its thread groups (``vcpuN``,
+    ``emulator``, ``iothreadN``): its cpuset, the threads' affinity and its
+    live XML all say ``cpus``.  Raises rtagent's libvirt errors."""
+    if group == "emulator":
+        guest.pin_emulator(cpus)
+    elif group.startswith("vcpu"):
+        guest.pin_vcpu(int(group[len("vcpu"):]), cpus)
+    elif group.startswith("iothread"):
+        guest.pin_iothread(int(group[len("iothread"):]), cpus)

@@ -11,7 +11,7 @@ from .. import privileges
 from ..config import Config, load_config, partition_warning
 from ..errors import RtagentError
 from ..cpulist import format_cpulist
-from ..libvirt_host import LibvirtHost, start_event_loop
+from ..libvirt_host import DomainEvent, LibvirtHost, start_event_loop
 from ..kernel import Kernel
 from ..kernel.procconn import ProcConnector
 from ..monitor.endpoints import start_endpoints
@@ -47,15 +47,17 @@ def prepare(config: Config, lock: InstanceLock) -> privileges.PrivilegeReport:
 
 class Services:
     def __init__(self, store: StateStore, on_thread: Callable[[int, int, str], None],
-                 on_overflow: Callable[[], None]):
+                 on_overflow: Callable[[], None], on_repin: Callable[[DomainEvent, float], None] | None = None):
         self.store = store
         self._on_thread = on_thread
         self._on_overflow = on_overflow
+        self._on_repin = on_repin
         self.procconn: ProcConnector | None = None
         self.status: StatusServer | None = None
         self.metrics = None
         self.interference = None  # monitor.interference_service.InterferenceService
         self.placement: PlacementWatch | None = None  # new iothreads' cpuset groups (placement.py)
+        self.startwatch = None
 
     def _overflow(self) -> None:
         """The proc connector lost events: count it, and resync to catch up."""
@@ -72,7 +74,12 @@ class Services:
         if self.placement is not None:
             self.placement.set_guests(placements)
 
-    def start(self, config: Config, privs) -> None:
+    def start(self, config: Config, privs, startwatch=None) -> None:
+        """``startwatch``: the daemon's StartWatch (daemon/startwatch.py), whose
+        cgroup watcher thread starts here, after privileges are settled."""
+        self.startwatch = startwatch
+        if startwatch is not None:
+            startwatch.start()
         if config.daemon.proc_connector and privs.proc_connector:
             self.procconn = ProcConnector(self._on_thread, self._overflow)
             try:
@@ -84,7 +91,7 @@ class Services:
                 self.procconn = None
         try:
             if config.daemon.cpuset_watch:
-                self.placement = PlacementWatch(Kernel())
+                self.placement = PlacementWatch(Kernel(), self._on_repin)
                 self.placement.start()
         except OSError as err:
             log.warning("cpuset watch unavailable (%s): a live-added iothread is placed by the reconcile "
@@ -100,6 +107,8 @@ class Services:
             self.metrics.registry.register(itf.InterferenceCollector(self.interference))
 
     def close(self) -> None:
+        if self.startwatch is not None:
+            self.startwatch.stop()
         for svc in (self.procconn, self.status, self.metrics):
             if svc is not None:
                 (svc.stop if svc is self.procconn else svc.close)()

@@ -65,6 +65,25 @@ class Cpusets:
         return parse_cpulist(text) if text else None
 
     @staticmethod
+    def groups(guest_dir: str) -> list[str]:
+        """The sub-groups of a guest's directory ([] when it is gone)."""
+        try:
+            return sorted(e.name for e in os.scandir(guest_dir) if e.is_dir())
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def tasks(group_dir: str) -> list[int]:
+        """The thread ids in a group (v1 ``tasks``, v2 ``cgroup.threads``);
+        [] when it is gone."""
+        for name in ("tasks", "cgroup.threads"):
+            try:
+                return [int(x) for x in fs.read_text(os.path.join(group_dir, name)).split()]
+            except FileNotFoundError:
+                continue
+        return []
+
+    @staticmethod
     def set_cpus(group_dir: str, cpus: frozenset[int]) -> None:
         """Write a group's ``cpuset.cpus``; the kernel moves its tasks at
         once.  Raises OSError (EINVAL: not within the parent's CPUs)."""

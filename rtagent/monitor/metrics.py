@@ -143,6 +143,7 @@ class _GuestRef:
     correction_failures: tuple[tuple[str, int], ...]
     latency: tuple[tuple[float, ...], list[int], float]
     event_to_tuned_s: float | None
+    start_window: tuple[tuple[int, float], ...] = ()  # (vCPU, unprotected seconds) of its start
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class _Guest:
     correction_latency: _Hist
     event_to_tuned_s: float | None
     conflicts: tuple[tuple[str, str, str, str], ...] = ()
+    start_window: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,9 @@ def _ref(g: GuestState) -> _GuestRef:
     h = g.correction_latency
     return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=_items(g.corrections),
                      correction_failures=_items(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
-                     event_to_tuned_s=g.event_to_tuned_s)
+                     event_to_tuned_s=g.event_to_tuned_s,
+                     start_window=tuple((v, ns / 1e9) for v, e in sorted(g.start_window.items())
+                                        if (ns := e.unprotected_ns) is not None))
 
 
 def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
@@ -247,7 +251,7 @@ def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
         realtime=derived.realtime, valid=derived.valid, compliant=derived.compliant, violations=derived.violations,
         memory=derived.memory, vcpus=derived.vcpus, corrections=ref.corrections,
         correction_failures=ref.correction_failures, correction_latency=_Hist.raw(*ref.latency),
-        event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts,
+        event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts, start_window=ref.start_window,
     )
 
 
@@ -309,6 +313,9 @@ def _guest_families() -> SimpleNamespace:
     hugetlb = _gauge("domain_memory_hugetlb_bytes", "HugetlbPages of the guest's QEMU process.", d)
     tuned_s = _gauge("domain_event_to_tuned_seconds",
                      "Time from this guest's STARTED event until its realtime vCPUs were all tuned.", d)
+    unprotected = _gauge("vcpu_unprotected_start_seconds",
+                         "Time the realtime vCPU thread ran as non-realtime in this guest's start, from libvirt "
+                         "placing it in its vcpuN cgroup until SCHED_FIFO/RR landed (docs/metrics.md).", dv)
     corrections = _counter("drift_corrections", "Configuration drift corrected, by kind.", ["domain", "kind"])
     failures = _counter("drift_correction_failures", "Drift corrections that failed, by kind.",
                         ["domain", "kind"])
@@ -328,7 +335,7 @@ def _guest_families() -> SimpleNamespace:
                       "thread = this guest's, other = the other guest, other_thread = its thread "
                       "(docs/checks.md, cpu_conflict).", ["domain", "cpu", "thread", "other", "other_thread"])
     return SimpleNamespace(info=info, realtime=realtime, valid=valid, compliant=compliant, violations=violations,
-                           required=required, locked=locked, hugetlb=hugetlb, tuned_s=tuned_s,
+                           required=required, locked=locked, hugetlb=hugetlb, tuned_s=tuned_s, unprotected=unprotected,
                            corrections=corrections, failures=failures, latency=latency, delay=delay, cpu=cpu,
                            nvcsw=nvcsw, policy=policy, prio=prio, tuned=tuned, conflict=conflict)
 
@@ -345,6 +352,8 @@ def _add_guest(f: SimpleNamespace, g: _Guest) -> None:
         f.latency.add_metric([g.name], list(g.correction_latency.buckets), g.correction_latency.total)
     if g.event_to_tuned_s is not None:
         f.tuned_s.add_metric([g.name], g.event_to_tuned_s)
+    for vcpu, seconds in g.start_window:
+        f.unprotected.add_metric([g.name, str(vcpu)], seconds)
     if not g.has_report:
         return
     f.realtime.add_metric([g.name], 1 if g.realtime else 0)

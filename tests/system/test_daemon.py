@@ -48,7 +48,10 @@ def test_guest_started_after_daemon_is_tuned_without_cli(daemon_factory, guest_f
     wait_for(lambda: _fifo(tid), 30, "vCPU 1 FIFO in the kernel", interval=0.005)
     seen = time.monotonic()
     assert os.sched_getaffinity(tid) == {1}
-    entry = wait_for(lambda: d.guest(g.name), 10, "status entry")
+    # FIFO usually lands before STARTED (daemon/startwatch.py): wait for the
+    # STARTED reconcile's own figure.
+    entry = wait_for(lambda: (e := d.guest(g.name)) and e.get("event_to_tuned_s") is not None and e, 10,
+                     "status entry with event_to_tuned_s")
     log.warning("STARTED→FIFO: createXML returned after %.3fs, FIFO visible %.3fs after that; "
                 "daemon's own event-to-tuned: %ss", created - t0, seen - created, entry["event_to_tuned_s"])
     assert entry["event_to_tuned_s"] is not None and entry["event_to_tuned_s"] < 30

@@ -123,10 +123,10 @@ def test_full_check_catches_a_thread_whose_event_was_dropped(daemon_factory, gue
     # The cpuset watch off too: it would give iothread7's group the emulator
     # set, and the kernel would then clamp the re-pin below (no drift made).
     d, g, _tid = _start(daemon_factory, guest_factory, resync=0.2,
-                        daemon_lines="full_check_interval_s = 3.0\nproc_connector = false\ncpuset_watch = false\n",
+                        daemon_lines="full_check_interval_s = 6.0\nproc_connector = false\ncpuset_watch = false\n",
                         iothreads=1, cputune=pinned_cputune({0: "0", 1: "1"},
                                                             extra="<iothreadpin iothread='1' cpuset='0'/>"))
-    for n in (7, 8, 9):
+    for n in (7, 8, 9, 10, 11):
         new, full_before = _add_unseen_iothread(d, g, n)
         if new is not None:
             break

@@ -120,3 +120,41 @@ def test_live_iothreadpin_is_corrected_on_the_tunable_event(daemon_factory, gues
     wait_for(lambda: "every thread as recorded" in d.log_text(), 10, "the echo of our own pin skipped")
     group = _cpuset_dir(g.pid).parent / "iothread1"
     wait_for(lambda: (group / "cpuset.cpus").read_text().strip() == "0", 10, "libvirt's cpuset back in line")
+
+
+def _live_vcpupin(g, vcpu: int) -> str:
+    """libvirt's live XML view of one vCPU's pinning (``virsh vcpupin``)."""
+    out = subprocess.run(["virsh", "-q", "vcpupin", g.name, str(vcpu), "--live"], check=True,
+                         capture_output=True, text=True).stdout
+    return out.split()[-1]
+
+
+def test_a_widening_vcpupin_is_put_back_in_cgroupfs_and_libvirt_agrees_again(daemon_factory, guest_factory):
+    """``vcpupin 1 0-1`` widens vCPU 1's group: the watch writes the plan
+    back (libvirt's affinity call then lands on CPU 1), the drift is
+    counted, and libvirt's own pin call puts its live XML back to CPU 1."""
+    d, g = _start(daemon_factory, guest_factory)
+    tid = g.vcpu_tids()[1]
+    before = _counts(d)
+    subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0-1", "--live"], check=True)
+    wait_for(lambda: _fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.005)
+    wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_affinity"), 10, "drift counted")
+    wait_for(lambda: _live_vcpupin(g, 1) == "1", 10, "libvirt's live XML back to the plan")
+    assert (_cpuset_dir(g.pid).parent / "vcpu1" / "cpuset.cpus").read_text().strip() == "1"
+    assert _counts(d) == before, "a resync or full check ran"
+    wait_for(lambda: "vcpu1,clamped" in d.log_text() or "libvirt event tunable" in d.log_text(), 10, "an event")
+
+
+def test_a_disjoint_vcpupin_succeeds_for_libvirt_and_is_then_undone(daemon_factory, guest_factory):
+    """``vcpupin 1 0`` shares no CPU with the plan: writing the plan back
+    first would leave libvirt's affinity call an empty set and fail the
+    operator's command, so the watch writes nothing; the command succeeds
+    and the daemon then corrects it like any re-pin (syscall, then
+    libvirt's pin call)."""
+    d, g = _start(daemon_factory, guest_factory)
+    tid = g.vcpu_tids()[1]
+    done = subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0", "--live"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: _fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.005)
+    wait_for(lambda: _live_vcpupin(g, 1) == "1", 10, "libvirt's live XML back to the plan")
+    assert "vcpu1,clamped" not in d.log_text()

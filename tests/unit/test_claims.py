@@ -85,6 +85,26 @@ def test_the_book_resolves_one_guest_against_the_others():
     assert book.ownership_for(b).for_guest("uuid-b") == ()
 
 
+def test_the_books_cached_resolution_follows_every_record_and_drop():
+    """The book resolves once for claims it already holds; any change to it
+    (new claims, a guest now holding its pCPU, a drop) gives the answer a
+    fresh resolve gives."""
+    a, b, c = rt_guest("a", started=1.0), rt_guest("b", started=2.0), rt_guest("c", started=3.0)
+    book = ClaimBook([a, b, c])
+    first = book.ownership_for(b)
+    assert first is book.ownership_for(c)  # one resolve for the claims the book holds
+    assert first == resolve([a, b, c])
+    c_holds = rt_guest("c", started=3.0, holding=True)  # c is realtime on pCPU 2 now: it keeps it
+    assert book.ownership_for(c_holds) == resolve([a, b, c_holds])  # asked before it is recorded
+    book.record("uuid-c", c_holds)
+    assert book.ownership_for(a) == resolve([a, b, c_holds])
+    assert book.ownership_for(a).owners[2][0] == "uuid-c"
+    book.drop("uuid-c")
+    assert book.ownership_for(a) == resolve([a, b]) and book.ownership_for(a).owners[2][0] == "uuid-a"
+    book.record("uuid-b", None)  # b claims nothing on a realtime CPU any more
+    assert book.ownership_for(a) == resolve([a])
+
+
 def test_a_lost_pcpu_is_kept_free_of_the_losers_threads_and_not_made_realtime():
     a = rt_guest("a", cpu=2, started=1.0)
     me = spec(uuid="uuid-g")

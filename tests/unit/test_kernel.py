@@ -294,3 +294,15 @@ def test_a_racy_read_is_one_monkeypatch(tree, monkeypatch):
     monkeypatch.setattr(fs, "read_text", racy)
     with pytest.raises(ProcessLookupError):
         tree.kernel().tasks.read(10, 11)
+
+
+def test_pick_status_gives_the_values_the_full_parse_gives():
+    from rtagent.kernel.tasks import TASK_STATUS_KEYS, parse_status, pick_status
+
+    real = open(f"/proc/self/task/{os.getpid()}/status").read()
+    for text in (real, "Cpus_allowed_list:\t0-1\nName:\tx\n", "Name:\tx\nvoluntary_ctxt_switches:  7",
+                 "Name:\tx\n"):
+        full = parse_status(text)
+        assert pick_status(text) == {k: full[k] for k in TASK_STATUS_KEYS if k in full}
+    # A key must start its line: "nonvoluntary_..." is not "voluntary_...".
+    assert pick_status("nonvoluntary_ctxt_switches:\t3\n") == {"nonvoluntary_ctxt_switches": "3"}

@@ -16,6 +16,7 @@ from rtagent.model import MemorySpec, RealtimeSpec, VcpuSpec
 from rtagent.monitor.counters import CounterCache
 from rtagent.monitor.hostchecks import HostCheck
 from rtagent.monitor.metrics import RtagentCollector, serve
+from rtagent.daemon import startwindow
 from rtagent.state import StateStore
 from rtagent.tuning.guest.observe import Observed, ProcessMemory, ThreadInfo
 from rtagent.tuning.guest.plan import plan_domain
@@ -98,6 +99,10 @@ def populated_store() -> StateStore:
         g.correction_latency.observe(0.002)
         g.correction_latency.observe(0.7)
         g.event_to_tuned_s = 0.04
+        # Its start: vCPU 2 made realtime 1.5 ms of run time after libvirt placed it; vCPU 3 not yet.
+        g.start_window.update({2: startwindow.landed(startwindow.placed(2, 1102, 500_000), 2, 1102, 2_000_000,
+                                                     startwindow.Path.EVENT, False),
+                               3: startwindow.placed(3, 1103, 400_000)})
 
         ok = s.guest("aaaaaaaa-2222-3333-4444-555555555555", "rt2")
         ok.report = make_report("rt2", "aaaaaaaa-2222-3333-4444-555555555555")
@@ -240,6 +245,13 @@ def test_guest_metrics():
     assert value(s, "rtagent_drift_correction_seconds_bucket", domain="rt1", le="0.0025") == 1
     assert value(s, "rtagent_drift_correction_seconds_bucket", domain="rt1", le="1.0") == 2
     assert value(s, "rtagent_drift_correction_seconds_count", domain="rt2") == 0
+
+
+def test_start_window_series_only_for_vcpus_whose_fifo_landed():
+    _, s = scrape(populated_store())
+    assert value(s, "rtagent_vcpu_unprotected_start_seconds", domain="rt1", vcpu="2") == pytest.approx(0.0015)
+    assert not [x for x in s["rtagent_vcpu_unprotected_start_seconds"] if x.labels.get("vcpu") == "3"]
+    assert not [x for x in s["rtagent_vcpu_unprotected_start_seconds"] if x.labels["domain"] != "rt1"]
 
 
 def test_vcpu_metrics_only_for_realtime_vcpus():

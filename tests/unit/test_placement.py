@@ -10,8 +10,9 @@ import time
 import pytest
 
 from rtagent.daemon import repin
-from rtagent.daemon.placement import GuestPlacement, PlacementWatch, placement_of
+from rtagent.daemon.placement import CLAMPED, MOVED, GuestPlacement, PlacementWatch, placement_of
 from rtagent.kernel.tasks import Sched
+from rtagent.libvirt_host import EventKind
 from rtagent.model import IOThreadSpec, RealtimeSpec
 from rtagent.tuning.guest.observe import observe_process
 from rtagent.tuning.guest.plan import ThreadPlan, Want
@@ -82,6 +83,38 @@ def test_a_new_iothread_group_gets_the_planned_cpus_and_nothing_else_is_written(
         watch.stop()
 
 
+def test_a_foreign_write_of_an_existing_group_is_put_back_only_when_it_widens(tmp_path):
+    tree, guest_dir = _tree(tmp_path)
+    (guest_dir / "vcpu1").mkdir()
+    (guest_dir / "vcpu1" / "cpuset.cpus").write_text("1\n")
+    (guest_dir / "vcpu1" / "tasks").write_text("")
+    seen: list = []
+    watch = PlacementWatch(tree.kernel(), lambda ev, at: seen.append(ev))
+    watch.start()
+    try:
+        watch.set_guests({PID: GuestPlacement("u", "g", frozenset({0}), groups={"vcpu1": frozenset({1}),
+                                                                              "emulator": frozenset({0})})})
+
+        def write(cpus: str) -> None:
+            with open(guest_dir / "vcpu1" / "cpuset.cpus", "w") as f:
+                f.write(cpus)
+
+        write("0-1")  # virsh vcpupin g 1 0-1 --live: a widening, put back at once
+        assert _wait(lambda: seen and (guest_dir / "vcpu1" / "cpuset.cpus").read_text() == "1")
+        assert seen[-1].event == EventKind.CPUSET and seen[-1].keys == ("vcpu1", CLAMPED)
+        assert seen[-1].uuid == "u"
+        write("1")  # the plan itself (our own pin call through libvirt): nothing
+        time.sleep(0.2)
+        assert len(seen) == 1
+        write("0")  # disjoint from the plan: not written back (libvirt's call would fail), handed over
+        assert _wait(lambda: len(seen) >= 2)
+        assert seen[-1].keys == ("vcpu1", MOVED)
+        assert (guest_dir / "vcpu1" / "cpuset.cpus").read_text() == "0"
+        assert watch.clamped == 1
+    finally:
+        watch.stop()
+
+
 def test_a_process_outside_libvirts_layout_is_not_watched(tmp_path):
     tree, _ = _tree(tmp_path)
     tree.path(str(PID), "task", str(PID), "cgroup").write_text("6:cpuset:/user.slice\n")
@@ -105,7 +138,8 @@ def test_placement_follows_the_plan_of_the_emulator_threads(tmp_path):
     tree, _ = _tree(tmp_path)
     spec = RealtimeSpec(domain="g", uuid="u", realtime=True, iothreads=(IOThreadSpec(3, frozenset({1})),))
     p = placement_of(_report(tree, spec))
-    assert p == GuestPlacement("u", "g", frozenset({0}), {3: frozenset({1})})
+    # The fixture's threads all sit in the emulator group (its cpu-controller path).
+    assert p == GuestPlacement("u", "g", frozenset({0}), {3: frozenset({1})}, groups={})
     assert p.iothread_cpus(3) == {1} and p.iothread_cpus(7) == {0}
     assert placement_of(DomainReport(name="g", uuid="u", spec=spec)) is None  # no process
 

@@ -31,6 +31,9 @@ class Result:
     action: Action
     outcome: ApplyOutcome
     detail: str = ""
+    # A thread made realtime: its time on CPU right after the change (the
+    # start window, daemon/startwindow.py); None otherwise.
+    run_time_ns: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         a = self.action
@@ -128,6 +131,8 @@ class _Executor:
             if not (a.policy in REALTIME and self.on_eperm is not None and self.on_eperm(a.tid)):
                 raise
             self.tasks.set_scheduler(a.tid, a.policy, a.priority)
+        if a.policy in REALTIME:
+            return Result(a, ApplyOutcome.CHANGED, run_time_ns=self.tasks.run_time_ns(a.tid))
         return Result(a, ApplyOutcome.CHANGED)
 
     def run(self, a: Action) -> Result:

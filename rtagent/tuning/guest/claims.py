@@ -186,17 +186,26 @@ class ClaimBook:
     def __init__(self, claims: Iterable[GuestClaims] = ()):
         self._claims: dict[str, GuestClaims] = {c.uuid: c for c in claims}
         self._seen: set[str] = set(self._claims)
+        # resolve() over the book as recorded: a full check asks it once per
+        # guest with the claims already in the book, and each resolve is
+        # O(guests) — O(guests²) a full check without this (measured: a
+        # quarter of the full check at 100 guests contending for one pCPU).
+        self._resolved: Ownership | None = None
 
     def record(self, uuid: str, claims: GuestClaims | None) -> None:
         """What guest ``uuid`` claims now (None: nothing on a realtime CPU)."""
         self._seen.add(uuid)
+        if self._claims.get(uuid) == claims:
+            return
+        self._resolved = None
         if claims is None:
             self._claims.pop(uuid, None)
         else:
             self._claims[uuid] = claims
 
     def drop(self, uuid: str) -> None:
-        self._claims.pop(uuid, None)
+        if self._claims.pop(uuid, None) is not None:
+            self._resolved = None
         self._seen.discard(uuid)
 
     def __contains__(self, uuid: str) -> bool:
@@ -207,4 +216,8 @@ class ClaimBook:
         return [c for u, c in self._claims.items() if u != uuid]
 
     def ownership_for(self, claims: GuestClaims) -> Ownership:
-        return resolve([*self.others(claims.uuid), claims])
+        if self._claims.get(claims.uuid) != claims:
+            return resolve([*self.others(claims.uuid), claims])
+        if self._resolved is None:
+            self._resolved = resolve(self._claims.values())
+        return self._resolved

@@ -109,3 +109,40 @@ class BudgetLedger:
         plan = rtgroup.apply_budgets(self.hierarchy, leaves, self.fixed_us)
         self.granted |= leaves
         return plan
+
+    # -- a guest being started (daemon/startwatch.py) ---------------------------
+
+    def reserve(self, uuid: str, guest_group: str) -> None:
+        """Before libvirt makes a starting guest's vcpuN groups: its own group
+        claimed as if it were a leaf, so that it holds a share the vcpuN
+        groups can take at once (:meth:`place`).  Raises like :meth:`grant`."""
+        self.claim(uuid, {guest_group})
+        self.grant()
+
+    def place(self, uuid: str, leaves: set[str], guest_group: str, leaf: str, ways: int) -> None:
+        """vcpuN ``leaf`` exists: give it a part of the reserved group (fast),
+        else plan in full.  From now on the guest claims its vcpuN groups;
+        its own group is an ancestor again.  Raises like :meth:`grant`."""
+        self.claim(uuid, leaves)
+        if self.hierarchy is None:
+            return
+        got = None
+        if guest_group in self.granted:
+            try:
+                got = rtgroup.share_from_parent(self.hierarchy, leaf, ways)
+            except (rtgroup.BudgetError, OSError) as err:
+                log.debug("fast RT budget for %s: %s", leaf, err)
+        if got is None:
+            self.granted.discard(guest_group)
+            self.grant()
+            return
+        self.granted.add(leaf)
+        if ways <= 1:
+            self.granted.discard(guest_group)  # every realtime vCPU has its share: an ancestor now
+
+    def settle(self, guest_group: str) -> None:
+        """The start is over: the guest's own group is an ancestor like any
+        other, and every group gets its planned share (the fast grants were
+        only enough to let FIFO in).  Raises like :meth:`grant`."""
+        self.granted.discard(guest_group)
+        self.grant()

@@ -36,7 +36,7 @@ from ...kernel.cgroups import RUNTIME, RtTree, ancestors, guests_parent
 log = logging.getLogger(__name__)
 
 __all__ = ["RUNTIME", "BudgetError", "Write", "BudgetPlan", "plan_budgets", "snapshot", "apply_budgets",
-           "stale_guest_groups", "chain_budget"]
+           "share_from_parent", "stale_guest_groups", "chain_budget"]
 # Budgets are rounded down to this granularity to keep numbers readable.
 GRANULE_US = 1000
 
@@ -168,6 +168,25 @@ def apply_budgets(tree: RtTree, leaves: set[str], fixed_us: int | None = None,
                               f"{os.strerror(err.errno or 0)}") from None
         log.debug("rt budget %s: %d -> %d", w.path, w.before, w.after)
     return plan
+
+
+def share_from_parent(tree: RtTree, leaf: str, ways: int) -> int | None:
+    """Give ``leaf`` (a new, empty group) its part of what its parent holds
+    beyond its children: ``(parent − Σ children) // ways``, in whole
+    :data:`GRANULE_US`.  One read per sibling and one write: the start
+    window's fast grant, against a parent budget reserved beforehand (the
+    full :func:`apply_budgets` reads every guest's group, milliseconds on a
+    busy host).  None when nothing is free there (the caller plans in full)."""
+    parent = ancestors(leaf)[-1] if ancestors(leaf) else "/"
+    free = tree.runtime(parent) - sum(max(tree.runtime(c), 0) for c in tree.children(parent) if c != leaf)
+    us = free // max(ways, 1) // GRANULE_US * GRANULE_US
+    if us <= 0:
+        return None
+    try:
+        tree.set_runtime(leaf, us)
+    except OSError as err:
+        raise BudgetError(f"cannot set {tree.file(leaf)} to {us}: {os.strerror(err.errno or 0)}") from None
+    return us
 
 
 def _holding_if_idle(tree: RtTree, guest: str) -> set[str]:

@@ -1,0 +1,114 @@
+"""The start window's pure parts: the measurement (daemon/startwindow.py),
+libvirt's guest directory names, and the cgroup watcher over a plain
+directory tree (inotify behaves the same on tmpfs as on cgroupfs for mkdir
+and write)."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from rtagent.daemon import startwindow
+from rtagent.daemon.startwindow import Baseline, Path
+from rtagent.kernel.cgwatch import CgroupWatcher, GuestDir, Signal, parse_guest_dir, read_tasks
+
+pytestmark = pytest.mark.unit
+
+
+def test_unprotected_time_counts_from_the_placement():
+    e = startwindow.placed(1, 4242, 600_000)
+    assert e.baseline is Baseline.PLACEMENT and e.unprotected_ns is None and not e.landed
+    e = startwindow.landed(e, 1, 4242, 600_000, Path.EARLY, True)
+    assert e.unprotected_ns == 0 and e.path is Path.EARLY
+    late = startwindow.landed(startwindow.placed(1, 4242, 600_000), 1, 4242, 1_850_000, Path.EVENT, False)
+    assert late.unprotected_ns == 1_250_000
+    assert late.to_json()["unprotected_seconds"] == pytest.approx(0.00125)
+
+
+def test_only_the_first_landing_counts():
+    e = startwindow.landed(startwindow.placed(1, 7, 100), 1, 7, 100, Path.EARLY, True)
+    again = startwindow.landed(e, 1, 7, 9_000_000, Path.EVENT, False)  # a later drift correction
+    assert again == e
+
+
+def test_without_a_placement_the_thread_start_is_the_baseline():
+    e = startwindow.landed(None, 0, 9, 2_000_000, Path.EVENT, False)
+    assert e.baseline is Baseline.THREAD_START and e.unprotected_ns == 2_000_000
+    # A different thread than the one placed (QEMU re-created it): from its birth.
+    e = startwindow.landed(startwindow.placed(0, 8, 1_000), 0, 9, 5_000, Path.EVENT, False)
+    assert e.tid == 9 and e.baseline is Baseline.THREAD_START and e.unprotected_ns == 5_000
+    assert startwindow.placed(0, 9, None).baseline is Baseline.THREAD_START
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("qemu-108-rtw-probe1.libvirt-qemu", GuestDir(108, "rtw-probe1")),
+    ("machine-qemu\\x2d3\\x2dweb\\x2d1.scope", GuestDir(3, "web-1")),
+    ("emulator", None),
+    ("vcpu0", None),
+    ("qemu-x-name.libvirt-qemu", None),
+    ("lxc-1-name.libvirt-lxc", None),
+])
+def test_guest_directory_names(name, parsed):
+    assert parse_guest_dir(name) == parsed
+
+
+def test_read_tasks(tmp_path):
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "tasks").write_text("12\n13\n")
+    assert read_tasks(str(tmp_path), "/g") == [12, 13]
+    assert read_tasks(str(tmp_path), "/gone") == []
+
+
+def _next(q: queue.Queue, want: Signal, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sig = q.get(timeout=max(0.01, deadline - time.monotonic()))
+        if sig.signal == want:
+            return sig
+    raise AssertionError(f"no {want} signal")
+
+
+def test_watcher_follows_libvirts_layout(tmp_path):
+    """The sequence libvirt makes: guest group, vcpuN, the tid written into
+    vcpuN/tasks, the group removed."""
+    (tmp_path / "machine").mkdir()
+    q: queue.Queue = queue.Queue()
+    w = CgroupWatcher(str(tmp_path), q.put, "cpuset")
+    w.start()
+    try:
+        guest = tmp_path / "machine" / "qemu-7-rtw-a.libvirt-qemu"
+        guest.mkdir()
+        sig = _next(q, Signal.GUEST)
+        assert sig.group == "/machine/qemu-7-rtw-a.libvirt-qemu" and sig.guest == GuestDir(7, "rtw-a")
+        assert sig.hierarchy == "cpuset"
+        (guest / "emulator").mkdir()
+        (guest / "vcpu1").mkdir()
+        assert _next(q, Signal.VCPU).vcpu == 1
+        (guest / "vcpu1" / "tasks").write_text("4242\n")
+        placed = _next(q, Signal.PLACED)
+        assert placed.vcpu == 1 and read_tasks(str(tmp_path), placed.group + "/vcpu1") == [4242]
+        assert w.watched_guests() == 1
+        (guest / "vcpu1" / "tasks").unlink()
+        (guest / "vcpu1").rmdir()
+        (guest / "emulator").rmdir()
+        guest.rmdir()
+        assert _next(q, Signal.GONE).group == sig.group
+        assert w.watched_guests() == 0
+    finally:
+        w.stop()
+
+
+def test_watcher_sees_a_guests_parent_created_later(tmp_path):
+    q: queue.Queue = queue.Queue()
+    w = CgroupWatcher(str(tmp_path), q.put)
+    w.start()
+    try:
+        # The guest group may be made before the watcher has a watch on its
+        # new parent: it looks inside once it has.
+        (tmp_path / "machine").mkdir()
+        (tmp_path / "machine" / "qemu-1-x.libvirt-qemu").mkdir()
+        assert _next(q, Signal.GUEST).guest == GuestDir(1, "x")
+    finally:
+        w.stop()
