@@ -428,7 +428,7 @@ def run(quick: bool = False, *, mode: str = "probe", params: Params | None = Non
     result["phases"] = [dict(asdict(ph), valid=ph.valid) for ph in phases.values()]
     result["scenarios"] = aggregate(list(phases.values()))
     result["ratios_A_over_C"] = ratios(result["scenarios"])
-    if "I" in p.order:
+    if "I" in p.order or "J" in p.order:
         # accounting on / off, same noise (I/C) and quiet (J/D): > 1 is worse
         result["ratios_accounting_on_over_off"] = {"I/C": ratios(result["scenarios"], "I", "C"),
                                                    "J/D": ratios(result["scenarios"], "J", "D")}
@@ -569,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(default; immune to other rtagent daemons on a shared host) or <rt:realtime> metadata")
     ap.add_argument("--interference", action="store_true",
                     help="also scenarios I and J: C and D with the daemon's interference accounting on")
+    ap.add_argument("--order", help="the scenarios of a round, e.g. DJ (default ACDQ, ACDQIJ with --interference)")
     ap.add_argument("--json", help="write the full result here")
     ap.add_argument("--build-only", action="store_true", help="build (or find cached) guest kernel/initramfs and exit")
     args = ap.parse_args(argv)
@@ -579,7 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     base = QUICK if args.quick else FULL
     p = Params(repeats=args.repeats or base.repeats, phase_s=args.phase_s or base.phase_s,
                gap_s=args.gap_s or base.gap_s, interval_us=args.interval_us or base.interval_us,
-               order=ORDER_INTERFERENCE if args.interference else ORDER)
+               order=args.order or (ORDER_INTERFERENCE if args.interference else ORDER))
+    if set(p.order) - set(SCENARIOS) - {"W"} or not p.order:
+        ap.error(f"--order {p.order!r}: scenarios are {', '.join(k for k in SCENARIOS if k != 'W')}")
     if args.build_only:
         print(build.build_kernel())
         if args.mode == "cyclictest":
