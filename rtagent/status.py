@@ -114,9 +114,9 @@ class StatusServer:
         self.server = ConnectionServer(sock, _StatusHandler(self.snapshot), self.limits, name="status-socket")
         self.server.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         if self.server is not None:
-            self.server.close()
+            self.server.close(timeout)
             self.server = None
         try:
             os.unlink(self.path)
