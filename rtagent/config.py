@@ -82,9 +82,10 @@ class DaemonConfig:
     # Make realtime vCPUs realtime while libvirt still holds a starting
     # guest's CPUs stopped (daemon/startwatch.py), not at its STARTED event.
     start_window_early: bool = True
-    # Watch each managed guest's cpuset groups (inotify) and give a
-    # live-added iothread's new group its planned CPUs before libvirt's
-    # affinity call lands (daemon/placement.py).
+    # Watch each managed guest's cpuset groups (inotify): give a live-added
+    # iothread's new group its planned CPUs before libvirt's affinity call
+    # lands, and see a live re-pin at libvirt's cpuset write, before its
+    # TUNABLE event (daemon/placement.py).
     cpuset_watch: bool = True
     # One daemon per host: held with flock(2) for the daemon's lifetime.
     lock_file: str = "/run/rtagent/rtagent.lock"

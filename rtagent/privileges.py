@@ -7,7 +7,9 @@ writer's euid), but it needs only a few *capabilities*:
 * ``CAP_SYS_NICE`` — ``sched_setscheduler``/``sched_setaffinity`` on QEMU
   and kernel threads (required: without it nothing can be tuned);
 * ``CAP_NET_ADMIN`` — subscribing to the proc connector (cn_proc) multicast
-  group (optional: without it new threads are tuned at the next resync);
+  group (optional: without it new threads are tuned at the next resync), and
+  taskstats for the scrape's vCPU counters (without it they are read from
+  ``/proc``, at more CPU per scrape);
 * ``CAP_CHOWN`` — only when ``status.group`` is a group the daemon is not a
   member of (the status socket is chowned to it once, at start).
 

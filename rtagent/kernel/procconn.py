@@ -22,6 +22,7 @@ import struct
 import threading
 from collections.abc import Callable
 
+from ..threadname import name_thread
 from . import cnfilter
 
 # <linux/connector.h>, <linux/cn_proc.h>
@@ -150,6 +151,7 @@ class ProcConnector:
                 self.on_thread(pid, pid, "watch")
 
     def _run(self) -> None:
+        name_thread("proc-connector")  # its comm, for top -H and the benchmarks' per-thread CPU
         sock = self._sock
         assert sock is not None
         # poll, not select: the scrape keeps descriptors open (its schedstat
@@ -190,12 +192,12 @@ class ProcConnector:
                     self.on_thread(ev[1], ev[2], ev[0])
                 offset += (length + 3) & ~3
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._wake_w >= 0:
             os.write(self._wake_w, b"x")
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=timeout)
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)

@@ -10,6 +10,7 @@ state store's: a scrape never blocks enforcement.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ __all__ = ["CounterCache", "DEFAULT_TTL_S"]
 DEFAULT_TTL_S = 7.5
 
 Key = tuple[int, int]  # (pid, tid)
+Counts = tuple[int | None, int | None, int]  # ThreadCounters' fields
 
 
 class CounterCache:
@@ -39,39 +41,40 @@ class CounterCache:
         self.ttl_s = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._values: dict[Key, tuple[float, ThreadCounters | None]] = {}
+        self._at: dict[Key, float] = {}  # when each value was read
+        self._values: dict[Key, Counts | None] = {}
         self.reads = 0  # threads read from the kernel (for tests and the benchmark)
 
-    def get(self, keys: Iterable[Key]) -> dict[Key, ThreadCounters | None]:
-        """Counters of every key; read from the kernel when missing or older
-        than ``ttl_s``.  Keys not asked for are dropped (threads that left)."""
+    def get(self, keys: Iterable[Key]) -> dict[Key, Counts | None]:
+        """Counters of every key — ``(run_time_ns, run_delay_ns,
+        nonvoluntary_ctxt_switches)``, :class:`ThreadCounters` or a plain
+        tuple — read from the kernel when missing or older than ``ttl_s``.
+        Keys not asked for are dropped (threads that left)."""
         now = self._clock()
         with self._lock:
-            old = self._values
-            fresh: dict[Key, tuple[float, ThreadCounters | None]] = {}
-            stale: list[Key] = []
-            for key in keys:
-                hit = old.get(key)
-                if hit is None or now - hit[0] >= self.ttl_s:
-                    stale.append(key)
-                else:
-                    fresh[key] = hit
-            if stale:
-                self.reads += len(stale)
-                if self._kernel_reader is not None:
-                    got = self._kernel_reader.read_many(stale)
-                else:
-                    got = {key: self._reader(*key) for key in stale}
-                for key in stale:
-                    fresh[key] = (now, got[key])
-            self._values = fresh
-            if self._kernel_reader is not None and fresh.keys() != old.keys():
+            keys = list(keys)
+            at, values, ttl = self._at, self._values, self.ttl_s
+            stale = [k for k in keys if now - at.get(k, -math.inf) >= ttl]
+            got = self._read(stale) if stale else {}
+            self.reads += len(stale)
+            if len(stale) == len(keys):  # the usual scrape: the whole interval's values are due
+                fresh, fresh_at = got, dict.fromkeys(keys, now)
+            else:
+                fresh = {k: got[k] if k in got else values[k] for k in keys}
+                fresh_at = {k: now if k in got else at[k] for k in keys}
+            if self._kernel_reader is not None and fresh.keys() != values.keys():
                 self._kernel_reader.keep(set(fresh))
-        return {k: v[1] for k, v in fresh.items()}
+            self._values, self._at = fresh, fresh_at
+        return fresh
+
+    def _read(self, keys: list[Key]) -> dict[Key, Counts | None]:
+        if self._kernel_reader is not None:
+            return self._kernel_reader.read_many(keys)
+        return {key: self._reader(*key) for key in keys}
 
     def close(self) -> None:
         """Close the reader's kept descriptors (the endpoint stops)."""
         with self._lock:
-            self._values = {}
+            self._values, self._at = {}, {}
             if self._kernel_reader is not None:
                 self._kernel_reader.close()

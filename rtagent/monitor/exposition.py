@@ -99,15 +99,20 @@ class FastMetric(Metric):
 
     # -- our own writer --------------------------------------------------------
 
-    def _prefix(self, sample: str, values: tuple[str, ...], memo: dict) -> str:
-        """``name{labels} `` of one series, built once and kept across scrapes
-        (label sets are stable: guests and vCPUs come and go rarely)."""
-        key = (sample, values)
-        s = memo.get(key)
-        if s is None:
-            names = self._labelnames
-            ls = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in self._order)
-            s = memo[key] = f"{sample}{{{ls}}} " if ls else f"{sample} "
+    def _prefixes(self, sample: str, memo: dict) -> dict[tuple[str, ...], str]:
+        """label values -> ``name{labels} `` of this sample's series, built
+        once and kept across scrapes (label sets are stable: guests and vCPUs
+        come and go rarely); started afresh when it grew past the bound."""
+        key = (sample, "prefixes")
+        got = memo.get(key)
+        if got is None or len(got) > _MEMO_MAX:
+            got = memo[key] = {}
+        return got
+
+    def _prefix(self, sample: str, values: tuple[str, ...], prefixes: dict) -> str:
+        names = self._labelnames
+        ls = ",".join(f'{names[i]}="{_escape(values[i])}"' for i in self._order)
+        s = prefixes[values] = f"{sample}{{{ls}}} " if ls else f"{sample} "
         return s
 
     def write(self, out: list[str], openmetrics: bool, memo: dict) -> None:
@@ -135,9 +140,18 @@ class FastMetric(Metric):
             self._write_histogram(out, memo)
             return
         sample = name + "_total" if self.type == "counter" else name
-        prefix, get, fmt = self._prefix, memo.get, fmt_value
+        prefixes = self._prefixes(sample, memo)
+        get, append = prefixes.get, out.append
         for values, value, _ in self._rows:
-            out.append(f"{get((sample, values)) or prefix(sample, values, memo)}{fmt(value)}\n")
+            p = get(values) or self._prefix(sample, values, prefixes)
+            # fmt_value's common cases inline: this loop runs per sample.
+            t = type(value)
+            if t is float and 0.0 <= value < 1e6:
+                append(f"{p}{value!r}\n")
+            elif t is int and 0 <= value < 1_000_000:
+                append(f"{p}{value}.0\n")
+            else:
+                append(f"{p}{fmt_value(value)}\n")
 
     def _write_histogram(self, out: list[str], memo: dict) -> None:
         name = self.name

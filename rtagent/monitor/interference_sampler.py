@@ -317,12 +317,12 @@ class InterferenceSampler:
         self._thread = threading.Thread(target=self._run, name="rtagent-interference", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._wake is not None:
             os.write(self._wake[1], b"x")
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=timeout)
             self._thread = None
         if self._inst is not None:
             try:

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
@@ -56,6 +56,7 @@ from .connserver import ConnectionServer, Limits
 from .counters import CounterCache
 from .exposition import FastMetric
 from .httpd import RENDER_REUSE_S, MetricsHandler
+from .lockprio import at_loop_priority
 from .hostchecks import metric_of
 
 __all__ = ["LISTEN_BACKLOG", "RtagentCollector", "MetricsServer", "serve", "SEVERITY_LEVELS"]
@@ -132,15 +133,15 @@ class _FromReport:
     conflicts: tuple[tuple[str, str, str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class _GuestRef:
-    """Taken under the store's lock: a reference and small copies, nothing derived."""
+class _GuestRef(NamedTuple):
+    """Taken under the store's lock: a reference and flat copies (a tuple:
+    the cheapest copy per guest); sorting and deriving happen outside it."""
 
     name: str
     uuid: str
     report: DomainReport | None
-    corrections: tuple[tuple[str, int], ...]
-    correction_failures: tuple[tuple[str, int], ...]
+    corrections: dict
+    correction_failures: dict
     latency: tuple[tuple[float, ...], list[int], float]
     event_to_tuned_s: float | None
     start_window: tuple[tuple[int, float], ...] = ()  # (vCPU, unprotected seconds) of its start
@@ -238,8 +239,8 @@ def _conflict_labels(name: str, c: Any) -> tuple[str, str, str, str]:
 
 def _ref(g: GuestState) -> _GuestRef:
     h = g.correction_latency
-    return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=_items(g.corrections),
-                     correction_failures=_items(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
+    return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=dict(g.corrections),
+                     correction_failures=dict(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
                      event_to_tuned_s=g.event_to_tuned_s,
                      start_window=tuple((v, ns / 1e9) for v, e in sorted(g.start_window.items())
                                         if (ns := e.unprotected_ns) is not None))
@@ -249,8 +250,8 @@ def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
     return _Guest(
         name=ref.name, uuid=ref.uuid, source=derived.source, flavor=derived.flavor, has_report=ref.report is not None,
         realtime=derived.realtime, valid=derived.valid, compliant=derived.compliant, violations=derived.violations,
-        memory=derived.memory, vcpus=derived.vcpus, corrections=ref.corrections,
-        correction_failures=ref.correction_failures, correction_latency=_Hist.raw(*ref.latency),
+        memory=derived.memory, vcpus=derived.vcpus, corrections=_items(ref.corrections),
+        correction_failures=_items(ref.correction_failures), correction_latency=_Hist.raw(*ref.latency),
         event_to_tuned_s=ref.event_to_tuned_s, conflicts=derived.conflicts, start_window=ref.start_window,
     )
 
@@ -435,7 +436,8 @@ class RtagentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         t0 = time.perf_counter()
-        snap: _Snapshot = self.store.read(_take)
+        with at_loop_priority():  # the lock is held at the loop's priority, never at a client's
+            snap: _Snapshot = self.store.read(_take)
         guests = self._derive(snap.guests)
         counters = self.counters.get((pid, tid) for _, rows in guests for pid, tid, _ in rows.counted)
         families = [*self._daemon(snap), *self._host(snap), *self._guests(guests, counters)]
@@ -461,7 +463,7 @@ class RtagentCollector(Collector):
             else:
                 derived = _from_report(r)
             key = (derived, ref.name, ref.corrections, ref.correction_failures, ref.latency[1], ref.latency[2],
-                   ref.event_to_tuned_s, r is not None)
+                   ref.event_to_tuned_s, ref.start_window, r is not None)
             if hit is not None and hit[2] == key:
                 g, rows = hit[3], hit[4]
             else:

@@ -48,13 +48,15 @@ class Vcpu:
         _name_self("CPU 1/KVM")
         os.sched_setaffinity(0, {self.cpu})
         self.tid = threading.get_native_id()
-        while not self.stop.is_set():
-            if self.go.wait(0.05):
-                self.go.clear()
-                end = time.monotonic() + 0.2
-                while time.monotonic() < end:  # SCHED_OTHER work
-                    pass
-                self.done.set()
+        while True:
+            self.go.wait()
+            if self.stop.is_set():
+                return
+            self.go.clear()
+            end = time.monotonic() + 0.2
+            while time.monotonic() < end:  # SCHED_OTHER work
+                pass
+            self.done.set()
 
     def work(self) -> None:
         self.done.clear()
@@ -63,6 +65,7 @@ class Vcpu:
 
     def end(self) -> None:
         self.stop.set()
+        self.go.set()
         self._t.join(5)
 
 
@@ -76,7 +79,10 @@ def vcpu1(name: str, domain: str) -> tuple:
     return name, (("domain", domain), ("vcpu", "1"))
 
 
-def test_kept_descriptors_follow_the_kernel_and_close_when_the_thread_exits():
+@pytest.mark.parametrize("taskstats", [True, False], ids=["taskstats", "proc-files"])
+def test_the_counters_follow_the_kernel_and_leave_with_the_thread(taskstats):
+    """Through taskstats (the daemon's first choice) and through kept /proc
+    descriptors (its fallback): the kernel's values, scrape after scrape."""
     part = partition()
     v = Vcpu(min(part.housekeeping))
     try:
@@ -85,29 +91,75 @@ def test_kept_descriptors_follow_the_kernel_and_close_when_the_thread_exits():
         put_report(store, os.getpid(), spec, part)
         # Every scrape reads the kernel (no TTL) and re-reads status whenever
         # the run-queue delay moved (no age limit).
-        reader = CounterReader(Kernel(), max_fds=64, nvcsw_max_age_s=0.0)
+        reader = CounterReader(Kernel(), max_fds=64, nvcsw_max_age_s=0.0, taskstats=taskstats)
         reg = CollectorRegistry()
         reg.register(RtagentCollector(store, counters=CounterCache(reader, ttl_s=0.0)))
         samples(reg)
-        assert reader.open_fds == 2  # schedstat and status of the one realtime vCPU
+        if taskstats:
+            assert reader.source == "taskstats" and reader.open_fds == 0
+        else:
+            assert reader.source == "proc" and reader.open_fds == 2  # schedstat and status of the realtime vCPU
 
+        last_cpu = 0.0
         for _ in range(2):
-            v.work()  # runs, and waits behind this process's other threads
+            v.work()  # runs 0.2 s, and waits behind this process's other threads
+            # The thread is on its way back to sleep: the scrape lies between
+            # two direct reads of the kernel, and after the work.
+            before = (*schedstat(os.getpid(), v.tid), nonvoluntary(os.getpid(), v.tid))
             got = samples(reg)
-            run_ns, delay_ns = schedstat(os.getpid(), v.tid)  # it sleeps now: stable
-            assert got[vcpu1("rtagent_vcpu_cpu_seconds_total", "kept")] == run_ns / 1e9
-            assert got[vcpu1("rtagent_vcpu_run_delay_seconds_total", "kept")] == delay_ns / 1e9
-            assert got[vcpu1("rtagent_vcpu_involuntary_context_switches_total", "kept")] == \
-                nonvoluntary(os.getpid(), v.tid)
-        assert reader.open_fds == 2
+            after = (*schedstat(os.getpid(), v.tid), nonvoluntary(os.getpid(), v.tid))
+            scraped = (got[vcpu1("rtagent_vcpu_cpu_seconds_total", "kept")] * 1e9,
+                       got[vcpu1("rtagent_vcpu_run_delay_seconds_total", "kept")] * 1e9,
+                       got[vcpu1("rtagent_vcpu_involuntary_context_switches_total", "kept")])
+            assert all(b - 1 <= g <= a + 1 for b, g, a in zip(before, scraped, after, strict=True)), \
+                (before, scraped, after)  # ±1 ns: the float seconds round trip
+            assert scraped[0] > last_cpu  # fresh: this round's work is in it
+            last_cpu = scraped[0]
 
         v.end()
+        # Python's join returns a moment before the kernel has reaped the thread.
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/self/task/{v.tid}") and time.monotonic() < deadline:
+            time.sleep(0.01)
         got = samples(reg)
         assert vcpu1("rtagent_vcpu_cpu_seconds_total", "kept") not in got
         assert got[vcpu1("rtagent_vcpu_tuned", "kept")] == 0  # the report's rows stay until the next reconcile
         assert reader.open_fds == 0
+        reader.close()
     finally:
         v.end()
+
+
+def test_taskstats_answers_match_proc_for_many_threads_and_none_for_a_foreign_tid():
+    """A batch larger than one datagram of requests; a TID given with the
+    wrong process is refused (as a reused TID would be)."""
+    from rtagent.kernel.taskstats import CHUNK, Taskstats
+
+    ts = Taskstats.open()
+    stop = threading.Event()
+    threads = [threading.Thread(target=stop.wait, daemon=True) for _ in range(CHUNK * 2 + 5)]
+    for t in threads:
+        t.start()
+    try:
+        pid = os.getpid()
+        keys = [(pid, t.native_id) for t in threads]
+        before = {key: (*schedstat(*key), nonvoluntary(*key)) for key in keys}
+        got = ts.read_many(keys)
+        after = {key: (*schedstat(*key), nonvoluntary(*key)) for key in keys}
+        for key in keys:  # a thread just started may still be on its way to sleep: bounds
+            assert all(b <= g <= a for b, g, a in zip(before[key], got[key], after[key], strict=True)), \
+                (before[key], got[key], after[key])
+        assert ts.read_many([(1, keys[0][1])]) == {(1, keys[0][1]): None}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    gone = keys[0]
+    deadline = time.monotonic() + 10  # join returns a moment before the kernel reaps the thread
+    while os.path.exists(f"/proc/self/task/{gone[1]}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ts.read_many([gone]) == {gone: None}
+    ts.close()
 
 
 def _big_store(n: int = 300) -> StateStore:
@@ -206,3 +258,35 @@ def test_a_client_that_never_reads_delays_neither_the_writer_nor_other_scrapes()
         for s in stuck:
             s.close()
         srv.close()
+
+
+class _Recording(StateStore):
+    """Records the nice value of the thread that holds the lock for a reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nice_inside: list[int] = []
+
+    def read(self, fn):
+        self.nice_inside.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().read(fn)
+
+
+def test_a_scrape_from_a_nice_client_thread_holds_the_lock_at_the_loops_priority():
+    store = _Recording()
+    reg = CollectorRegistry()
+    reg.register(RtagentCollector(store, counters=CounterCache(lambda pid, tid: None)))
+    seen: dict[str, int] = {}
+
+    def client() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 10)  # as the endpoints' threads run
+        ENCODE(reg)
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    t = threading.Thread(target=client)
+    t.start()
+    t.join(30)
+    loop = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert store.nice_inside == [loop]
+    assert seen["after"] == 10  # back to the client's priority after the copy

@@ -274,3 +274,32 @@ def test_an_unanswered_probe_marks_libvirt_unresponsive_without_blocking():
             break
         threading.Event().wait(0.01)
     assert w.unresponsive_s() is None and w.call("after", lambda: "ok") == "ok"
+
+
+def test_an_idle_daemon_resyncs_only_as_often_as_its_probe_and_full_check_need(tmp_path):
+    """With no guest managed and no host partition to enforce, the timed
+    resync waits for the liveness probe's cadence (the call timeout) or the
+    due full check; a tracked guest or a host enforcer brings the resync
+    interval back at once."""
+    from rtagent.config import parse_config
+    from rtagent.daemon import Daemon
+    from rtagent.daemon.cadence import resync_due
+
+    cfg = parse_config({"host": {"realtime_cpus": "1"}, "daemon": {"lock_file": str(tmp_path / "l"),
+                                                                  "resync_interval_s": 1.0},
+                        "libvirt": {"call_timeout_s": 5.0},
+                        "host_tuning": {"kthreads": False, "kthread_priorities": False, "irqs": False,
+                                        "workqueues": False}})
+    d = Daemon(cfg, None)
+    d._resynced_at, d.guests.next_full = 100.0, 130.0
+    assert d.hostside.enforcer is None and resync_due(d) == 105.0
+    d.guests.next_full = 102.5
+    assert resync_due(d) == 102.5  # the full check is due before the probe
+    d.guests.next_full = 100.2
+    assert resync_due(d) == 101.0  # never more often than the interval
+    d.guests.tracked["uuid-a"] = 4242
+    d.guests.next_full = 130.0
+    assert resync_due(d) == 101.0
+    d.guests.tracked.clear()
+    d.hostside.enforcer = object()
+    assert resync_due(d) == 101.0
