@@ -54,6 +54,12 @@ _AGGR, _PID_ATTR, _STATS_ATTR, _STATS = 20, 24, 32, 36
 _ATTR = struct.Struct("=HH")
 _U16, _U32, _U64 = struct.Struct("=H"), struct.Struct("=I"), struct.Struct("=Q")
 _REQ = struct.Struct("=IHHIIBBHHHI")  # nlmsghdr, genlmsghdr, one u32 PID attribute
+# One unpack per answer, from the AGGR_PID attribute on: its type, the STATS
+# attribute's type, then version, cpu_delay_total, cpu_run_virtual_total,
+# ac_pid, nivcsw and (version 13 on) ac_tgid at their offsets.
+_REPLY_OLD = struct.Struct(f"=2xH8x2xHH{_DELAY - 2}xQ{_RUN - _DELAY - 8}xQ{_PID - _RUN - 8}xI"
+                           f"{_NIVCSW - _PID - 4}xQ")
+_REPLY = struct.Struct(f"{_REPLY_OLD.format}{_TGID - _NIVCSW - 8}xI")
 CHUNK = 64  # requests per datagram: their answers (~600 bytes each) wait in the receive buffer
 
 Counts = tuple[int, int, int]  # run time ns, run delay ns, involuntary switches
@@ -130,16 +136,17 @@ class Taskstats:
 
     @staticmethod
     def _parse(buf: bytearray, n: int, key: tuple[int, int]) -> Counts | None:
-        if n < _STATS + _NEED or _ATTR.unpack_from(buf, _AGGR)[1] != TASKSTATS_TYPE_AGGR_PID \
-                or _ATTR.unpack_from(buf, _STATS_ATTR)[1] != TASKSTATS_TYPE_STATS:
+        if n >= _STATS + _TGID + 4:
+            aggr, stats, version, delay, run, pid, nivcsw, tgid = _REPLY.unpack_from(buf, _AGGR)
+            if version >= _TGID_SINCE and tgid != key[0]:
+                return None  # the TID was reused by another process
+        elif n >= _STATS + _NEED:
+            aggr, stats, version, delay, run, pid, nivcsw = _REPLY_OLD.unpack_from(buf, _AGGR)
+        else:
             return None
-        if _U32.unpack_from(buf, _STATS + _PID)[0] != key[1]:
+        if aggr != TASKSTATS_TYPE_AGGR_PID or stats != TASKSTATS_TYPE_STATS or pid != key[1]:
             return None
-        if _U16.unpack_from(buf, _STATS)[0] >= _TGID_SINCE and n >= _STATS + _TGID + 4 \
-                and _U32.unpack_from(buf, _STATS + _TGID)[0] != key[0]:
-            return None  # the TID was reused by another process
-        return (_U64.unpack_from(buf, _STATS + _RUN)[0], _U64.unpack_from(buf, _STATS + _DELAY)[0],
-                _U64.unpack_from(buf, _STATS + _NIVCSW)[0])
+        return run, delay, nivcsw
 
     def _check(self) -> None:
         """Our own thread through both doors: taskstats between two schedstat reads."""
