@@ -50,7 +50,9 @@ def _trial(guests: Guests, daemon, name: str) -> dict:
         out.update(unprotected_us=e["unprotected_seconds"] * 1e6, path=e["path"], baseline=e["baseline"])
     # The early path could not grant budget: the host's RT budget was held by
     # another realtime user (on this shared machine, another daemon).
-    out["budget_refused"] = f"start window: RT budget for {name} " in daemon.log_text()
+    out["budget_refused"] = any(f"RT budget for {name}" in line and ("no realtime budget left" in line
+                                                                     or "is free" in line)
+                                for line in daemon.log_text().splitlines())
     return out
 
 

@@ -137,10 +137,10 @@ class StartWatch:
         threading.Thread(target=self._resolve, name="start-lookup", daemon=True).start()
         return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 4.0) -> None:
         self._lookups.put(None)
         for w in self.watchers.values():
-            w.stop()
+            w.stop(timeout / max(1, len(self.watchers)))
         self.watchers = {}
 
     def _signal(self, sig: StartSignal | _Resolved) -> None:
@@ -190,8 +190,8 @@ class StartWatch:
         while (item := self._lookups.get()) is not None:
             group, domain_id = item
             try:
-                guest = self.sup.host.lookup_id(domain_id)
-                self._signal(_Resolved(group, guest, guest.xml()))
+                guest, xml = self.sup.host.starting(domain_id)
+                self._signal(_Resolved(group, guest, xml))
             except Exception as err:  # gone again, libvirt busy: the STARTED path remains
                 self._signal(_Resolved(group, None, None, str(err)))
 

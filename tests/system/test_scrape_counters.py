@@ -8,7 +8,6 @@ says, and they never run ahead of it.  The series leave with the guest."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 import urllib.request
 
@@ -16,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import unique_name
-from tests.system.conftest import wait_for
+from tests.system.conftest import free_port_in, wait_for
 
 pytestmark = pytest.mark.system
 HUGE = "<memoryBacking><hugepages/></memoryBacking>"
@@ -27,14 +26,7 @@ NAMES = ("rtagent_vcpu_cpu_seconds_total", "rtagent_vcpu_run_delay_seconds_total
 
 def _port() -> int:
     """A free port of this engineer's range (19600-19699)."""
-    for port in range(19600 + os.getpid() % 50, 19700):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 19600-19699")
+    return free_port_in(19600 + os.getpid() % 50, 19699)
 
 
 def _kernel(pid: int, tid: int) -> tuple[float, float, float]:

@@ -15,14 +15,13 @@ message shows it): re-run.
 from __future__ import annotations
 
 import os
-import socket
 import urllib.request
 
 import libvirt
 import pytest
 
 from tests.conftest import unique_name
-from tests.system.conftest import wait_for
+from tests.system.conftest import free_port_in, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -30,15 +29,7 @@ PREFIX = f"rtw-{os.getpid()}"
 
 
 def _port() -> int:
-    """A free port of this engineer's range (19300-19399)."""
-    for port in range(19300, 19400):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 19300-19399")
+    return free_port_in(19300, 19399)  # this engineer's range
 
 
 def _fifo_on_1(tid: int) -> bool:

@@ -99,7 +99,9 @@ class BudgetLedger:
             return None
         leaves = {p for p in self.claimed if self._exists(p)}
         self.release_unclaimed()
-        for stale in sorted(rtgroup.stale_guest_groups(self.hierarchy, leaves)):
+        # Deepest first: a group's budget cannot drop below its children's
+        # (EINVAL), so vcpuN goes to 0 before its guest group does.
+        for stale in sorted(rtgroup.stale_guest_groups(self.hierarchy, leaves), key=lambda p: (-p.count("/"), p)):
             try:
                 rtgroup.apply_budgets(self.hierarchy, set(), None, {stale})
             except (rtgroup.BudgetError, OSError) as err:
