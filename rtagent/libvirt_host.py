@@ -38,6 +38,7 @@ __all__ = ["DomainEvent", "EventKind", "Guest", "GuestGone", "LibvirtError", "Li
            "LibvirtUnavailable", "LibvirtUnresponsive", "RunState", "start_event_loop"]
 
 DEFAULT_CALL_TIMEOUT_S = 5.0
+WAIT_SLICE_S = 0.1  # a wait for libvirt looks this often whether the daemon is stopping
 
 
 class EventKind(str, enum.Enum):
@@ -168,6 +169,7 @@ class CallWorker:
         self._probe: Future | None = None  # a liveness probe nobody waits for
         self._probe_at = 0.0
         self._thread: threading.Thread | None = None
+        self._aborting = False  # the daemon is stopping: nobody waits for libvirt any more
 
     def _ensure_thread(self) -> None:
         """Started at the first call, not at construction: the daemon drops
@@ -212,27 +214,81 @@ class CallWorker:
         self._ensure_thread()
         self._jobs.put((fut, fn))
 
-    def call(self, what: str, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+    def abort_waits(self) -> None:
+        """The daemon is stopping: every wait ends within ``WAIT_SLICE_S`` and
+        no new call is waited for (only ``stopping=True`` ones, the close).
+        A plain attribute write: safe from a signal handler."""
+        self._aborting = True
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the worker without waiting, even behind a stuck
+        call: what it holds (a connection to tear down) is released there,
+        never by a destructor on the caller's thread."""
+        self._ensure_thread()
+        self._jobs.put((Future(), fn))
+
+    def call(self, what: str, fn: Callable[[], T], timeout_s: float | None = None, *,
+             stopping: bool = False, abandoned: Callable[[T], None] | None = None) -> T:
+        """``fn()`` on the worker, waited for at most ``timeout_s``.  A result
+        that arrives after the caller gave up goes to ``abandoned`` (run on the
+        worker), so a connection opened late is closed, not left to a destructor."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         hung = self.unresponsive_s()
         if hung is not None:
             raise LibvirtUnresponsive(f"{what}: not attempted, libvirt has not answered for {hung:.1f}s")
+        if self._aborting and not stopping:
+            raise LibvirtUnresponsive(f"{what}: not attempted, the daemon is stopping")
         self._ensure_thread()
         fut: Future = Future()
         started = self._clock()
         self._jobs.put((fut, fn))
         try:
-            return fut.result(self.timeout_s if timeout_s is None else timeout_s)
+            return self._wait(fut, started, timeout, stopping)
         except FutureTimeout:
             with self._lock:
                 self._stuck, self._stuck_since = fut, started
-            raise LibvirtUnresponsive(f"{what}: libvirt did not answer within "
-                                      f"{self.timeout_s if timeout_s is None else timeout_s:.1f}s") from None
+            if abandoned is not None:
+                fut.add_done_callback(lambda f: self._abandon(f, what, started, abandoned))
+            if self._aborting and not stopping:
+                raise LibvirtUnresponsive(f"{what}: not waited for, the daemon is stopping") from None
+            raise LibvirtUnresponsive(f"{what}: libvirt did not answer within {timeout:.1f}s") from None
         except libvirt.libvirtError as err:
             raise translate(err, what) from None
+
+    def _abandon(self, fut: Future, what: str, started: float, handler: Callable[[T], None]) -> None:
+        """A timed-out call returned after all: hand its result to ``handler``
+        on the worker (queued: a future done already calls back on the caller)."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        log.info("libvirt: %s returned %.1fs after it was given up; releasing its result",
+                 what, self._clock() - started)
+        result = fut.result()
+        self.submit(lambda: handler(result))
+
+    def _wait(self, fut: Future, started: float, timeout: float, stopping: bool) -> object:
+        """``fut.result`` in slices, so a stop asked meanwhile (a signal
+        handler runs between them) ends the wait; FutureTimeout when it ends."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or (self._aborting and not stopping):
+                raise FutureTimeout()
+            try:
+                return fut.result(min(left, WAIT_SLICE_S))
+            except FutureTimeout:
+                continue
 
 
 def _cpumap(cpus: frozenset[int], ncpus: int) -> tuple[bool, ...]:
     return tuple(i in cpus for i in range(ncpus))
+
+
+def _close_quietly(conn: libvirt.virConnect) -> None:
+    """Close a connection nobody uses (an open that returned too late)."""
+    try:
+        conn.close()
+    except libvirt.libvirtError as err:
+        log.debug("closing an abandoned libvirt connection: %s", err)
 
 
 class Guest:
@@ -319,7 +375,8 @@ class LibvirtHost:
         # libvirt prints its own errors to stderr by default; we report them.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         try:
-            self._conn = self.call(f"connect to {self.uri}", lambda: libvirt.open(self.uri))
+            self._conn = self.worker.call(f"connect to {self.uri}", lambda: libvirt.open(self.uri),
+                                          abandoned=_close_quietly)
         except LibvirtUnavailable as err:
             raise LibvirtUnavailable(f"cannot connect to libvirt at {self.uri}: {err}") from None
         except LibvirtError as err:
@@ -332,7 +389,7 @@ class LibvirtHost:
         """Open and not closed by libvirt; local, never an RPC."""
         return self._conn is not None and not self._closed
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 1.0) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -350,8 +407,15 @@ class LibvirtHost:
                 except libvirt.libvirtError:
                     pass
 
+        if self.worker.unresponsive_s() is not None:
+            # The worker is stuck in a call: the teardown waits for it there.
+            # Dropping ``conn`` here instead would run libvirt's destructor,
+            # an RPC to the hung libvirtd, on this (the loop's) thread.
+            log.debug("libvirt connection close left to the stuck worker")
+            self.worker.submit(teardown)
+            return
         try:
-            self.worker.call("close", teardown, timeout_s=1.0)
+            self.worker.call("close", teardown, timeout_s=timeout_s, stopping=True)
         except LibvirtUnavailable as err:
             log.debug("libvirt connection dropped without a clean close: %s", err)
 

@@ -96,7 +96,9 @@ class GuestState:
         out["event_to_tuned_s"] = self.event_to_tuned_s
         out["vcpu_stats"] = {
             str(i): {"run_delay_ns": c.run_delay_ns, "run_delay_rate_ns_per_s": round(c.run_delay_rate, 1),
-                     "run_time_ns": c.run_time_ns, "nonvoluntary_ctxt_switches": c.nonvoluntary_ctxt_switches}
+                     "run_time_ns": c.run_time_ns, "nonvoluntary_ctxt_switches": c.nonvoluntary_ctxt_switches,
+                     # Wall time of the full observation these come from (up to a full check old).
+                     "observed_at": c.observed_at}
             for i, c in sorted(self.vcpus.items())
         }
         out["start_window"] = {str(v): e.to_json() for v, e in sorted(self.start_window.items())}

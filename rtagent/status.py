@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import RtagentError
 from .monitor.connserver import ConnectionServer, Limits
+from .monitor.lockprio import at_loop_priority
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ class _StatusHandler:
         if self._cached is not None and now - self._cached[0] < self.reuse_s:
             return self._cached[1]
         try:
-            body = json.dumps(self.snapshot()).encode() + b"\n"
+            with at_loop_priority():  # the snapshot takes the store's lock: not at the client thread's nice 10
+                snap = self.snapshot()
+            body = json.dumps(snap).encode() + b"\n"
         except Exception:  # never let a snapshot bug take the socket down
             log.exception("status snapshot failed")
             return b""
@@ -111,9 +114,9 @@ class StatusServer:
         self.server = ConnectionServer(sock, _StatusHandler(self.snapshot), self.limits, name="status-socket")
         self.server.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         if self.server is not None:
-            self.server.close()
+            self.server.close(timeout)
             self.server = None
         try:
             os.unlink(self.path)

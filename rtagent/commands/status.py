@@ -97,18 +97,21 @@ def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
         lines.append(f"  {'✗' if c.get('severity') == 'error' else '!'} {c['name']}: {c['detail']}")
     lines += render_interference(data.get("interference"))
     lines.append("")
-    lines.append(f"{'DOMAIN':<24} {'RT VCPUS':<9} {'OK':<3} {'DRIFT':>5}  {'RUNQ DELAY':>12}  {'START':>9}  "
-                 "VIOLATIONS")
+    lines.append(f"{'DOMAIN':<24} {'RT VCPUS':<9} {'OK':<3} {'DRIFT':>5}  {'RUNQ DELAY':>12} {'AS OF':>8}  "
+                 f"{'START':>9}  VIOLATIONS")
     if not domains:
         lines.append("(no realtime guests)")
     for g in domains:
         ok = "✓" if g.get("compliant") else "✗"
         rt = {int(k) for k in (g.get("realtime_vcpus") or "").replace("-", ",").split(",") if k.isdigit()}
         stats = g.get("vcpu_stats", {})
-        rate = sum(v.get("run_delay_rate_ns_per_s", 0) for k, v in stats.items() if int(k) in rt or not rt)
+        shown = [v for k, v in stats.items() if int(k) in rt or not rt]
+        rate = sum(v.get("run_delay_rate_ns_per_s", 0) for v in shown)
+        # The rate is from the last full observation (a full check, an event): say how old.
+        seen = min((v["observed_at"] for v in shown if v.get("observed_at")), default=None)
         viol = ", ".join(sorted({v["check"] for v in g.get("violations", [])})) or "-"
         lines.append(f"{g.get('name', '?'):<24} {g.get('realtime_vcpus') or '-':<9} {ok:<3} "
-                     f"{g.get('drift_corrections_total', 0):>5}  {rate / 1000:>9.1f}µs/s  "
+                     f"{g.get('drift_corrections_total', 0):>5}  {rate / 1000:>9.1f}µs/s {_ago(seen) if seen else '-':>8}  "
                      f"{_start_window(g.get('start_window') or {}):>9}  {viol}")
         if detail:
             lines.append("")

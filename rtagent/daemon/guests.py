@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..config import Config
 from ..cpulist import format_cpulist
 from ..errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
+from ..kernel.errors import GONE
 from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
 from ..selector import GuestSelector
 from ..state import StateStore
@@ -34,6 +35,7 @@ from ..tuning.guest.engine import DomainReport, Tuner
 from ..vocab import Check, DriftKind
 from . import drift, repin
 from .placement import CLAMPED, GuestPlacement, placement_of
+from .record import RealtimeRecord, record_path
 from .retry import RetrySchedule
 from .steady import SteadyCheck
 
@@ -82,6 +84,9 @@ class GuestSupervisor:
         self.last: dict[str, DomainReport] = {}  # uuid -> the report after its last reconcile
         # uuid -> name of defined guests whose <vcpusched> this host refuses (rt_group_sched check).
         self.vcpusched_refused: dict[str, str] = {}
+        # Which guest processes rtagent made realtime, this instance or the
+        # one before it: a withdrawal made while no daemon ran is undone (record.py).
+        self.record = RealtimeRecord(record_path(config.daemon.lock_file), self._started_of)
 
     # -- what happened ------------------------------------------------------
 
@@ -223,7 +228,7 @@ class GuestSupervisor:
         except LibvirtError as err:
             log.warning("libvirt: listing guests failed: %s", err)
             return True
-        known = set(self.tracked) | self.store.read(lambda s: set(s.guests))
+        known = set(self.tracked) | set(self.record.entries) | self.store.read(lambda s: set(s.guests))
         for uuid in known - set(active):
             self.forget(uuid)
         for uuid, guest in active.items():
@@ -297,6 +302,7 @@ class GuestSupervisor:
         self.steady.forget(uuid)
         self.last.pop(uuid, None)
         self.tuner.forget(uuid, pid)
+        self.record.done(uuid)
         self.store.drop(uuid)
         self._tracked_changed()
         if pid is not None:
@@ -356,12 +362,14 @@ class GuestSupervisor:
         # A guest tuned before whose intent no longer says realtime is
         # "withdrawn": its realtime threads go back to SCHED_OTHER, its budget
         # is released, and it stays tracked as a non-realtime guest.
-        withdrawn = guest.uuid in self.tracked
+        withdrawn = guest.uuid in self.tracked or guest.uuid in self.record.entries
         before = self.tuner.inspect(guest, spec=cached[1] if cached else None, withdrawn=withdrawn,
                                     peers=self.claims)
         if cached and before.pid != cached[0]:
             # A new QEMU process under the same UUID (a restart we missed).
             before = self.tuner.inspect(guest, peers=self.claims)
+        elif before.withdrawn and guest.uuid not in self.tracked:
+            before = self._inherited(guest, before)
         if self.selector.require_metadata and before.spec.source != "metadata" and before.spec.realtime:
             before = self.tuner.inspect(guest, spec=dataclasses.replace(before.spec, realtime=False),
                                         withdrawn=withdrawn, peers=self.claims)
@@ -369,6 +377,27 @@ class GuestSupervisor:
         if before.spec.realtime and before.pid is not None:
             self.specs[guest.uuid] = (before.pid, before.spec)
         return before
+
+    def _inherited(self, guest: Guest, before: DomainReport) -> DomainReport:
+        """A guest with no realtime intent that only the record says rtagent
+        tuned (an earlier daemon): withdrawn only if the record is about this
+        very QEMU process, else not ours — FIFO set by libvirt's own
+        <vcpusched> or by another tool is never demoted."""
+        tuned = self.record.matches(guest.uuid, before.pid)
+        if tuned is None:
+            self.record.done(guest.uuid)
+            return self.tuner.inspect(guest, peers=self.claims)
+        log.info("%s: realtime intent withdrawn while no daemon ran; its realtime threads go back to "
+                 "SCHED_OTHER, then the RT budget of %s is released", guest.name,
+                 ", ".join(sorted(tuned.cgroups)) or "no cgroup")
+        self.tuner.ledger.granted |= tuned.cgroups  # released after the demotion, like this instance's grants
+        return before
+
+    def _started_of(self, pid: int) -> int | None:
+        try:
+            return self.tuner.kernel.tasks.stat(pid).starttime
+        except GONE:
+            return None
 
     def _observe(self, uuid: str, guest: Guest | None) -> tuple[Guest, DomainReport] | None:
         try:
@@ -408,12 +437,14 @@ class GuestSupervisor:
         if before.pid is not None and self.tracked.get(uuid) != before.pid:
             self.tracked[uuid] = before.pid
             self._tracked_changed()
+        self.record.note(before)  # before any thread is made realtime
         # The plan being applied, before its libvirt pin calls write the
         # groups' cpusets: the watch must not take them for a re-pin.
         self._placed(before)
         after = self._apply(guest, before)
         if after is None:
             return None
+        self.record.note(after)
         self._account(uuid, before, after, drift.Times(cause.at if cause.at is not None else t0,
                                                        self._clock(), self._wall()), cause.started, t0)
         self.steady.record(uuid, after)

@@ -8,46 +8,27 @@ call_timeout_s``, so the watchdog (petted only here) says whether *enforcement* 
 
 from __future__ import annotations
 
-import enum
 import logging
 import queue
-import signal
 import time
-from dataclasses import dataclass
 
 from .. import __version__
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..errors import RtagentError
 from ..libvirt_host import LibvirtHost
 from ..sdnotify import Notifier
 from ..state import StateStore
 from .cadence import resync_due
 from .guests import GuestSupervisor
 from .hostside import HostSupervisor
+from .items import Item, Kind
 from .link import LibvirtLink
 from .lock import InstanceLock
+from . import shutdown
 from .services import Services, prepare, reload_config, status_line
 from .startwatch import StartWatch
 
 log = logging.getLogger(__name__)
-
-
-class Kind(enum.Enum):
-    EVENT = "event"
-    THREAD = "thread"
-    CLOSED = "closed"
-    RESYNC = "resync"
-    START = "start"  # wakes the loop; _timers hands the signal to daemon/startwatch.py
-    RELOAD = "reload"
-    STOP = "stop"
-
-
-@dataclass(frozen=True)
-class Item:
-    kind: Kind
-    payload: object = None
-    at: float = 0.0  # monotonic time the cause was seen
 
 
 class Daemon:
@@ -57,7 +38,8 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.store = StateStore()
         self.store.daemon.libvirt_uri = config.libvirt.uri
-        self.queue: queue.Queue[Item] = queue.Queue()
+        # SimpleQueue: its put() is reentrant, so the signal handlers may use it.
+        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.lock = InstanceLock(config.daemon.lock_file)
         self.host = LibvirtHost(config.libvirt.uri, config.libvirt.call_timeout_s)
         self.link = LibvirtLink(self.host, self.store, config.libvirt.reconnect_max_backoff_s,
@@ -74,18 +56,24 @@ class Daemon:
         self.queue.put(Item(kind, payload, time.monotonic()))
 
     def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self._put(Kind.STOP))
-        signal.signal(signal.SIGINT, lambda *_: self._put(Kind.STOP))
-        signal.signal(signal.SIGHUP, lambda *_: self._put(Kind.RELOAD))
+        shutdown.install_signals(self._stop_signal, lambda: self._put(Kind.RELOAD))
+
+    def _stop_signal(self) -> None:
+        # Runs between two bytecodes of the main thread: reentrant things only (shutdown.py).
+        if not self._stop:
+            self._stop = True
+            shutdown.arm_hard_bound()
+            self.host.worker.abort_waits()
+        self._put(Kind.STOP)
 
     def start(self) -> None:
         privs = prepare(self.config, self.lock)
-        while not self.link.connect():
+        while not self._stop and not self.link.connect():
             # READY=1 only once libvirt answers; the unit's start timeout bounds this wait.
-            if self._stop:
-                raise RtagentError("stopped before libvirt was reachable")
             self.notifier.status(f"waiting for libvirt at {self.config.libvirt.uri}")
-            time.sleep(max(0.0, self.link.next_connect - time.monotonic()))
+            shutdown.sleep_unless(lambda: self._stop, self.link.next_connect - time.monotonic())
+        if self._stop:
+            return  # stopped before libvirt was reachable
         self.services.start(self.config, privs, self.startwatch)
         self.resync()
         self.notifier.ready(status_line(self.store, self.host))
@@ -104,12 +92,15 @@ class Daemon:
                 self._handle_batch(self.queue.get(timeout=max(0.0, timeout)))
             except queue.Empty:
                 pass
+            if self._stop:
+                break
             self._timers()
             if watchdog_every and time.monotonic() >= next_watchdog:
                 # Only this loop pets the watchdog: a wedged loop is a restart;
                 # a lost or hung libvirt is not (we reconnect, and enforce meanwhile).
                 self.notifier.watchdog()
                 next_watchdog = time.monotonic() + watchdog_every
+        log.info("stopping (guests stay tuned)")
 
     def _timers(self) -> None:
         self.startwatch.run_due()
@@ -133,6 +124,8 @@ class Daemon:
                 break
         threads: dict[int, float] = {}
         for item in items:
+            if self._stop:
+                return  # asked to stop: the rest is not worth the wait
             if item.kind == Kind.THREAD:
                 threads.setdefault(item.payload, item.at)
             else:
@@ -142,10 +135,7 @@ class Daemon:
             self.guests.on_threads(threads)
 
     def _handle(self, item: Item) -> None:
-        if item.kind == Kind.STOP:
-            log.info("stopping (guests stay tuned)")
-            self._stop = True
-        elif item.kind == Kind.RELOAD:
+        if item.kind == Kind.RELOAD:
             self.reload()
         elif item.kind == Kind.RESYNC:
             self.resync()
@@ -181,11 +171,12 @@ class Daemon:
             self.resync()
 
     def close(self) -> None:
+        """Every stop step, bounded (shutdown.py), even while libvirt hangs."""
+        shutdown.arm_hard_bound()  # also when the loop ended by an exception
+        self.host.worker.abort_waits()
         self.notifier.stopping()
-        self.services.close()
-        self.host.close()
-        self.notifier.close()
-        self.lock.release()
+        shutdown.teardown([*self.services.stop_steps(), shutdown.Step("libvirt connection", self.host.close, 1.0),
+                           shutdown.Step("instance lock", lambda _t: (self.notifier.close(), self.lock.release()), 1.0)])
 
 
 def run(config_path: str | None) -> int:
@@ -197,4 +188,5 @@ def run(config_path: str | None) -> int:
         daemon.run_forever()
     finally:
         daemon.close()
+    shutdown.exit_now(0)  # not finalising the interpreter: see shutdown.py
     return 0

@@ -213,10 +213,10 @@ class PlacementWatch:
         self._thread = threading.Thread(target=self._run, name="cpuset-watch", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=timeout)
         self._ino.close()
 
     def _run(self) -> None:

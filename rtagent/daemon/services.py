@@ -19,6 +19,7 @@ from ..state import StateStore
 from ..status import StatusServer
 from .lock import InstanceLock
 from .placement import GuestPlacement, PlacementWatch
+from .shutdown import Step
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +107,24 @@ class Services:
         if self.metrics is not None and self.interference is not None:
             self.metrics.registry.register(itf.InterferenceCollector(self.interference))
 
-    def close(self) -> None:
-        if self.startwatch is not None:
-            self.startwatch.stop()
-        for svc in (self.procconn, self.status, self.metrics):
-            if svc is not None:
-                (svc.stop if svc is self.procconn else svc.close)()
-        if self.placement is not None:
-            self.placement.stop()
+    def stop_steps(self) -> list[Step]:
+        """What stopping puts back, each step bounded (daemon/shutdown.py).
+        The tracefs instance first: its removal matters most (tracing costs
+        the realtime CPUs until it is gone), and it is tried even when its
+        reader thread did not finish in time."""
+        steps = []
         if self.interference is not None:
-            self.interference.stop()   # removes its tracefs instance
+            steps.append(Step("interference tracefs instance", self.interference.stop, 4.0))
+        if self.procconn is not None:
+            steps.append(Step("proc connector", self.procconn.stop, 1.0))
+        if self.placement is not None:
+            steps.append(Step("iothread placement watch", self.placement.stop, 1.0))
+        if self.startwatch is not None:
+            steps.append(Step("start window watch", self.startwatch.stop, 1.0))
+        for name, svc in (("status socket", self.status), ("metrics endpoint", self.metrics)):
+            if svc is not None:
+                steps.append(Step(name, svc.close, 1.0))
+        return steps
 
 
 def reload_config(current: Config, path: str | None) -> Config | None:

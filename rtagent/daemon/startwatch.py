@@ -137,10 +137,10 @@ class StartWatch:
         threading.Thread(target=self._resolve, name="start-lookup", daemon=True).start()
         return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 4.0) -> None:
         self._lookups.put(None)
         for w in self.watchers.values():
-            w.stop()
+            w.stop(timeout / max(1, len(self.watchers)))
         self.watchers = {}
 
     def _signal(self, sig: StartSignal | _Resolved) -> None:

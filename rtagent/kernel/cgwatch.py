@@ -227,8 +227,8 @@ class CgroupWatcher:
         if read_tasks(self.mount, vgroup):  # written before our watch
             self.on_signal(StartSignal(Signal.PLACED, group, guest, vcpu, self.hierarchy))
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=timeout)
         self._ino.close()

@@ -192,12 +192,12 @@ class ProcConnector:
                     self.on_thread(ev[1], ev[2], ev[0])
                 offset += (length + 3) & ~3
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._wake_w >= 0:
             os.write(self._wake_w, b"x")
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=timeout)
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)

@@ -245,6 +245,7 @@ class CpuSnapshot:
     window: WindowView
     lost: int
     preempted: dict[tuple[str, int], dict[Kind, int]]     # (domain, vcpu) -> kind -> ns
+    inferred: int = 0    # switches the kernel left out of the trace (docs/interference.md)
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,8 @@ class InterferenceSnapshot:
     def to_json(self) -> dict[str, object]:
         return {
             "running": self.running, "instance": self.instance, "clock": self.clock, "error": self.error,
-            "cpus": [{**c.window.to_json(), "lost_events": c.lost} for c in self.cpus],
+            "cpus": [{**c.window.to_json(), "lost_events": c.lost, "inferred_switches": c.inferred}
+                     for c in self.cpus],
         }
 
 
@@ -315,12 +317,12 @@ class InterferenceSampler:
         self._thread = threading.Thread(target=self._run, name="rtagent-interference", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._wake is not None:
             os.write(self._wake[1], b"x")
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=timeout)
             self._thread = None
         if self._inst is not None:
             try:
@@ -413,6 +415,6 @@ class InterferenceSampler:
                         for k, ns in per.items():
                             merged[k] = merged.get(k, 0) + ns
                 cpus.append(CpuSnapshot(c, dict(self._exported[c]), self._window[c].view(c, top),
-                                        acc.lost, pre))
+                                        acc.lost, pre, acc.inferred))
         clock = self._inst.clock_name() if self._inst is not None else ""
         return InterferenceSnapshot(self._inst is not None, self.instance_name, clock, tuple(cpus), self.error)

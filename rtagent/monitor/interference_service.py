@@ -76,8 +76,8 @@ class InterferenceService:
                  ",".join(map(str, sampler.cpus)), cfg.instance)
         return cls(sampler, cfg.alert_share)
 
-    def stop(self) -> None:
-        self.sampler.stop()
+    def stop(self, timeout: float = 5.0) -> None:
+        self.sampler.stop(timeout)
 
     def snapshot(self, top: int = 3) -> InterferenceSnapshot:
         return self.sampler.snapshot(top)

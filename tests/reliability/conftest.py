@@ -272,8 +272,15 @@ class DaemonFactory:
         return new
 
     def close(self) -> None:
+        hung = []
         for d in self.started:
-            d.stop(timeout=15)
+            try:
+                d.stop()
+            except AssertionError as err:  # stop the others first
+                hung.append(str(err))
+        assert not hung, "\n".join(hung)
+        bad = [f"{d.log}: exit {d.stop_rc}" for d in self.started if d.stop_rc not in (None, 0)]
+        assert not bad, f"daemons that did not exit 0 on SIGTERM: {bad}"
         for logfile in self.logs:
             text = logfile.read_text() if logfile.exists() else ""
             assert "Traceback" not in text, text[-20000:]

@@ -17,6 +17,10 @@ import pytest
 from rtagent.status import fetch
 from tests.conftest import unique_name
 
+# rtagent/daemon/shutdown.py HARD_BOUND_S (15 s) plus slack: a daemon still
+# there after this did not honour its own bound.
+STOP_TIMEOUT_S = 20.0
+
 
 @dataclass
 class RunningDaemon:
@@ -26,6 +30,7 @@ class RunningDaemon:
     log: Path
     notify: socket.socket
     messages: list[str] = field(default_factory=list)
+    stop_rc: int | None = None  # the exit code after stop()'s SIGTERM
 
     def status(self) -> dict:
         return fetch(self.socket)
@@ -55,15 +60,22 @@ class RunningDaemon:
         raise AssertionError(f"no {needle!r} from the daemon in {timeout}s; got {self.messages}; "
                              f"log:\n{self.log.read_text()}")
 
-    def stop(self, timeout: float = 10) -> None:
-        """SIGTERM (by PID), then SIGKILL if it does not exit in ``timeout``."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM (by PID); a daemon that does not exit in ``timeout`` has
+        its stacks dumped into its log (SIGUSR1), is SIGKILLed, and fails the
+        test.  A SIGTERMed daemon must exit 0 (1 = its shutdown bound fired)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=timeout)
+                self.stop_rc = self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait()
+                self.notify.close()
+                raise AssertionError(f"daemon did not exit within {timeout}s of SIGTERM; log tail:\n"
+                                     f"{self.log_text()[-6000:]}") from None
         self.notify.close()
         # A daemon that was SIGKILLed (and not restarted) leaves its tracefs
         # instance; tests remove what they create.
@@ -167,12 +179,17 @@ def daemon_factory(libvirtd, tmp_path):
     started: list[RunningDaemon] = []
 
     def start(resync: float = 0.5, extra: str = "", watchdog_usec: int = 2_000_000, daemon: str = "",
-              metrics_port: int | None = None) -> RunningDaemon:
-        """``extra``: TOML appended after the tables; ``daemon``: lines in [daemon]."""
+              metrics_port: int | None = None, reuse: RunningDaemon | None = None) -> RunningDaemon:
+        """``extra``: TOML appended after the tables; ``daemon``: lines in [daemon];
+        ``reuse``: a stopped daemon whose config (socket, lock, record) the new one runs with."""
         n = len(started)
-        sock = str(tmp_path / f"rtagent{n}.sock")
-        cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra, daemon=daemon,
-                           metrics_port=metrics_port)
+        if reuse is not None:
+            assert reuse.proc.poll() is not None, "restart only a stopped daemon"
+            sock, cfg = reuse.socket, reuse.config
+        else:
+            sock = str(tmp_path / f"rtagent{n}.sock")
+            cfg = write_config(tmp_path / f"rtagent{n}.toml", sock=sock, resync=resync, extra=extra, daemon=daemon,
+                               metrics_port=metrics_port)
         notify_path = str(tmp_path / f"notify{n}.sock")
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.bind(notify_path)
@@ -187,11 +204,18 @@ def daemon_factory(libvirtd, tmp_path):
         return d
 
     yield start
+    hung = []
     for d in started:
-        d.stop()
+        try:
+            d.stop()
+        except AssertionError as err:  # stop the others first
+            hung.append(str(err))
+    assert not hung, "\n".join(hung)
+    for d in started:
         text = d.log.read_text() if d.log.exists() else ""
         # A daemon that logged a traceback failed, whatever the test checked.
         assert "Traceback" not in text, text
+        assert d.stop_rc in (None, 0), f"daemon exited {d.stop_rc} after SIGTERM:\n{text[-6000:]}"
 
 
 __all__ = ["RunningDaemon", "free_port_in", "wait_for", "json"]

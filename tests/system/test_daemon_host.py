@@ -56,11 +56,12 @@ def test_daemon_corrects_host_drift_and_restore_puts_everything_back(daemon_fact
                           and c.get("irq_affinity", 0) >= 1 and c, 5, "host corrections counted")
         print("host corrections:", counts)
     finally:
-        if d is not None and d.proc.poll() is None:
-            d.proc.terminate()
-            d.proc.wait(timeout=10)
-        if state_file.exists():
-            subprocess.run([sys.executable, "-m", "rtagent", "host", "restore", "--config", str(d.config)],
-                           check=False, capture_output=True)
+        try:
+            if d is not None:
+                d.stop()  # SIGTERM; fails the test with the daemon's stacks if it does not exit
+        finally:
+            if state_file.exists():
+                subprocess.run([sys.executable, "-m", "rtagent", "host", "restore", "--config", str(d.config)],
+                               check=False, capture_output=True)
     assert not state_file.exists()
     assert_same(before, snapshot())

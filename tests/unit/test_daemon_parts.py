@@ -3,6 +3,7 @@ state store's histogram and status rendering."""
 
 import socket
 import struct
+import time
 
 import pytest
 
@@ -73,9 +74,10 @@ def test_status_render_and_empty_store():
                              "checks": [{"name": "nohz_full", "ok": False, "detail": "add nohz_full=1",
                                          "severity": "warning"}]}},
                    [{"name": "rt1", "compliant": False, "realtime_vcpus": "1", "drift_corrections_total": 3,
-                     "vcpu_stats": {"1": {"run_delay_rate_ns_per_s": 2500.0}},
+                     "vcpu_stats": {"1": {"run_delay_rate_ns_per_s": 2500.0, "observed_at": time.time() - 14}},
                      "violations": [{"check": "memlock", "detail": "…"}], "threads": []}], detail=False)
     text = "\n".join(lines)
     assert "DISCONNECTED" in text and "nohz_full" in text
     row = next(line for line in lines if line.startswith("rt1"))
     assert "✗" in row and " 3 " in row and "2.5µs/s" in row and "memlock" in row
+    assert "14s ago" in row or "15s ago" in row  # the rate's age: it is the last full observation's

@@ -57,6 +57,10 @@ class Ledger:
         entries[key] = entry
         return True
 
+    def set_entries(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Replace every entry (a caller that keeps its own typed view)."""
+        self._entries = dict(entries)
+
     def drop(self, keys: list[str] | set[str]) -> None:
         for k in keys:
             self.entries().pop(k, None)
