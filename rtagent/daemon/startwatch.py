@@ -211,6 +211,12 @@ class StartWatch:
         if spec is None or not (spec.realtime and spec.valid and spec.realtime_vcpus):
             self._drop(res.group)
             return
+        if guest.uuid in self.sup.tracked:
+            # libvirt answered after the start was over (a busy libvirtd):
+            # the STARTED reconcile has tuned it, when is unknown.
+            log.info("start window: %s known only after its start; tuned at STARTED", guest.name)
+            self._drop(res.group)
+            return
         rec.uuid, rec.name, rec.spec = guest.uuid, guest.name, spec
         log.debug("start window: %s starting (domain id %d)", guest.name, rec.guest_dir.domain_id)
         if self.early:
@@ -317,14 +323,18 @@ class StartWatch:
         if not self.early or rec.early_done or rec.pid is None:
             return
         wanted = self._wanted(rec)
-        ready = [tp for v in sorted(wanted) if (tp := self._plan_vcpu(rec, v)) is not None]
+        plans = [tp for v in sorted(wanted) if (tp := self._plan_vcpu(rec, v)) is not None]
+        # Realtime already, not by us (the STARTED reconcile got there first,
+        # or libvirt's own <vcpusched>): nothing to do, and no figure for it.
+        done = {tp.thread.vcpu for tp in plans if tp.ok}
+        ready = [tp for tp in plans if not tp.ok]
         for tp in ready:
             self._vcpu_group(rec, tp.thread.vcpu)  # its vcpuN signal was missed: budget first
         ready = [tp for tp in ready if tp.thread.cgroup_cpu in rec.groups]
         if ready and not rec.early_done:
             for r in execute(plan_actions(ready), None, kernel=self.kernel):
                 self._note(rec, r, Path.EARLY)
-        waiting = bool(wanted - set(self._landed(rec)))
+        waiting = bool(wanted - set(self._landed(rec)) - done)
         now = self._clock()
         if waiting and not rec.early_done and now - rec.seen_at < GIVE_UP_S:
             rec.retry_at, rec.retry_step = now + rec.retry_step, min(rec.retry_step * 2, 0.25)
