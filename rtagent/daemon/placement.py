@@ -79,8 +79,9 @@ NEW_GROUP_WINDOW_S = 5.0
 
 @dataclass(frozen=True)
 class GuestPlacement:
-    """Where a managed guest's live-added iothreads go: the plan of its
-    emulator threads, or the guest's own ``<iothreadpin>`` for that id."""
+    """Where a managed guest's live-added iothreads go (the plan of its
+    emulator threads, or the guest's own ``<iothreadpin>`` for that id),
+    and the plan of its existing thread groups."""
 
     uuid: str
     name: str
@@ -95,8 +96,9 @@ class GuestPlacement:
 
 
 def placement_of(report: DomainReport) -> GuestPlacement | None:
-    """A reconciled guest's placement for new iothreads; None when nothing
-    was planned (not realtime, no process, an invalid intent)."""
+    """Where a reconciled guest's new iothreads go and what each of its
+    thread groups holds by plan; None when nothing was planned (not
+    realtime, no process, an invalid intent)."""
     if report.pid is None:
         return None
     emulator = next((tp.want.cpus for tp in report.threads
