@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -303,6 +304,40 @@ def test_irq_moved_there_and_triggered(sampler_factory):
     assert abs(n - seen) <= 0.10 * seen, (n, seen)
     assert 0 < ns < n * 1_000_000
     assert aff.read_text().strip() == saved
+
+
+@needs_tracefs
+def test_a_burst_wakes_the_reader_before_the_buffer_overruns():
+    """A reader on a 5 s timer with a 256 KiB buffer: a context-switch storm
+    on CPU 1 fills half the buffer in a fraction of a second, and the kernel
+    wakes the reader out of poll() (buffer_percent) long before its timer."""
+    if shutil.which("stress-ng") is None:
+        pytest.skip("stress-ng is not installed (scripts/setup-host.sh installs it)")
+    s = InterferenceSampler([RT_CPU], instance=unique_name("itf"), housekeeping=[HK_CPU],
+                            poll_interval_s=5.0, buffer_kb=256)
+    reads: list[float] = []
+    poll = s.poll
+
+    def counted() -> None:
+        reads.append(time.monotonic())
+        poll()
+
+    s.poll = counted          # the reader thread calls self.poll()
+    s.start()
+    try:
+        t0 = time.monotonic()
+        subprocess.run(["stress-ng", "--switch", "1", "--taskset", str(RT_CPU), "-t", "3s", "--switch-freq", "5000",
+                        "--quiet"], check=True, timeout=60)
+        with s._lock:
+            lost = s._acc[RT_CPU].lost
+            switches = sum(t.count for (k, _src), t in s._acc[RT_CPU].totals.items() if k is Kind.TASK)
+    finally:
+        s.stop()
+    early = [t for t in reads if t - t0 < 4.5]
+    print(f"interference burst: {len(early)} reads before the 5 s timer, {switches} task switch-ins, {lost} lost")
+    assert early, "the reader was not woken before its timer"
+    assert switches > 2000 and lost == 0, (switches, lost)
+    assert not (ROOT / "instances" / s.instance_name).exists()
 
 
 @needs_tracefs
