@@ -172,6 +172,7 @@ class CpuAccount:
         self._ctx_cache: dict[tuple[int, str], _Ctx] = {}
         self._intr_cache: dict[tuple[Kind, str], _Ctx] = {}
         self._run_ns = 0       # charged to the current task since it became current
+        self._after_exit = False   # the previous event was an interrupt's exit
 
     # -- public
 
@@ -196,12 +197,15 @@ class CpuAccount:
             pid = ev[2]
             task = self._task
             if pid >= 0 and (task is None or task.pid != pid):
-                if task is not None and task.role is not TaskRole.IDLE:
+                if task is not None and (task.role is not TaskRole.IDLE or not self._after_exit):
                     # The believed task was running at the previous event;
                     # when it stopped is unknown: it is charged up to here.
+                    # Idle is left right after the interrupt that woke the
+                    # CPU; without one traced, nothing is back-dated.
                     advance(ev[0])
                 self._missed_switch(pid, ev[6] if code == SWITCH else None, evs, i)
             advance(ev[0])
+            self._after_exit = code == EXIT
             if code == SWITCH:
                 self._switch(ev)
             elif code == ENTER:

@@ -175,13 +175,15 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     charges from the run-queue clock's last update, often the remote wakeup,
     measured 2× the switch-to-switch time on this machine), so the count is
     held to ±10 % of schedstat's count of the kworkers' runs over the same
-    window (which includes other kworker work on this shared CPU) and to at
-    least the injected work items; the time must be positive and below
-    schedstat's."""
+    window (which includes other kworker work on this shared CPU), and must
+    show the injection (half the work items at least: a kworker can take
+    several in one run); the time must be positive and below schedstat's
+    (plus what the hypervisor stole: the trace clock runs on through it)."""
     s = sampler_factory()
     settle(s)
     before_ns, before_n = total(s, Kind.KTHREAD, "kworker")
     kw_before = _kworker_runtime(RT_CPU)
+    steal0 = steal_ns(RT_CPU)
     os.sched_setaffinity(0, {HK_CPU})
     try:
         injected = 1000   # dominant over background kworker runs at the window edges
@@ -192,20 +194,23 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     settle(s)
     # Both windows end now (the trace's lags the kernel's by one poll at most).
     kw_after = _kworker_runtime(RT_CPU)
+    stolen = steal_ns(RT_CPU) - steal0
     ns, n = total(s, Kind.KTHREAD, "kworker")
     ns, n = ns - before_ns, n - before_n
     skip_if_lost(s)
     schedstat = sum(v[0] - kw_before.get(pid, (0, 0))[0] for pid, v in kw_after.items())
     runs = sum(v[1] - kw_before.get(pid, (0, 0))[1] for pid, v in kw_after.items())
     report("kworker runs", n, runs)
-    # Each work item is at least one run; the kernel's own count of the
-    # kworkers' runs (which includes other kworker work on this shared CPU)
-    # is the exact yardstick for the count.
-    assert n >= injected * 0.9, (n, injected)
+    # The kernel's own count of the kworkers' runs (which includes other
+    # kworker work on this shared CPU) is the exact yardstick for the
+    # count; a kworker may take several queued items in one run (seen: 862
+    # runs for 1 000 items), so the injection only has to show.
+    assert n >= injected * 0.5, (n, injected)
     # + one poll interval of background kworker runs at the window edges
     # (the trace's window ends up to one poll before the kernel's count).
     assert abs(n - runs) <= 0.10 * runs + 10, (n, runs)
-    assert 0 < ns <= schedstat * 1.1, (ns, schedstat)
+    # The trace clock runs on while the hypervisor steals the CPU.
+    assert 0 < ns <= schedstat * 1.1 + stolen, (ns, schedstat, stolen)
 
 
 def _irq_on_cpu(irq: int, cpu: int) -> int:

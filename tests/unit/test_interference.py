@@ -106,6 +106,16 @@ def test_a_left_out_switch_out_of_idle_with_no_event_inside_is_the_gap_since_the
     assert a.totals[(Kind.KTHREAD, "kworker")] == Tally(39, 1) and a.inferred == 1
 
 
+def test_idle_left_without_a_traced_interrupt_is_not_back_dated():
+    """No interrupt woke the idle CPU (the previous record is the switch to
+    idle): the gap stays idle, the task is charged from its first record."""
+    a = acc()
+    a.feed([Switch(0, 300, SLEEPING, 0, "swapper/1", prev_comm="x"),
+            IntrEnter(5_000, Kind.IRQ, "local_timer", pid=200), IntrExit(5_010, Kind.IRQ, "local_timer", pid=200),
+            Switch(6_000, 200, SLEEPING, 0, "swapper/1", prev_comm="noise")])
+    assert a.totals[(Kind.TASK, "noise")] == Tally(990, 1)
+
+
 def test_an_inferred_task_without_a_traced_comm_is_classified_by_pid():
     seen = []
 
