@@ -164,8 +164,8 @@ class StartWatch:
                 self._guest(sig)
             elif sig.signal == Signal.GONE and cpu:
                 self._gone(sig.group)
-            elif (rec := self.starts.get(sig.group)) is not None and rec.spec is not None and sig.vcpu is not None:
-                if sig.signal == Signal.VCPU and cpu:
+            elif (rec := self.starts.get(sig.group)) is not None and sig.vcpu is not None:
+                if sig.signal == Signal.VCPU and cpu and rec.spec is not None:
                     self._vcpu_group(rec, sig.vcpu)
                 elif sig.signal == Signal.PLACED:
                     self._placed(rec, sig.vcpu)
@@ -213,7 +213,8 @@ class StartWatch:
             return
         if guest.uuid in self.sup.tracked:
             # libvirt answered after the start was over (a busy libvirtd):
-            # the STARTED reconcile has tuned it, when is unknown.
+            # the STARTED reconcile has tuned it (after_reconcile took the
+            # figure, matched by QEMU pid, if we saw the placement).
             log.info("start window: %s known only after its start; tuned at STARTED", guest.name)
             self._drop(res.group)
             return
@@ -274,22 +275,37 @@ class StartWatch:
         """libvirt wrote the thread into vcpuN/tasks of one hierarchy (cpu
         first, then cpuset): take the baseline, and try to tune."""
         tids = read_tasks(self.watchers["cpu"].mount, f"{rec.group}/vcpu{vcpu}")
-        if not tids or not self._realtime_here(rec, vcpu):
+        if not tids or (rec.spec is not None and not self._realtime_here(rec, vcpu)):
             return  # only the cpuset group has it so far, or not a realtime vCPU
         tid = tids[0]
         if vcpu not in rec.vcpus or rec.vcpus[vcpu].tid != tid:
             rec.vcpus[vcpu] = startwindow.placed(vcpu, tid, self.kernel.tasks.run_time_ns(tid))
+        if rec.spec is None:
+            # libvirt has not told us who this is yet: the baseline is kept
+            # (and the QEMU pid, to match the STARTED reconcile if libvirt
+            # answers only after it).
+            if rec.pid is None:
+                rec.pid = self._tgid(tid)
+            return
         if rec.pid is None and not self._process(rec, tid):
             return
         self._try_tune(rec)
 
+    def _tgid(self, tid: int) -> int | None:
+        try:
+            return int(self.kernel.tasks.status(tid)["Tgid"])
+        except (OSError, KeyError, ValueError):
+            return None
+
     def _process(self, rec: _Start, tid: int) -> bool:
         """The QEMU process, and the pCPUs another guest's realtime vCPU owns."""
         assert rec.spec is not None
+        rec.pid = self._tgid(tid)
+        if rec.pid is None:
+            return False
         try:
-            rec.pid = int(self.kernel.tasks.status(tid)["Tgid"])
             started = self.kernel.tasks.stat(rec.pid).starttime / os.sysconf("SC_CLK_TCK")
-        except (OSError, KeyError, ValueError):
+        except (OSError, ValueError):
             return False
         claims = claims_of(rec.spec, started, relevant=self.sup.config.partition.realtime)
         rec.kept_off = self.sup.claims.ownership_for(claims).kept_off(rec.uuid)
@@ -381,7 +397,7 @@ class StartWatch:
         return int(head[4:]) if head.startswith("CPU ") and head[4:].isdigit() else None
 
     def _publish(self, rec: _Start) -> None:
-        entries = dict(rec.vcpus)
+        entries = {v: e for v, e in rec.vcpus.items() if rec.spec is not None and self._realtime_here(rec, v)}
         if entries and rec.uuid:
             self.sup.store.update(lambda s: s.guest(rec.uuid, rec.name).start_window.update(entries))
 
@@ -414,6 +430,11 @@ class StartWatch:
     def after_reconcile(self, uuid: str, report: DomainReport) -> None:
         """FIFO landed through the reconcile (the STARTED path, a retry)."""
         rec = self._by_uuid(uuid)
+        if rec is None and report.pid is not None:
+            # libvirt has not named the domain to us yet (busy): its QEMU.
+            rec = next((r for r in self.starts.values() if not r.uuid and r.pid == report.pid), None)
+            if rec is not None:
+                rec.uuid, rec.name, rec.spec = uuid, report.name, report.spec
         if rec is None or rec.spec is None:
             return
         # A reconcile gets this far only once libvirt has finished the start
