@@ -57,9 +57,14 @@ SCENARIOS = {
     "C": {"noise": True, "daemon": True, "label": "rtagent + noise"},
     "D": {"noise": False, "daemon": True, "label": "rtagent, quiet"},
     "Q": {"noise": False, "daemon": False, "label": "untuned, quiet"},
+    # --interference: the same daemon with the interference accounting on
+    # (its tracefs instance on CPU 1), to compare with C and D
+    "I": {"noise": True, "daemon": True, "interference": True, "label": "rtagent + accounting + noise"},
+    "J": {"noise": False, "daemon": True, "interference": True, "label": "rtagent + accounting, quiet"},
     "W": {"noise": False, "daemon": False, "label": "warm-up (discarded)"},
 }
 ORDER = "ACDQ"
+ORDER_INTERFERENCE = "ACDQIJ"
 RT_CPU = 1
 GUEST_CPU = 1
 PROBE_PRIO = 50
@@ -80,15 +85,17 @@ class Params:
     gap_s: int
     interval_us: int
     mode: str = "probe"
+    order: str = ORDER
 
     @property
     def schedule(self) -> list[str]:
-        """Phase 1 is a warm-up; then rounds of A, C, D, Q rotated by one each
-        round so every scenario follows every other."""
+        """Phase 1 is a warm-up; then rounds of A, C, D, Q (and I, J with
+        --interference) rotated by one each round so every scenario follows
+        every other."""
         out = ["W"]
         for r in range(self.repeats):
-            k = r % len(ORDER)
-            out += list(ORDER[k:] + ORDER[:k])
+            k = r % len(self.order)
+            out += list(self.order[k:] + self.order[:k])
         return out
 
 
@@ -162,14 +169,18 @@ class Daemon:
         self.workdir = workdir
         self.dp: common.DaemonProc | None = None
         self.starts = 0
+        self.interference = False
 
-    def on(self) -> None:
+    def on(self, interference: bool = False) -> None:
         if self.dp and self.dp.proc.poll() is None:
-            return
+            if self.interference == interference:
+                return
+            self.off()   # the other configuration: restart (the guest stays tuned meanwhile)
         self.starts += 1
         d = self.workdir / f"daemon-{self.starts}"
         d.mkdir(parents=True, exist_ok=True)
-        self.dp = common.start_daemon(self.prefix, resync=1.0, workdir=d)
+        self.interference = interference
+        self.dp = common.start_daemon(self.prefix, resync=1.0, workdir=d, interference=interference)
 
     def off(self) -> None:
         dp, self.dp = self.dp, None
@@ -328,7 +339,7 @@ def run(quick: bool = False, *, mode: str = "probe", params: Params | None = Non
         else:
             noise.off()
         if cfg["daemon"]:
-            daemon.on()
+            daemon.on(interference=cfg.get("interference", False))
             if not common.wait_for(lambda: policy(tid) == "fifo", timeout=p.gap_s):
                 log(f"  warning: vCPU 1 not FIFO {p.gap_s}s after the daemon started")
         else:
@@ -417,6 +428,10 @@ def run(quick: bool = False, *, mode: str = "probe", params: Params | None = Non
     result["phases"] = [dict(asdict(ph), valid=ph.valid) for ph in phases.values()]
     result["scenarios"] = aggregate(list(phases.values()))
     result["ratios_A_over_C"] = ratios(result["scenarios"])
+    if "I" in p.order or "J" in p.order:
+        # accounting on / off, same noise (I/C) and quiet (J/D): > 1 is worse
+        result["ratios_accounting_on_over_off"] = {"I/C": ratios(result["scenarios"], "I", "C"),
+                                                   "J/D": ratios(result["scenarios"], "J", "D")}
     result["machine"] = common.machine_info()
     result["halt_poll_ns"] = _read("/sys/module/kvm/parameters/halt_poll_ns")
     result["sched_rt_runtime_us"] = _read("/proc/sys/kernel/sched_rt_runtime_us")
@@ -458,7 +473,7 @@ def _domain_running(guests: common.Guests, name: str) -> bool:
 
 def aggregate(phases: list[Phase]) -> dict:
     out = {}
-    for sc in ORDER:
+    for sc in [k for k in SCENARIOS if k != "W" and any(ph.scenario == k for ph in phases)]:
         ok = [ph for ph in phases if ph.scenario == sc and ph.valid]
         all_ = [ph for ph in phases if ph.scenario == sc]
         if not ok:
@@ -484,8 +499,8 @@ def aggregate(phases: list[Phase]) -> dict:
     return out
 
 
-def ratios(sc: dict) -> dict:
-    a, c = sc.get("A", {}), sc.get("C", {})
+def ratios(sc: dict, num: str = "A", den: str = "C") -> dict:
+    a, c = sc.get(num, {}), sc.get(den, {})
     out = {}
     for k in ("avg_ns", "p99_ns", "max_ns"):
         if a.get(k) and c.get(k):
@@ -509,7 +524,7 @@ def phase_line(ph: Phase) -> str:
 
 def tables(res: dict) -> str:
     rows = []
-    for sc in ORDER:
+    for sc in res["scenarios"]:
         v = res["scenarios"].get(sc, {})
         if not v.get("phases"):
             rows.append([sc, SCENARIOS[sc]["label"], 0, v.get("rejected", 0), "–", "–", "–", "–", "–", "–"])
@@ -521,9 +536,10 @@ def tables(res: dict) -> str:
          "vCPU rq-wait ms/phase"], rows,
         title="B1 guest-observed timer latency (wake-up − deadline), per scenario")
     r = res["ratios_A_over_C"]
-    t2 = common.format_table(["", "avg", "p99", "max"],
-                             [["A/C (untuned/rtagent, same noise)", *(f"{r[k]}×" if k in r else "–"
-                                                                       for k in ("avg", "p99", "max"))]])
+    rrows = [["A/C (untuned/rtagent, same noise)", *(f"{r[k]}×" if k in r else "–" for k in ("avg", "p99", "max"))]]
+    for pair, q in res.get("ratios_accounting_on_over_off", {}).items():
+        rrows.append([f"{pair} (accounting on/off)", *(f"{q[k]}×" if k in q else "–" for k in ("avg", "p99", "max"))])
+    t2 = common.format_table(["", "avg", "p99", "max"], rrows)
     prow = []
     for ph in res["phases"]:
         s = ph["stats"]
@@ -551,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intent", choices=("rule", "metadata"), default="rule",
                     help="where the realtime intent comes from: a config rule matching the guest name "
                          "(default; immune to other rtagent daemons on a shared host) or <rt:realtime> metadata")
+    ap.add_argument("--interference", action="store_true",
+                    help="also scenarios I and J: C and D with the daemon's interference accounting on")
+    ap.add_argument("--order", help="the scenarios of a round, e.g. DJ (default ACDQ, ACDQIJ with --interference)")
     ap.add_argument("--json", help="write the full result here")
     ap.add_argument("--build-only", action="store_true", help="build (or find cached) guest kernel/initramfs and exit")
     args = ap.parse_args(argv)
@@ -560,7 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     base = QUICK if args.quick else FULL
     p = Params(repeats=args.repeats or base.repeats, phase_s=args.phase_s or base.phase_s,
-               gap_s=args.gap_s or base.gap_s, interval_us=args.interval_us or base.interval_us)
+               gap_s=args.gap_s or base.gap_s, interval_us=args.interval_us or base.interval_us,
+               order=args.order or (ORDER_INTERFERENCE if args.interference else ORDER))
+    if set(p.order) - set(SCENARIOS) - {"W"} or not p.order:
+        ap.error(f"--order {p.order!r}: scenarios are {', '.join(k for k in SCENARIOS if k != 'W')}")
     if args.build_only:
         print(build.build_kernel())
         if args.mode == "cyclictest":

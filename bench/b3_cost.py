@@ -514,7 +514,7 @@ def run(quick: bool = True) -> dict:
         # guests saturate CPU 0); no profile, same windows.
         out["daemon_running"] = run_daemon_cost([1, 10] if quick else RUNNING_SIZES,
                                                 window_s=window_s, windows=windows, profile=False,
-                                                paused=False, budget_wait_s=60.0 if quick else 600.0)
+                                                paused=False, budget_wait_s=60.0 if quick else 180.0)
         out["elapsed_s"] = time.monotonic() - t0
     return out
 

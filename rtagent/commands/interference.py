@@ -59,7 +59,7 @@ def _report(args, snap, cpus, owners) -> int:
     cpus_out = []
     for c in snap.cpus:
         view = c.window
-        row = {**view.to_json(), "lost_events": c.lost,
+        row = {**view.to_json(), "lost_events": c.lost, "inferred_switches": c.inferred,
                "owners": [{"tid": tid, "owner": label[0]} for tid, label in sorted(owners.get(c.cpu, {}).items())]}
         cpus_out.append(row)
     if args.json:

@@ -79,8 +79,9 @@ NEW_GROUP_WINDOW_S = 5.0
 
 @dataclass(frozen=True)
 class GuestPlacement:
-    """Where a managed guest's live-added iothreads go: the plan of its
-    emulator threads, or the guest's own ``<iothreadpin>`` for that id."""
+    """Where a managed guest's live-added iothreads go (the plan of its
+    emulator threads, or the guest's own ``<iothreadpin>`` for that id),
+    and the plan of its existing thread groups."""
 
     uuid: str
     name: str
@@ -95,8 +96,9 @@ class GuestPlacement:
 
 
 def placement_of(report: DomainReport) -> GuestPlacement | None:
-    """A reconciled guest's placement for new iothreads; None when nothing
-    was planned (not realtime, no process, an invalid intent)."""
+    """Where a reconciled guest's new iothreads go and what each of its
+    thread groups holds by plan; None when nothing was planned (not
+    realtime, no process, an invalid intent)."""
     if report.pid is None:
         return None
     emulator = next((tp.want.cpus for tp in report.threads
@@ -156,6 +158,9 @@ class PlacementWatch:
         self._guests: dict[int, _Guest] = {}  # QEMU pid -> what is watched
         self._wds: dict[int, tuple[int, str]] = {}  # wd -> (pid, group; "" for the guest's directory)
         self._stop = threading.Event()
+        # stop() wakes the blocked select through this pipe: no timeout, so
+        # an idle watch costs nothing (the idle daemon's budget, issue 14).
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
 
     # -- the main loop's side -------------------------------------------------
@@ -215,15 +220,30 @@ class PlacementWatch:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         self._ino.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _timeout(self) -> float | None:
+        """Until the next new group's window ends; None (block) when none is open."""
+        with self._lock:
+            ends = [at + NEW_GROUP_WINDOW_S for g in self._guests.values() for _, at in g.new.values()]
+        return None if not ends else max(0.0, min(ends) - self._clock()) + 0.01
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([self._ino], [], [], 0.5)
-                events = self._ino.read() if ready else []
+                ready, _, _ = select.select([self._ino, self._wake_r], [], [], self._timeout())
+                events = self._ino.read() if self._ino in ready else []
             except (OSError, ValueError):  # closed by stop()
                 return
             repins: list[_Repin] = []

@@ -118,7 +118,7 @@ class Services:
         if self.procconn is not None:
             steps.append(Step("proc connector", self.procconn.stop, 1.0))
         if self.placement is not None:
-            steps.append(Step("iothread placement watch", self.placement.stop, 1.0))
+            steps.append(Step("cpuset watch", self.placement.stop, 1.0))
         if self.startwatch is not None:
             steps.append(Step("start window watch", self.startwatch.stop, 1.0))
         for name, svc in (("status socket", self.status), ("metrics endpoint", self.metrics)):

@@ -164,8 +164,8 @@ class StartWatch:
                 self._guest(sig)
             elif sig.signal == Signal.GONE and cpu:
                 self._gone(sig.group)
-            elif (rec := self.starts.get(sig.group)) is not None and rec.spec is not None and sig.vcpu is not None:
-                if sig.signal == Signal.VCPU and cpu:
+            elif (rec := self.starts.get(sig.group)) is not None and sig.vcpu is not None:
+                if sig.signal == Signal.VCPU and cpu and rec.spec is not None:
                     self._vcpu_group(rec, sig.vcpu)
                 elif sig.signal == Signal.PLACED:
                     self._placed(rec, sig.vcpu)
@@ -209,6 +209,13 @@ class StartWatch:
         if self.sup.selector.require_metadata and spec.source != "metadata":
             spec = None
         if spec is None or not (spec.realtime and spec.valid and spec.realtime_vcpus):
+            self._drop(res.group)
+            return
+        if guest.uuid in self.sup.tracked:
+            # libvirt answered after the start was over (a busy libvirtd):
+            # the STARTED reconcile has tuned it (after_reconcile took the
+            # figure, matched by QEMU pid, if we saw the placement).
+            log.info("start window: %s known only after its start; tuned at STARTED", guest.name)
             self._drop(res.group)
             return
         rec.uuid, rec.name, rec.spec = guest.uuid, guest.name, spec
@@ -268,22 +275,37 @@ class StartWatch:
         """libvirt wrote the thread into vcpuN/tasks of one hierarchy (cpu
         first, then cpuset): take the baseline, and try to tune."""
         tids = read_tasks(self.watchers["cpu"].mount, f"{rec.group}/vcpu{vcpu}")
-        if not tids or not self._realtime_here(rec, vcpu):
+        if not tids or (rec.spec is not None and not self._realtime_here(rec, vcpu)):
             return  # only the cpuset group has it so far, or not a realtime vCPU
         tid = tids[0]
         if vcpu not in rec.vcpus or rec.vcpus[vcpu].tid != tid:
             rec.vcpus[vcpu] = startwindow.placed(vcpu, tid, self.kernel.tasks.run_time_ns(tid))
+        if rec.spec is None:
+            # libvirt has not told us who this is yet: the baseline is kept
+            # (and the QEMU pid, to match the STARTED reconcile if libvirt
+            # answers only after it).
+            if rec.pid is None:
+                rec.pid = self._tgid(tid)
+            return
         if rec.pid is None and not self._process(rec, tid):
             return
         self._try_tune(rec)
 
+    def _tgid(self, tid: int) -> int | None:
+        try:
+            return int(self.kernel.tasks.status(tid)["Tgid"])
+        except (OSError, KeyError, ValueError):
+            return None
+
     def _process(self, rec: _Start, tid: int) -> bool:
         """The QEMU process, and the pCPUs another guest's realtime vCPU owns."""
         assert rec.spec is not None
+        rec.pid = self._tgid(tid)
+        if rec.pid is None:
+            return False
         try:
-            rec.pid = int(self.kernel.tasks.status(tid)["Tgid"])
             started = self.kernel.tasks.stat(rec.pid).starttime / os.sysconf("SC_CLK_TCK")
-        except (OSError, KeyError, ValueError):
+        except (OSError, ValueError):
             return False
         claims = claims_of(rec.spec, started, relevant=self.sup.config.partition.realtime)
         rec.kept_off = self.sup.claims.ownership_for(claims).kept_off(rec.uuid)
@@ -317,14 +339,18 @@ class StartWatch:
         if not self.early or rec.early_done or rec.pid is None:
             return
         wanted = self._wanted(rec)
-        ready = [tp for v in sorted(wanted) if (tp := self._plan_vcpu(rec, v)) is not None]
+        plans = [tp for v in sorted(wanted) if (tp := self._plan_vcpu(rec, v)) is not None]
+        # Realtime already, not by us (the STARTED reconcile got there first,
+        # or libvirt's own <vcpusched>): nothing to do, and no figure for it.
+        done = {tp.thread.vcpu for tp in plans if tp.ok}
+        ready = [tp for tp in plans if not tp.ok]
         for tp in ready:
             self._vcpu_group(rec, tp.thread.vcpu)  # its vcpuN signal was missed: budget first
         ready = [tp for tp in ready if tp.thread.cgroup_cpu in rec.groups]
         if ready and not rec.early_done:
             for r in execute(plan_actions(ready), None, kernel=self.kernel):
                 self._note(rec, r, Path.EARLY)
-        waiting = bool(wanted - set(self._landed(rec)))
+        waiting = bool(wanted - set(self._landed(rec)) - done)
         now = self._clock()
         if waiting and not rec.early_done and now - rec.seen_at < GIVE_UP_S:
             rec.retry_at, rec.retry_step = now + rec.retry_step, min(rec.retry_step * 2, 0.25)
@@ -371,7 +397,7 @@ class StartWatch:
         return int(head[4:]) if head.startswith("CPU ") and head[4:].isdigit() else None
 
     def _publish(self, rec: _Start) -> None:
-        entries = dict(rec.vcpus)
+        entries = {v: e for v, e in rec.vcpus.items() if rec.spec is not None and self._realtime_here(rec, v)}
         if entries and rec.uuid:
             self.sup.store.update(lambda s: s.guest(rec.uuid, rec.name).start_window.update(entries))
 
@@ -404,6 +430,11 @@ class StartWatch:
     def after_reconcile(self, uuid: str, report: DomainReport) -> None:
         """FIFO landed through the reconcile (the STARTED path, a retry)."""
         rec = self._by_uuid(uuid)
+        if rec is None and report.pid is not None:
+            # libvirt has not named the domain to us yet (busy): its QEMU.
+            rec = next((r for r in self.starts.values() if not r.uuid and r.pid == report.pid), None)
+            if rec is not None:
+                rec.uuid, rec.name, rec.spec = uuid, report.name, report.spec
         if rec is None or rec.spec is None:
             return
         # A reconcile gets this far only once libvirt has finished the start

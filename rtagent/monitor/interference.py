@@ -171,7 +171,8 @@ class CpuAccount:
         self._victim: int | None = None     # the owner that foreign time now delays
         self._ctx_cache: dict[tuple[int, str], _Ctx] = {}
         self._intr_cache: dict[tuple[Kind, str], _Ctx] = {}
-        self._comms: dict[int, str] = {}    # pid -> the comm a switch last named
+        self._run_ns = 0       # charged to the current task since it became current
+        self._after_exit = False   # the previous event was an interrupt's exit
 
     # -- public
 
@@ -196,12 +197,15 @@ class CpuAccount:
             pid = ev[2]
             task = self._task
             if pid >= 0 and (task is None or task.pid != pid):
-                if task is not None and task.role is not TaskRole.IDLE:
+                if task is not None and (task.role is not TaskRole.IDLE or not self._after_exit):
                     # The believed task was running at the previous event;
                     # when it stopped is unknown: it is charged up to here.
+                    # Idle is left right after the interrupt that woke the
+                    # CPU; without one traced, nothing is back-dated.
                     advance(ev[0])
                 self._missed_switch(pid, ev[6] if code == SWITCH else None, evs, i)
             advance(ev[0])
+            self._after_exit = code == EXIT
             if code == SWITCH:
                 self._switch(ev)
             elif code == ENTER:
@@ -235,6 +239,8 @@ class CpuAccount:
             return
         dt = ts - now
         top.tally.ns += dt
+        if not self._stack:
+            self._run_ns += dt
         if self._victim is not None:
             per = self.preempted.setdefault(self._victim, {})
             per[top.kind] = per.get(top.kind, 0) + dt
@@ -273,16 +279,11 @@ class CpuAccount:
         kind, source = self.classify(pid, comm)
         return _Ctx(TaskRole.FOREIGN, kind, source, pid, comm, self._tally(kind, source))
 
-    def _remember(self, pid: int, comm: str) -> None:
-        if comm and self._comms.get(pid) != comm:
-            if len(self._comms) >= 4096:
-                self._comms.clear()
-            self._comms[pid] = comm
-
     def _switched_in(self, nxt: _Ctx) -> None:
         if nxt.role is TaskRole.OWNER or (self._waiting_owner is not None and self._waiting_owner not in self.owners):
             self._waiting_owner = None
         self._task = nxt
+        self._run_ns = 0
         if nxt.tally is not None:
             nxt.tally.count += 1
         self._set_victim()
@@ -292,9 +293,10 @@ class CpuAccount:
         # charged: that time goes to the task this event names.
         if self._task is not None:
             self.inferred += 1
-        # Its own later switch names it best: a comm remembered from an
-        # earlier run may be stale (a process renames itself after start).
-        comm = comm or _comm_ahead(events, i, pid) or self._comms.get(pid, "")
+        # Its own later switch names it best; else the classifier reads the
+        # name the kernel has now ("") — not one from an earlier run, which
+        # may be stale (a process renames itself after it starts).
+        comm = comm or _comm_ahead(events, i, pid)
         self._switched_in(self._role_of(pid, comm))
 
     def _switch(self, ev: Event) -> None:
@@ -304,14 +306,23 @@ class CpuAccount:
             # means an exit event was lost.
             self.inconsistent += 1
             self._stack.clear()
-        comms = self._comms
-        if comms.get(next_pid) != next_comm:
-            self._remember(next_pid, next_comm)
-        if prev_comm and comms.get(prev_pid) != prev_comm:
-            self._remember(prev_pid, prev_comm)
+        task = self._task
+        if task is not None and task.pid == prev_pid and prev_comm and prev_comm != task.comm:
+            self._renamed(task, prev_comm)
         if prev_pid in self.owners and runnable(prev_state):
             self._waiting_owner = prev_pid
         self._switched_in(self._ctx_cache.get((next_pid, next_comm)) or self._role_of(next_pid, next_comm))
+
+    def _renamed(self, task: _Ctx, comm: str) -> None:
+        """The task switched out under another name than it was switched in
+        with (a process names itself after start: prctl, exec): this run is
+        the new name's."""
+        new = self._role_of(task.pid, comm)
+        if task.tally is not None and new.tally is not None and new.tally is not task.tally:
+            task.tally.ns -= self._run_ns
+            task.tally.count -= 1
+            new.tally.ns += self._run_ns
+            new.tally.count += 1
 
     def _enter(self, kind: Kind, source: str) -> None:
         stack = self._stack

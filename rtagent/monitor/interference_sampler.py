@@ -245,6 +245,7 @@ class CpuSnapshot:
     window: WindowView
     lost: int
     preempted: dict[tuple[str, int], dict[Kind, int]]     # (domain, vcpu) -> kind -> ns
+    inferred: int = 0    # switches the kernel left out of the trace (docs/interference.md)
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,8 @@ class InterferenceSnapshot:
     def to_json(self) -> dict[str, object]:
         return {
             "running": self.running, "instance": self.instance, "clock": self.clock, "error": self.error,
-            "cpus": [{**c.window.to_json(), "lost_events": c.lost} for c in self.cpus],
+            "cpus": [{**c.window.to_json(), "lost_events": c.lost, "inferred_switches": c.inferred}
+                     for c in self.cpus],
         }
 
 
@@ -413,6 +415,6 @@ class InterferenceSampler:
                         for k, ns in per.items():
                             merged[k] = merged.get(k, 0) + ns
                 cpus.append(CpuSnapshot(c, dict(self._exported[c]), self._window[c].view(c, top),
-                                        acc.lost, pre))
+                                        acc.lost, pre, acc.inferred))
         clock = self._inst.clock_name() if self._inst is not None else ""
         return InterferenceSnapshot(self._inst is not None, self.instance_name, clock, tuple(cpus), self.error)

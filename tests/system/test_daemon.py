@@ -120,6 +120,10 @@ def test_new_thread_is_tuned_by_the_proc_connector_before_the_resync(daemon_fact
     g = guest_factory(memory_backing=HUGE, iothreads=1, cputune=pinned_cputune(
         {0: "0", 1: "1"}, extra="<iothreadpin iothread='1' cpuset='0'/>"))
     wait_for(lambda: _fifo(g.vcpu_tids()[1]), 30, "initial tuning")
+    # FIFO can land before STARTED (daemon/startwatch.py): wait until the
+    # daemon tracks the guest, or the iothread would exist before its intent
+    # was captured (unpinned, it then makes the intent invalid).
+    wait_for(lambda: (d.guest(g.name) or {}).get("tuned_at"), 10, "tuned in status")
     before = set(g.thread_names())
     t0 = time.monotonic()
     subprocess.run(["virsh", "-q", "iothreadadd", g.name, "7", "--live"], check=True)

@@ -69,6 +69,8 @@ def test_daemon_accounts_injected_noise(daemon_factory):
     lost = sum(c["lost_events"] for c in data["interference"]["cpus"] if c["cpu"] == RT_CPU)
     if lost:
         pytest.skip(f"the trace buffer overran ({lost} events lost): another heavy load on CPU {RT_CPU}")
+    print("interference daemon culprits:", [(c["source"], c["seconds"]) for x in data["interference"]["cpus"]
+                                            for c in x["culprits"][:4]])
     print(f"interference daemon busy task ns: accounted {cul['seconds'] * 1e9:.0f} of {injected}"
           f" ({cul['seconds'] * 1e9 / injected:.3f})")
     assert cul["kind"] == "task"

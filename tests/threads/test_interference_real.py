@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,7 +54,11 @@ def comm_name(prefix: str) -> str:
 
 
 def busy(name: str, seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.helpers.busy_noise", name, str(RT_CPU), str(seconds)],
+    """The helper starts on the housekeeping CPU (taskset) and only moves to
+    CPU 1 once it has its name: the interpreter's start-up, which the
+    helper's own yardstick leaves out, never runs on CPU 1."""
+    return subprocess.Popen(["taskset", "-c", str(HK_CPU), sys.executable, "-m", "tests.helpers.busy_noise", name,
+                             str(RT_CPU), str(seconds)],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
 
 
@@ -170,13 +175,15 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     charges from the run-queue clock's last update, often the remote wakeup,
     measured 2× the switch-to-switch time on this machine), so the count is
     held to ±10 % of schedstat's count of the kworkers' runs over the same
-    window (which includes other kworker work on this shared CPU) and to at
-    least the injected work items; the time must be positive and below
-    schedstat's."""
+    window (which includes other kworker work on this shared CPU), and must
+    show the injection (half the work items at least: a kworker can take
+    several in one run); the time must be positive and below schedstat's
+    (plus what the hypervisor stole: the trace clock runs on through it)."""
     s = sampler_factory()
     settle(s)
     before_ns, before_n = total(s, Kind.KTHREAD, "kworker")
     kw_before = _kworker_runtime(RT_CPU)
+    steal0 = steal_ns(RT_CPU)
     os.sched_setaffinity(0, {HK_CPU})
     try:
         injected = 1000   # dominant over background kworker runs at the window edges
@@ -187,20 +194,23 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     settle(s)
     # Both windows end now (the trace's lags the kernel's by one poll at most).
     kw_after = _kworker_runtime(RT_CPU)
+    stolen = steal_ns(RT_CPU) - steal0
     ns, n = total(s, Kind.KTHREAD, "kworker")
     ns, n = ns - before_ns, n - before_n
     skip_if_lost(s)
     schedstat = sum(v[0] - kw_before.get(pid, (0, 0))[0] for pid, v in kw_after.items())
     runs = sum(v[1] - kw_before.get(pid, (0, 0))[1] for pid, v in kw_after.items())
     report("kworker runs", n, runs)
-    # Each work item is at least one run; the kernel's own count of the
-    # kworkers' runs (which includes other kworker work on this shared CPU)
-    # is the exact yardstick for the count.
-    assert n >= injected * 0.9, (n, injected)
+    # The kernel's own count of the kworkers' runs (which includes other
+    # kworker work on this shared CPU) is the exact yardstick for the
+    # count; a kworker may take several queued items in one run (seen: 862
+    # runs for 1 000 items), so the injection only has to show.
+    assert n >= injected * 0.5, (n, injected)
     # + one poll interval of background kworker runs at the window edges
     # (the trace's window ends up to one poll before the kernel's count).
     assert abs(n - runs) <= 0.10 * runs + 10, (n, runs)
-    assert 0 < ns <= schedstat * 1.1, (ns, schedstat)
+    # The trace clock runs on while the hypervisor steals the CPU.
+    assert 0 < ns <= schedstat * 1.1 + stolen, (ns, schedstat, stolen)
 
 
 def _irq_on_cpu(irq: int, cpu: int) -> int:
@@ -303,6 +313,40 @@ def test_irq_moved_there_and_triggered(sampler_factory):
     assert abs(n - seen) <= 0.10 * seen, (n, seen)
     assert 0 < ns < n * 1_000_000
     assert aff.read_text().strip() == saved
+
+
+@needs_tracefs
+def test_a_burst_wakes_the_reader_before_the_buffer_overruns():
+    """A reader on a 5 s timer with a 256 KiB buffer: a context-switch storm
+    on CPU 1 fills half the buffer in a fraction of a second, and the kernel
+    wakes the reader out of poll() (buffer_percent) long before its timer."""
+    if shutil.which("stress-ng") is None:
+        pytest.skip("stress-ng is not installed (scripts/setup-host.sh installs it)")
+    s = InterferenceSampler([RT_CPU], instance=unique_name("itf"), housekeeping=[HK_CPU],
+                            poll_interval_s=5.0, buffer_kb=256)
+    reads: list[float] = []
+    poll = s.poll
+
+    def counted() -> None:
+        reads.append(time.monotonic())
+        poll()
+
+    s.poll = counted          # the reader thread calls self.poll()
+    s.start()
+    try:
+        t0 = time.monotonic()
+        subprocess.run(["stress-ng", "--switch", "1", "--taskset", str(RT_CPU), "-t", "3s", "--switch-freq", "5000",
+                        "--quiet"], check=True, timeout=60)
+        with s._lock:
+            lost = s._acc[RT_CPU].lost
+            switches = sum(t.count for (k, _src), t in s._acc[RT_CPU].totals.items() if k is Kind.TASK)
+    finally:
+        s.stop()
+    early = [t for t in reads if t - t0 < 4.5]
+    print(f"interference burst: {len(early)} reads before the 5 s timer, {switches} task switch-ins, {lost} lost")
+    assert early, "the reader was not woken before its timer"
+    assert switches > 2000 and lost == 0, (switches, lost)
+    assert not (ROOT / "instances" / s.instance_name).exists()
 
 
 @needs_tracefs

@@ -106,6 +106,16 @@ def test_a_left_out_switch_out_of_idle_with_no_event_inside_is_the_gap_since_the
     assert a.totals[(Kind.KTHREAD, "kworker")] == Tally(39, 1) and a.inferred == 1
 
 
+def test_idle_left_without_a_traced_interrupt_is_not_back_dated():
+    """No interrupt woke the idle CPU (the previous record is the switch to
+    idle): the gap stays idle, the task is charged from its first record."""
+    a = acc()
+    a.feed([Switch(0, 300, SLEEPING, 0, "swapper/1", prev_comm="x"),
+            IntrEnter(5_000, Kind.IRQ, "local_timer", pid=200), IntrExit(5_010, Kind.IRQ, "local_timer", pid=200),
+            Switch(6_000, 200, SLEEPING, 0, "swapper/1", prev_comm="noise")])
+    assert a.totals[(Kind.TASK, "noise")] == Tally(990, 1)
+
+
 def test_an_inferred_task_without_a_traced_comm_is_classified_by_pid():
     seen = []
 
@@ -117,10 +127,29 @@ def test_an_inferred_task_without_a_traced_comm_is_classified_by_pid():
     a.feed([Switch(0, 1, SLEEPING, 0, "swapper/1", prev_comm="a"),
             IntrEnter(10, Kind.IRQ, "local_timer", pid=55), IntrExit(12, Kind.IRQ, "local_timer", pid=55)])
     assert (55, "") in seen
-    # a comm a switch named before is used for the same pid
+    # not the comm an earlier switch named (it may be stale): the kernel's
+    # name for the pid now ("" asks the classifier to look it up)
     a.feed([Switch(20, 55, SLEEPING, 56, "named"), Switch(30, 56, SLEEPING, 0, "swapper/1"),
             IntrEnter(40, Kind.IRQ, "local_timer", pid=56), IntrExit(41, Kind.IRQ, "local_timer", pid=56)])
-    assert (56, "") not in seen and a.totals[(Kind.TASK, "named")].count == 2
+    assert (56, "") in seen and a.totals[(Kind.TASK, "named")].count == 1
+
+
+def test_a_task_that_renames_itself_while_running_is_charged_to_its_new_name():
+    """A process started as python names itself noise (prctl) and keeps
+    running: its switch out carries the new name; the whole run is noise's."""
+    a = acc()
+    a.feed([Switch(0, 0, 0, 200, "python"),
+            IntrEnter(4_000, Kind.IRQ, "local_timer", pid=200), IntrExit(4_010, Kind.IRQ, "local_timer", pid=200),
+            Switch(9_000, 200, SLEEPING, 0, "swapper/1", prev_comm="noise")])
+    assert a.totals[(Kind.TASK, "noise")] == Tally(8_990, 1)
+    assert a.totals[(Kind.TASK, "python")] == Tally(0, 0)
+    assert a.totals[(Kind.IRQ, "local_timer")] == Tally(10, 1)
+    # a run spanning two reads: the rename is seen in the second
+    b = acc()
+    b.feed([Switch(0, 0, 0, 200, "python"), IntrEnter(4_000, Kind.IRQ, "local_timer", pid=200)])
+    b.feed([IntrExit(4_010, Kind.IRQ, "local_timer", pid=200),
+            Switch(9_000, 200, SLEEPING, 0, "swapper/1", prev_comm="noise")])
+    assert b.totals[(Kind.TASK, "noise")] == Tally(8_990, 1)
 
 
 def test_an_inferred_task_takes_the_name_of_its_own_switch_out_over_an_older_one():

@@ -84,3 +84,18 @@ def test_gone_vcpu_loses_its_series():
     svc.sampler.account({1: ([], 0)}, {}, 3.0)
     names = {k[0] for k in samples(svc)}
     assert "rtagent_vcpu_preempted_seconds_total" not in names
+
+
+def test_status_json_counts_switches_the_kernel_left_out():
+    s = InterferenceSampler([1], instance="unit")
+    s._acc[1].classify = lambda pid, comm: (Kind.TASK, comm or "?")
+    s.account({1: ([], 0)}, {}, 0.0)
+    events = [Switch(0, 5, 1, 0, "swapper/1", prev_comm="a"),
+              IntrEnter(10_000, Kind.IRQ, "reschedule", pid=0), IntrExit(11_000, Kind.IRQ, "reschedule", pid=0),
+              # idle -> 77 is not in the trace; its tick names it
+              IntrEnter(500_000, Kind.IRQ, "local_timer", pid=77), IntrExit(505_000, Kind.IRQ, "local_timer", pid=77),
+              Switch(900_000, 77, 1, 0, "swapper/1", prev_comm="stress")]
+    s.account({1: (events, 0)}, {}, 1.0)
+    cpu = s.snapshot().to_json()["cpus"][0]
+    assert cpu["inferred_switches"] == 1
+    assert cpu["culprits"][0]["source"] == "stress" and cpu["culprits"][0]["seconds"] == pytest.approx(884e-6)

@@ -12,7 +12,10 @@ import pytest
 
 from rtagent.daemon import startwindow
 from rtagent.daemon.startwindow import Baseline, Path
+from rtagent.kernel.cgroups import RtTree
 from rtagent.kernel.cgwatch import CgroupWatcher, GuestDir, Signal, parse_guest_dir, read_tasks
+from rtagent.tuning.guest.ledger import BudgetLedger
+from rtagent.tuning.guest.rtgroup import share_from_parent
 
 pytestmark = pytest.mark.unit
 
@@ -112,3 +115,72 @@ def test_watcher_sees_a_guests_parent_created_later(tmp_path):
         assert _next(q, Signal.GUEST).guest == GuestDir(1, "x")
     finally:
         w.stop()
+
+
+# -- the start window's budget: reserve, place, settle (a fixture hierarchy) ------
+
+
+def _group(root, path: str, runtime: int, tasks: str = "") -> None:
+    d = root / path.lstrip("/") if path != "/" else root
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cpu.rt_runtime_us").write_text(f"{runtime}\n")
+    (d / "cpu.rt_period_us").write_text("1000000\n")
+    (d / "tasks").write_text(tasks)
+
+
+def _runtime(root, path: str) -> int:
+    return int((root / path.lstrip("/") / "cpu.rt_runtime_us").read_text())
+
+
+def _invariant_holds(root) -> bool:
+    tree = RtTree(str(root), "v1")
+
+    def ok(group: str) -> bool:
+        kids = tree.children(group)
+        return sum(tree.runtime(k) for k in kids) <= tree.runtime(group) and all(ok(k) for k in kids)
+
+    return ok("/")
+
+
+def test_share_from_parent_takes_what_the_parent_holds_beyond_its_children(tmp_path):
+    _group(tmp_path, "/", 950_000)
+    _group(tmp_path, "/machine", 20_000)
+    _group(tmp_path, "/machine/g", 20_000)
+    _group(tmp_path, "/machine/g/vcpu0", 5_000)
+    _group(tmp_path, "/machine/g/vcpu1", 0)
+    tree = RtTree(str(tmp_path), "v1")
+    assert share_from_parent(tree, "/machine/g/vcpu1", 2) == 7_000  # 15 ms free, two to come, whole ms
+    assert _runtime(tmp_path, "/machine/g/vcpu1") == 7_000 and _invariant_holds(tmp_path)
+    _group(tmp_path, "/machine/g/vcpu2", 0)
+    assert share_from_parent(tree, "/machine/g/vcpu2", 1) == 8_000
+    _group(tmp_path, "/machine/g/vcpu3", 0)
+    assert share_from_parent(tree, "/machine/g/vcpu3", 1) is None  # nothing left: plan in full
+    assert _runtime(tmp_path, "/machine/g/vcpu3") == 0
+
+
+def test_a_start_reserves_places_and_settles_to_the_equal_share(tmp_path):
+    _group(tmp_path, "/", 950_000)
+    _group(tmp_path, "/machine", 0)
+    _group(tmp_path, "/machine/other", 0)
+    _group(tmp_path, "/machine/other/vcpu1", 0, "10\n")
+    ledger = BudgetLedger(RtTree(str(tmp_path), "v1"))
+    ledger.claim("other", {"/machine/other/vcpu1"})
+    ledger.grant()
+    assert _runtime(tmp_path, "/machine/other/vcpu1") == 950_000
+    # The starting guest's group appears: half for it, as if it were a leaf.
+    _group(tmp_path, "/machine/new", 0, "20\n")
+    ledger.reserve("new", "/machine/new")
+    assert _runtime(tmp_path, "/machine/new") == 475_000 and _invariant_holds(tmp_path)
+    # Its two realtime vCPU groups appear one after the other: one write each.
+    _group(tmp_path, "/machine/new/vcpu1", 0)
+    ledger.place("new", {"/machine/new/vcpu1"}, "/machine/new", "/machine/new/vcpu1", 2)
+    assert _runtime(tmp_path, "/machine/new/vcpu1") == 237_000 and _invariant_holds(tmp_path)
+    _group(tmp_path, "/machine/new/vcpu2", 0)
+    ledger.place("new", {"/machine/new/vcpu1", "/machine/new/vcpu2"}, "/machine/new", "/machine/new/vcpu2", 1)
+    assert _runtime(tmp_path, "/machine/new/vcpu2") == 238_000 and _invariant_holds(tmp_path)
+    # The start is over: three realtime vCPU groups, an equal share each.
+    ledger.settle("/machine/new")
+    assert [_runtime(tmp_path, p) for p in ("/machine/other/vcpu1", "/machine/new/vcpu1", "/machine/new/vcpu2")] \
+        == [316_000] * 3
+    assert _runtime(tmp_path, "/machine/new") == 632_000 and _invariant_holds(tmp_path)
+    assert "/machine/new" not in ledger.granted

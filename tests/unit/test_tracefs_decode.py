@@ -186,3 +186,13 @@ def test_find_tracefs_from_mount_table(tmp_path):
 def test_bad_instance_name_is_refused(tmp_path):
     with pytest.raises(tracefs.TracefsError, match="bad tracefs instance name"):
         tracefs.Instance.create(tmp_path, "../escape", [1], [])
+
+
+def test_a_layout_the_word_reader_cannot_read_is_refused_by_name():
+    """Fields are read as aligned 32-bit words; a kernel whose format puts
+    one elsewhere makes the sampler fail loudly (the daemon then runs on
+    without the accounting, saying why) instead of decoding garbage."""
+    text = (DATA / "sched_sched_switch.format").read_text().replace("offset:24;", "offset:26;")
+    odd = tracefs.parse_event_format(text, "sched")
+    with pytest.raises(tracefs.TracefsError, match="prev_pid is not an aligned integer"):
+        Decoder({odd.id: odd})
