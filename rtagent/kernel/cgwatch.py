@@ -114,6 +114,9 @@ class CgroupWatcher:
         self._lock = threading.Lock()
         self._watches: dict[int, _Watch] = {}
         self._stop = threading.Event()
+        # stop() wakes the blocked select through this pipe, so the watcher
+        # needs no timeout: an idle host costs it no wake-ups.
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
 
     def _dir(self, group: str) -> str:
@@ -157,8 +160,8 @@ class CgroupWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([self._ino], [], [], 0.5)
-                if ready:
+                ready, _, _ = select.select([self._ino, self._wake_r], [], [])
+                if self._ino in ready and not self._stop.is_set():
                     for ev in self._ino.read():
                         self._handle(ev)
             except Exception:  # never let the watcher die silently; the STARTED path remains
@@ -229,6 +232,15 @@ class CgroupWatcher:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         self._ino.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

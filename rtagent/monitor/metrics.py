@@ -497,7 +497,7 @@ class RtagentCollector(Collector):
         m = _gauge("proc_connector_up", "1 if the kernel proc connector (thread creation events) is in use, else 0.")
         m.add_metric([], 1 if s.proc_connector else 0)
         out.append(m)
-        m = _counter("events", "Events received, by source (libvirt, proc).", ["source"])
+        m = _counter("events", "Events received, by source (libvirt, proc, cpuset).", ["source"])
         for source, n in s.events:
             m.add_metric([source], n)
         out.append(m)
