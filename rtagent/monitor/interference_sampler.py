@@ -289,6 +289,7 @@ class InterferenceSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._inst: tracefs.Instance | None = None
+        self._clock = ""  # the instance's trace clock, read once at open()
         self._decoder: Decoder | None = None
         self.error: str | None = None
         self._wake: tuple[int, int] | None = None    # stop() wakes the reader out of poll()
@@ -307,6 +308,8 @@ class InterferenceSampler:
         self._inst = tracefs.Instance.create(root, self.instance_name, self.cpus, EVENTS,
                                              optional_events=OPTIONAL_EVENTS, buffer_kb=self._buffer_kb)
         self._decoder = Decoder(self._inst.formats)
+        # Read once: a scrape may run while stop() removes the instance.
+        self._clock = self._inst.clock_name()
         for c in self.cpus:
             self._window[c].add(started, {})
 
@@ -416,5 +419,6 @@ class InterferenceSampler:
                             merged[k] = merged.get(k, 0) + ns
                 cpus.append(CpuSnapshot(c, dict(self._exported[c]), self._window[c].view(c, top),
                                         acc.lost, pre, acc.inferred))
-        clock = self._inst.clock_name() if self._inst is not None else ""
-        return InterferenceSnapshot(self._inst is not None, self.instance_name, clock, tuple(cpus), self.error)
+        active = self._inst is not None
+        return InterferenceSnapshot(active, self.instance_name, self._clock if active else "", tuple(cpus),
+                                    self.error)

@@ -366,3 +366,23 @@ def test_leftover_instance_is_replaced_and_removed(sampler_factory):
         assert not (ROOT / "instances" / name).exists()
     finally:
         tracefs.remove_instance(ROOT, name)
+
+
+@needs_tracefs
+def test_a_scrape_while_stop_removes_the_instance_still_answers():
+    """stop() removes the instance before it forgets it: a scrape in that
+    moment (seen in CI: a Prometheus scrape during the daemon's shutdown)
+    must answer from what was accounted, not read the removed instance."""
+    name = unique_name("itf")
+    s = InterferenceSampler([RT_CPU], instance=name, housekeeping=[HK_CPU])
+    try:
+        s.open()
+        clock = s.snapshot().clock
+        assert clock
+        s._inst.remove()                                  # the instance is gone, the sampler not told yet
+        assert not (ROOT / "instances" / name).exists()
+        snap = s.snapshot()
+        assert snap.clock == clock and [c.cpu for c in snap.cpus] == [RT_CPU]
+        s.stop()
+    finally:
+        tracefs.remove_instance(ROOT, name)
