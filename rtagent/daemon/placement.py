@@ -56,6 +56,7 @@ from ..cpulist import format_cpulist
 from ..kernel import Kernel
 from ..kernel import inotify as ino
 from ..kernel.cpusets import CPUS
+from ..kernel.waker import Waker
 from ..libvirt_host import DomainEvent, EventKind
 from ..tuning.guest.report import DomainReport
 from ..vocab import ThreadKind
@@ -160,7 +161,7 @@ class PlacementWatch:
         self._stop = threading.Event()
         # stop() wakes the blocked select through this pipe: no timeout, so
         # an idle watch costs nothing (the idle daemon's budget, issue 14).
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._waker = Waker()
         self._thread: threading.Thread | None = None
 
     # -- the main loop's side -------------------------------------------------
@@ -220,18 +221,11 @@ class PlacementWatch:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._waker.wake()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         self._ino.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._waker.close()
 
     def _timeout(self) -> float | None:
         """Until the next new group's window ends; None (block) when none is open."""
@@ -242,7 +236,7 @@ class PlacementWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([self._ino, self._wake_r], [], [], self._timeout())
+                ready, _, _ = select.select([self._ino, self._waker], [], [], self._timeout())
                 events = self._ino.read() if self._ino in ready else []
             except (OSError, ValueError):  # closed by stop()
                 return

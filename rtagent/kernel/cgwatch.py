@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from . import fs
 from .inotify import IN_CREATE, IN_DELETE, IN_IGNORED, IN_ISDIR, IN_MODIFY, IN_ONLYDIR, Inotify, InotifyEvent
+from .waker import Waker
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class CgroupWatcher:
         self._stop = threading.Event()
         # stop() wakes the blocked select through this pipe, so the watcher
         # needs no timeout: an idle host costs it no wake-ups.
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._waker = Waker()
         self._thread: threading.Thread | None = None
 
     def _dir(self, group: str) -> str:
@@ -160,7 +161,7 @@ class CgroupWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([self._ino, self._wake_r], [], [])
+                ready, _, _ = select.select([self._ino, self._waker], [], [])
                 if self._ino in ready and not self._stop.is_set():
                     for ev in self._ino.read():
                         self._handle(ev)
@@ -232,15 +233,8 @@ class CgroupWatcher:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._waker.wake()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         self._ino.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._waker.close()
