@@ -96,15 +96,22 @@ def test_run_delay_of_a_qemu_like_process_matches_schedstat(qemu_like):
     h = qemu_like("--vcpus", "2")
     part = partition()
     spec = spec_for("qemu-like", str(uuidlib.uuid4()), part)
-    store = StateStore()
-    report = put_report(store, h.pid, spec, part)
     tid = h.vcpu_tids[1]
+    # The helper's threads sleep once started, but a thread just started can
+    # still run (and wait on a loaded host) once more: compare only an
+    # observation and a scrape between which its schedstat did not move.
+    for _ in range(50):
+        before = schedstat(h.pid, tid)
+        store = StateStore()
+        report = put_report(store, h.pid, spec, part)
+        samples = scrape(store)
+        run_ns, delay_ns = schedstat(h.pid, tid)
+        if (run_ns, delay_ns) == before:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"thread {tid}'s schedstat never stood still for one observation")
     assert report.observed.vcpu_threads[1].tid == tid
-
-    samples = scrape(store)
-    # The helper's threads sleep: their schedstat does not move between the
-    # observation and this read.
-    run_ns, delay_ns = schedstat(h.pid, tid)
     assert report.observed.vcpu_threads[1].run_delay_ns == delay_ns
     assert vcpu_sample(samples, "rtagent_vcpu_run_delay_seconds_total", "qemu-like", 1) == delay_ns / 1e9
     assert vcpu_sample(samples, "rtagent_vcpu_cpu_seconds_total", "qemu-like", 1) == run_ns / 1e9

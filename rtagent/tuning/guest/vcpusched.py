@@ -39,5 +39,6 @@ def refusal(spec: RealtimeSpec, host_reason: str | None) -> str | None:
     if host_reason is None or not spec.libvirt_vcpusched:
         return None
     return (f"domain {spec.domain!r}: libvirt's own <vcpusched> will be refused on this host ({host_reason}): "
-            "`virsh start` fails with 'Cannot set scheduler parameters … Operation not permitted'. "
-            f"Fix: {FIXES}")
+            "`virsh start` fails with 'Cannot set scheduler parameters … Operation not permitted' "
+            "(rtagent's start window, granting vcpuN its budget as the group appears, sometimes wins "
+            f"the race with libvirt's scheduler call; do not rely on it). Fix: {FIXES}")
