@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..cpulist import CpuListError, parse_cpulist
 from ..vocab import REALTIME_POLICIES, Policy
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PF_IO_WORKER", "PF_USER_WORKER", "PF_KTHREAD", "PF_NO_SETAFFINITY", "KTHREADD_PID",
     "POLICY_BY_NUMBER", "POLICY_NUMBER", "policy_name", "Stat", "parse_stat", "parse_status",
-    "cpus_allowed", "Sched", "Task", "ProcessMemory", "Tasks",
+    "cpus_allowed", "Sched", "Task", "Look", "ProcessMemory", "PROCESS_STATUS_KEYS", "Tasks",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,11 @@ def pick_status(text: str, keys: Iterable[str] = TASK_STATUS_KEYS) -> dict[str, 
     return out
 
 
+# The fields of a process's status its memory facts (and the process checks:
+# zombie, a thread's TID given as a PID) need.
+PROCESS_STATUS_KEYS = ("State", "Tgid", "VmLck", "VmRSS", "HugetlbPages", "VmSwap")
+
+
 def cpus_allowed(status: Mapping[str, str]) -> frozenset[int] | None:
     """``Cpus_allowed_list`` of a parsed status; None if missing or unparsable."""
     text = status.get("Cpus_allowed_list")
@@ -190,6 +195,16 @@ class Task:
     def status_int(self, key: str) -> int:
         value = self.status.get(key, "")
         return int(value) if value.isdigit() else 0
+
+
+class Look(NamedTuple):
+    """What a task is and how it is scheduled, without its counters: its
+    stat, its cgroup (v1 ``cpu`` path, else v2) and its affinity — the
+    full check's cheap re-read (two files and a syscall, not four files)."""
+
+    stat: Stat
+    cgroup_cpu: str | None
+    cpus: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -303,13 +318,32 @@ class Tasks:
 
     def memory(self, pid: int) -> ProcessMemory:
         """Memory facts of process ``pid`` (raises a GONE error if it exited)."""
-        status = self.status(pid)
+        return self.process(pid)[1]
+
+    def process(self, pid: int) -> tuple[dict[str, str], ProcessMemory]:
+        """The :data:`PROCESS_STATUS_KEYS` of process ``pid``'s status and its
+        memory facts, from one read of ``status`` (and ``limits``); raises a
+        GONE error if it exited."""
+        status = pick_status(fs.read_text(self._path(pid, None, "status")), PROCESS_STATUS_KEYS)
         soft, hard = _memlock(fs.read_text(self._path(pid, None, "limits")))
-        return ProcessMemory(
+        return status, ProcessMemory(
             vm_lck_bytes=_kb(status.get("VmLck")), vm_rss_bytes=_kb(status.get("VmRSS")),
             hugetlb_bytes=_kb(status.get("HugetlbPages")), memlock_soft=soft, memlock_hard=hard,
             swap_bytes=_kb(status.get("VmSwap")),
         )
+
+    def look(self, pid: int, tid: int, live: bool) -> Look:
+        """Task ``tid`` of ``pid`` without its counters (:class:`Look`).
+        ``live`` (:attr:`Kernel.live`, decided once by the caller): the
+        affinity by syscall, else from the tree's status file.  Raises a
+        GONE error when the task is gone."""
+        stat = self.stat(pid, tid)
+        cgroup = self._optional(pid, tid, "cgroup")
+        if live:
+            cpus = frozenset(os.sched_getaffinity(tid))
+        else:
+            cpus = cpus_allowed(pick_status(fs.read_text(self._path(pid, tid, "status")))) or frozenset()
+        return Look(stat, None if cgroup is None else _cgroup_cpu(cgroup), cpus)
 
     def _optional(self, pid: int, tid: int, name: str) -> str | None:
         """A file some kernels lack (schedstat without CONFIG_SCHED_INFO): None

@@ -162,3 +162,38 @@ def test_process_gone_after_exit(qemu_like):
     h.stop()
     with pytest.raises(ProcessGone):
         observe_process(h.pid, KERNEL)
+
+
+# -- the full check's marks (tuning/guest/marks.py) ------------------------------------
+
+
+def test_marks_of_a_live_process_match_its_observation_until_it_changes(qemu_like):
+    """Live: the marks' affinity is a syscall, the observation's is status'
+    Cpus_allowed_list — they must agree, or no guest would ever stand.  Then
+    each change made by the means that send no libvirt event (a re-pin, a
+    rename, prlimit) makes the marks differ."""
+    import resource
+
+    from rtagent.tuning.guest.marks import marks_of, read_marks
+
+    h = qemu_like("--vcpus", "2")
+    assert read_marks(KERNEL, h.pid, (), live=True) == marks_of(observe_process(h.pid, KERNEL))
+    rcu = h.threads["call_rcu"]
+
+    os.sched_setaffinity(rcu, {0, 1})  # a sleeping SCHED_OTHER thread: harmless on CPU 1
+    before = read_marks(KERNEL, h.pid, (), live=True)
+    os.sched_setaffinity(rcu, {0})  # re-pinned behind our back
+    pinned = read_marks(KERNEL, h.pid, (), live=True)
+    assert pinned != before and pinned == marks_of(observe_process(h.pid, KERNEL))
+
+    with open(f"/proc/{h.pid}/task/{rcu}/comm", "w") as f:  # renamed behind our back
+        f.write("renamed")
+    renamed = read_marks(KERNEL, h.pid, (), live=True)
+    assert renamed != pinned and renamed == marks_of(observe_process(h.pid, KERNEL))
+
+    soft, hard = resource.prlimit(h.pid, resource.RLIMIT_MEMLOCK)
+    resource.prlimit(h.pid, resource.RLIMIT_MEMLOCK, (min(soft, hard, 1 << 20) // 2, hard))
+    assert read_marks(KERNEL, h.pid, (), live=True) != renamed
+
+    h.stop()
+    assert read_marks(KERNEL, h.pid, (), live=True) is None
