@@ -30,7 +30,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["FastMetric", "render", "render_parts", "choose_encoder", "choose_parts_encoder", "fmt_value"]
+__all__ = ["FastMetric", "counter_family", "gauge_family", "render", "render_parts", "choose_encoder", "choose_parts_encoder", "fmt_value"]
 
 _OM_EOF = b"# EOF\n"
 _OM = "application/openmetrics-text"
@@ -172,6 +172,16 @@ class FastMetric(Metric):
                 lines.append(f"{name}_count{ls} {fmt_value(buckets[-1][1])}\n{name}_sum{ls} {fmt_value(sum_value)}\n")
                 block = memo[key] = "".join(lines)
             out.append(block)
+
+
+def counter_family(name: str, documentation: str, labels: Sequence[str] = ()) -> FastMetric:
+    """A drop-in for prometheus_client's ``CounterMetricFamily(name, documentation, labels=…)``."""
+    return FastMetric(name, documentation, "counter", labels)
+
+
+def gauge_family(name: str, documentation: str, labels: Sequence[str] = ()) -> FastMetric:
+    """A drop-in for prometheus_client's ``GaugeMetricFamily(name, documentation, labels=…)``."""
+    return FastMetric(name, documentation, "gauge", labels)
 
 
 # Series prefixes and histogram blocks, kept across scrapes; dropped whole
