@@ -9,8 +9,10 @@ blocks ending in a sync flush (byte-aligned, no reference to data before
 it), kept while the part recurs, and the answer is one gzip member: the
 header, the parts' blocks in order, a final empty block, and the CRC-32 and
 length of the whole body (RFC 1951 §3.2.3, RFC 1952).  Any inflater reads it
-as one stream; only the new parts are compressed.  The CRC is computed over
-the whole body every time (zlib's ``crc32``, well under a millisecond).
+as one stream; only the new parts are compressed (a part is recognised as
+the same bytes object, which the writer re-emits for an unchanged family).
+The CRC is computed over the whole body every time (zlib's ``crc32``, well
+under a millisecond).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ class PartsGzip:
 
     def __init__(self, level: int = 1):
         self.level = level
-        self._blocks: dict[bytes, bytes] = {}
+        # id(part) -> (part, its blocks): a recurring part is the very object
+        # of the last scrape, so it is found without hashing its bytes; the
+        # part is kept with its blocks, so its id cannot be reused meanwhile.
+        self._blocks: dict[int, tuple[bytes, bytes]] = {}
         self.compressed = 0  # parts compressed anew (tests)
 
     def compress(self, parts: Sequence[bytes]) -> bytes:
@@ -43,12 +48,14 @@ class PartsGzip:
         for part in parts:
             if not part:
                 continue
-            block = old.get(part) or new.get(part)
-            if block is None:
+            hit = old.get(id(part))
+            if hit is not None and hit[0] is part:
+                block = hit[1]
+            else:
                 co = zlib.compressobj(self.level, zlib.DEFLATED, -15)
                 block = co.compress(part) + co.flush(zlib.Z_SYNC_FLUSH)
                 self.compressed += 1
-            new[part] = block
+            new[id(part)] = (part, block)
             out.append(block)
             crc = zlib.crc32(part, crc)
             size += len(part)

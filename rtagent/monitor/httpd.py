@@ -2,9 +2,11 @@
 
 The exposition (text format or OpenMetrics by ``Accept``, gzip by
 ``Accept-Encoding``) is prometheus_client's own ``choose_encoder`` (through
-:mod:`rtagent.monitor.exposition`, which writes rtagent's families) over the
-daemon's private registry (present in every version we support, down to
-Debian 12's 0.16); the socket handling is
+:mod:`rtagent.monitor.exposition`, which writes rtagent's families and hands
+the answer over in parts) over the daemon's private registry (present in
+every version we support, down to Debian 12's 0.16); gzip is
+:mod:`rtagent.monitor.gzipparts` (a family unchanged since the last scrape is
+not compressed again); the socket handling is
 :class:`~rtagent.monitor.connserver.ConnectionServer` (bounded connections,
 timeouts, no thread per client).  One request per connection, as
 prometheus_client's ``http.server`` handler does (HTTP/1.0 semantics,
