@@ -15,6 +15,7 @@ from ..libvirt_host import DomainEvent, LibvirtHost, start_event_loop
 from ..kernel import Kernel
 from ..kernel.procconn import ProcConnector
 from ..monitor.endpoints import start_endpoints
+from ..monitor.lockprio import at_loop_priority
 from ..state import StateStore
 from ..status import StatusServer
 from .lock import InstanceLock
@@ -100,7 +101,8 @@ class Services:
         self.interference = start_interference(config, self.store)
         # Bounded, timed-out client servers within a descriptor budget.
         self.status, self.metrics = start_endpoints(
-            config, self.store, snapshot=lambda: {**self.store.snapshot(), "interference": self._interference_json()})
+            config, self.store,
+            snapshot=lambda: {**self.store.snapshot(at_loop_priority), "interference": self._interference_json()})
         if self.metrics is not None and self.interference is not None:
             from ..monitor.interference_service import InterferenceCollector
 
