@@ -267,6 +267,8 @@ class Tuner:
         try:
             self.ledger.grant()
         except (rtgroup.BudgetError, OSError) as err:
-            log.warning("RT budget for %s: %s", report.name, err)
+            # The same refusal again (grantgate.py) was logged when it was new.
+            level = logging.DEBUG if isinstance(err, rtgroup.BudgetShort) and err.repeat else logging.WARNING
+            log.log(level, "RT budget for %s: %s", report.name, err)
             return [str(err)]
         return []
