@@ -176,3 +176,48 @@ def test_gate_schedule_alone():
     assert gate.refusal("k") is None
     gate.open()
     assert not gate.closed
+
+
+# -- the retry of a guest refused for want of budget -----------------------------------
+
+
+def _after(*failed, violations=("rt_budget",)):
+    from rtagent.model import RealtimeSpec, Violation
+    from rtagent.tuning.guest.apply import Result
+    from rtagent.tuning.guest.report import DomainReport
+
+    return DomainReport(name="g", uuid="u", spec=RealtimeSpec(domain="g", realtime=True), pid=10,
+                        violations=[Violation(v, "x") for v in violations],
+                        changes=[Result(a, "failed", "EPERM") for a in failed])
+
+
+def test_a_guest_refused_only_for_budget_waits_for_the_gate(setup):
+    """The guest's retry comes when the grant can first go through, not on the
+    short backoff (which re-read the guest's /proc every resync)."""
+    from rtagent.config import parse_config
+    from rtagent.daemon.retry import RetrySchedule
+    from rtagent.tuning.guest.engine import Tuner
+    from rtagent.tuning.guest.plan import SetAffinity, SetScheduler
+
+    h, clock, ledger, walks = setup
+    tuner = Tuner(parse_config({"host": {"realtime_cpus": "1"}}), ledger=ledger)
+    tuner.ledger.configure(100000)
+    fifo = SetScheduler(tid=11, policy="fifo", priority=1)
+    assert tuner.budget_wait_until(_after(fifo)) is None  # no refusal on record yet
+    refused(ledger)
+    assert tuner.budget_wait_until(_after(fifo)) == clock.now + BASE_S
+    # Anything else refused too, or no budget violation: the short backoff as before.
+    assert tuner.budget_wait_until(_after(fifo, SetAffinity(tid=12, cpus=frozenset({0})))) is None
+    assert tuner.budget_wait_until(_after(fifo, violations=())) is None
+    assert tuner.budget_wait_until(_after(SetScheduler(tid=11, policy="other", priority=0))) is None
+    retry = RetrySchedule(cap_s=1.0, clock=clock)
+    until = tuner.budget_wait_until(_after(fifo))
+    assert retry.after_reconcile("u", 9, pending=False, refused=True, settling=True, not_before=until)
+    assert retry.next_deadline() == until
+    # A settle look after a thread event or a pending vCPU still comes on the short backoff.
+    retry.discard("u")
+    assert retry.after_reconcile("u", 0, pending=False, refused=True, settling=True, not_before=until + 10)
+    assert retry.next_deadline() == pytest.approx(clock.now + 0.05)
+    retry.discard("u")
+    assert retry.after_reconcile("u", 9, pending=True, refused=True, settling=False, not_before=until + 10)
+    assert retry.next_deadline() <= clock.now + 1.0

@@ -45,6 +45,11 @@ class GrantGate:
     answered: int = 0  # refusals answered without re-planning (tests, benchmarks)
 
     @property
+    def until(self) -> float:
+        """The end of the backoff in force (monotonic; 0 when none is)."""
+        return self._until
+
+    @property
     def closed(self) -> bool:
         """A refusal is on record (the caller then computes the key)."""
         return self._error is not None
