@@ -60,6 +60,7 @@ class FakeThread:
     voluntary: int = 10
     nonvoluntary: int = 1
     blkio_ticks: int = 0
+    starttime: int = 8118  # stat field 22, clock ticks since boot
 
     def cpus_list(self) -> str:
         if isinstance(self.cpus, str):
@@ -71,13 +72,14 @@ class FakeThread:
 
 
 def stat_line(pid: int, comm: str, *, state: str = "S", ppid: int = 1, flags: int = USER_FLAGS,
-              priority: int = 0, policy: int = 0, blkio_ticks: int = 0, num_threads: int = 1) -> str:
+              priority: int = 0, policy: int = 0, blkio_ticks: int = 0, num_threads: int = 1,
+              starttime: int = 8118) -> str:
     """A ``/proc/<pid>/stat`` line with all 52 fields of proc(5)."""
     kprio = -1 - priority if policy in (1, 2) else 20
     fields = [
         str(pid), f"({comm})", state, str(ppid), str(pid), str(pid), "0", "-1", str(flags),  # 1-9
         "100", "0", "0", "0", "3", "4", "0", "0",  # 10-17 minflt..cstime
-        str(kprio), "0", str(num_threads), "0", "8118",  # 18-22 priority nice num_threads itreal starttime
+        str(kprio), "0", str(num_threads), "0", str(starttime),  # 18-22 priority nice num_threads itreal starttime
         "439754752", "10291", "18446744073709551615",  # 23-25 vsize rss rsslim
         "0", "0", "0", "0", "0",  # 26-30
         "0", "0", "4096", "16963", "1", "0", "0", "17", "0",  # 31-39 signal..processor
@@ -304,4 +306,5 @@ class ProcTree:
     @staticmethod
     def _stat(pid: int, t: FakeThread, nthreads: int) -> str:
         return stat_line(t.tid, t.comm, state=t.state, ppid=t.ppid, flags=t.flags, priority=t.priority,
-                         policy=t.policy_number(), blkio_ticks=t.blkio_ticks, num_threads=nthreads)
+                         policy=t.policy_number(), blkio_ticks=t.blkio_ticks, num_threads=nthreads,
+                         starttime=t.starttime)

@@ -12,6 +12,7 @@ injected clock.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..state import DaemonState, GuestState, VcpuCounters
@@ -98,15 +99,19 @@ def record(g: GuestState, daemon: DaemonState, after: DomainReport, outcome: Out
 
 def _vcpu_counters(g: GuestState, after: DomainReport, now: float) -> None:
     """Run-queue delay per realtime vCPU, and its rate since the last look."""
-    for t in after.observed.threads:
-        if t.role != Role.VCPU or t.vcpu is None:
-            continue
-        c = g.vcpus.get(t.vcpu)
-        delay = t.run_delay_ns or 0
+    fold_counters(g, ((t.vcpu, t.run_delay_ns, t.run_time_ns, t.nonvoluntary_ctxt_switches)
+                      for t in after.observed.threads if t.role == Role.VCPU and t.vcpu is not None), now)
+
+
+def fold_counters(g: GuestState, rows: Iterable[tuple[int, int | None, int | None, int]], now: float) -> None:
+    """``(vcpu, run delay ns, run time ns, involuntary switches)`` per vCPU
+    into the guest's counters, with the delay's rate since the last look."""
+    for vcpu, delay_ns, run_ns, nvcsw in rows:
+        c = g.vcpus.get(vcpu)
+        delay = delay_ns or 0
         if c is not None and now > c.observed_at and delay >= c.run_delay_ns:
             rate = (delay - c.run_delay_ns) / (now - c.observed_at)
         else:
             rate = 0.0
-        g.vcpus[t.vcpu] = VcpuCounters(run_delay_ns=delay, run_time_ns=t.run_time_ns or 0,
-                                       nonvoluntary_ctxt_switches=t.nonvoluntary_ctxt_switches,
-                                       run_delay_rate=rate, observed_at=now)
+        g.vcpus[vcpu] = VcpuCounters(run_delay_ns=delay, run_time_ns=run_ns or 0, nonvoluntary_ctxt_switches=nvcsw,
+                                     run_delay_rate=rate, observed_at=now)

@@ -33,7 +33,7 @@ from ..tuning.guest import vcpusched
 from ..tuning.guest.claims import ClaimBook
 from ..tuning.guest.engine import DomainReport, Tuner
 from ..vocab import Check, DriftKind
-from . import drift, repin
+from . import drift, fullcheck, repin
 from .placement import CLAMPED, GuestPlacement, placement_of
 from .record import RealtimeRecord, record_path
 from .retry import RetrySchedule
@@ -75,6 +75,7 @@ class GuestSupervisor:
         self.on_reconciled = on_reconciled  # after every applied reconcile (the start window's record)
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
         self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
+        self.standing = fullcheck.Standing(self.tuner.kernel)  # the full check's shortcut (fullcheck.py)
         self.next_full = 0.0  # monotonic time the next resync must be a full check
         self.guests: dict[str, Guest] = {}  # uuid -> Guest of every managed guest
         self.tracked: dict[str, int] = {}  # uuid -> QEMU pid
@@ -236,9 +237,55 @@ class GuestSupervisor:
                 # Every guest's claims before any is tuned: who started
                 # first keeps a pCPU, whatever order the listing has.
                 self._note_claims(guest)
+        stood: list[DomainReport] = []
         for uuid, guest in active.items():
-            self.reconcile(uuid, guest=guest)
+            if self._stands(uuid, guest):
+                stood.append(self.last[uuid])
+            else:
+                self.reconcile(uuid, guest=guest)
+        self._refresh_counters(stood)
+        # A reconcile with nothing to do releases budget no guest claims any
+        # more (a guest stopped): once here, for the guests that stood.
+        self.tuner.ledger.release_unclaimed()
         return True
+
+    def _stands(self, uuid: str, guest: Guest) -> bool:
+        """The full check's shortcut (fullcheck.py): ``uuid``'s last reconcile
+        stands — it left nothing to do, its intent, pCPU conflicts and run
+        state are as they were, no look is pending, and its marks are
+        unchanged."""
+        last, cached = self.last.get(uuid), self.specs.get(uuid)
+        if (last is None or cached is None or cached[1] is not last.spec or cached[0] != last.pid
+                or self.tracked.get(uuid) != last.pid or uuid in self.intent_changed or uuid in self.retry
+                or guest.known_state not in (RunState.RUNNING, RunState.PAUSED) or not fullcheck.settled(last)
+                or last.claims is None or self.claims.ownership_for(last.claims).for_guest(uuid) != last.conflicts):
+            return False
+        try:
+            if not self.tuner.still_observed(last.observed, self.standing.marks(uuid, last)):
+                return False
+        except Exception:  # the full path reports whatever it is
+            log.debug("marks of %s not read", guest.name, exc_info=True)
+            return False
+        guest.known_state = None  # as _guest() leaves it
+        self.guests[uuid] = guest  # the listing's handle (a reconnect made the old one stale)
+        return True
+
+    def _refresh_counters(self, stood: list[DomainReport]) -> None:
+        """What the skipped reconciles would have refreshed: the vCPU
+        counters ``rtagent status`` shows (one store update)."""
+        rows = [(r.uuid, fullcheck.vcpu_keys(r)) for r in stood]
+        got = self.standing.read_counters([key for _uuid, keys in rows for _vcpu, key in keys])
+        wall = self._wall()
+
+        def update(s: StateStore) -> None:
+            for uuid, keys in rows:
+                g = s.guests.get(uuid)
+                if g is not None:
+                    drift.fold_counters(g, ((vcpu, c[1], c[0], c[2]) for vcpu, key in keys
+                                            if (c := got.get(key)) is not None), wall)
+
+        if rows:
+            self.store.update(update)
 
     def check_steady(self) -> bool:
         """The resync between full checks: only the guests whose threads'
@@ -300,6 +347,7 @@ class GuestSupervisor:
         self.intent_changed.discard(uuid)
         self.retry.discard(uuid)
         self.steady.forget(uuid)
+        self.standing.forget(uuid)
         self.last.pop(uuid, None)
         self.tuner.forget(uuid, pid)
         self.record.done(uuid)

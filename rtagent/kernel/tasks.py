@@ -20,9 +20,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..cpulist import CpuListError, parse_cpulist
 from ..vocab import REALTIME_POLICIES, Policy
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PF_IO_WORKER", "PF_USER_WORKER", "PF_KTHREAD", "PF_NO_SETAFFINITY", "KTHREADD_PID",
     "POLICY_BY_NUMBER", "POLICY_NUMBER", "policy_name", "Stat", "parse_stat", "parse_status",
-    "cpus_allowed", "Sched", "Task", "ProcessMemory", "Tasks",
+    "cpus_allowed", "Sched", "Task", "Look", "ProcessMemory", "PROCESS_STATUS_KEYS", "Tasks",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ def parse_stat(text: str) -> Stat:
     if open_paren < 0 or close_paren < open_paren:
         raise ValueError(f"malformed stat line: {text[:80]!r}")
     rest = text[close_paren + 1:].split()
+    if len(rest) >= 40:  # every kernel since 2.6.18: the fields by index (the full check parses one a thread)
+        return Stat(pid=int(text[:open_paren]), comm=text[open_paren + 1:close_paren], state=rest[0],
+                    ppid=int(rest[1]), flags=int(rest[6]), starttime=int(rest[19]), rt_priority=int(rest[37]),
+                    policy=policy_name(int(rest[38])), blkio_ticks=int(rest[39]))
     if len(rest) < 20:
         raise ValueError(f"short stat line: {text[:80]!r}")
     return Stat(
@@ -136,6 +141,11 @@ def pick_status(text: str, keys: Iterable[str] = TASK_STATUS_KEYS) -> dict[str, 
         end = text.find("\n", at)
         out[key] = text[at + len(key) + 1:end if end >= 0 else len(text)].strip()
     return out
+
+
+# The fields of a process's status its memory facts (and the process checks:
+# zombie, a thread's TID given as a PID) need.
+PROCESS_STATUS_KEYS = ("State", "Tgid", "VmLck", "VmRSS", "HugetlbPages", "VmSwap")
 
 
 def cpus_allowed(status: Mapping[str, str]) -> frozenset[int] | None:
@@ -192,6 +202,16 @@ class Task:
         return int(value) if value.isdigit() else 0
 
 
+class Look(NamedTuple):
+    """What a task is and how it is scheduled, without its counters: its
+    stat, its cgroup (v1 ``cpu`` path, else v2) and its affinity — the
+    full check's cheap re-read (two files and a syscall, not four files)."""
+
+    stat: Stat
+    cgroup_cpu: str | None
+    cpus: frozenset[int]
+
+
 @dataclass(frozen=True)
 class ProcessMemory:
     """Memory facts from ``/proc/<pid>/status`` and ``/proc/<pid>/limits``;
@@ -205,8 +225,15 @@ class ProcessMemory:
     swap_bytes: int = 0
 
 
+# A v1 line whose controllers include "cpu" ("4:cpu,cpuacct:/machine/…").
+_V1_CPU_LINE = re.compile(r"^[^:\n]*:(?:[^:\n]*,)?cpu(?:,[^:\n]*)?:(.*)$", re.M)
+
+
 def _cgroup_cpu(text: str) -> str | None:
     """The v1 ``cpu`` controller's path, else the unified (v2) path."""
+    m = _V1_CPU_LINE.search(text)  # one search, not a split of every line (a file per thread)
+    if m is not None:
+        return m.group(1)
     unified = None
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -303,13 +330,38 @@ class Tasks:
 
     def memory(self, pid: int) -> ProcessMemory:
         """Memory facts of process ``pid`` (raises a GONE error if it exited)."""
-        status = self.status(pid)
+        return self.process(pid)[1]
+
+    def process(self, pid: int) -> tuple[dict[str, str], ProcessMemory]:
+        """The :data:`PROCESS_STATUS_KEYS` of process ``pid``'s status and its
+        memory facts, from one read of ``status`` (and ``limits``); raises a
+        GONE error if it exited."""
+        status = pick_status(fs.read_text(self._path(pid, None, "status")), PROCESS_STATUS_KEYS)
         soft, hard = _memlock(fs.read_text(self._path(pid, None, "limits")))
-        return ProcessMemory(
+        return status, ProcessMemory(
             vm_lck_bytes=_kb(status.get("VmLck")), vm_rss_bytes=_kb(status.get("VmRSS")),
             hugetlb_bytes=_kb(status.get("HugetlbPages")), memlock_soft=soft, memlock_hard=hard,
             swap_bytes=_kb(status.get("VmSwap")),
         )
+
+    def look(self, pid: int, tid: int, live: bool) -> Look:
+        """Task ``tid`` of ``pid`` without its counters (:class:`Look`).
+        ``live`` (:attr:`Kernel.live`, decided once by the caller): the
+        affinity by syscall, else from the tree's status file.  Raises a
+        GONE error when the task is gone."""
+        base = f"{self._k.proc_root}/{pid}/task/{tid}/"  # not os.path.join: a quarter of the cost
+        stat = parse_stat(fs.read_text(base + "stat"))
+        try:
+            cgroup = _cgroup_cpu(fs.read_text(base + "cgroup"))
+        except GONE:
+            if not os.path.isdir(base):
+                raise
+            cgroup = None
+        if live:
+            cpus = frozenset(os.sched_getaffinity(tid))
+        else:
+            cpus = cpus_allowed(pick_status(fs.read_text(base + "status"))) or frozenset()
+        return Look(stat, cgroup, cpus)
 
     def _optional(self, pid: int, tid: int, name: str) -> str | None:
         """A file some kernels lack (schedstat without CONFIG_SCHED_INFO): None

@@ -138,3 +138,28 @@ def test_full_check_catches_a_thread_whose_event_was_dropped(daemon_factory, gue
     assert _quiet(d)[1] > full_before, "corrected without a full check: something else saw it"
     # The log line follows the syscall (after the re-observation).
     wait_for(lambda: f"(tid {new}) affinity" in d.log_text(), 10, "the correction logged")
+
+
+def test_full_check_sees_a_change_no_event_and_no_syscall_check_reports(daemon_factory, guest_factory):
+    """QEMU's RLIMIT_MEMLOCK lowered with prlimit: no libvirt or proc event,
+    nothing the cheap check compares, and the guest stays "settled" (its
+    memlock violation is one no fix can clear).  The full check's marks
+    include the limit (tuning/guest/marks.py): the guest is judged again and
+    its memlock violation names the new limit."""
+    import resource
+
+    d, g, _tid = _start(daemon_factory, guest_factory, resync=0.2, daemon_lines="full_check_interval_s = 2.0\n")
+
+    def memlock() -> str:
+        return next(v["detail"] for v in (d.guest(g.name) or {}).get("violations", []) if v["check"] == "memlock")
+
+    soft, hard = resource.prlimit(g.pid, resource.RLIMIT_MEMLOCK)
+    assert "soft" not in memlock() and soft == hard, memlock()
+    # Two full checks with nothing changed: the guest stood (and stays as it was).
+    checks = _quiet(d)[1]
+    wait_for(lambda: _quiet(d)[1] >= checks + 2, 20, "two full checks")
+    assert "soft" not in memlock()
+    resource.prlimit(g.pid, resource.RLIMIT_MEMLOCK, (soft // 2, hard))
+    checks = _quiet(d)[1]
+    wait_for(lambda: "soft" in memlock(), 20, "the new limit in the memlock violation")
+    assert _quiet(d)[1] > checks, "noticed without a full check: something else saw it"

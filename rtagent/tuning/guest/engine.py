@@ -25,6 +25,7 @@ from .apply import Pinner, execute
 from .assess import assess
 from .claims import ClaimBook, GuestClaims, claims_of
 from .ledger import BudgetLedger
+from .marks import Marks, read_marks
 from .observe import (
     Observed,
     ProcessGone,
@@ -67,6 +68,7 @@ class Tuner:
         # reading the comm of every process on the host; they live as long
         # as the VM, so scan rarely.
         self._kthreads: dict[int, tuple[float, tuple[tuple[int, str], ...]]] = {}
+        self._live = self.kernel.live  # decided once (a realpath): the full check asks per guest
 
     @property
     def rt_hierarchy(self):
@@ -184,6 +186,18 @@ class Tuner:
         report.violations = list(verdict.violations)
         report.realtime_cgroups = verdict.realtime_cgroups
         return report
+
+    def still_observed(self, observed: Observed, marks: Marks) -> bool:
+        """The guest is what ``observed`` (its last full observation, whose
+        marks are ``marks``) saw: its marks now are the same, and its per-VM
+        kthreads are not due for a rescan (marks.py; the full check)."""
+        cached = self._kthreads.get(observed.pid)
+        if cached is None or time.monotonic() - cached[0] >= self.KTHREAD_RESCAN_S:
+            return False
+        kpids = [k for k, _kind in cached[1]]
+        if kpids != [t.tid for t in observed.kthreads]:
+            return False
+        return read_marks(self.kernel, observed.pid, kpids, live=self._live) == marks
 
     def _vm_kthreads(self, observed: Observed) -> tuple[ThreadInfo, ...]:
         """The guest's separate per-VM kthreads (kvm-pit, old vhost), from a

@@ -66,6 +66,7 @@ class ThreadInfo:
     nonvoluntary_ctxt_switches: int
     delayacct_blkio_ticks: int  # stat field 42, clock ticks (block I/O incl. swap-in, if delayacct is on)
     flags: int = 0  # stat field 9, PF_* task flags
+    start_time: int = 0  # stat field 22, clock ticks since boot: a reused TID starts later
 
     @property
     def realtime(self) -> bool:
@@ -156,7 +157,7 @@ def thread_info(task: Task, *, role: str | None = None, kind: str | None = None)
         cgroup_cpu=task.cgroup_cpu, run_time_ns=run_time, run_delay_ns=run_delay, timeslices=slices,
         voluntary_ctxt_switches=task.status_int("voluntary_ctxt_switches"),
         nonvoluntary_ctxt_switches=task.status_int("nonvoluntary_ctxt_switches"),
-        delayacct_blkio_ticks=st.blkio_ticks, flags=st.flags,
+        delayacct_blkio_ticks=st.blkio_ticks, flags=st.flags, start_time=st.starttime,
     )
 
 
@@ -187,8 +188,8 @@ def find_vm_kthreads(kernel: Kernel, qemu_pid: int, *, tids: Iterable[int] = ())
 
 def _process_facts(kernel: Kernel, pid: int) -> tuple[dict[str, str], list[str], ProcessMemory, list[int]]:
     try:
-        return (kernel.tasks.status(pid), kernel.tasks.cmdline(pid), kernel.tasks.memory(pid),
-                kernel.tasks.tids(pid))
+        status, memory = kernel.tasks.process(pid)  # one read of status for both
+        return status, kernel.tasks.cmdline(pid), memory, kernel.tasks.tids(pid)
     except GONE as e:
         raise ProcessGone(pid) from e
 

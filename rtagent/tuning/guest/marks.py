@@ -1,0 +1,107 @@
+"""The full check's first question: is a guest still what its last full
+observation saw?
+
+Every ``full_check_interval_s`` the daemon re-reads every managed guest to
+catch what no event told it (a proc-connector message lost, a tool that
+sends no libvirt event).  Re-reading a guest in full — four ``/proc`` files
+per thread, the process's status, command line and limits — and then
+planning, judging and accounting it again cost ≈ 1.6 ms a guest (B3, 100
+paused guests: 162 ms a full check).  Nearly always nothing changed.
+
+So the full check first takes the guest's *marks*: everything a full
+observation would judge on, read cheaply — the thread set (one listing of
+``/proc/<pid>/task``), each thread's name, flags, start time and policy and
+priority (its ``stat``), its cgroup (its ``cgroup`` file) and affinity (a
+syscall), the process's memory facts (``status`` and ``limits``, once), the
+per-VM kthreads found at the last scan — and compares them with the marks of
+the last full observation (:func:`marks_of`, pure).  Equal marks mean a full
+observation would find the same threads, roles, cgroups, scheduling and
+memory facts, so it would plan and judge exactly as last time; anything else
+(a thread born, gone, renamed, moved to another cgroup, re-pinned, a TID
+reused, a process gone) sends the guest down the full path.  What the marks
+leave out is only what no judgement reads: the counters (run time, run
+delay, context switches: read at scrape time) and ``VmRSS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from ...kernel import Kernel
+from ...kernel.errors import GONE
+from ...kernel.tasks import Look, ProcessMemory
+from .observe import Observed, ThreadInfo
+
+__all__ = ["TaskMark", "MemoryMark", "Marks", "marks_of", "read_marks"]
+
+
+class TaskMark(NamedTuple):
+    """One task as a judgement sees it (no counters)."""
+
+    tid: int
+    name: str
+    flags: int
+    start_time: int
+    cgroup_cpu: str | None
+    policy: str
+    priority: int
+    cpus: frozenset[int]
+
+
+class MemoryMark(NamedTuple):
+    """The memory facts a judgement reads (verify_memory, the report)."""
+
+    locked: int
+    hugetlb: int
+    swap: int
+    memlock_soft: int | None
+    memlock_hard: int | None
+
+
+class Marks(NamedTuple):
+    pid: int
+    threads: tuple[TaskMark, ...]  # the process's tasks, by TID
+    kthreads: tuple[TaskMark, ...]  # its separate per-VM kthreads (kvm-pit), as last found
+    memory: MemoryMark
+
+
+# -- pure -------------------------------------------------------------------------
+
+
+def _mark(t: ThreadInfo) -> TaskMark:
+    return TaskMark(t.tid, t.name, t.flags, t.start_time, t.cgroup_cpu, t.policy, t.priority, t.cpus)
+
+
+def _memory_mark(m: ProcessMemory) -> MemoryMark:
+    return MemoryMark(m.vm_lck_bytes, m.hugetlb_bytes, m.swap_bytes, m.memlock_soft, m.memlock_hard)
+
+
+def marks_of(observed: Observed) -> Marks:
+    """The marks of a full observation."""
+    return Marks(observed.pid, tuple(_mark(t) for t in observed.threads), tuple(_mark(t) for t in observed.kthreads),
+                 _memory_mark(observed.memory))
+
+
+def _look_mark(tid: int, look: Look) -> TaskMark:
+    st = look.stat
+    return TaskMark(tid, st.comm, st.flags, st.starttime, look.cgroup_cpu, st.policy, st.rt_priority, look.cpus)
+
+
+# -- the read -----------------------------------------------------------------------
+
+
+def read_marks(kernel: Kernel, pid: int, kthreads: Iterable[int], *, live: bool) -> Marks | None:
+    """The marks of QEMU process ``pid`` now, with the per-VM kthreads
+    ``kthreads`` (their PIDs).  None when something is gone or a zombie
+    (the full path then says what).  ``live``: :attr:`Kernel.live`."""
+    tasks = kernel.tasks
+    try:
+        status, memory = tasks.process(pid)
+        if status.get("State", "")[:1] in ("Z", "X"):
+            return None
+        threads = tuple(_look_mark(tid, tasks.look(pid, tid, live)) for tid in tasks.tids(pid))
+        separate = tuple(_look_mark(k, tasks.look(k, k, live)) for k in kthreads)
+    except GONE:
+        return None
+    return Marks(pid, threads, separate, _memory_mark(memory))
