@@ -3,17 +3,23 @@
 One writer (the daemon loop) and several readers (the status socket, the
 Prometheus collector) on other threads: every access goes through one lock,
 and readers get copies (:meth:`StateStore.snapshot`, :meth:`StateStore.read`)
-so they never see a guest half-updated.
+so they never see a guest half-updated.  A reader holds the lock only for a
+cheap copy (references to the reports, which are replaced and never changed
+once stored, and copies of the counters); turning it into JSON or metric
+families happens after the lock is released, so the writer never waits for
+a reader's conversion.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +88,19 @@ class GuestState:
     # (daemon/startwindow.py VcpuStart): what it ran before it was realtime.
     start_window: dict[int, Any] = field(default_factory=dict)
 
+    def copy(self) -> GuestState:
+        """What :meth:`to_json` reads, copied under the store's lock: the
+        report by reference (replaced, never changed, once stored), the
+        counters and per-vCPU dicts by value (the writer changes them in
+        place)."""
+        c = copy.copy(self)
+        c.corrections, c.correction_failures = Counter(self.corrections), Counter(self.correction_failures)
+        c.intent_changes, c.vcpus = Counter(self.intent_changes), dict(self.vcpus)
+        c.start_window = dict(self.start_window)
+        c.correction_latency = Histogram(self.correction_latency.buckets, list(self.correction_latency.counts),
+                                         self.correction_latency.total, self.correction_latency.count)
+        return c
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = self.report.to_json() if self.report is not None else {
             "name": self.name, "uuid": self.uuid, "realtime": None, "valid": None, "compliant": None,
@@ -128,6 +147,15 @@ class DaemonState:
     host_refused: Counter = field(default_factory=Counter)  # "irq" | "kthread" -> count refusing to move
     reconcile_duration: Histogram = field(default_factory=Histogram)
     event_to_tuned: Histogram = field(default_factory=Histogram)
+
+    def copy(self) -> DaemonState:
+        """What :meth:`to_json` and the status answer read, copied under the
+        store's lock (counters by value, the host summary deep: it is small)."""
+        c = copy.copy(self)
+        c.events, c.events_dropped = Counter(self.events), Counter(self.events_dropped)
+        c.host_corrections, c.host_refused = Counter(self.host_corrections), Counter(self.host_refused)
+        c.host = copy.deepcopy(self.host)
+        return c
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -177,14 +205,18 @@ class StateStore:
         with self._lock:
             self.guests.pop(uuid, None)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything, JSON-ready: the status socket's answer."""
-        with self._lock:
-            guests = [g.to_json() for g in sorted(self.guests.values(), key=lambda g: g.name)]
-            daemon = self.daemon.to_json()
-            host = copy.deepcopy(self.daemon.host)
-            if self.daemon.host_checks:
-                host["checks"] = [c.to_json() for c in self.daemon.host_checks]
+    def snapshot(self, around_lock: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> dict[str, Any]:
+        """Everything, JSON-ready: the status socket's answer.  Only the copy
+        is taken under the lock (entered inside ``around_lock()``: the status
+        thread takes the loop's priority for it); every guest's conversion
+        runs after the lock is released."""
+        with around_lock(), self._lock:
+            taken = [g.copy() for g in self.guests.values()]
+            d = self.daemon.copy()
+        guests = [g.to_json() for g in sorted(taken, key=lambda g: g.name)]
+        daemon, host = d.to_json(), d.host
+        if d.host_checks:  # a tuple of frozen HostCheck results
+            host["checks"] = [c.to_json() for c in d.host_checks]
         checks = host.get("checks", [])
         compliant = all(g.get("compliant") is not False for g in guests) and not any(
             not c["ok"] and c.get("severity") == "error" for c in checks)

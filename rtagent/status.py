@@ -24,7 +24,6 @@ from typing import Any
 
 from .errors import RtagentError
 from .monitor.connserver import ConnectionServer, Limits
-from .monitor.lockprio import at_loop_priority
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +60,10 @@ class _StatusHandler:
         if self._cached is not None and now - self._cached[0] < self.reuse_s:
             return self._cached[1]
         try:
-            with at_loop_priority():  # the snapshot takes the store's lock: not at the client thread's nice 10
-                snap = self.snapshot()
-            body = json.dumps(snap).encode() + b"\n"
+            # The snapshot holds the store's lock only for its copy, at the
+            # loop's priority (StateStore.snapshot(at_loop_priority), wired
+            # by the endpoints); conversion and JSON run here at nice 10.
+            body = json.dumps(self.snapshot()).encode() + b"\n"
         except Exception:  # never let a snapshot bug take the socket down
             log.exception("status snapshot failed")
             return b""

@@ -15,6 +15,7 @@ from ..libvirt_host import DomainEvent, LibvirtHost, start_event_loop
 from ..kernel import Kernel
 from ..kernel.procconn import ProcConnector
 from ..monitor.endpoints import start_endpoints
+from ..monitor.lockprio import at_loop_priority
 from ..state import StateStore
 from ..status import StatusServer
 from .lock import InstanceLock
@@ -103,7 +104,8 @@ class Services:
         # Bounded, timed-out client servers within a descriptor budget.
         self.status, self.metrics = start_endpoints(
             config, self.store,
-            snapshot=lambda: {**self.store.snapshot(), "interference": itf.status_json(self.interference)})
+            snapshot=lambda: {**self.store.snapshot(at_loop_priority),
+                              "interference": itf.status_json(self.interference)})
         if self.metrics is not None and self.interference is not None:
             self.metrics.registry.register(itf.InterferenceCollector(self.interference))
 

@@ -60,6 +60,8 @@ _REQ = struct.Struct("=IHHIIBBHHHI")  # nlmsghdr, genlmsghdr, one u32 PID attrib
 _REPLY_OLD = struct.Struct(f"=2xH8x2xHH{_DELAY - 2}xQ{_RUN - _DELAY - 8}xQ{_PID - _RUN - 8}xI"
                            f"{_NIVCSW - _PID - 4}xQ")
 _REPLY = struct.Struct(f"{_REPLY_OLD.format}{_TGID - _NIVCSW - 8}xI")
+# The usual answer in one unpack: its header's type and seq, then _REPLY.
+_ANSWER = struct.Struct(f"=4xH2xI8x{_REPLY.format[1:]}")  # + nlmsg pid, genlmsghdr
 CHUNK = 64  # requests per datagram: their answers (~600 bytes each) wait in the receive buffer
 
 Counts = tuple[int, int, int]  # run time ns, run delay ns, involuntary switches
@@ -126,8 +128,17 @@ class Taskstats:
                                  for j, (_, tid) in enumerate(keys)))
         want = {(base + j) & 0x7FFFFFFF: key for j, key in enumerate(keys)}
         buf, recv_into = self._buf, self._sock.recv_into
+        full, answer = _ANSWER.size, _ANSWER.unpack_from
         while want:
             n = recv_into(buf)  # one answer per datagram; socket.timeout (OSError) if one is lost
+            if n >= full:  # a whole answer of a current kernel: checked inline (this loop runs per thread)
+                kind, seq, aggr, stats, version, delay, run, pid, nivcsw, tgid = answer(buf, 0)
+                key = want.pop(seq, None)
+                if key is not None:
+                    out[key] = (run, delay, nivcsw) if (
+                        kind == fam and aggr == TASKSTATS_TYPE_AGGR_PID and stats == TASKSTATS_TYPE_STATS
+                        and pid == key[1] and (version < _TGID_SINCE or tgid == key[0])) else None
+                continue
             _, kind, _, seq = _HDR.unpack_from(buf, 0)
             key = want.pop(seq, None)
             if key is None:

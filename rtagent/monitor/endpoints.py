@@ -10,12 +10,14 @@ client.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from ..config import Config
 from ..state import StateStore
 from ..status import StatusServer
 from . import fdlimit
+from .lockprio import at_loop_priority
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +27,17 @@ __all__ = ["start_endpoints"]
 def start_endpoints(config: Config, store: StateStore, snapshot=None):
     """Bind and start the status socket and (if enabled) ``/metrics``;
     returns ``(StatusServer, MetricsServer | None)``.  ``snapshot`` is the
-    status answer (default ``store.snapshot``)."""
+    status answer (default ``store.snapshot(at_loop_priority)``)."""
     soft = fdlimit.raise_nofile()
     metrics_cap = config.metrics.max_connections if config.metrics.enabled else 0
     budget = fdlimit.client_budget(soft, metrics_cap, config.status.max_clients)
     log.debug("file descriptors: soft limit %d, client caps metrics %d + status %d, %d kept for enforcement, "
               "%d for the scrape's schedstat", soft, budget.metrics, budget.status, fdlimit.ENFORCEMENT_RESERVE,
               budget.counters if config.metrics.enabled else 0)
-    status = StatusServer(config.status.socket, config.status.group, snapshot or store.snapshot,
+    # The status thread (nice 10) holds the store's lock only for the
+    # snapshot's copy, and at the loop's priority while it does.
+    snapshot = snapshot or functools.partial(store.snapshot, at_loop_priority)
+    status = StatusServer(config.status.socket, config.status.group, snapshot,
                           max_clients=budget.status, timeout_s=config.status.timeout_s)
     status.start()
     metrics = None

@@ -30,7 +30,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["FastMetric", "render", "choose_encoder", "fmt_value"]
+__all__ = ["FastMetric", "counter_family", "gauge_family", "render", "render_parts", "choose_encoder", "choose_parts_encoder", "fmt_value"]
 
 _OM_EOF = b"# EOF\n"
 _OM = "application/openmetrics-text"
@@ -115,9 +115,12 @@ class FastMetric(Metric):
         s = prefixes[values] = f"{sample}{{{ls}}} " if ls else f"{sample} "
         return s
 
-    def write(self, out: list[str], openmetrics: bool, memo: dict) -> None:
+    def write(self, out: list[bytes], openmetrics: bool, memo: dict) -> None:
+        """Append this family's text, UTF-8 encoded, to ``out``."""
         # A family whose rows are what they were at the last scrape (most of
-        # them, in the steady state) is re-emitted as it was written then.
+        # them, in the steady state) is re-emitted as it was written then:
+        # the same bytes object, which the gzip of the answer recognises
+        # (rtagent/monitor/gzipparts.py).
         key = (self.name, openmetrics, "family")
         hit = memo.get(key)
         if hit is not None and hit[0] == self._rows:
@@ -125,7 +128,7 @@ class FastMetric(Metric):
             return
         mine: list[str] = []
         self._write(mine, openmetrics, memo)
-        text = "".join(mine)
+        text = "".join(mine).encode("utf-8")
         memo[key] = (self._rows, text)
         out.append(text)
 
@@ -171,6 +174,16 @@ class FastMetric(Metric):
             out.append(block)
 
 
+def counter_family(name: str, documentation: str, labels: Sequence[str] = ()) -> FastMetric:
+    """A drop-in for prometheus_client's ``CounterMetricFamily(name, documentation, labels=…)``."""
+    return FastMetric(name, documentation, "counter", labels)
+
+
+def gauge_family(name: str, documentation: str, labels: Sequence[str] = ()) -> FastMetric:
+    """A drop-in for prometheus_client's ``GaugeMetricFamily(name, documentation, labels=…)``."""
+    return FastMetric(name, documentation, "gauge", labels)
+
+
 # Series prefixes and histogram blocks, kept across scrapes; dropped whole
 # when it grows past this (guests churned), so it stays bounded.
 _MEMO: dict = {}
@@ -187,29 +200,45 @@ class _Listed(Collector):
         return iter(self._metrics)
 
 
-def render(registry: Collector, library_encoder: Callable[[Collector], bytes], openmetrics: bool) -> bytes:
-    """One collect() of ``registry``: FastMetric families by :meth:`FastMetric.write`,
-    the others by ``library_encoder``; OpenMetrics' ``# EOF`` stays last."""
+def render_parts(registry: Collector, library_encoder: Callable[[Collector], bytes],
+                 openmetrics: bool) -> list[bytes]:
+    """One collect() of ``registry`` as the answer's parts, in order: the
+    other families by ``library_encoder``, then one part per FastMetric
+    family (:meth:`FastMetric.write`; an unchanged family is the bytes object
+    of the last scrape), OpenMetrics' ``# EOF`` last."""
     fast: list[FastMetric] = []
     other: list[Metric] = []
     for m in registry.collect():
         (fast if isinstance(m, FastMetric) else other).append(m)
-    body = library_encoder(_Listed(other)) if other else (_OM_EOF if openmetrics else b"")
+    body = library_encoder(_Listed(other)) if other else b""
     if openmetrics and body.endswith(_OM_EOF):
         body = body[:-len(_OM_EOF)]
-    out: list[str] = []
+    out: list[bytes] = [body]
     if len(_MEMO) > _MEMO_MAX:
         _MEMO.clear()
     memo = _MEMO
     for m in fast:
         m.write(out, openmetrics, memo)
-    return body + "".join(out).encode("utf-8") + (_OM_EOF if openmetrics else b"")
+    if openmetrics:
+        out.append(_OM_EOF)
+    return out
+
+
+def render(registry: Collector, library_encoder: Callable[[Collector], bytes], openmetrics: bool) -> bytes:
+    """:func:`render_parts`, joined."""
+    return b"".join(render_parts(registry, library_encoder, openmetrics))
+
+
+def choose_parts_encoder(accept_header: str) -> tuple[Callable[[Collector], list[bytes]], str]:
+    """prometheus_client's ``choose_encoder`` (same negotiation, same content
+    types), with :func:`render_parts` doing rtagent's families."""
+    library, content_type = _library_choose_encoder(accept_header)
+    openmetrics = content_type.startswith(_OM)
+    return (lambda registry: render_parts(registry, library, openmetrics)), content_type
 
 
 def choose_encoder(accept_header: str) -> tuple[Callable[[Collector], bytes], str]:
-    """prometheus_client's ``choose_encoder`` (same negotiation, same content
-    types), with :func:`render` doing rtagent's families."""
-    library, content_type = _library_choose_encoder(accept_header)
-    openmetrics = content_type.startswith(_OM)
-    return (lambda registry: render(registry, library, openmetrics)), content_type
+    """As :func:`choose_parts_encoder`, the answer joined into one body."""
+    parts, content_type = choose_parts_encoder(accept_header)
+    return (lambda registry: b"".join(parts(registry))), content_type
 

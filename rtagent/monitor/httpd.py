@@ -2,9 +2,11 @@
 
 The exposition (text format or OpenMetrics by ``Accept``, gzip by
 ``Accept-Encoding``) is prometheus_client's own ``choose_encoder`` (through
-:mod:`rtagent.monitor.exposition`, which writes rtagent's families) over the
-daemon's private registry (present in every version we support, down to
-Debian 12's 0.16); the socket handling is
+:mod:`rtagent.monitor.exposition`, which writes rtagent's families and hands
+the answer over in parts) over the daemon's private registry (present in
+every version we support, down to Debian 12's 0.16); gzip is
+:mod:`rtagent.monitor.gzipparts` (a family unchanged since the last scrape is
+not compressed again); the socket handling is
 :class:`~rtagent.monitor.connserver.ConnectionServer` (bounded connections,
 timeouts, no thread per client).  One request per connection, as
 prometheus_client's ``http.server`` handler does (HTTP/1.0 semantics,
@@ -19,14 +21,14 @@ collector copies the state under the store's lock and renders outside it
 
 from __future__ import annotations
 
-import gzip
 import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from .exposition import choose_encoder  # prometheus_client's negotiation; rtagent's families written fast
+from .exposition import choose_parts_encoder  # prometheus_client's negotiation; rtagent's families written fast
+from .gzipparts import PartsGzip
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class MetricsHandler:
         self.registry = registry
         self.reuse_s = reuse_s
         self._cache: dict[tuple[str, bool], tuple[float, bytes]] = {}
+        self._gzip: dict[str, PartsGzip] = {}  # per content type: its parts recur scrape to scrape
         self.renders = 0
 
     def answer(self, request: bytes) -> bytes | None:
@@ -116,16 +119,18 @@ class MetricsHandler:
         return response(200, body, headers, head_only=req.method == "HEAD")
 
     def _render(self, accept: str, accept_encoding: str) -> tuple[bytes, list[tuple[str, str]]]:
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = choose_parts_encoder(accept)
         gz = _gzip_accepted(accept_encoding)
         headers = [("Content-Type", content_type)] + ([("Content-Encoding", "gzip")] if gz else [])
         now = time.monotonic()
         cached = self._cache.get((content_type, gz))
         if cached is not None and now - cached[0] < self.reuse_s:
             return cached[1], headers
-        body = encoder(self.registry)
+        parts = encoder(self.registry)
         if gz:
-            body = gzip.compress(body, compresslevel=1)
+            body = self._gzip.setdefault(content_type, PartsGzip()).compress(parts)
+        else:
+            body = b"".join(parts)
         self.renders += 1
         self._cache[(content_type, gz)] = (now, body)
         return body, headers

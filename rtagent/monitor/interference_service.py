@@ -15,12 +15,15 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ..config import Config
 from ..kernel.tracefs import TracefsError
 from ..state import StateStore
+# rtagent's writer for these families too: at one series per realtime vCPU and
+# kind, prometheus_client's per-sample writer would cost what exposition.py saves.
+from .exposition import counter_family, gauge_family
 from .interference import Kind
 from .interference_sampler import InterferenceSampler, InterferenceSnapshot, Owners
 
@@ -102,22 +105,22 @@ class InterferenceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.service.snapshot()
         labels = ["cpu", "kind", "source"]
-        secs = CounterMetricFamily("rtagent_cpu_interference_seconds",
-                                   "Time something other than the realtime CPU's own vCPU ran there (task, "
-                                   "kthread, guest, irq, softirq); top sources per CPU, the rest source=\"other\".",
-                                   labels=labels)
-        events = CounterMetricFamily("rtagent_cpu_interference_events",
-                                     "Times a foreign task was switched in or an IRQ/softirq entered on a realtime CPU.",
-                                     labels=labels)
-        lost = CounterMetricFamily("rtagent_cpu_interference_lost_events",
-                                   "Trace events the kernel dropped (buffer full) on a realtime CPU: the "
-                                   "accounting is incomplete while this grows.", labels=["cpu"])
-        share = GaugeMetricFamily("rtagent_cpu_interference_share",
-                                  "Foreign share of a realtime CPU over the status window (interference.window_s).",
-                                  labels=["cpu"])
-        pre = CounterMetricFamily("rtagent_vcpu_preempted_seconds",
-                                  "Time a realtime vCPU was runnable or running but something else had its CPU, by kind.",
-                                  labels=["domain", "vcpu", "kind"])
+        secs = counter_family("rtagent_cpu_interference_seconds",
+                              "Time something other than the realtime CPU's own vCPU ran there (task, "
+                              "kthread, guest, irq, softirq); top sources per CPU, the rest source=\"other\".",
+                              labels=labels)
+        events = counter_family("rtagent_cpu_interference_events",
+                                "Times a foreign task was switched in or an IRQ/softirq entered on a realtime CPU.",
+                                labels=labels)
+        lost = counter_family("rtagent_cpu_interference_lost_events",
+                              "Trace events the kernel dropped (buffer full) on a realtime CPU: the "
+                              "accounting is incomplete while this grows.", labels=["cpu"])
+        share = gauge_family("rtagent_cpu_interference_share",
+                             "Foreign share of a realtime CPU over the status window (interference.window_s).",
+                             labels=["cpu"])
+        pre = counter_family("rtagent_vcpu_preempted_seconds",
+                             "Time a realtime vCPU was runnable or running but something else had its CPU, by kind.",
+                             labels=["domain", "vcpu", "kind"])
         for c in snap.cpus:
             cpu = str(c.cpu)
             for (kind, source), (ns, count) in sorted(c.exported.items(), key=lambda kv: (kv[0][0].value, kv[0][1])):
@@ -129,12 +132,12 @@ class InterferenceCollector(Collector):
                 for kind in Kind:
                     if kind in per:
                         pre.add_metric([domain, str(vcpu), kind.value], per[kind] / 1e9)
-        up = GaugeMetricFamily("rtagent_interference_up", "1 if the interference accounting is reading its trace "
-                               "buffers, else 0.")
+        up = gauge_family("rtagent_interference_up", "1 if the interference accounting is reading its trace "
+                          "buffers, else 0.")
         up.add_metric([], 1 if snap.running and snap.error is None else 0)
-        threshold = GaugeMetricFamily("rtagent_cpu_interference_alert_share",
-                                      "interference.alert_share: the foreign share of a realtime CPU above which "
-                                      "RtagentCpuInterferenceHigh fires.")
+        threshold = gauge_family("rtagent_cpu_interference_alert_share",
+                                 "interference.alert_share: the foreign share of a realtime CPU above which "
+                                 "RtagentCpuInterferenceHigh fires.")
         threshold.add_metric([], self.service.alert_share)
         yield from (secs, events, lost, share, pre, up, threshold)
 

@@ -3,7 +3,7 @@
 The endpoints' threads run at nice 10 so that a flood of clients yields the
 CPU to enforcement (:mod:`rtagent.monitor.connserver`).  But while such a
 thread holds the store's lock (a scrape's copy, well under a millisecond;
-the status answer's snapshot), a busy CPU that preempts it would keep the
+the status answer's copy, converted to JSON after), a busy CPU that preempts it would keep the
 enforcement loop waiting for that
 lock behind every nice-0 task on the host: priority inversion.  So for that
 short section the thread takes the process's own nice value and drops back

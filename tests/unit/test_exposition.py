@@ -89,7 +89,7 @@ def test_the_endpoint_encodes_through_exposition():
     fall back to prometheus_client's per-sample writer (~8× the CPU)."""
     from rtagent.monitor import exposition, httpd
 
-    assert httpd.choose_encoder is exposition.choose_encoder
+    assert httpd.choose_parts_encoder is exposition.choose_parts_encoder
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])

@@ -99,3 +99,18 @@ def test_status_json_counts_switches_the_kernel_left_out():
     cpu = s.snapshot().to_json()["cpus"][0]
     assert cpu["inferred_switches"] == 1
     assert cpu["culprits"][0]["source"] == "stress" and cpu["culprits"][0]["seconds"] == pytest.approx(884e-6)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_collector_writes_what_prometheus_client_writes(openmetrics):
+    """Its families go through rtagent's writer (exposition.py), byte for byte
+    what prometheus_client's own writer makes of the same families."""
+    from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+    from rtagent.monitor.exposition import FastMetric, render
+
+    reg = CollectorRegistry()
+    reg.register(InterferenceCollector(populated_service()))
+    assert all(isinstance(m, FastMetric) for m in reg.collect())
+    library = om_latest if openmetrics else generate_latest
+    assert render(reg, library, openmetrics) == library(reg)
