@@ -9,7 +9,14 @@ with every full check's high-water mark.  ``malloc_trim(0)`` gives every
 whole free page back (``MADV_DONTNEED``; glibc ≥ 2.8); the next full check
 faults in what it needs again.
 
-Not glibc (musl): no ``malloc_trim``, nothing to do.
+Large buffers, the other way in: glibc serves a request above
+``M_MMAP_THRESHOLD`` (128 KiB) with its own mapping, unmapped at ``free()``
+— but after the first such free it raises the threshold to that size, so
+the next status answer (≈ 360 KiB of JSON at 100 guests) and its encoding
+come from the heap and stay there.  :func:`configure` fixes the threshold
+at 128 KiB (setting it turns the adjustment off).
+
+Not glibc (musl): no ``malloc_trim``/``mallopt``, nothing to do.
 """
 
 from __future__ import annotations
@@ -20,17 +27,27 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def _malloc_trim():
+M_MMAP_THRESHOLD = -3  # <malloc.h>
+MMAP_THRESHOLD = 128 << 10  # glibc's default, kept fixed
+
+
+def _libc_fn(name: str, argtypes: list):
     try:
-        fn = ctypes.CDLL(None).malloc_trim  # the interpreter's own libc
+        fn = getattr(ctypes.CDLL(None), name)  # the interpreter's own libc
     except (AttributeError, OSError):
         return None
-    fn.argtypes = [ctypes.c_size_t]
+    fn.argtypes = argtypes
     fn.restype = ctypes.c_int
     return fn
 
 
-_TRIM = _malloc_trim()
+_TRIM = _libc_fn("malloc_trim", [ctypes.c_size_t])
+_MALLOPT = _libc_fn("mallopt", [ctypes.c_int, ctypes.c_int])
+
+
+def configure() -> bool:
+    """Keep buffers above 128 KiB out of the heap (see above); at start."""
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) if _MALLOPT is not None else False
 
 
 def available() -> bool:

@@ -182,6 +182,7 @@ class Daemon:
 
 
 def run(config_path: str | None) -> int:
+    heap.configure()  # before the first large buffer (heap.py)
     config = load_config(config_path)
     daemon = Daemon(config, config_path)
     daemon.install_signals()
