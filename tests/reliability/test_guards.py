@@ -62,7 +62,7 @@ def observed_states(draw, nvcpus: int, niothreads: int):
                                draw(cpus)))
     threads.append(_thread(300, "worker", "emulator", None, "worker", draw(pol), draw(prio), draw(cpus)))
     pit = _thread(400, "kvm-pit/100", "kthread", None, "kvm-pit", draw(pol), draw(prio), draw(cpus))
-    return Observed(pid=100, threads=tuple(threads), kthreads=(pit,), memory=ProcessMemory(), cmdline=[])
+    return Observed(pid=100, threads=tuple(threads), kthreads=(pit,), memory=ProcessMemory())
 
 
 @pytest.mark.unit

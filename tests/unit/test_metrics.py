@@ -60,7 +60,6 @@ def make_report(name="rt1", uuid="11111111-2222-3333-4444-555555555555", *, v2_p
         )[:None if v2_thread else 3],
         kthreads=(),
         memory=ProcessMemory(vm_lck_bytes=4 * MiB, hugetlb_bytes=64 * MiB),
-        cmdline=[],
     )
     plan = plan_domain(spec, observed, P, RealtimeConfig())
     violations = [v for tp in plan.threads for v in tp.violations()] + plan.violations

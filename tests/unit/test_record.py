@@ -25,8 +25,7 @@ def _thread(tid: int, policy: str) -> ThreadInfo:
 
 
 def _report(*, realtime: bool, withdrawn: bool = False, policy: str = "fifo", pid: int = 10) -> DomainReport:
-    obs = Observed(pid=pid, threads=(_thread(11, policy),), kthreads=(), memory=ProcessMemory(0, 0, 0, None),
-                   cmdline=[])
+    obs = Observed(pid=pid, threads=(_thread(11, policy),), kthreads=(), memory=ProcessMemory(0, 0, 0, None))
     return DomainReport(name="g", uuid="u", spec=RealtimeSpec(domain="g", realtime=realtime), pid=pid,
                         observed=obs, withdrawn=withdrawn, realtime_cgroups=frozenset({"/m/vcpu1"}))
 

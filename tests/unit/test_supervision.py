@@ -90,7 +90,7 @@ def _thread(tid: int, *, policy: str = "fifo", prio: int = 1, cpus=frozenset({1}
 def _report(threads: list[ThreadInfo], wants: list[Want], changes: list[Result] = ()) -> DomainReport:
     plans = [ThreadPlan(thread=t, want=w, check="vcpu" if t.role == "vcpu" else "emulator")
              for t, w in zip(threads, wants, strict=True)]
-    obs = Observed(pid=10, threads=tuple(threads), kthreads=(), memory=ProcessMemory(), cmdline=[])
+    obs = Observed(pid=10, threads=tuple(threads), kthreads=(), memory=ProcessMemory())
     return DomainReport(name="g", uuid="u", spec=RealtimeSpec(domain="g", realtime=True), pid=10,
                         observed=obs, threads=plans, changes=list(changes))
 

@@ -35,7 +35,7 @@ def spec(**kw):
 
 
 def observed(*threads, kthreads=()):
-    return Observed(pid=100, threads=tuple(threads), kthreads=tuple(kthreads), memory=ProcessMemory(), cmdline=[])
+    return Observed(pid=100, threads=tuple(threads), kthreads=tuple(kthreads), memory=ProcessMemory())
 
 
 def guest_threads(**overrides):

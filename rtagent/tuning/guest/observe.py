@@ -86,7 +86,6 @@ class Observed:
     threads: tuple[ThreadInfo, ...]  # tasks of the process, incl. in-process kernel workers
     kthreads: tuple[ThreadInfo, ...]  # separate per-VM kthreads: kvm-pit/<pid>, pre-6.4 vhost-<pid>
     memory: ProcessMemory
-    cmdline: list[str]
 
     @property
     def vcpu_threads(self) -> dict[int, ThreadInfo]:
@@ -186,10 +185,10 @@ def find_vm_kthreads(kernel: Kernel, qemu_pid: int, *, tids: Iterable[int] = ())
     return found
 
 
-def _process_facts(kernel: Kernel, pid: int) -> tuple[dict[str, str], list[str], ProcessMemory, list[int]]:
+def _process_facts(kernel: Kernel, pid: int) -> tuple[dict[str, str], ProcessMemory, list[int]]:
     try:
         status, memory = kernel.tasks.process(pid)  # one read of status for both
-        return status, kernel.tasks.cmdline(pid), memory, kernel.tasks.tids(pid)
+        return status, memory, kernel.tasks.tids(pid)
     except GONE as e:
         raise ProcessGone(pid) from e
 
@@ -200,7 +199,7 @@ def observe_process(pid: int, kernel: Kernel, *, with_kthreads: bool = True) -> 
     Raises :class:`ProcessGone` if the process does not exist or is a zombie.
     Threads that vanish mid-read are left out.
     """
-    status, cmdline, memory, tids = _process_facts(kernel, pid)
+    status, memory, tids = _process_facts(kernel, pid)
     tgid = status.get("Tgid")
     if tgid is not None and tgid.isdigit() and int(tgid) != pid:
         raise ValueError(f"{pid} is a thread of process {tgid}, not a process")
@@ -215,4 +214,4 @@ def observe_process(pid: int, kernel: Kernel, *, with_kthreads: bool = True) -> 
     if not threads and not kernel.tasks.exists(pid):
         raise ProcessGone(pid)
     kthreads = tuple(find_vm_kthreads(kernel, pid, tids=tids)) if with_kthreads else ()
-    return Observed(pid=pid, threads=tuple(threads), kthreads=kthreads, memory=memory, cmdline=cmdline)
+    return Observed(pid=pid, threads=tuple(threads), kthreads=kthreads, memory=memory)
