@@ -83,6 +83,22 @@ def _parse_item(text: str, token: str) -> set[int]:
     return {c for c in cpus if (c - lo) % group < used}
 
 
+# A host has few distinct CPU sets, but the daemon holds one per thread per
+# record (observation, plan, steady baseline…): thousands at 100 guests, each
+# frozenset ≈ 216 bytes.  Equal sets are shared (bounded: a pathological
+# stream of distinct sets just stops being shared).
+_INTERNED: dict[frozenset[int], frozenset[int]] = {}
+_INTERN_MAX = 4096
+
+
+def interned(cpus: Iterable[int]) -> frozenset[int]:
+    """``frozenset(cpus)``, the one instance of that set where there is one."""
+    fs = frozenset(cpus)
+    if len(_INTERNED) >= _INTERN_MAX:
+        return _INTERNED.get(fs, fs)
+    return _INTERNED.setdefault(fs, fs)  # atomic under the GIL: threads may race safely
+
+
 def parse_cpulist(text: str, *, allow_empty: bool = False) -> frozenset[int]:
     """Parse the kernel's CPU list syntax into a set of CPU numbers.
 
@@ -100,7 +116,7 @@ def parse_cpulist(text: str, *, allow_empty: bool = False) -> frozenset[int]:
     cpus: set[int] = set()
     for token in stripped.split(","):
         cpus |= _parse_item(text, token)
-    return frozenset(cpus)
+    return interned(cpus)
 
 
 def format_cpulist(cpus: Iterable[int]) -> str:
@@ -141,7 +157,7 @@ def parse_hexmask(text: str) -> frozenset[int]:
             cpus.add(bit)
         value >>= 1
         bit += 1
-    return frozenset(cpus)
+    return interned(cpus)
 
 
 def format_hexmask(cpus: Iterable[int]) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..cpulist import interned
 from .tasks import POLICY_NUMBER
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Expected:
 
     @classmethod
     def of(cls, tid: int, policy: str, priority: int, cpus: Iterable[int], pid: int = 0) -> Expected:
-        return cls(tid, POLICY_NUMBER.get(policy, _UNKNOWN), int(priority), frozenset(cpus), pid)
+        return cls(tid, POLICY_NUMBER.get(policy, _UNKNOWN), int(priority), interned(cpus), pid)
 
 
 class DriftProbe:

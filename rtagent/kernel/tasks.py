@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..cpulist import CpuListError, parse_cpulist
+from ..cpulist import CpuListError, interned, parse_cpulist
 from ..vocab import REALTIME_POLICIES, Policy
 from . import fs
 from .errors import GONE
@@ -358,7 +358,7 @@ class Tasks:
                 raise
             cgroup = None
         if live:
-            cpus = frozenset(os.sched_getaffinity(tid))
+            cpus = interned(os.sched_getaffinity(tid))
         else:
             cpus = cpus_allowed(pick_status(fs.read_text(base + "status"))) or frozenset()
         return Look(stat, cgroup, cpus)
@@ -427,10 +427,10 @@ class Tasks:
             return self.read(pid if pid is not None else tid, tid).sched
         policy = os.sched_getscheduler(tid) & 0xFF  # SCHED_RESET_ON_FORK is bit 30
         priority = os.sched_getparam(tid).sched_priority
-        return Sched(policy_name(policy), priority, frozenset(os.sched_getaffinity(tid)))
+        return Sched(policy_name(policy), priority, interned(os.sched_getaffinity(tid)))
 
     def affinity(self, tid: int) -> frozenset[int]:
-        return frozenset(os.sched_getaffinity(tid))
+        return interned(os.sched_getaffinity(tid))
 
     def run_time_ns(self, tid: int) -> int | None:
         """Time on CPU so far (``schedstat`` field 1); None when the thread

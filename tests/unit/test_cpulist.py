@@ -217,3 +217,12 @@ def test_realtime_mask_errors_name_a_token_of_the_input(mask: str) -> None:
         parse_realtime_mask(mask, range(4))
     except CpuListError as err:
         assert err.token.strip() in mask
+
+
+def test_equal_cpu_sets_are_one_object():
+    """Thousands of per-thread records hold a few distinct sets (RSS)."""
+    from rtagent.cpulist import interned
+
+    a, b = parse_cpulist("0-1"), parse_cpulist("1,0")
+    assert a == {0, 1} and a is b and interned([1, 0]) is a
+    assert interned(set()) == frozenset()
