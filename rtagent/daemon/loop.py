@@ -56,9 +56,8 @@ class Daemon:
         self.queue.put(Item(kind, payload, time.monotonic()))
 
     def _libvirt_event(self, ev: DomainEvent) -> None:
-        """On libvirt's event thread: an event of a guest the selector never
-        manages is dropped here instead of waking the loop for nothing (on a
-        shared host most events are other guests' starts and stops)."""
+        """On libvirt's event thread: a guest the selector never manages does
+        not wake the loop (on a shared host most events are other guests')."""
         if self.guests.selector.matches_name(ev.name):
             self._put(Kind.EVENT, ev)
 
