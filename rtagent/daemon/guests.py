@@ -508,7 +508,7 @@ class GuestSupervisor:
         # retried on the same backoff, not only at the next resync.
         refused = bool(after.failures) or any(v.check == Check.RT_BUDGET for v in after.violations)
         self.retry.after_reconcile(uuid, attempts, pending=pending, refused=refused,
-                                   settling=retry_attempts is not None)
+                                   settling=retry_attempts is not None, not_before=self.tuner.budget_wait_until(after))
         return after
 
     def _apply(self, guest: Guest, before: DomainReport) -> DomainReport | None:

@@ -24,7 +24,7 @@ from .hostside import HostSupervisor
 from .items import Item, Kind
 from .link import LibvirtLink
 from .lock import InstanceLock
-from . import shutdown
+from . import heap, shutdown
 from .services import Services, prepare, reload_config, status_line
 from .startwatch import StartWatch
 
@@ -154,6 +154,8 @@ class Daemon:
             self.link.lost("listing guests failed", time.monotonic())
         self.link.publish_responsiveness()
         self.hostside.enforce(set(self.guests.tracked.values()), tuple(self.guests.vcpusched_refused.values()))
+        if full:
+            heap.trim()  # the full check's (and host checks') buffers back to the kernel: heap.py
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
                                      setattr(s.daemon, "last_resync_at", time.time())))
         self._resynced_at = time.monotonic()

@@ -64,12 +64,29 @@ class RetrySchedule:
             del self._due[d.uuid]
         return out
 
-    def after_reconcile(self, uuid: str, attempts: int, *, pending: bool, refused: bool, settling: bool) -> bool:
+    def after_reconcile(self, uuid: str, attempts: int, *, pending: bool, refused: bool, settling: bool,
+                        not_before: float | None = None) -> bool:
         """Decide whether to look again: a vCPU libvirt is still placing
         (``pending``) or a refused change keep backing off for as long as they
         last; a thread event's settle looks (``settling``) stop after
-        ``settle_attempts``."""
-        if pending or refused or (settling and attempts < self.settle_attempts):
+        ``settle_attempts``.  ``not_before``: a refusal that cannot go
+        through before then (the RT budget's grant gate) is looked at then,
+        not on the short backoff."""
+        if pending or (settling and attempts < self.settle_attempts):
+            self.schedule(uuid, attempts)
+            return True
+        if refused and not_before is not None:
+            self.schedule_at(uuid, not_before, attempts)
+            return True
+        if refused:
             self.schedule(uuid, attempts)
             return True
         return False
+
+    def schedule_at(self, uuid: str, at: float, attempts: int = 0) -> float:
+        """Look again at ``at``; an earlier deadline already set wins."""
+        current = self._due.get(uuid)
+        if current is None or current[0] > at:
+            self._due[uuid] = (at, attempts + 1)
+            return at
+        return current[0]

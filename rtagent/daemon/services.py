@@ -98,16 +98,23 @@ class Services:
         except OSError as err:
             log.warning("cpuset watch unavailable (%s): a live-added iothread is placed by the reconcile "
                         "after libvirt's affinity call", err)
-        from ..monitor import interference_service as itf
-
-        self.interference = itf.InterferenceService.start(config, self.store)
+        self.interference = start_interference(config, self.store)
         # Bounded, timed-out client servers within a descriptor budget.
         self.status, self.metrics = start_endpoints(
             config, self.store,
-            snapshot=lambda: {**self.store.snapshot(at_loop_priority),
-                              "interference": itf.status_json(self.interference)})
+            snapshot=lambda: {**self.store.snapshot(at_loop_priority), "interference": self._interference_json()})
         if self.metrics is not None and self.interference is not None:
-            self.metrics.registry.register(itf.InterferenceCollector(self.interference))
+            from ..monitor.interference_service import InterferenceCollector
+
+            self.metrics.registry.register(InterferenceCollector(self.interference))
+
+    def _interference_json(self) -> dict:
+        """The status answer's ``interference`` section."""
+        if self.interference is None:
+            return {"running": False, "cpus": []}  # as interference_service.status_json(None)
+        from ..monitor.interference_service import status_json
+
+        return status_json(self.interference)
 
     def stop_steps(self) -> list[Step]:
         """What stopping puts back, each step bounded (daemon/shutdown.py).
@@ -127,6 +134,18 @@ class Services:
             if svc is not None:
                 steps.append(Step(name, svc.close, 1.0))
         return steps
+
+
+def start_interference(config: Config, store: StateStore):
+    """The interference service (monitor/interference_service.py), or None
+    when ``[interference] enabled = false``: then its module is not even
+    imported — the sampler, tracefs and prometheus_client (its collector)
+    are ≈ 4 MiB of RSS a daemon without them does not pay."""
+    if not config.interference.enabled:
+        return None
+    from ..monitor.interference_service import InterferenceService
+
+    return InterferenceService.start(config, store)
 
 
 def reload_config(current: Config, path: str | None) -> Config | None:

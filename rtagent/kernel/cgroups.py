@@ -98,6 +98,10 @@ class RtTree:
         """``cpu.rt_runtime_us`` (raises FileNotFoundError if the group is gone)."""
         return int(fs.read_text(self.file(group)).strip())
 
+    def held(self, group: str) -> int | None:
+        """``cpu.rt_runtime_us``, None when the group is gone (or has no such file)."""
+        return fs.read_int(self.file(group))
+
     def period(self, group: str) -> int:
         return int(fs.read_text(self.file(group, PERIOD)).strip())
 

@@ -4,11 +4,13 @@ topology, vhost workers and the kernel release.  Readers only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cpulist import CpuListError, parse_cpulist
 from . import fs, tracefs
+from .procscan import ScannedProcess, scan_processes
 from .root import Kernel
 
 DEBUGFS_MOUNT_HINT = "mount -t debugfs nodev /sys/kernel/debug"
@@ -71,19 +73,16 @@ def thread_siblings(kernel: Kernel, cpu: int) -> frozenset[int] | None:
         return None
 
 
-def vhost_workers(kernel: Kernel) -> tuple[int, int]:
+def vhost_workers(kernel: Kernel, processes: Sequence[ScannedProcess] | None = None) -> tuple[int, int]:
     """(vhost workers that are their own process — kernel threads,
-    vhost workers that are threads inside another process — QEMU)."""
-    tasks = kernel.tasks
+    vhost workers that are threads inside another process — QEMU).
+    ``processes``: a scan already taken (kernel/procscan.py)."""
     own = inside = 0
-    for pid in tasks.pids():
-        try:
-            if tasks.comm(pid).startswith("vhost-"):
-                own += 1
-                continue
-            inside += sum(1 for t in tasks.tids(pid) if t != pid and tasks.comm(pid, t).startswith("vhost-"))
-        except OSError:
-            continue
+    for proc in scan_processes(kernel) if processes is None else processes:
+        if proc.stat.comm.startswith("vhost-"):
+            own += 1
+        else:
+            inside += sum(1 for name in proc.names.values() if name.startswith("vhost-"))
     return own, inside
 
 

@@ -16,7 +16,6 @@ an event means.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -39,7 +38,9 @@ _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 
 _HEADER = struct.Struct("=iIII")  # wd, mask, cookie, len
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own libc (dlopen(NULL), as privileges.py): ctypes.util.find_library
+# would run ldconfig in a subprocess and import subprocess, tempfile, shutil… (≈ 0.8 MiB).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ environment, else from ``/etc/default/irqbalance`` /
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from ..cpulist import CpuListError, format_cpulist, parse_cpulist, parse_hexmask
 from . import fs
 
 if TYPE_CHECKING:
+    from .procscan import ScannedProcess
     from .root import Kernel
 
 __all__ = ["IrqbalanceInfo", "parse_shell_vars", "detect_irqbalance"]
@@ -95,8 +97,10 @@ def _from_defaults(kernel: Kernel, pids: list[int]) -> IrqbalanceInfo | None:
     return None
 
 
-def detect_irqbalance(kernel: Kernel) -> IrqbalanceInfo:
-    pids = sorted(st.pid for st in kernel.tasks.scan() if st.comm == "irqbalance" and not st.kthread)
+def detect_irqbalance(kernel: Kernel, processes: Sequence[ScannedProcess] | None = None) -> IrqbalanceInfo:
+    """``processes``: a /proc scan already taken (the host checks share one)."""
+    stats = kernel.tasks.scan() if processes is None else (p.stat for p in processes)
+    pids = sorted(st.pid for st in stats if st.comm == "irqbalance" and not st.kthread)
     found = _from_processes(kernel, pids) or _from_defaults(kernel, pids)
     if found is not None:
         return found

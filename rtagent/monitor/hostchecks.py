@@ -16,7 +16,7 @@ each looks at are documented in docs/host-partition.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -24,6 +24,7 @@ from ..config import Partition
 from ..cpulist import CpuListError, format_cpulist, parse_cpulist
 from ..kernel import Kernel
 from ..kernel.irqbalance import detect_irqbalance
+from ..kernel.procscan import ScannedProcess, scan_processes
 from ..kernel.tasks import cpus_allowed
 from ..tuning.guest import vcpusched
 from ..vocab import Severity
@@ -93,6 +94,14 @@ class Context:
     exclude_pids: frozenset[int] = frozenset()
     # Defined guests with a realtime <vcpusched> (libvirt applies it at start).
     vcpusched_guests: tuple[str, ...] = ()
+    # The one /proc scan of this run (kernel/procscan.py), taken by the first
+    # check that needs it: the intruders, irqbalance and vhost_worker checks.
+    _scan: list[tuple[ScannedProcess, ...]] = field(default_factory=list, compare=False, repr=False)
+
+    def processes(self) -> tuple[ScannedProcess, ...]:
+        if not self._scan:
+            self._scan.append(scan_processes(self.kernel))
+        return self._scan[0]
 
 
 @dataclass(frozen=True)
@@ -331,30 +340,28 @@ def _check_hugepages(ctx: Context) -> list[HostCheck]:
 # processes
 
 
-def find_intruders(kernel: Kernel, realtime: frozenset[int],
-                   exclude_pids: Iterable[int] = ()) -> list[tuple[int, int, str]]:
+def find_intruders(kernel: Kernel, realtime: frozenset[int], exclude_pids: Iterable[int] = (),
+                   processes: Sequence[ScannedProcess] | None = None) -> list[tuple[int, int, str]]:
     """User threads allowed on a realtime CPU: ``(tgid, tid, comm)``.  Kernel
-    threads and every thread of the ``exclude_pids`` processes are skipped."""
+    threads and every thread of the ``exclude_pids`` processes are skipped.
+    ``processes``: a scan already taken (the host checks share one)."""
     excluded = set(exclude_pids)
     out: list[tuple[int, int, str]] = []
     live = kernel.live
-    for st in kernel.tasks.scan():
-        if st.pid in excluded or st.kthread:
+    for proc in scan_processes(kernel) if processes is None else processes:
+        if proc.pid in excluded or proc.stat.kthread:
             continue
-        try:
-            tids = kernel.tasks.tids(st.pid)
-        except OSError:
-            continue
-        for tid in tids:
+        for tid in proc.tids:
             try:
                 # On the live kernel the affinity syscall (≈ 1 µs) instead of
                 # reading and parsing status (≈ 10 µs): every thread on the
                 # host is asked, every host-check interval.
-                cpus = kernel.tasks.affinity(tid) if live else cpus_allowed(kernel.tasks.status(st.pid, tid))
-                if cpus is not None and cpus & realtime:
-                    out.append((st.pid, tid, kernel.tasks.comm(st.pid, tid).strip()))
+                cpus = kernel.tasks.affinity(tid) if live else cpus_allowed(kernel.tasks.status(proc.pid, tid))
             except OSError:
                 continue
+            name = proc.name_of(tid)
+            if cpus is not None and cpus & realtime and name is not None:
+                out.append((proc.pid, tid, name.strip()))
     out.sort()
     return out
 
@@ -397,17 +404,15 @@ def _check_intruders(ctx: Context) -> list[HostCheck]:
     p, name = ctx.partition, Name.INTRUDERS
     if not p.realtime:
         return [_warn(name, _NO_RT)]
-    found = find_intruders(ctx.kernel, p.realtime, ctx.exclude_pids)
+    scan = ctx.processes()
+    found = find_intruders(ctx.kernel, p.realtime, ctx.exclude_pids, scan)
     rts = format_cpulist(p.realtime)
     if not found:
         return [replace(_ok(name, f"no user thread outside the guests may run on realtime CPUs {rts}"), value=0)]
+    by_pid = {proc.pid: proc.stat.comm.strip() for proc in scan}
     procs: dict[int, str] = {}
     for tgid, _tid, comm in found:
-        if tgid not in procs:
-            try:
-                procs[tgid] = ctx.kernel.tasks.comm(tgid).strip()
-            except OSError:
-                procs[tgid] = comm
+        procs.setdefault(tgid, by_pid.get(tgid, comm))
     examples = ", ".join(f"{comm}[{pid}]" for pid, comm in list(procs.items())[:5])
     more = f" and {len(procs) - 5} more" if len(procs) > 5 else ""
     return [replace(_warn(name, f"{len(found)} user threads in {len(procs)} processes may run on realtime CPUs "
@@ -417,7 +422,7 @@ def _check_intruders(ctx: Context) -> list[HostCheck]:
 
 def _check_irqbalance(ctx: Context) -> list[HostCheck]:
     name = Name.IRQBALANCE
-    info = detect_irqbalance(ctx.kernel)
+    info = detect_irqbalance(ctx.kernel, ctx.processes())
     if not info.running:
         return [_ok(name, "irqbalance is not running")]
     pids = ",".join(map(str, info.pids))
@@ -459,7 +464,7 @@ REGISTRY: tuple[CheckDef, ...] = (
         parse_cmdline(ctx.kernel.cpus.cmdline()), ctx.kernel)]),
     CheckDef((Name.TRACEFS,), lambda ctx: [_preflight().check_tracefs(ctx.kernel)]),
     CheckDef((Name.SMT_SIBLINGS,), lambda ctx: [_preflight().check_smt_siblings(ctx.partition, ctx.kernel)]),
-    CheckDef((Name.VHOST_WORKER,), lambda ctx: [_preflight().check_vhost_worker(ctx.kernel)]),
+    CheckDef((Name.VHOST_WORKER,), lambda ctx: [_preflight().check_vhost_worker(ctx.kernel, ctx.processes())]),
 )
 
 def _preflight():

@@ -39,11 +39,13 @@ behind it (exported as ``rtagent_host_check_value{check}``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from ..config import Partition
 from ..cpulist import format_cpulist
 from ..kernel import Kernel
 from ..kernel import features as kf
+from ..kernel.procscan import ScannedProcess
 from ..vocab import Severity
 from .hostchecks import HostCheck
 
@@ -139,10 +141,11 @@ def check_smt_siblings(partition: Partition, kernel: Kernel) -> HostCheck:
                   f"command line, or {kf.SMT_OFF_HINT})", len(siblings))
 
 
-def check_vhost_worker(kernel: Kernel) -> HostCheck:
+def check_vhost_worker(kernel: Kernel, processes: Sequence[ScannedProcess] | None = None) -> HostCheck:
+    """``processes``: a /proc scan already taken (the host checks share one)."""
     name = "vhost_worker"
     version = kernel_version(kf.osrelease(kernel))
-    kthreads, inside = kf.vhost_workers(kernel)
+    kthreads, inside = kf.vhost_workers(kernel, processes)
     if kthreads and not inside:
         return _check(name, True, "info", f"vhost workers are kernel threads ({kthreads} vhost-<pid> kthreads): "
                       f"rtagent pins them as per-VM kernel threads (they are not in QEMU's cgroups)", 0)

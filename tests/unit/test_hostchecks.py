@@ -341,3 +341,37 @@ def test_missing_files_do_not_crash(tmp_path):
     result = run_host_checks(part(), Kernel(str(proc), str(sys_), etc=str(tmp_path / "etc")))
     assert [c.name for c in result] == list(CHECK_NAMES)
     assert all(c.detail and c.severity in hostchecks.SEVERITIES for c in result)
+
+
+def test_one_proc_scan_serves_every_check_that_needs_processes(host, monkeypatch):
+    """The intruders, irqbalance and vhost_worker checks share one listing of
+    /proc per run (each used to list and read all of it itself), and each
+    reports what it reports when it scans alone."""
+    from rtagent.kernel import features as kf
+    from rtagent.kernel.tasks import Tasks
+    from rtagent.monitor import preflight
+
+    host.write("proc/sys/kernel/osrelease", "6.8.0")
+    host.process(700, "irqbalance", "0-3", environ=b"IRQBALANCE_BANNED_CPULIST=2-3\0")
+    host.process(900, "qemu-system-x86", "0-3", threads=[(901, "CPU 0/KVM", "2"), (905, "vhost-900", "0-3")])
+    host.process(950, "stress", "0-1", threads=[(951, "stress-worker", "0-3")])
+    k = host.kernel()
+    alone = {"intruders": hostchecks.find_intruders(k, frozenset({2, 3}), {900}),
+             "irqbalance": detect_irqbalance(k), "vhost": kf.vhost_workers(k),
+             "vhost_check": preflight.check_vhost_worker(k)}
+    listings = []
+    real = Tasks.pids
+    monkeypatch.setattr(Tasks, "pids", lambda self: listings.append(1) or real(self))
+    c = host.checks(exclude_pids={900})
+    assert len(listings) == 1
+    assert alone["intruders"] == [(700, 700, "irqbalance"), (950, 951, "stress-worker")]
+    assert c["intruders"].value == 2 and "irqbalance[700], stress[950]" in c["intruders"].detail
+    assert alone["irqbalance"].pids == (700,) and alone["irqbalance"].bans(frozenset({2, 3}))
+    assert c["irqbalance"].ok and "(pid 700) bans realtime CPUs 2-3" in c["irqbalance"].detail
+    assert alone["vhost"] == (0, 1)
+    assert c["vhost_worker"] == alone["vhost_check"] and "(1 seen)" in c["vhost_worker"].detail
+    # The standalone readers take a scan of their own, as before.
+    listings.clear()
+    assert hostchecks.find_intruders(k, frozenset({2, 3}), {900}) == alone["intruders"]
+    assert detect_irqbalance(k) == alone["irqbalance"] and kf.vhost_workers(k) == alone["vhost"]
+    assert len(listings) == 3

@@ -11,6 +11,7 @@ from rtagent.kernel import Kernel
 from rtagent.kernel import features as kf
 from rtagent.monitor import preflight as pf
 from rtagent.monitor.hostchecks import parse_cmdline
+from tests.procfixture import KTHREAD_FLAGS, USER_FLAGS, stat_line
 
 pytestmark = pytest.mark.unit
 
@@ -129,11 +130,14 @@ def test_smt_siblings_both_realtime_or_no_smt(tmp_path):
 # -- vhost_worker --------------------------------------------------------------------
 
 
-def proc_tree(tmp: Path, osrelease: str, procs: dict[int, tuple[str, list[tuple[int, str]]]]) -> Kernel:
+def proc_tree(tmp: Path, osrelease: str, procs: dict[int, tuple[str, list[tuple[int, str]]]],
+              kthreads: frozenset[int] = frozenset()) -> Kernel:
     root = tmp / "proc"
     write(root / "sys/kernel/osrelease", osrelease + "\n")
     for pid, (comm, threads) in procs.items():
         write(root / str(pid) / "comm", comm + "\n")
+        flags = KTHREAD_FLAGS if pid in kthreads else USER_FLAGS
+        write(root / str(pid) / "stat", stat_line(pid, comm, flags=flags, ppid=2 if pid in kthreads else 1))
         (root / str(pid) / "task").mkdir(parents=True, exist_ok=True)
         for tid, tcomm in threads:
             write(root / str(pid) / "task" / str(tid) / "comm", tcomm + "\n")
@@ -143,14 +147,14 @@ def proc_tree(tmp: Path, osrelease: str, procs: dict[int, tuple[str, list[tuple[
 def test_vhost_workers_as_threads_inside_qemu(tmp_path):
     proc = proc_tree(tmp_path, "6.8.0", {100: ("qemu-system-x86", [(100, "qemu-system-x86"), (105, "vhost-100")])})
     c = pf.check_vhost_worker(proc)
-    assert (c.ok, c.value) == (True, 1) and "inside QEMU" in c.detail
+    assert (c.ok, c.value) == (True, 1) and "inside QEMU (1 seen)" in c.detail
 
 
 def test_vhost_workers_as_kthreads(tmp_path):
     proc = proc_tree(tmp_path, "5.15.0", {100: ("qemu-system-x86", [(100, "qemu-system-x86")]),
-                                          101: ("vhost-100", [(101, "vhost-100")])})
+                                          101: ("vhost-100", [(101, "vhost-100")])}, kthreads=frozenset({101}))
     c = pf.check_vhost_worker(proc)
-    assert (c.ok, c.value) == (True, 0) and "kernel threads" in c.detail
+    assert (c.ok, c.value) == (True, 0) and "kernel threads (1 vhost-<pid> kthreads)" in c.detail
 
 
 @pytest.mark.parametrize("release, value", [("6.4.0", 1), ("6.1.55-rt", 0)])

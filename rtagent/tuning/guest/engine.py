@@ -275,12 +275,28 @@ class Tuner:
                           f" ({r.detail})" if r.detail else "")
         return after
 
+    def budget_wait_until(self, after: DomainReport) -> float | None:
+        """When trying ``after``'s guest again can first succeed, if all it
+        failed on is realtime for want of RT budget (its FIFO changes refused,
+        the ledger's refusal on record): the grant gate's deadline
+        (grantgate.py), before which the same refusal would come back.
+        None when something else failed too, or nothing did."""
+        if not after.failures or not self.ledger.gate.closed:
+            return None
+        if not any(v.check == Check.RT_BUDGET for v in after.violations):
+            return None
+        if not all(isinstance(r.action, SetScheduler) and r.action.policy in REALTIME for r in after.failures):
+            return None
+        return self.ledger.gate.until
+
     def _grant_for(self, report: DomainReport, actions: list) -> list[str]:
         if not any(isinstance(a, SetScheduler) and a.policy in REALTIME for a in actions):
             return []
         try:
             self.ledger.grant()
         except (rtgroup.BudgetError, OSError) as err:
-            log.warning("RT budget for %s: %s", report.name, err)
+            # The same refusal again (grantgate.py) was logged when it was new.
+            level = logging.DEBUG if isinstance(err, rtgroup.BudgetShort) and err.repeat else logging.WARNING
+            log.log(level, "RT budget for %s: %s", report.name, err)
             return [str(err)]
         return []

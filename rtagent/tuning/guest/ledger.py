@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ...kernel import Kernel
 from ...kernel.cgroups import RtTree
 from . import rtgroup
+from .grantgate import GrantGate
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class BudgetLedger:
     # Releases the kernel refused (EBUSY while a thread there is still
     # realtime): retried on the next grant or release.
     release_failed: dict[str, str] = field(default_factory=dict)
+    # A refused grant is not re-planned until it could succeed.
+    gate: GrantGate = field(default_factory=GrantGate)
 
     @classmethod
     def for_host(cls, rt_budget_us: int | str, kernel: Kernel) -> BudgetLedger:
@@ -94,11 +97,18 @@ class BudgetLedger:
         """Grant budget to every claimed cgroup that exists (idempotent), after
         releasing what is no longer claimed and what dead guests left behind.
         Raises :class:`rtgroup.BudgetError` (or OSError) when the grant
-        itself is refused; failed releases only shrink what is available."""
+        itself is refused; failed releases only shrink what is available.
+        A refusal for want of budget is answered again without re-planning
+        while nothing it depends on changed (grantgate.py)."""
         if self.hierarchy is None:
             return None
         leaves = {p for p in self.claimed if self._exists(p)}
         self.release_unclaimed()
+        if not leaves:
+            self.gate.open()
+            return None
+        if self.gate.closed and (err := self.gate.refusal(self._grant_key(leaves))) is not None:
+            raise err
         # Deepest first: a group's budget cannot drop below its children's
         # (EINVAL), so vcpuN goes to 0 before its guest group does.
         for stale in sorted(rtgroup.stale_guest_groups(self.hierarchy, leaves), key=lambda p: (-p.count("/"), p)):
@@ -106,11 +116,18 @@ class BudgetLedger:
                 rtgroup.apply_budgets(self.hierarchy, set(), None, {stale})
             except (rtgroup.BudgetError, OSError) as err:
                 log.warning("RT budget held by dead guest group %s not released: %s", stale, err)
-        if not leaves:
-            return None
-        plan = rtgroup.apply_budgets(self.hierarchy, leaves, self.fixed_us)
+        try:
+            plan = rtgroup.apply_budgets(self.hierarchy, leaves, self.fixed_us)
+        except rtgroup.BudgetShort as err:
+            self.gate.refused(self._grant_key(leaves), err)  # nothing was written: the state it was planned from
+            raise
+        self.gate.open()
         self.granted |= leaves
         return plan
+
+    def _grant_key(self, leaves: set[str]) -> tuple:
+        assert self.hierarchy is not None
+        return frozenset(leaves), self.fixed_us, rtgroup.budget_fingerprint(self.hierarchy, leaves)
 
     # -- a guest being started (daemon/startwatch.py) ---------------------------
 

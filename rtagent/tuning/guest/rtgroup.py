@@ -35,14 +35,25 @@ from ...kernel.cgroups import RUNTIME, RtTree, ancestors, guests_parent
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RUNTIME", "BudgetError", "Write", "BudgetPlan", "plan_budgets", "snapshot", "apply_budgets",
-           "share_from_parent", "stale_guest_groups", "chain_budget"]
+__all__ = ["RUNTIME", "BudgetError", "BudgetShort", "Write", "BudgetPlan", "plan_budgets", "snapshot",
+           "apply_budgets", "share_from_parent", "stale_guest_groups", "budget_fingerprint", "chain_budget"]
 # Budgets are rounded down to this granularity to keep numbers readable.
 GRANULE_US = 1000
 
 
 class BudgetError(Exception):
     """The realtime budget cannot be granted; the message says why."""
+
+
+class BudgetShort(BudgetError):
+    """Not enough budget is free for the plan (held by other groups, or the
+    fixed ``rt_budget_us`` does not fit): asking again changes nothing until
+    other groups give budget back (tuning/guest/grantgate.py).  ``repeat``:
+    the same refusal again, not re-planned."""
+
+    def __init__(self, message: str, repeat: bool = False):
+        super().__init__(message)
+        self.repeat = repeat
 
 
 @dataclass(frozen=True)
@@ -93,13 +104,13 @@ def plan_budgets(
     elif fixed_us is not None:
         per = fixed_us
         if per * len(leaves) > available:
-            raise BudgetError(
+            raise BudgetShort(
                 f"realtime.rt_budget_us = {fixed_us} for {len(leaves)} realtime vCPU cgroups needs "
                 f"{per * len(leaves)} µs but only {available} µs of the root's {root_runtime} µs is free")
     else:
         per = (available // len(leaves)) // GRANULE_US * GRANULE_US
         if per <= 0:
-            raise BudgetError(f"no realtime budget left: the root group's {root_runtime} µs is held by "
+            raise BudgetShort(f"no realtime budget left: the root group's {root_runtime} µs is held by "
                               f"other groups ({unmanaged} µs)")
     target: dict[str, int] = {leaf: per for leaf in leaves}
     target.update({p: 0 for p in release})
@@ -212,8 +223,25 @@ def stale_guest_groups(tree: RtTree, leaves: set[str]) -> set[str]:
         for guest in tree.guest_groups(group):
             if any(leaf == guest or leaf.startswith(guest + "/") for leaf in leaves):
                 continue
+            # The kernel keeps every group's children within its own budget:
+            # a guest group holding 0 holds 0 all the way down, no walk needed
+            # (libvirt's leftover groups are many on a busy host; each walk
+            # reads every group's tasks).
+            if tree.held(guest) == 0:
+                continue
             out |= _holding_if_idle(tree, guest)
     return out
+
+
+def budget_fingerprint(tree: RtTree, leaves: set[str]) -> tuple:
+    """What a refused grant for ``leaves`` depends on that can change without
+    rtagent: the root's budget, and every guest group next to ours with the
+    budget it holds (a guest that stops or gives its budget back changes
+    it).  One listing and one read per guest group, against a full plan's
+    walk of every group."""
+    parents = sorted({p for leaf in leaves if (p := guests_parent(leaf)) is not None})
+    groups = tuple((g, tree.held(g)) for parent in parents for g in tree.guest_groups(parent))
+    return tree.held("/"), groups
 
 
 def chain_budget(tree: RtTree, path: str) -> list[tuple[str, int]]:

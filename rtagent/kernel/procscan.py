@@ -1,0 +1,74 @@
+"""One pass over ``/proc`` shared by the host checks that need every process.
+
+The intruder check (user threads allowed on a realtime CPU), the irqbalance
+check and the vhost-worker check each used to walk all of ``/proc`` on their
+own, every host-check interval: three listings, three ``stat``/``comm`` reads
+per process, two thread listings per process and two ``comm`` reads per
+thread.  :func:`scan_processes` reads what all three need once: every
+process's ``stat`` (name, flags), and for every user process its thread IDs
+and each non-main thread's ``comm``.  Kernel threads have one thread, the
+process itself, so their ``task/`` is not listed.
+
+A process or thread that vanishes while it is read is skipped, as every
+other scan does (docs/design.md, "Vanishing is normal").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import fs
+from .tasks import Stat
+
+if TYPE_CHECKING:
+    from .root import Kernel
+
+__all__ = ["ScannedProcess", "scan_processes"]
+
+
+@dataclass(frozen=True)
+class ScannedProcess:
+    stat: Stat
+    # Thread IDs (the main thread included); () for a kernel thread or a
+    # process whose thread list could not be read (it exited meanwhile).
+    tids: tuple[int, ...] = ()
+    # ``comm`` of each thread but the main one (whose name is ``stat.comm``);
+    # a thread that exited before its name was read is missing here.
+    names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.stat.pid
+
+    def name_of(self, tid: int) -> str | None:
+        """The thread's name, None when it was not read (the thread exited)."""
+        return self.stat.comm if tid == self.stat.pid else self.names.get(tid)
+
+
+def _process(root: str, st: Stat) -> ScannedProcess:
+    if st.kthread:
+        return ScannedProcess(st)
+    # Paths by hand, not os.path.join: a host with 200 guests has ~1,500
+    # threads, and the joins cost more than the reads.
+    task = f"{root}/{st.pid}/task"
+    try:
+        tids = tuple(sorted(int(n) for n in os.listdir(task) if n.isdigit()))
+    except OSError:
+        return ScannedProcess(st)
+    names = {}
+    for tid in tids:
+        if tid == st.pid:
+            continue
+        try:
+            names[tid] = fs.read_text(f"{task}/{tid}/comm").rstrip("\n")
+        except OSError:
+            continue
+    return ScannedProcess(st, tids, names)
+
+
+def scan_processes(kernel: Kernel) -> tuple[ScannedProcess, ...]:
+    """Every process now, in PID order, with its threads' names."""
+    root = kernel.proc_path().rstrip("/")
+    return tuple(_process(root, st) for st in kernel.tasks.scan())
