@@ -15,7 +15,7 @@ import time
 from .. import __version__
 from ..config import Config, load_config
 from ..cpulist import format_cpulist
-from ..libvirt_host import LibvirtHost
+from ..libvirt_host import DomainEvent, LibvirtHost
 from ..sdnotify import Notifier
 from ..state import StateStore
 from .cadence import resync_due
@@ -43,7 +43,7 @@ class Daemon:
         self.lock = InstanceLock(config.daemon.lock_file)
         self.host = LibvirtHost(config.libvirt.uri, config.libvirt.call_timeout_s)
         self.link = LibvirtLink(self.host, self.store, config.libvirt.reconnect_max_backoff_s,
-                                lambda ev: self._put(Kind.EVENT, ev), lambda reason: self._put(Kind.CLOSED, reason))
+                                self._libvirt_event, lambda reason: self._put(Kind.CLOSED, reason))
         self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
                                  lambda: self._put(Kind.RESYNC), lambda e, at: self.queue.put(Item(Kind.EVENT, e, at)))
         self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
@@ -54,6 +54,12 @@ class Daemon:
 
     def _put(self, kind: Kind, payload: object = None) -> None:
         self.queue.put(Item(kind, payload, time.monotonic()))
+
+    def _libvirt_event(self, ev: DomainEvent) -> None:
+        """On libvirt's event thread: a guest the selector never manages does
+        not wake the loop (on a shared host most events are other guests')."""
+        if self.guests.selector.matches_name(ev.name):
+            self._put(Kind.EVENT, ev)
 
     def install_signals(self) -> None:
         shutdown.install_signals(self._stop_signal, lambda: self._put(Kind.RELOAD))

@@ -240,7 +240,9 @@ def test_a_client_that_never_reads_delays_neither_the_writer_nor_other_scrapes()
             s.sendall(b"GET /metrics HTTP/1.0\r\nHost: stuck\r\n\r\n")
             stuck.append(s)
         deadline = time.monotonic() + 10
-        while srv.server.stats.open < 2 and time.monotonic() < deadline:
+        # Accepted is not yet rendered: wait until both answers are made (the
+        # lock check below would otherwise race the second render's copy).
+        while (srv.server.stats.open < 2 or srv.server.stats.answered < 2) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert srv.server.stats.open == 2  # both answered only as far as their buffers take
         assert not store._lock.locked()

@@ -303,3 +303,19 @@ def test_an_idle_daemon_resyncs_only_as_often_as_its_probe_and_full_check_need(t
     d.guests.tracked.clear()
     d.hostside.enforcer = object()
     assert resync_due(d) == 101.0
+
+
+def test_libvirt_events_of_guests_the_selector_never_manages_do_not_wake_the_loop(tmp_path):
+    """Dropped on libvirt's event thread: nothing is queued for the loop."""
+    from rtagent.config import parse_config
+    from rtagent.daemon import Daemon
+    from rtagent.libvirt_host import DomainEvent, EventKind
+
+    cfg = parse_config({"host": {"realtime_cpus": "1"}, "daemon": {"lock_file": str(tmp_path / "l"),
+                                                                  "guest_names": ["rth-*"]}})
+    d = Daemon(cfg, None)
+    d._libvirt_event(DomainEvent(uuid="u1", name="someone-else-1", event=EventKind.STARTED))
+    assert d.queue.empty()
+    d._libvirt_event(DomainEvent(uuid="u2", name="rth-1", event=EventKind.STARTED))
+    item = d.queue.get_nowait()
+    assert item.payload.name == "rth-1" and d.queue.empty()
