@@ -161,7 +161,7 @@ class Daemon:
         self.link.publish_responsiveness()
         self.hostside.enforce(set(self.guests.tracked.values()), tuple(self.guests.vcpusched_refused.values()))
         if full:
-            heap.trim()  # the full check's (and host checks') buffers back to the kernel: heap.py
+            heap.trim()  # the full check's and host checks' buffers back to the kernel (heap.py)
         self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
                                      setattr(s.daemon, "last_resync_at", time.time())))
         self._resynced_at = time.monotonic()
@@ -188,7 +188,6 @@ class Daemon:
 
 
 def run(config_path: str | None) -> int:
-    heap.configure()  # before the first large buffer (heap.py)
     config = load_config(config_path)
     daemon = Daemon(config, config_path)
     daemon.install_signals()

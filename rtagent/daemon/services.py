@@ -18,6 +18,7 @@ from ..monitor.endpoints import start_endpoints
 from ..monitor.lockprio import at_loop_priority
 from ..state import StateStore
 from ..status import StatusServer
+from . import heap
 from .lock import InstanceLock
 from .placement import GuestPlacement, PlacementWatch
 from .shutdown import Step
@@ -38,6 +39,7 @@ def prepare(config: Config, lock: InstanceLock) -> privileges.PrivilegeReport:
     """Start-up before any service exists; returns the privileges kept."""
     # First of all: a second daemon must not touch the first one's socket or port.
     lock.acquire()
+    heap.configure()  # before the first large buffer (heap.py)
     # Before any other thread exists: capabilities are per thread, inherited at creation.
     privs = privileges.enforce(config)
     if (warning := partition_warning(config)) is not None:
