@@ -221,3 +221,13 @@ def test_a_guest_refused_only_for_budget_waits_for_the_gate(setup):
     retry.discard("u")
     assert retry.after_reconcile("u", 9, pending=True, refused=True, settling=False, not_before=until + 10)
     assert retry.next_deadline() <= clock.now + 1.0
+
+
+def test_guest_groups_holding_no_budget_coming_and_going_keep_the_refusal(setup):
+    """Other guests start and stop all the time on a busy host; a group that
+    holds no budget frees none: the refusal stands, no re-plan."""
+    h, clock, ledger, walks = setup
+    refused(ledger)
+    h.group("/machine/qemu-7-other")
+    h.group("/machine/qemu-7-other/vcpu0", tasks="77\n")
+    assert refused(ledger).repeat and len(walks) == 1

@@ -235,13 +235,14 @@ def stale_guest_groups(tree: RtTree, leaves: set[str]) -> set[str]:
 
 def budget_fingerprint(tree: RtTree, leaves: set[str]) -> tuple:
     """What a refused grant for ``leaves`` depends on that can change without
-    rtagent: the root's budget, and every guest group next to ours with the
-    budget it holds (a guest that stops or gives its budget back changes
-    it).  One listing and one read per guest group, against a full plan's
-    walk of every group."""
+    rtagent: the root's budget, and every guest group next to ours that holds
+    budget, with how much (a guest that stops or gives its budget back
+    changes it; groups holding none come and go with every other guest's
+    start and stop and free nothing).  One listing and one read per guest
+    group, against a full plan's walk of every group."""
     parents = sorted({p for leaf in leaves if (p := guests_parent(leaf)) is not None})
-    groups = tuple((g, tree.held(g)) for parent in parents for g in tree.guest_groups(parent))
-    return tree.held("/"), groups
+    held = ((g, tree.held(g)) for parent in parents for g in tree.guest_groups(parent))
+    return tree.held("/"), tuple((g, us) for g, us in held if us)
 
 
 def chain_budget(tree: RtTree, path: str) -> list[tuple[str, int]]:
