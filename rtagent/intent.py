@@ -628,6 +628,16 @@ def _realtime_warnings(facts: DomainFacts) -> list[str]:
     return warnings
 
 
+def metadata_key(root: ET.Element) -> str:
+    """The domain's ``<metadata>`` as canonical XML, "" without one: what a
+    missed METADATA_CHANGE event would have changed (rtagent's element, Nova's
+    flavor), and nothing a live ``vcpupin`` rewrites."""
+    meta = root.find("metadata")
+    if meta is None:
+        return ""
+    return ET.canonicalize(ET.tostring(meta, encoding="unicode"), strip_text=True)
+
+
 def derive_spec_from_element(root: ET.Element, config: Config) -> RealtimeSpec:
     """:func:`derive_spec` for an already parsed ``<domain>`` element."""
     facts = read_facts(root)
@@ -648,6 +658,7 @@ def derive_spec_from_element(root: ET.Element, config: Config) -> RealtimeSpec:
         source_detail=intent.detail,
         flavor=facts.flavor,
         libvirt_vcpusched=bool((native := vcpusched_intent(root, facts)) is not None and native.realtime),
+        metadata_key=metadata_key(root),
     )
     problems = list(facts.problems) + list(intent.problems)
     warnings = list(intent.notes)

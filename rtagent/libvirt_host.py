@@ -316,6 +316,7 @@ class LibvirtHost:
         self.start_worker = CallWorker(call_timeout_s, name="rtagent-lv-start")  # starting guests only
         self._conn: libvirt.virConnect | None = None
         self._closed = False  # the close callback fired
+        self.connections = 0  # connections opened: a new one means events may have been missed
         self._callback_ids: list[int] = []
         self._ncpus: int | None = None
 
@@ -354,6 +355,7 @@ class LibvirtHost:
             raise LibvirtUnavailable(f"cannot connect to libvirt at {self.uri}: {err}", err.code) from None
         self._closed = False
         self._ncpus = None
+        self.connections += 1
 
     @property
     def connected(self) -> bool:

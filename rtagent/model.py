@@ -86,6 +86,9 @@ class RealtimeSpec:
     # The XML has a realtime <vcpusched>, which libvirt applies at start
     # (whatever rtagent's intent says); refused on hosts with RT group scheduling.
     libvirt_vcpusched: bool = False
+    # The domain's <metadata> as canonical XML ("" without one): every intent
+    # input that a live re-pin leaves alone (intent.metadata_key).
+    metadata_key: str = ""
 
     @property
     def valid(self) -> bool:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..cpulist import format_cpulist
-from ..errors import GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
+from ..errors import DomainXMLError, GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
+from ..intent import metadata_key, parse_domain_xml
 from ..kernel.errors import GONE
 from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
 from ..selector import GuestSelector
@@ -83,6 +84,7 @@ class GuestSupervisor:
         self.intent_changed: set[str] = set()  # uuids whose next changes apply a new intent
         self.claims = ClaimBook()  # pCPU claims of every guest seen: one owner per realtime pCPU
         self.last: dict[str, DomainReport] = {}  # uuid -> the report after its last reconcile
+        self.connection = 0  # the libvirt connection the cached intents were last checked on
         # uuid -> name of defined guests whose <vcpusched> this host refuses (rt_group_sched check).
         self.vcpusched_refused: dict[str, str] = {}
         # Which guest processes rtagent made realtime, this instance or the
@@ -232,6 +234,9 @@ class GuestSupervisor:
         known = set(self.tracked) | set(self.record.entries) | self.store.read(lambda s: set(s.guests))
         for uuid in known - set(active):
             self.forget(uuid)
+        if self.host.connections != self.connection:
+            self._missed_metadata(active)
+            self.connection = self.host.connections
         for uuid, guest in active.items():
             if uuid not in self.claims:
                 # Every guest's claims before any is tuned: who started
@@ -248,6 +253,24 @@ class GuestSupervisor:
         # more (a guest stopped): once here, for the guests that stood.
         self.tuner.ledger.release_unclaimed()
         return True
+
+    def _missed_metadata(self, active: dict[str, Guest]) -> None:
+        """A new connection: events sent while none was open are lost.  A
+        guest whose ``<metadata>`` changed meanwhile gets its intent
+        re-derived, as its METADATA_CHANGE event would have; the rest of the
+        live XML is not compared (a live re-pin there is drift, not intent).
+        One XML call per guest with a cached intent, at reconnect only."""
+        for uuid in [u for u in self.specs if u in active]:
+            try:
+                key = metadata_key(parse_domain_xml(active[uuid].xml()))
+            except (LibvirtError, DomainXMLError) as err:
+                log.debug("%s: metadata not re-read after the reconnect: %s", active[uuid].name, err)
+                continue
+            if key != self.specs[uuid][1].metadata_key:
+                log.info("%s: its metadata changed while rtagent was not connected to libvirt; "
+                         "re-deriving its intent", active[uuid].name)
+                self.specs.pop(uuid)
+                self.intent_changed.add(uuid)
 
     def _stands(self, uuid: str, guest: Guest) -> bool:
         """The full check's shortcut (fullcheck.py): ``uuid``'s last reconcile

@@ -9,6 +9,7 @@ Everything is checked in the kernel (sched_getscheduler, cpu.rt_runtime_us).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -50,11 +51,15 @@ def _metadata(name: str, *args: str) -> None:
                    capture_output=True)
 
 
-def _set(name: str, **kw) -> None:
+def _set_args(**kw) -> list[str]:
     """``virsh metadata --set`` wants the element without its namespace
     declaration (it adds ``--key`` as the prefix itself)."""
     element = rt_metadata(**kw).replace(f" xmlns:rt='{RT_NS}'", "").replace("rt:realtime", "realtime")
-    _metadata(name, "--key", "rt", "--set", element)
+    return ["--key", "rt", "--set", element]
+
+
+def _set(name: str, **kw) -> None:
+    _metadata(name, *_set_args(**kw))
 
 
 def _tuned(g, d) -> int:
@@ -109,3 +114,26 @@ def test_a_realtime_guest_opted_back_in_is_tuned_again(daemon_factory, guest_fac
     wait_for(lambda: _policy(tid) == (os.SCHED_RR, 2), 15, "vCPU 1 RR 2 again")
     entry = wait_for(lambda: (e := d.guest(a.name)) and e["realtime"] and e, 15, "realtime in status")
     assert not entry["withdrawn"]
+
+
+def test_a_metadata_change_made_while_disconnected_is_applied_after_the_reconnect(daemon_factory, guest_factory):
+    """libvirt sends no event to a client that is not connected: the
+    METADATA_CHANGE of a change made in that gap is lost, and the reconnect
+    must find it (GuestSupervisor._missed_metadata)."""
+    d = daemon_factory(resync=0.5)
+    a = guest_factory(memory_backing=HUGE, metadata=rt_metadata(priority=2, policy="rr"))
+    tid = _tuned(a, d)
+    pid = int(Path("/run/libvirtd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    try:
+        # Until the daemon waits 4 s before its next attempt: the change below
+        # lands inside that wait.
+        wait_for(lambda: "retrying in 4.0s" in d.log_text(), 30, "the daemon's reconnect backoff at 4 s")
+    finally:
+        subprocess.run(["libvirtd", "-d"], check=True)
+    setting = ["virsh", "-q", "metadata", a.name, "--uri", RT_NS, "--live", *_set_args(priority=3, policy="rr")]
+    wait_for(lambda: subprocess.run(setting, capture_output=True).returncode == 0, 15,
+             "the metadata set on the restarted libvirtd")
+    assert d.status()["daemon"]["libvirt"]["connected"] is False, "reconnected before the change: nothing missed"
+    wait_for(lambda: _policy(tid) == (os.SCHED_RR, 3), 30, "vCPU 1 RR 3 after the reconnect")
+    assert "metadata changed while rtagent was not connected" in d.log_text()

@@ -23,7 +23,7 @@ from rtagent.tuning.guest.engine import Tuner
 from rtagent.tuning.guest.marks import marks_of, read_marks
 from rtagent.tuning.guest.observe import observe_process
 from rtagent.vocab import Check
-from tests.guests import rt_guest_xml
+from tests.guests import pinned_cputune, rt_guest_xml, rt_metadata
 from tests.procfixture import FakeThread, ProcTree
 
 pytestmark = pytest.mark.unit
@@ -130,12 +130,13 @@ class _FakeGuest:
     """libvirt's side of one guest (name, uuid, live XML): the unit tier has
     no libvirtd; the system tier runs the same path against a real one."""
 
-    def __init__(self, tree: ProcTree, state: RunState = RunState.PAUSED):
+    def __init__(self, tree: ProcTree, state: RunState = RunState.PAUSED, xml_kw: dict | None = None):
         self.name, self.uuid, self.known_state = NAME, UUID, state
         self.pins: list[tuple] = []
+        self.xml_kw = {"metadata": ""} if xml_kw is None else xml_kw
 
     def xml(self) -> str:
-        return rt_guest_xml(NAME, metadata="").replace("</name>", f"</name><uuid>{UUID}</uuid>", 1)
+        return rt_guest_xml(NAME, **self.xml_kw).replace("</name>", f"</name><uuid>{UUID}</uuid>", 1)
 
     def state(self) -> RunState:
         return RunState.PAUSED
@@ -156,10 +157,12 @@ class _FakeHost:
     def __init__(self, tree: ProcTree):
         self.tree = tree
         self.listings = 0
+        self.connections = 1  # LibvirtHost's count of connections opened
+        self.xml_kw = {"metadata": ""}  # what the guest's live XML is made of
 
     def active_guests(self):
         self.listings += 1
-        g = _FakeGuest(self.tree)
+        g = _FakeGuest(self.tree, xml_kw=dict(self.xml_kw))
         return {g.uuid: g}
 
 
@@ -245,3 +248,30 @@ def test_a_kthread_rescan_due_takes_the_full_path(tmp_path):
     tuner.rescan_kthreads(PID)  # DEVICE_ADDED, or the rescan period over
     assert not sup._stands(UUID, _FakeGuest(tree))
 
+
+
+def test_a_reconnect_re_derives_an_intent_whose_metadata_changed_while_no_connection_was_open(tmp_path):
+    tree = _tree(tmp_path / "t")
+    sup, tuner = _supervisor(tmp_path, tree, [1000.0])
+    assert sup.resync()
+    assert sup.specs[UUID][1].source == "rule"
+    sup.host.xml_kw = {"metadata": rt_metadata(priority=2)}  # its METADATA_CHANGE event was lost
+    seen = tuner.inspected
+    assert sup.resync() and tuner.inspected == seen  # same connection: the cached intent stands
+
+    sup.host.connections += 1  # a reconnect
+    assert sup.resync() and tuner.inspected > seen
+    spec = sup.specs[UUID][1]
+    assert spec.source == "metadata" and spec.vcpu(1).priority == 2
+
+
+def test_a_reconnect_keeps_an_intent_whose_metadata_did_not_change(tmp_path):
+    tree = _tree(tmp_path / "t")
+    sup, tuner = _supervisor(tmp_path, tree, [1000.0])
+    assert sup.resync()
+    spec, seen = sup.specs[UUID][1], tuner.inspected
+    # A live re-pin rewrites the live XML's <cputune>: drift, never intent.
+    sup.host.xml_kw = {"metadata": "", "cputune": pinned_cputune({0: "0", 1: "0-1"})}
+    sup.host.connections += 1
+    assert sup.resync()
+    assert sup.specs[UUID][1] is spec and tuner.inspected == seen and UUID not in sup.intent_changed
