@@ -151,7 +151,7 @@ def synthetic_store(n_guests: int, rt_vcpus: int, vcpu_tids: list[int] | None = 
                    thread(base + 2, "IO mon_iothread", kind="iothread"), thread(base + 3, "CPU 0/KVM", "vcpu", 0, "vcpu"),
                    *(thread(next(real, base + 3 + i), f"CPU {i}/KVM", "vcpu", i, "vcpu", "fifo", 1, (i,))
                      for i in range(1, rt_vcpus + 1)))
-        observed = Observed(pid=pid, threads=threads, kthreads=(), memory=ProcessMemory(), cmdline=[])
+        observed = Observed(pid=pid, threads=threads, kthreads=(), memory=ProcessMemory())
         plan = plan_domain(spec, observed, part, RealtimeConfig())
         gs = s.guest(uuid, name)
         gs.report = DomainReport(name=name, uuid=uuid, spec=spec, pid=pid, observed=observed, threads=plan.threads,
