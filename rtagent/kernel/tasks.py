@@ -234,17 +234,11 @@ def _cgroup_cpu(text: str) -> str | None:
     m = _V1_CPU_LINE.search(text)  # one search, not a split of every line (a file per thread)
     if m is not None:
         return m.group(1)
-    unified = None
     for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hier, controllers, path = parts
-        if "cpu" in controllers.split(","):
-            return path
-        if hier == "0" and controllers == "":
-            unified = path
-    return unified
+        hier, sep, rest = line.partition(":")
+        if sep and hier == "0" and rest.startswith(":"):
+            return rest[1:]
+    return None
 
 
 def _parse_limit(value: str) -> int | None:
