@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 
 from ..config import Partition
 from ..cpulist import CpuListError, format_cpulist, parse_cpulist
@@ -94,14 +95,11 @@ class Context:
     exclude_pids: frozenset[int] = frozenset()
     # Defined guests with a realtime <vcpusched> (libvirt applies it at start).
     vcpusched_guests: tuple[str, ...] = ()
-    # The one /proc scan of this run (kernel/procscan.py), taken by the first
-    # check that needs it: the intruders, irqbalance and vhost_worker checks.
-    _scan: list[tuple[ScannedProcess, ...]] = field(default_factory=list, compare=False, repr=False)
-
+    @cached_property
     def processes(self) -> tuple[ScannedProcess, ...]:
-        if not self._scan:
-            self._scan.append(scan_processes(self.kernel))
-        return self._scan[0]
+        """The one /proc scan of this run (kernel/procscan.py), taken by the
+        first check that needs it: the intruders, irqbalance and vhost_worker checks."""
+        return scan_processes(self.kernel)
 
 
 @dataclass(frozen=True)
@@ -404,7 +402,7 @@ def _check_intruders(ctx: Context) -> list[HostCheck]:
     p, name = ctx.partition, Name.INTRUDERS
     if not p.realtime:
         return [_warn(name, _NO_RT)]
-    scan = ctx.processes()
+    scan = ctx.processes
     found = find_intruders(ctx.kernel, p.realtime, ctx.exclude_pids, scan)
     rts = format_cpulist(p.realtime)
     if not found:
@@ -422,7 +420,7 @@ def _check_intruders(ctx: Context) -> list[HostCheck]:
 
 def _check_irqbalance(ctx: Context) -> list[HostCheck]:
     name = Name.IRQBALANCE
-    info = detect_irqbalance(ctx.kernel, ctx.processes())
+    info = detect_irqbalance(ctx.kernel, ctx.processes)
     if not info.running:
         return [_ok(name, "irqbalance is not running")]
     pids = ",".join(map(str, info.pids))
@@ -464,7 +462,7 @@ REGISTRY: tuple[CheckDef, ...] = (
         parse_cmdline(ctx.kernel.cpus.cmdline()), ctx.kernel)]),
     CheckDef((Name.TRACEFS,), lambda ctx: [_preflight().check_tracefs(ctx.kernel)]),
     CheckDef((Name.SMT_SIBLINGS,), lambda ctx: [_preflight().check_smt_siblings(ctx.partition, ctx.kernel)]),
-    CheckDef((Name.VHOST_WORKER,), lambda ctx: [_preflight().check_vhost_worker(ctx.kernel, ctx.processes())]),
+    CheckDef((Name.VHOST_WORKER,), lambda ctx: [_preflight().check_vhost_worker(ctx.kernel, ctx.processes)]),
 )
 
 def _preflight():
