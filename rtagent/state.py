@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .tuning.guest.report import DomainReport
@@ -97,8 +97,7 @@ class GuestState:
         c.corrections, c.correction_failures = Counter(self.corrections), Counter(self.correction_failures)
         c.intent_changes, c.vcpus = Counter(self.intent_changes), dict(self.vcpus)
         c.start_window = dict(self.start_window)
-        c.correction_latency = Histogram(self.correction_latency.buckets, list(self.correction_latency.counts),
-                                         self.correction_latency.total, self.correction_latency.count)
+        c.correction_latency = replace(self.correction_latency, counts=list(self.correction_latency.counts))
         return c
 
     def to_json(self) -> dict[str, Any]:
