@@ -220,7 +220,7 @@ class GuestSupervisor:
         self.next_full = self._clock() + self.config.daemon.full_check_interval_s
         self.store.update(lambda s: setattr(s.daemon, "full_checks", s.daemon.full_checks + 1))
         try:
-            active = {u: g for u, g in self.host.active_guests().items() if self.selector.matches_name(g.name)}
+            active = self.host.active_guests(self.selector.matches_name)
         except LibvirtUnresponsive as err:
             log.warning("libvirt unresponsive (%s)", err)
             self.enforce_known()

@@ -160,10 +160,10 @@ class _FakeHost:
         self.connections = 1  # LibvirtHost's count of connections opened
         self.xml_kw = {"metadata": ""}  # what the guest's live XML is made of
 
-    def active_guests(self):
+    def active_guests(self, names=None):
         self.listings += 1
         g = _FakeGuest(self.tree, xml_kw=dict(self.xml_kw))
-        return {g.uuid: g}
+        return {g.uuid: g} if names is None or names(g.name) else {}
 
 
 def _config(tmp_path):
