@@ -353,6 +353,8 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
             rows.append(row)
             print(f"  B3: {size} guests: {row['resync_cpu_ms']:.2f} ms CPU/resync, "
                   f"{row['us_per_thread']:.1f} µs/thread ({row['marginal_us_per_thread']:.1f} above idle), "
+                  f"{row['per_s_above_idle_us']:.1f} µs/thread/s above idle "
+                  f"(wake-up floor {row['wake_floor'].get('floor_us_per_thread_s', float('nan')):.1f}), "
                   f"{row['cpu_pct']:.2f} % CPU, "
                   f"{row['rss_mib']:.1f} MiB RSS", flush=True)
           except Exception as err:  # noqa: BLE001 - keep what was measured; say what broke

@@ -324,6 +324,17 @@ class GuestSupervisor:
         self.steady.run(list(self.tracked), look)
         return True
 
+    def thread_names(self) -> dict[int, dict[int, str]]:
+        """QEMU PID -> {TID: name} of each tracked guest as its last full
+        observation saw it (the host checks' scan reads them no more; a
+        thread event re-observes the guest, the full check confirms it)."""
+        out = {}
+        for uuid, pid in self.tracked.items():
+            last = self.last.get(uuid)
+            if last is not None and last.observed is not None and last.pid == pid:
+                out[pid] = {t.tid: t.name for t in last.observed.threads}
+        return out
+
     def enforce_known(self) -> None:
         """Without libvirt (hung or disconnected): the guests already known,
         from their cached intent and the kernel's view."""

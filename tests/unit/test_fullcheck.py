@@ -275,3 +275,28 @@ def test_a_reconnect_keeps_an_intent_whose_metadata_did_not_change(tmp_path):
     sup.host.connections += 1
     assert sup.resync()
     assert sup.specs[UUID][1] is spec and tuner.inspected == seen and UUID not in sup.intent_changed
+
+
+def test_the_host_checks_get_the_managed_qemus_threads_as_observed(tmp_path, monkeypatch):
+    """thread_names(): what the host checks' scan takes instead of reading a
+    managed QEMU's threads again — the last observation's TIDs and names,
+    a new thread once a reconcile has seen it."""
+    from rtagent.daemon.hostside import HostSupervisor
+    from rtagent.monitor import hostchecks
+
+    tree = _tree(tmp_path / "t")
+    sup, _tuner = _supervisor(tmp_path, tree, [1000.0])
+    assert sup.thread_names() == {}
+    sup.resync()
+    names = sup.thread_names()
+    assert set(names) == {PID}
+    assert names[PID] == {t.tid: t.name for t in sup.last[UUID].observed.threads} and PID in names[PID]
+    tree.add_thread(PID, FakeThread(PID + 4, "IO iothread7", cpus="0-1", cgroup=EMU))
+    sup.resync()
+    assert sup.thread_names()[PID][PID + 4] == "IO iothread7"
+
+    seen = {}
+    monkeypatch.setattr(hostchecks, "run_host_checks", lambda *a, **kw: seen.update(kw) or [])
+    hs = HostSupervisor(sup.config, sup.store, known_threads=sup.thread_names)
+    hs.enforce({PID})
+    assert seen["known_threads"] == sup.thread_names() and seen["exclude_pids"] == {PID}
