@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write every result as JSON")
     ap.add_argument("--plot", metavar="PNG", help="B3 cost plot (default with --full: docs/bench-cost.png)")
     ap.add_argument("--drift-watch", choices=("default", "on", "off", "both"), default="default",
-                    help="B3's daemons: the drift watch as the daemon defaults, on, off, or both (the paused "
-                         "series twice, side by side)")
+                    help="B3: the daemons' drift watch (default: on where the daemon has one; "
+                         "both: the paused series once on, once off, side by side)")
     args = ap.parse_args(argv)
     quick = not args.full
     only = [b.strip().lower() for b in args.only.split(",") if b.strip()]

@@ -224,25 +224,36 @@ def _idle_rows(daemon, window_s: float, windows: int, workdir: Path, with_tuned:
 WATCH_MODES = ("default", "on", "off", "both")
 
 
-def watch_config(mode: str, fields: set[str]) -> str:
-    """The ``[daemon]`` line for drift-watch ``mode`` ("default": the
-    daemon's own default, no line) given the daemon's config ``fields``;
-    ValueError when the daemon has no drift watch to turn on or off."""
-    if mode == "default":
-        return ""
-    if mode not in ("on", "off"):
-        raise ValueError(f"drift watch mode {mode!r}: one of {', '.join(WATCH_MODES)}")
+def effective_watch(mode: str, fields: dict[str, object]) -> str:
+    """What ``mode`` means for a daemon whose config has ``fields`` (name →
+    default): "default" is "on" when the daemon has a drift watch, else
+    "absent"; "on"/"off" need one (ValueError otherwise)."""
+    if mode not in WATCH_MODES or mode == "both":
+        raise ValueError(f"drift watch mode {mode!r}: one of default, on, off (both: one series each)")
     if "drift_watch" not in fields:
+        if mode == "default":
+            return "absent"
         raise ValueError(f"--drift-watch {mode}: this rtagent has no [daemon] drift_watch key")
-    return f"drift_watch = {'true' if mode == 'on' else 'false'}\n"
+    return "on" if mode == "default" else mode
 
 
-def _daemon_fields() -> set[str]:
+def watch_config(mode: str, fields: dict[str, object]) -> str:
+    """The ``[daemon]`` line that sets drift-watch ``mode`` (see
+    :func:`effective_watch`), in the key's own type."""
+    eff = effective_watch(mode, fields)
+    if eff == "absent":
+        return ""
+    on = eff == "on"
+    value = ("true" if on else "false") if isinstance(fields["drift_watch"], bool) else f'"{eff}"'
+    return f"drift_watch = {value}\n"
+
+
+def _daemon_fields() -> dict[str, object]:
     import dataclasses
 
     from rtagent.config import DaemonConfig
 
-    return {f.name for f in dataclasses.fields(DaemonConfig)}
+    return {f.name: f.default for f in dataclasses.fields(DaemonConfig)}
 
 
 def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bool = True,
@@ -345,6 +356,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 "rss_mib": rss_bytes(daemon.pid) / 2**20,
                 "memory_mib": _memory(daemon.pid),
                 "libvirt_reconnects": st["daemon"]["libvirt"]["reconnects"],
+                "drift_watch_status": st["daemon"].get("drift_watch"),  # what the daemon says it ran
                 "failed_changes": sum(s["failed_changes"] for s in samples),
                 "rt_budget_free_us": _rt_budget_free(),
             }
@@ -370,7 +382,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 prof["error"] = f"{type(err).__name__}: {err}"
         return {"rows": rows, "rss_idle_mib": rss_idle / 2**20, "idle": idle, "resync_s": RESYNC_S, "window_s": window_s,
                 "windows": windows, "profile": prof, "stalls": stalls, "errors": errors,
-                "guests_paused": paused, "drift_watch": drift_watch,
+                "guests_paused": paused, "drift_watch": effective_watch(drift_watch, _daemon_fields()),
                 "full_check_s": _daemon_setting("full_check_interval_s", FULL_CHECK_S)}
     finally:
         if daemon is not None:
@@ -582,7 +594,7 @@ def run(quick: bool = True, drift_watch: str = "default") -> dict:
         raise ValueError(f"drift watch mode {drift_watch!r}: one of {', '.join(WATCH_MODES)}")
     modes = ["on", "off"] if drift_watch == "both" else [drift_watch]
     for m in modes:
-        watch_config(m, _daemon_fields())  # refuse before any guest starts
+        effective_watch(m, _daemon_fields())  # refuse before any guest starts
     with on_housekeeping():
         t0 = time.monotonic()
         out = {"scrape": b3_scrape.run_scrape(10 if quick else 50)}
@@ -625,8 +637,8 @@ def _runs(res: dict) -> list[tuple[dict, str]]:
     for key, tag in DAEMON_RUNS:
         d = res.get(key)
         if d:
-            mode = d.get("drift_watch", "default")
-            out.append((d, tag if mode == "default" else f"{tag}, drift watch {mode}"))
+            mode = d.get("drift_watch", "absent")
+            out.append((d, tag if mode in ("absent", "default") else f"{tag}, drift watch {mode}"))
     return out
 
 

@@ -81,17 +81,24 @@ def test_the_mark_is_on_the_per_second_row_and_a_fail_shows():
 
 
 def test_watch_config_lines_and_refusals():
-    assert b3_cost.watch_config("default", set()) == ""
-    assert b3_cost.watch_config("on", {"drift_watch"}) == "drift_watch = true\n"
-    assert b3_cost.watch_config("off", {"drift_watch"}) == "drift_watch = false\n"
+    absent = {"resync_interval_s": 1.0}
+    as_str, as_bool = {"drift_watch": "off"}, {"drift_watch": False}
+    # The bench's default: the watch on wherever the daemon has one.
+    assert b3_cost.effective_watch("default", as_str) == "on"
+    assert b3_cost.effective_watch("default", absent) == "absent"
+    assert b3_cost.watch_config("default", absent) == ""
+    assert b3_cost.watch_config("default", as_str) == 'drift_watch = "on"\n'
+    assert b3_cost.watch_config("off", as_str) == 'drift_watch = "off"\n'
+    assert b3_cost.watch_config("on", as_bool) == "drift_watch = true\n"
+    assert b3_cost.watch_config("off", as_bool) == "drift_watch = false\n"
     with pytest.raises(ValueError, match="no \\[daemon\\] drift_watch"):
-        b3_cost.watch_config("off", {"resync_interval_s"})
+        b3_cost.watch_config("off", absent)
     with pytest.raises(ValueError, match="one of"):
-        b3_cost.watch_config("sometimes", {"drift_watch"})
+        b3_cost.watch_config("sometimes", as_str)
 
 
 def test_runs_name_the_watch_when_set():
     res = {"daemon": {"drift_watch": "on"}, "daemon_watch_off": {"drift_watch": "off"},
-           "daemon_running": {"drift_watch": "default"}}
+           "daemon_running": {"drift_watch": "absent"}}
     assert [t for _d, t in b3_cost._runs(res)] == ["paused guests, drift watch on", "paused guests, drift watch off",
                                                   "running guests"]
