@@ -27,7 +27,8 @@ from collections.abc import Sequence
 __all__ = ["per_second_above_idle", "per_second_total", "floor_row", "run_sleeper", "Sleeper", "SLEEPER"]
 
 # A bare sleeper: no import beyond the interpreter's own, its CPU from its
-# thread's schedstat (ns), on the housekeeping CPU like the daemon.
+# thread's schedstat (ns) and its wake-ups from its voluntary context
+# switches, on the housekeeping CPU like the daemon.
 SLEEPER = r"""
 import json, os, sys, threading, time
 os.sched_setaffinity(0, {int(c) for c in sys.argv[3].split(",")})
@@ -35,8 +36,10 @@ period, seconds = float(sys.argv[1]), float(sys.argv[2])
 path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
 def st():
     with open(path) as f:
-        a, _b, c = f.read().split()[:3]
-    return int(a), int(c)
+        a = int(f.read().split()[0])
+    with open(path[:-len("schedstat")] + "status") as f:
+        c = next(int(ln.split()[1]) for ln in f if ln.startswith("voluntary_ctxt_switches:"))
+    return a, c
 ev = threading.Event()
 ev.wait(period)
 (a0, c0), t0, n = st(), time.monotonic(), 0
@@ -105,7 +108,7 @@ def per_second_above_idle(samples: Sequence[dict], idle_samples: Sequence[dict],
 
 
 def wakes_per_s(samples: Sequence[dict]) -> float:
-    """The daemon's main thread's wake-ups (context switches) per second, pooled."""
+    """The daemon's main thread's wake-ups (voluntary context switches) per second, pooled."""
     wall = sum(s["wall_s"] for s in samples)
     n = sum(s.get("main_switches", 0) for s in samples)
     return n / wall if wall > 0 else float("nan")
