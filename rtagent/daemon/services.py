@@ -18,6 +18,7 @@ from ..monitor.endpoints import start_endpoints
 from ..monitor.lockprio import at_loop_priority
 from ..state import StateStore
 from ..status import StatusServer
+from ..statusjson import encode_answer
 from . import heap
 from .lock import InstanceLock
 from .placement import GuestPlacement, PlacementWatch
@@ -104,7 +105,8 @@ class Services:
         # Bounded, timed-out client servers within a descriptor budget.
         self.status, self.metrics = start_endpoints(
             config, self.store,
-            snapshot=lambda: {**self.store.snapshot(at_loop_priority), "interference": self._interference_json()})
+            snapshot=lambda: encode_answer(self.store, at_loop_priority,
+                                           extra=lambda: {"interference": self._interference_json()}))
         if self.metrics is not None and self.interference is not None:
             from ..monitor.interference_service import InterferenceCollector
 
