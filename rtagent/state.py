@@ -135,6 +135,9 @@ class DaemonState:
     libvirt_unresponsive_since: float | None = None
     proc_connector: bool = False
     start_watch: bool = False  # libvirt's cgroup creation is watched (daemon/startwatch.py)
+    # The drift watch (daemon/driftwatch.py): {"state", "reason", "interval_s"};
+    # its events and lost events are counted in events/events_dropped["drift_watch"].
+    drift_watch: dict[str, Any] = field(default_factory=lambda: {"state": "off", "reason": "", "interval_s": None})
     events: Counter = field(default_factory=Counter)  # source -> count ("libvirt", "proc")
     events_dropped: Counter = field(default_factory=Counter)
     resyncs: int = 0
@@ -154,6 +157,7 @@ class DaemonState:
         c.events, c.events_dropped = Counter(self.events), Counter(self.events_dropped)
         c.host_corrections, c.host_refused = Counter(self.host_corrections), Counter(self.host_refused)
         c.host = copy.deepcopy(self.host)
+        c.drift_watch = dict(self.drift_watch)
         return c
 
     def to_json(self) -> dict[str, Any]:
@@ -167,6 +171,8 @@ class DaemonState:
                         else round(time.time() - self.libvirt_unresponsive_since, 1)},
             "proc_connector": self.proc_connector,
             "start_watch": self.start_watch,
+            "drift_watch": {**self.drift_watch, "events": self.events.get("drift_watch", 0),
+                            "lost": self.events_dropped.get("drift_watch", 0)},
             "events": dict(self.events),
             "events_dropped": dict(self.events_dropped),
             "resyncs": self.resyncs,
