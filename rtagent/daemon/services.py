@@ -18,6 +18,7 @@ from ..monitor.endpoints import start_endpoints
 from ..monitor.lockprio import at_loop_priority
 from ..state import StateStore
 from ..status import StatusServer
+from ..statusjson import encode_answer
 from . import heap
 from .driftwatch import DriftWatch
 from .items import Item, Kind
@@ -111,7 +112,8 @@ class Services:
         # Bounded, timed-out client servers within a descriptor budget.
         self.status, self.metrics = start_endpoints(
             config, self.store,
-            snapshot=lambda: {**self.store.snapshot(at_loop_priority), "interference": self._interference_json()})
+            snapshot=lambda: encode_answer(self.store, at_loop_priority,
+                                           extra=lambda: {"interference": self._interference_json()}))
         if self.metrics is not None and self.interference is not None:
             from ..monitor.interference_service import InterferenceCollector
 
