@@ -324,7 +324,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
             for _attempt in range(3):
                 # A daemon that stopped resyncing (seen here after a concurrent
                 # test restarted libvirtd) is recorded with its stack, then replaced.
-                stall = _stalled(daemon)
+                stall = _stalled(daemon, _stall_wait_s(drift_watch))
                 if stall is None:
                     break
                 stall.update(guests=size, log_tail=daemon.log_text()[-1500:])
@@ -418,6 +418,15 @@ def _rt_budget_free() -> int | None:
     except (OSError, ValueError):
         return None
     return total - used
+
+
+def _stall_wait_s(drift_watch: str) -> float:
+    """How long a resyncing daemon may go without a resync: its timed
+    resync's interval, the watched one while the drift watch runs."""
+    interval = RESYNC_S
+    if effective_watch(drift_watch, _daemon_fields()) == "on":
+        interval = max(interval, float(_daemon_setting("watched_resync_interval_s", RESYNC_S)))
+    return interval + 5.0
 
 
 def _stalled(daemon, wait_s: float = 5.0) -> dict | None:
