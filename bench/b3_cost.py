@@ -680,7 +680,8 @@ def _per_thread_rows(r: dict, tag: str) -> list[list[str]]:
     if f:
         rows.append([f"  wake-up floor: a bare sleeper's {f['us_per_wake']:.0f} µs/wake-up × main thread "
                      f"{f['wakes_per_s']:.2f}/s (idle {f['idle_wakes_per_s']:.2f}/s)",
-                     f"{f['floor_us_per_thread_s']:.1f} µs ({100 * f['floor_share']:.0f} % of the row)",
+                     f"{f['floor_us_per_thread_s']:.1f} µs ({f.get('floor_total_us_per_thread_s', float('nan')):.1f}); "
+                     f"{100 * f['floor_share']:.0f} % of the row",
                      "reference", ""])
     return rows
 

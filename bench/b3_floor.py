@@ -130,4 +130,6 @@ def floor_row(samples: Sequence[dict], idle_samples: Sequence[dict], threads: in
     above = per_second_above_idle(samples, idle_samples, threads)
     return {"us_per_wake": us_per_wake, "wakes_per_s": rate, "idle_wakes_per_s": idle_rate,
             "floor_us_per_thread_s": floor_above,
+            # Not above idle: what the main thread's wake-ups alone cost, beside per_second_total.
+            "floor_total_us_per_thread_s": us_per_wake * rate / threads,
             "floor_share": floor_above / above if above and above > 0 else float("nan")}

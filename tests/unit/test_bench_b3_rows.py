@@ -44,6 +44,7 @@ def test_floor_is_the_sleepers_cost_per_wake_times_the_extra_wakes():
     assert f["us_per_wake"] == 120.0  # the median
     assert f["wakes_per_s"] == pytest.approx(1.5) and f["idle_wakes_per_s"] == pytest.approx(0.3)
     assert f["floor_us_per_thread_s"] == pytest.approx(120.0 * 1.2 / 6)
+    assert f["floor_total_us_per_thread_s"] == pytest.approx(120.0 * 1.5 / 6)
     above = b3_floor.per_second_above_idle(samples, idle, 6)
     assert f["floor_share"] == pytest.approx(f["floor_us_per_thread_s"] / above)
 
@@ -75,7 +76,7 @@ def test_the_mark_is_on_the_per_second_row_and_a_fail_shows():
     per_resync = [r for r in rows if "per resync" in r[0]]
     assert per_resync and all(r[3] == "" and r[2] == "mark on the row above" for r in per_resync)
     floor = [r for r in rows if "wake-up floor" in r[0]]
-    assert floor and floor[0][1].startswith("4.0 µs (50 %")
+    assert floor and floor[0][1].startswith("4.0 µs (nan); 50 % of the row")
     flat = [r for r in rows if r[0].endswith("flat?")]
     assert flat and flat[0][3] == "FAIL"
 
