@@ -114,3 +114,20 @@ def test_owners_map_tids_to_the_guest_whose_baseline_holds_them():
     assert steady.owners([11, 21, 99]) == {"u1": {11}, "u2": {21}}
     steady.forget("u1")
     assert steady.owners([11, 12, 21]) == {"u2": {21}}
+
+
+def test_watched_interval_is_validated_and_never_shortens_the_resync():
+    from rtagent.config import parse_config
+    from rtagent.errors import ConfigError
+
+    # A long resync_interval_s with the default watched interval: valid, and
+    # the watch leaves the cadence as it is.
+    cfg = parse_config({"daemon": {"resync_interval_s": 3600.0}}, resolve=False)
+    assert cfg.daemon.watched_resync_interval_s < cfg.daemon.resync_interval_s
+    assert due_after(0.0, 3600.0, idle=False, probe_every_s=5.0, next_full=30.0,
+                     watched_s=cfg.daemon.watched_resync_interval_s) == 3600.0
+    for bad in (0.01, 4000, True, "10"):
+        with pytest.raises(ConfigError, match="daemon.watched_resync_interval_s"):
+            parse_config({"daemon": {"watched_resync_interval_s": bad}}, resolve=False)
+    with pytest.raises(ConfigError, match="daemon.drift_watch = 'yes': must be one of: auto, on, off"):
+        parse_config({"daemon": {"drift_watch": "yes"}}, resolve=False)
