@@ -16,6 +16,7 @@ from typing import Any
 from . import cpulist
 from .errors import MISSING, ConfigError
 from .kernel import Kernel
+from .vocab import WatchMode
 
 DEFAULT_PATH = "/etc/rtagent/rtagent.toml"
 # 9847 is not in the Prometheus "default port allocations" list we checked;
@@ -23,6 +24,7 @@ DEFAULT_PATH = "/etc/rtagent/rtagent.toml"
 DEFAULT_METRICS_PORT = 9847
 POLICIES = ("fifo", "rr")
 KVM_PIT_MODES = ("vcpu", "housekeeping", "off")
+DRIFT_WATCH_MODES = tuple(m.value for m in WatchMode)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,15 @@ class DaemonConfig:
     # lands, and see a live re-pin at libvirt's cpuset write, before its
     # TUNABLE event (daemon/placement.py).
     cpuset_watch: bool = True
+    # The drift watch (daemon/driftwatch.py): see a sched_set* syscall or a
+    # cgroup move of a managed thread through trace events and correct it at
+    # once.  "auto": when tracefs and the events are there; "on": missing is
+    # a start-up error; "off": poll every resync_interval_s.  Costs every
+    # syscall on the host ~20-25 ns while on (docs/design.md, "The drift watch").
+    drift_watch: str = "off"
+    # The timed steady resync's interval while the drift watch runs (the
+    # host partition, if enforced, keeps resync_interval_s).
+    watched_resync_interval_s: float = 10.0
     # One daemon per host: held with flock(2) for the daemon's lifetime.
     lock_file: str = "/run/rtagent/rtagent.lock"
     # The guest selector (rtagent/selector.py): which guests this daemon
@@ -376,6 +387,12 @@ def _check_daemon(chk: _Checker, daemon: DaemonConfig) -> DaemonConfig:
     fc = daemon.full_check_interval_s
     if isinstance(fc, bool) or not isinstance(fc, (int, float)) or not 0.05 <= fc <= 86400:
         raise chk.fail("daemon.full_check_interval_s", fc, "must be in 0.05..86400 seconds")
+    if daemon.drift_watch not in DRIFT_WATCH_MODES:
+        raise chk.fail("daemon.drift_watch", daemon.drift_watch, f"must be one of: {', '.join(DRIFT_WATCH_MODES)}")
+    wi = daemon.watched_resync_interval_s
+    # At or below resync_interval_s the watch changes no cadence (daemon/cadence.py).
+    if isinstance(wi, bool) or not isinstance(wi, (int, float)) or not 0.05 <= wi <= 3600:
+        raise chk.fail("daemon.watched_resync_interval_s", wi, "must be in 0.05..3600 seconds")
     if not os.path.isabs(daemon.lock_file):
         raise chk.fail("daemon.lock_file", daemon.lock_file, "must be an absolute path")
     return daemon

@@ -135,6 +135,9 @@ class DaemonState:
     libvirt_unresponsive_since: float | None = None
     proc_connector: bool = False
     start_watch: bool = False  # libvirt's cgroup creation is watched (daemon/startwatch.py)
+    # The drift watch (daemon/driftwatch.py): {"state", "reason", "interval_s"};
+    # its events and lost events are counted in events/events_dropped["drift_watch"].
+    drift_watch: dict[str, Any] = field(default_factory=lambda: {"state": "off", "reason": "", "interval_s": None})
     events: Counter = field(default_factory=Counter)  # source -> count ("libvirt", "proc")
     events_dropped: Counter = field(default_factory=Counter)
     resyncs: int = 0
@@ -154,6 +157,7 @@ class DaemonState:
         c.events, c.events_dropped = Counter(self.events), Counter(self.events_dropped)
         c.host_corrections, c.host_refused = Counter(self.host_corrections), Counter(self.host_refused)
         c.host = copy.deepcopy(self.host)
+        c.drift_watch = dict(self.drift_watch)
         return c
 
     def to_json(self) -> dict[str, Any]:
@@ -167,6 +171,8 @@ class DaemonState:
                         else round(time.time() - self.libvirt_unresponsive_since, 1)},
             "proc_connector": self.proc_connector,
             "start_watch": self.start_watch,
+            "drift_watch": {**self.drift_watch, "events": self.events.get("drift_watch", 0),
+                            "lost": self.events_dropped.get("drift_watch", 0)},
             "events": dict(self.events),
             "events_dropped": dict(self.events_dropped),
             "resyncs": self.resyncs,
@@ -204,19 +210,39 @@ class StateStore:
         with self._lock:
             self.guests.pop(uuid, None)
 
-    def snapshot(self, around_lock: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> dict[str, Any]:
-        """Everything, JSON-ready: the status socket's answer.  Only the copy
-        is taken under the lock (entered inside ``around_lock()``: the status
-        thread takes the loop's priority for it); every guest's conversion
-        runs after the lock is released."""
+    def take(self, around_lock: Callable[[], AbstractContextManager] = contextlib.nullcontext
+             ) -> tuple[list[GuestState], DaemonState]:
+        """The copies a status answer is made of, taken under the lock
+        (entered inside ``around_lock()``: the status thread takes the loop's
+        priority for it), guests sorted by name."""
         with around_lock(), self._lock:
             taken = [g.copy() for g in self.guests.values()]
             d = self.daemon.copy()
-        guests = [g.to_json() for g in sorted(taken, key=lambda g: g.name)]
-        daemon, host = d.to_json(), d.host
-        if d.host_checks:  # a tuple of frozen HostCheck results
-            host["checks"] = [c.to_json() for c in d.host_checks]
-        checks = host.get("checks", [])
-        compliant = all(g.get("compliant") is not False for g in guests) and not any(
-            not c["ok"] and c.get("severity") == "error" for c in checks)
-        return {"host": host, "daemon": daemon, "domains": guests, "compliant": compliant}
+        taken.sort(key=lambda g: g.name)
+        return taken, d
+
+    def snapshot(self, around_lock: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> dict[str, Any]:
+        """Everything, JSON-ready: the status answer as one document (the
+        daemon's socket sends the same bytes, encoded one guest at a time:
+        rtagent/statusjson.py).  Only the copy is taken under the lock;
+        every guest's conversion runs after the lock is released."""
+        taken, d = self.take(around_lock)
+        guests = [g.to_json() for g in taken]
+        host = host_json(d)
+        compliant = all(g.get("compliant") is not False for g in guests) and host_compliant(host)
+        return {"host": host, "daemon": d.to_json(), "domains": guests, "compliant": compliant}
+
+
+def host_json(d: DaemonState) -> dict[str, Any]:
+    """The answer's ``host`` section from a copy (:meth:`DaemonState.copy`:
+    its ``host`` is the copy's own, so adding the checks changes nothing
+    stored)."""
+    host = d.host
+    if d.host_checks:  # a tuple of frozen HostCheck results
+        host["checks"] = [c.to_json() for c in d.host_checks]
+    return host
+
+
+def host_compliant(host: dict[str, Any]) -> bool:
+    """No host check failed with severity ``error``."""
+    return not any(not c["ok"] and c.get("severity") == "error" for c in host.get("checks", []))

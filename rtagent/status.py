@@ -50,7 +50,7 @@ class _StatusHandler:
     reads_request = False
     linger = False
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], reuse_s: float = ANSWER_REUSE_S):
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | bytes], reuse_s: float = ANSWER_REUSE_S):
         self.snapshot = snapshot
         self.reuse_s = reuse_s
         self._cached: tuple[float, bytes] | None = None
@@ -61,9 +61,12 @@ class _StatusHandler:
             return self._cached[1]
         try:
             # The snapshot holds the store's lock only for its copy, at the
-            # loop's priority (StateStore.snapshot(at_loop_priority), wired
-            # by the endpoints); conversion and JSON run here at nice 10.
-            body = json.dumps(self.snapshot()).encode() + b"\n"
+            # loop's priority (statusjson.encode_answer(store,
+            # at_loop_priority), wired by the endpoints: the answer already
+            # encoded, one guest at a time); conversion and JSON run here at
+            # nice 10.  A document (a dict) is encoded here.
+            doc = self.snapshot()
+            body = doc if isinstance(doc, bytes) else json.dumps(doc).encode() + b"\n"
         except Exception:  # never let a snapshot bug take the socket down
             log.exception("status snapshot failed")
             return b""
@@ -72,7 +75,7 @@ class _StatusHandler:
 
 
 class StatusServer:
-    def __init__(self, path: str, group: str, snapshot: Callable[[], dict[str, Any]], *,
+    def __init__(self, path: str, group: str, snapshot: Callable[[], dict[str, Any] | bytes], *,
                  max_clients: int = 64, timeout_s: float = 5.0):
         self.path = path
         self.group = group

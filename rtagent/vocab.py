@@ -137,3 +137,20 @@ class KThreadAction(StrEnum):
     GUEST = "guest"  # per-VM thread, the guest pipeline's
     LEFT_ALONE = "left_alone"  # pinned by the kernel
     OK = "ok"
+
+
+class WatchMode(StrEnum):
+    """``[daemon] drift_watch``: whether drift is seen through trace events."""
+
+    AUTO = "auto"  # when tracefs and the events are there
+    ON = "on"  # required: missing is a start-up error
+    OFF = "off"  # poll every resync_interval_s
+
+
+class WatchState(StrEnum):
+    """The drift watch as ``rtagent status`` and /metrics report it."""
+
+    RUNNING = "running"
+    OFF = "off"  # configured off
+    UNAVAILABLE = "unavailable"  # asked for (auto) but the kernel lacks it
+    FAILED = "failed"  # ran, then its reader or instance failed: polling again

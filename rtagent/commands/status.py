@@ -82,13 +82,24 @@ def _start_window_lines(entries: dict) -> list[str]:
     return out
 
 
+def _drift_watch(w: dict | None) -> str:
+    """``running (12 events, 0 lost; resync every 10s)``, or why not."""
+    if not w:
+        return "off"
+    state = w.get("state", "off")
+    if state == "running":
+        return f"running ({w.get('events', 0)} events, {w.get('lost', 0)} lost; resync every {w.get('interval_s')}s)"
+    return state if state == "off" else f"{state} ({w.get('reason') or '?'})"
+
+
 def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
     d, host = data.get("daemon", {}), data.get("host", {})
     lv = d.get("libvirt", {})
     lines = [
         f"rtagent: up {d.get('uptime_s', 0):.0f}s, libvirt {_libvirt_state(lv)}"
         f" ({lv.get('uri', '?')}, {lv.get('reconnects', 0)} reconnects), proc connector "
-        f"{'on' if d.get('proc_connector') else 'off'}, last resync {_ago(d.get('last_resync_at'))}",
+        f"{'on' if d.get('proc_connector') else 'off'}, drift watch {_drift_watch(d.get('drift_watch'))}, "
+        f"last resync {_ago(d.get('last_resync_at'))}",
         f"host: realtime CPUs {host.get('realtime_cpus') or '(none)'}, housekeeping CPUs "
         f"{host.get('housekeeping_cpus', '?')}",
     ]

@@ -7,6 +7,12 @@ probe is sent (at most every call timeout) and when the full check is due.
 Each wake-up costs ~50-100 µs of CPU on the test machine, the idle goal is
 0.05 % of a core (500 µs a second).  A tracked guest brings the interval
 back at once, because the deadline is computed anew on every loop turn.
+
+While the drift watch runs (daemon/driftwatch.py: a sched_set* syscall or
+a cgroup move of a managed thread reconciles its guest at once), the steady
+resync only backs the watch up, every ``watched_resync_interval_s``; the
+full check stays due on its own time.  The host partition (IRQ affinity
+writes have no syscall to watch) keeps ``resync_interval_s``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["resync_due", "due_after"]
 
 
-def due_after(last_end: float, interval_s: float, *, idle: bool, probe_every_s: float, next_full: float) -> float:
+def due_after(last_end: float, interval_s: float, *, idle: bool, probe_every_s: float, next_full: float,
+              watched_s: float | None = None) -> float:
+    if not idle and watched_s is not None and watched_s > interval_s:
+        return min(last_end + watched_s, max(next_full, last_end + interval_s))
     if not idle:
         return last_end + interval_s
     return max(last_end + interval_s, min(last_end + max(interval_s, probe_every_s), next_full))
@@ -28,5 +37,7 @@ def due_after(last_end: float, interval_s: float, *, idle: bool, probe_every_s: 
 def resync_due(d: Daemon) -> float:
     """The daemon's next timed resync (monotonic)."""
     idle = not d.guests.tracked and d.hostside.enforcer is None
+    watched = d.config.daemon.watched_resync_interval_s if d.services.driftwatch.healthy and d.hostside.enforcer is None \
+        else None
     return due_after(d._resynced_at, d.config.daemon.resync_interval_s, idle=idle,
-                     probe_every_s=d.config.libvirt.call_timeout_s, next_full=d.guests.next_full)
+                     probe_every_s=d.config.libvirt.call_timeout_s, next_full=d.guests.next_full, watched_s=watched)

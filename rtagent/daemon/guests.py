@@ -161,6 +161,23 @@ class GuestSupervisor:
                 self.reconcile(uuid, Cause(at))
                 self.retry.schedule(uuid, 0)
 
+    def on_drift(self, sched: frozenset[int], moved: frozenset[int], at: float) -> int:
+        """The drift watch saw these threads' scheduling change (a sched_set*
+        syscall landed) or their cgroup change (daemon/driftwatch.py), at
+        ``at``.  A guest holding one is compared by syscall first (our own
+        libvirt pin calls come back this way and change nothing), a moved
+        thread's guest is reconciled in full (its cgroup is not in the
+        steady record); returns how many guests were reconciled."""
+        n = 0
+        for uuid, tids in self.steady.owners(sched | moved).items():
+            if uuid not in self.tracked or (not tids & moved and self.steady.unchanged(uuid)):
+                continue
+            log.debug("drift watch: thread(s) %s of %s changed", ",".join(map(str, sorted(tids))), uuid)
+            self._running(uuid)
+            self.reconcile(uuid, Cause(at))
+            n += 1
+        return n
+
     def _clamped(self, uuid: str, group: str, at: float) -> None:
         """The watch put a re-pinned group's planned CPUs back before
         libvirt's affinity call landed (placement.py): the kernel is as

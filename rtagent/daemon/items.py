@@ -11,6 +11,7 @@ class Kind(enum.Enum):
     THREAD = "thread"
     CLOSED = "closed"
     RESYNC = "resync"
+    DRIFT = "drift"  # the drift watch saw a sched_set* syscall or cgroup move (daemon/driftwatch.py)
     START = "start"  # wakes the loop; _timers hands the signal to daemon/startwatch.py
     RELOAD = "reload"
     STOP = "stop"

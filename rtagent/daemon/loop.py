@@ -1,9 +1,8 @@
 """``rtagent run``: the loop — timers, the event queue and signals.
 
-Callbacks (libvirt, proc connector, the start watch), signal handlers and timers
-only *enqueue*; this loop, in the main thread, hands items to the guest and host-side
-supervisors, so reconciles never race.  No libvirt call blocks it longer than ``[libvirt]
-call_timeout_s``, so the watchdog (petted only here) says whether *enforcement* is alive.
+Callbacks (libvirt, proc connector, the start and drift watches), signal handlers and timers only
+*enqueue*; this loop, in the main thread, hands items to the supervisors, so reconciles never race.  No
+libvirt call blocks it longer than its timeout, so the watchdog (petted only here) says if *enforcement* lives.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ log = logging.getLogger(__name__)
 
 class Daemon:
     def __init__(self, config: Config, config_path: str | None, *, notifier: Notifier | None = None):
-        self.config = config
-        self.config_path = config_path
+        self.config, self.config_path = config, config_path
         self.notifier = notifier or Notifier()
         self.store = StateStore()
         self.store.daemon.libvirt_uri = config.libvirt.uri
@@ -45,7 +43,7 @@ class Daemon:
         self.link = LibvirtLink(self.host, self.store, config.libvirt.reconnect_max_backoff_s,
                                 self._libvirt_event, lambda reason: self._put(Kind.CLOSED, reason))
         self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
-                                 lambda: self._put(Kind.RESYNC), lambda e, at: self.queue.put(Item(Kind.EVENT, e, at)))
+                                 lambda: self._put(Kind.RESYNC), self.queue.put)
         self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
                                       on_placements=self.services.set_placements)
         self.startwatch = StartWatch(self.guests, lambda: self._put(Kind.START))
@@ -150,6 +148,8 @@ class Daemon:
             self.notifier.status("libvirt connection lost; reconnecting")
         elif item.kind == Kind.EVENT:
             self.guests.on_event(item.payload, item.at)
+        elif item.kind == Kind.DRIFT:
+            self.services.driftwatch.handle(item.payload, self.guests.on_drift, self.resync, self.config)
 
     def resync(self, full: bool = True) -> None:
         """Every managed guest, then the host partition.  ``full``: re-list and

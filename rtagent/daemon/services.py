@@ -14,11 +14,15 @@ from ..cpulist import format_cpulist
 from ..libvirt_host import DomainEvent, LibvirtHost, start_event_loop
 from ..kernel import Kernel
 from ..kernel.procconn import ProcConnector
+from ..monitor import gcpause
 from ..monitor.endpoints import start_endpoints
 from ..monitor.lockprio import at_loop_priority
 from ..state import StateStore
 from ..status import StatusServer
+from ..statusjson import encode_answer
 from . import heap
+from .driftwatch import DriftWatch
+from .items import Item, Kind
 from .lock import InstanceLock
 from .placement import GuestPlacement, PlacementWatch
 from .shutdown import Step
@@ -51,17 +55,21 @@ def prepare(config: Config, lock: InstanceLock) -> privileges.PrivilegeReport:
 
 class Services:
     def __init__(self, store: StateStore, on_thread: Callable[[int, int, str], None],
-                 on_overflow: Callable[[], None], on_repin: Callable[[DomainEvent, float], None] | None = None):
+                 on_overflow: Callable[[], None], put: Callable[[Item], None] | None = None):
+        """``put``: the loop's queue, for the cpuset watch's re-pins and the drift watch."""
         self.store = store
         self._on_thread = on_thread
         self._on_overflow = on_overflow
-        self._on_repin = on_repin
+        put = put or (lambda _item: None)
+        self._on_repin: Callable[[DomainEvent, float], None] = lambda e, at: put(Item(Kind.EVENT, e, at))
         self.procconn: ProcConnector | None = None
         self.status: StatusServer | None = None
         self.metrics = None
         self.interference = None  # monitor.interference_service.InterferenceService
         self.placement: PlacementWatch | None = None  # new iothreads' cpuset groups (placement.py)
         self.startwatch = None
+        # sched_set* syscalls and cgroup moves seen through trace events (driftwatch.py)
+        self.driftwatch = DriftWatch(store, put)
 
     def _overflow(self) -> None:
         """The proc connector lost events: count it, and resync to catch up."""
@@ -100,15 +108,20 @@ class Services:
         except OSError as err:
             log.warning("cpuset watch unavailable (%s): a live-added iothread is placed by the reconcile "
                         "after libvirt's affinity call", err)
+        self.driftwatch.start(config)  # "on" and unavailable: a start-up error naming what is missing
         self.interference = start_interference(config, self.store)
         # Bounded, timed-out client servers within a descriptor budget.
         self.status, self.metrics = start_endpoints(
             config, self.store,
-            snapshot=lambda: {**self.store.snapshot(at_loop_priority), "interference": self._interference_json()})
+            snapshot=lambda: encode_answer(self.store, at_loop_priority,
+                                           extra=lambda: {"interference": self._interference_json()}))
         if self.metrics is not None and self.interference is not None:
             from ..monitor.interference_service import InterferenceCollector
 
             self.metrics.registry.register(InterferenceCollector(self.interference))
+        # What is alive now lives as long as the daemon: no collection walks it
+        # again (a full pass over it cost a scrape 18-23 ms; monitor/gcpause.py).
+        log.debug("%d start-up objects frozen out of the garbage collector", gcpause.freeze_startup())
 
     def _interference_json(self) -> dict:
         """The status answer's ``interference`` section."""
@@ -123,7 +136,7 @@ class Services:
         The tracefs instance first: its removal matters most (tracing costs
         the realtime CPUs until it is gone), and it is tried even when its
         reader thread did not finish in time."""
-        steps = []
+        steps = self.driftwatch.stop_steps()
         if self.interference is not None:
             steps.append(Step("interference tracefs instance", self.interference.stop, 4.0))
         if self.procconn is not None:
@@ -159,7 +172,7 @@ def reload_config(current: Config, path: str | None) -> Config | None:
         return None
     if (warning := partition_warning(new)) is not None:
         log.warning("reload: %s", warning)
-    fixed = ("status.socket", "metrics.listen", "libvirt.uri", "daemon.lock_file")
+    fixed = ("status.socket", "metrics.listen", "libvirt.uri", "daemon.lock_file", "daemon.drift_watch")
     if any(_get(new, k) != _get(current, k) for k in fixed):
         log.warning("reload: %s take effect at restart", ", ".join(fixed))
     log.info("reloaded config from %s", new.path or "(defaults)")

@@ -20,7 +20,7 @@ libvirt call is made here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..kernel.probe import DriftProbe, Expected
@@ -57,18 +57,34 @@ class SteadyCheck:
     def __init__(self, probe: DriftProbe | None = None):
         self.probe = probe or DriftProbe(Kernel())
         self._baselines: dict[str, Baseline] = {}
+        self._owner: dict[int, str] = {}  # tid -> uuid of the baseline holding it (the drift watch's map)
         self.checked = 0  # threads compared (the cost's unit)
         self.differed = 0  # guests sent down the full path
 
     def record(self, uuid: str, report: DomainReport) -> None:
         base = baseline_of(report)
-        if base is None:
-            self._baselines.pop(uuid, None)
-        else:
+        self.forget(uuid)
+        if base is not None:
             self._baselines[uuid] = base
+            self._owner.update((e.tid, uuid) for e in base.threads)
 
     def forget(self, uuid: str) -> None:
-        self._baselines.pop(uuid, None)
+        old = self._baselines.pop(uuid, None)
+        if old is not None:
+            for e in old.threads:
+                if self._owner.get(e.tid) == uuid:
+                    del self._owner[e.tid]
+
+    def owners(self, tids: Iterable[int]) -> dict[str, set[int]]:
+        """The guests whose baselines hold any of ``tids`` (uuid -> those
+        tids); a tid no managed guest has is left out, at one dict lookup."""
+        out: dict[str, set[int]] = {}
+        owner = self._owner
+        for tid in tids:
+            uuid = owner.get(tid)
+            if uuid is not None:
+                out.setdefault(uuid, set()).add(tid)
+        return out
 
     def unchanged(self, uuid: str) -> bool:
         base = self._baselines.get(uuid)

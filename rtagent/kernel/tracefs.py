@@ -312,10 +312,13 @@ class Instance:
     @classmethod
     def create(cls, root: Path, name: str, cpus: Iterable[int], events: Iterable[tuple[str, str]],
                *, optional_events: Iterable[tuple[str, str]] = (), buffer_kb: int = 1024,
-               clock: str = "mono") -> Instance:
+               clock: str = "mono", wake_percent: int = WAKE_PERCENT) -> Instance:
         """Create (after removing a leftover of the same name: a daemon killed
         with SIGKILL cannot remove its own) and start tracing ``events`` on
-        ``cpus``.  ``optional_events`` are enabled where the kernel has them."""
+        ``cpus``.  ``optional_events`` are enabled where the kernel has them.
+        ``wake_percent``: the ``buffer_percent`` a poll()ing reader waits
+        for (0: woken by every event, for rare events such as
+        kernel/schedwatch.py's)."""
         if not _INSTANCE_NAME.match(name):
             raise TracefsError(f"bad tracefs instance name {name!r}: use letters, digits, '_', '-', '.'")
         inst = cls(root, name, frozenset(cpus))
@@ -326,14 +329,14 @@ class Instance:
         except OSError as exc:
             raise TracefsError(f"cannot create tracefs instance {inst.path}: {exc.strerror}") from None
         try:
-            inst._configure(events, optional_events, buffer_kb, clock)
+            inst._configure(events, optional_events, buffer_kb, clock, wake_percent)
         except BaseException:
             inst.remove()
             raise
         return inst
 
     def _configure(self, events: Iterable[tuple[str, str]], optional: Iterable[tuple[str, str]],
-                   buffer_kb: int, clock: str) -> None:
+                   buffer_kb: int, clock: str, wake_percent: int = WAKE_PERCENT) -> None:
         p = self.path
         _write(p / "tracing_on", "0")
         _write(p / "tracing_cpumask", format_hexmask(self.cpus))
@@ -346,7 +349,7 @@ class Instance:
         # CPU) only once this share of the buffer is full, never per event:
         # 0 would mean a wakeup IPI on the realtime CPU for every event.
         if (p / "buffer_percent").exists():
-            _write(p / "buffer_percent", str(WAKE_PERCENT))
+            _write(p / "buffer_percent", str(wake_percent))
         clocks = (p / "trace_clock").read_text()
         if clock in clocks.replace("[", " ").replace("]", " ").split():
             _write(p / "trace_clock", clock)
@@ -369,6 +372,11 @@ class Instance:
             return
         _write(self.path / "events" / system / event / "enable", "1")
         self.formats[fmt.id] = fmt
+
+    def set_filter(self, system: str, event: str, expr: str) -> None:
+        """The instance's kernel-side filter of one enabled event (events
+        that do not match are never written to its buffer)."""
+        _write(self.path / "events" / system / event / "filter", expr)
 
     def clock_name(self) -> str:
         text = (self.path / "trace_clock").read_text()

@@ -16,6 +16,7 @@ import logging
 from ..config import Config
 from ..state import StateStore
 from ..status import StatusServer
+from ..statusjson import encode_answer
 from . import fdlimit
 from .lockprio import at_loop_priority
 
@@ -27,7 +28,8 @@ __all__ = ["start_endpoints"]
 def start_endpoints(config: Config, store: StateStore, snapshot=None):
     """Bind and start the status socket and (if enabled) ``/metrics``;
     returns ``(StatusServer, MetricsServer | None)``.  ``snapshot`` is the
-    status answer (default ``store.snapshot(at_loop_priority)``)."""
+    status answer, encoded or as a document (default
+    ``statusjson.encode_answer(store, at_loop_priority)``)."""
     soft = fdlimit.raise_nofile()
     metrics_cap = config.metrics.max_connections if config.metrics.enabled else 0
     budget = fdlimit.client_budget(soft, metrics_cap, config.status.max_clients)
@@ -36,7 +38,7 @@ def start_endpoints(config: Config, store: StateStore, snapshot=None):
               budget.counters if config.metrics.enabled else 0)
     # The status thread (nice 10) holds the store's lock only for the
     # snapshot's copy, and at the loop's priority while it does.
-    snapshot = snapshot or functools.partial(store.snapshot, at_loop_priority)
+    snapshot = snapshot or functools.partial(encode_answer, store, at_loop_priority)
     status = StatusServer(config.status.socket, config.status.group, snapshot,
                           max_clients=budget.status, timeout_s=config.status.timeout_s)
     status.start()

@@ -182,6 +182,7 @@ class _Snapshot:
     libvirt_unresponsive_since: float | None = None
     reconnects: int = 0
     proc_connector: bool = False
+    drift_watch: bool = False
     events: tuple[tuple[str, int], ...] = ()
     events_dropped: tuple[tuple[str, int], ...] = ()
     resyncs: int = 0
@@ -272,6 +273,7 @@ def _take(store: StateStore) -> _Snapshot:
     return _Snapshot(
         libvirt_up=bool(d.libvirt_connected), libvirt_unresponsive_since=d.libvirt_unresponsive_since,
         reconnects=int(d.reconnects), proc_connector=bool(d.proc_connector),
+        drift_watch=d.drift_watch.get("state") == "running",
         events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
         full_checks=int(d.full_checks), last_resync_at=d.last_resync_at, host_checks=checks,
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
@@ -497,7 +499,11 @@ class RtagentCollector(Collector):
         m = _gauge("proc_connector_up", "1 if the kernel proc connector (thread creation events) is in use, else 0.")
         m.add_metric([], 1 if s.proc_connector else 0)
         out.append(m)
-        m = _counter("events", "Events received, by source (libvirt, proc, cpuset).", ["source"])
+        m = _gauge("drift_watch_up", "1 if the drift watch (sched_set* syscalls and cgroup moves seen through "
+                   "trace events) runs, else 0 (daemon.drift_watch off, unavailable or failed).")
+        m.add_metric([], 1 if s.drift_watch else 0)
+        out.append(m)
+        m = _counter("events", "Events received, by source (libvirt, proc, cpuset, drift_watch).", ["source"])
         for source, n in s.events:
             m.add_metric([source], n)
         out.append(m)

@@ -80,6 +80,7 @@ class RunningDaemon:
         # A daemon that was SIGKILLed (and not restarted) leaves its tracefs
         # instance; tests remove what they create.
         remove_trace_instance(self.config)
+        remove_watch_instance(self.proc.pid)
 
     def log_text(self) -> str:
         return self.log.read_text()
@@ -108,6 +109,19 @@ def remove_trace_instance(config: Path) -> None:
     if name and root is not None:
         try:
             tracefs.remove_instance(root, name)
+        except tracefs.TracefsError:
+            pass
+
+
+def remove_watch_instance(pid: int) -> None:
+    """The drift watch's instance of a daemon that could not remove it (SIGKILL)."""
+    from rtagent.kernel import tracefs
+    from rtagent.kernel.schedwatch import instance_name
+
+    root = tracefs.find_tracefs()
+    if root is not None:
+        try:
+            tracefs.remove_instance(root, instance_name(pid))
         except tracefs.TracefsError:
             pass
 

@@ -1,0 +1,344 @@
+"""The drift watch's kernel side: who changed a thread's scheduling or
+cgroup, seen through trace events of a tracefs instance of its own.
+
+What can drift a managed thread from outside, and the event that says so:
+
+- the ``sched_setaffinity``, ``sched_setscheduler``, ``sched_setattr`` and
+  ``sched_setparam`` syscalls (taskset, chrt, libvirt, any tool): the
+  ``syscalls:sys_enter_*`` event names the target (its ``pid`` argument; 0
+  is the caller itself), the ``sys_exit_*`` event of the same calling task
+  fires after the change landed.  A notice is posted at the exit only (at
+  the enter the check could run before the syscall took effect), and only
+  when the syscall succeeded;
+- a move to another cgroup (``tasks`` / ``cgroup.procs`` writes; a cpuset
+  move changes the affinity): ``cgroup:cgroup_attach_task``, emitted after
+  the migration and the controllers' attach callbacks.
+
+The events are rare, so the reader is woken by each one
+(``buffer_percent`` 0) and blocks in ``poll()`` otherwise: no timer.  The
+caller's own scheduler syscalls are filtered out in the kernel
+(``common_pid != <its PID>``).  Events the kernel dropped (a full buffer)
+are reported as "check everything".
+
+Cost (docs/design.md, "The drift watch"): an enabled syscall tracepoint
+sends *every* syscall on the host through the tracing slow path (+20-25 ns
+each here), which is why the daemon makes the watch a config choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cpulist import parse_cpulist
+from ..threadname import name_thread
+from . import tracefs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EVENTS", "Notice", "Pairing", "SchedWatch", "instance_name", "stale_instances"]
+
+SYSCALLS = ("sched_setaffinity", "sched_setscheduler", "sched_setattr", "sched_setparam")
+ATTACH = ("cgroup", "cgroup_attach_task")
+EVENTS: tuple[tuple[str, str], ...] = (
+    *(("syscalls", f"sys_{side}_{name}") for name in SYSCALLS for side in ("enter", "exit")),
+    ATTACH,
+)
+PREFIX = "rtagent-watch-"
+READER_THREAD_NAME = "rtagent-drift"
+BUFFER_KB = 64     # per CPU: a guest start's burst of cgroup moves is a few KiB
+_MAX_PENDING = 4096  # callers between enter and exit; more means lost exits
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What a batch of events says: the threads whose scheduling changed
+    (``sched``), those moved to another cgroup (``moved``), or that events
+    were lost and anything may have changed (``everything``).  ``at``: the
+    earliest change's time (CLOCK_MONOTONIC, seconds) — the detection time."""
+
+    sched: frozenset[int] = frozenset()
+    moved: frozenset[int] = frozenset()
+    everything: bool = False
+    at: float = 0.0
+    events: int = 0   # events decoded (the watch's counter)
+    lost: int = 0     # events the kernel dropped (-1: some, count unknown, counted as 1)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.sched or self.moved or self.everything)
+
+
+class EventKind:
+    ENTER, EXIT, ATTACH = "enter", "exit", "attach"
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: int       # ns, the instance's trace clock
+    kind: str     # EventKind
+    caller: int   # common_pid: the calling task
+    arg: int      # enter: the pid argument; exit: the return value; attach: the moved task
+
+
+@dataclass
+class Pairing:
+    """Pure: enter/exit pairs → the targets whose change has landed.
+
+    The enter remembers its target per calling task; the exit with return
+    value 0 yields it.  An exit without its enter (it was in flight when
+    the watch started, or the enter was lost) yields "everything"."""
+
+    pending: dict[int, int] = field(default_factory=dict)
+
+    def feed(self, events: Iterable[Event]) -> tuple[set[int], set[int], bool, int | None]:
+        """→ (sched targets, moved tasks, everything, earliest ts of a result)."""
+        sched: set[int] = set()
+        moved: set[int] = set()
+        everything = False
+        first: int | None = None
+        for ev in events:
+            if ev.kind == EventKind.ENTER:
+                if len(self.pending) >= _MAX_PENDING:
+                    self.pending.clear()
+                    everything = True
+                self.pending[ev.caller] = ev.arg if ev.arg > 0 else ev.caller
+                continue
+            if ev.kind == EventKind.ATTACH:
+                moved.add(ev.arg)
+            else:
+                target = self.pending.pop(ev.caller, None)
+                if ev.arg != 0:
+                    continue  # refused: nothing changed
+                if target is None:
+                    everything = True
+                else:
+                    sched.add(target)
+            first = ev.ts if first is None else min(first, ev.ts)
+        return sched, moved, everything, first
+
+
+def instance_name(pid: int, prefix: str = PREFIX) -> str:
+    return f"{prefix}{pid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_instances(names: Iterable[str], prefix: str = PREFIX,
+                    alive: Callable[[int], bool] = _alive) -> list[str]:
+    """Instances named ``<prefix><pid>`` whose PID is dead (a daemon killed
+    with SIGKILL cannot remove its own).  A live PID's instance is left
+    alone, whoever holds that PID now."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)$")
+    return sorted(n for n in names if (m := pat.match(n)) and not alive(int(m[1])))
+
+
+class Decoder:
+    """Raw ring-buffer records of the instance → :class:`Event`."""
+
+    def __init__(self, formats: dict[int, tracefs.EventFormat]):
+        self._by_id: dict[int, tuple[str, Callable[[bytes, int], tuple]]] = {}
+        for ident, fmt in formats.items():
+            if fmt.name.startswith("sys_enter_"):
+                self._by_id[ident] = (EventKind.ENTER, fmt.reader(("common_pid", "pid")))
+            elif fmt.name.startswith("sys_exit_"):
+                self._by_id[ident] = (EventKind.EXIT, fmt.reader(("common_pid", "ret")))
+            elif fmt.name == ATTACH[1]:
+                self._by_id[ident] = (EventKind.ATTACH, fmt.reader(("common_pid", "pid")))
+
+    def events(self, pages: Iterable[bytes], header: tracefs.PageHeader) -> tuple[list[Event], int]:
+        out: list[Event] = []
+        lost = 0
+        for page in pages:
+            recs, missed = tracefs.page_records(page, header)
+            if missed:
+                lost += missed if missed > 0 else 1
+            for ts, off in recs:
+                known = self._by_id.get(int.from_bytes(page[off:off + 2], "little"))
+                if known is None:
+                    continue
+                caller, arg = known[1](page, off)
+                # The enter's pid is an unsigned long: a negative pid_t is
+                # refused by the kernel anyway (its exit has ret < 0).
+                out.append(Event(ts, known[0], caller, arg & 0xFFFFFFFF if known[0] == EventKind.ENTER else arg))
+        return out, lost
+
+
+class SchedWatch:
+    """The instance and its reader thread.  ``on_notice`` runs on the reader
+    thread (keep it to a queue put); ``on_failed(reason)`` once, if the
+    reader ends other than by :meth:`stop`."""
+
+    def __init__(self, on_notice: Callable[[Notice], None], on_failed: Callable[[str], None] | None = None, *,
+                 root: Path | None = None, own_pid: int | None = None, prefix: str = PREFIX,
+                 cpus: Iterable[int] | None = None):
+        self._on_notice = on_notice
+        self._on_failed = on_failed
+        self._root = root
+        self.own_pid = os.getpid() if own_pid is None else own_pid
+        self.prefix = prefix
+        self._cpus = frozenset(cpus) if cpus is not None else frozenset(os.sched_getaffinity(0)) | _online()
+        self.name = instance_name(os.getpid(), prefix)
+        self.inst: tracefs.Instance | None = None
+        self._decoder: Decoder | None = None
+        self._pairing = Pairing()
+        self._mono = True
+        self._stop = threading.Event()
+        self._wake: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    # -- lifecycle
+
+    def open(self) -> None:
+        """Remove stale instances, create ours, enable and filter the events.
+        Raises TracefsError naming what is missing."""
+        root = self._root or tracefs.find_tracefs()
+        if root is None:
+            raise tracefs.TracefsError("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
+        self._root = root
+        self.remove_stale()
+        self.inst = tracefs.Instance.create(root, self.name, self._cpus, EVENTS, buffer_kb=BUFFER_KB, wake_percent=0)
+        try:
+            for system, event in EVENTS:
+                if system == "syscalls":
+                    self.inst.set_filter(system, event, f"common_pid != {self.own_pid}")
+            self._mono = self.inst.clock_name() == "mono"
+            self._decoder = Decoder(self.inst.formats)
+        except BaseException:
+            self.inst.remove()
+            self.inst = None
+            raise
+
+    def remove_stale(self) -> list[str]:
+        assert self._root is not None
+        try:
+            names = [p.name for p in (self._root / "instances").iterdir()]
+        except OSError:
+            return []
+        removed = []
+        for name in stale_instances(names, self.prefix):
+            try:
+                if tracefs.remove_instance(self._root, name):
+                    removed.append(name)
+                    log.info("removed the stale tracefs instance %s (its daemon is gone)", name)
+            except tracefs.TracefsError as err:
+                log.warning("drift watch: %s", err)
+        return removed
+
+    def start(self) -> None:
+        self.open()
+        self._wake = os.pipe()
+        os.set_blocking(self._wake[1], False)
+        self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._wake is not None:
+            try:
+                os.write(self._wake[1], b"x")
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+            self._thread = None
+        if self.inst is not None:
+            try:
+                self.inst.remove()
+            except tracefs.TracefsError as err:
+                log.warning("drift watch: %s", err)
+            self.inst = None
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
+    def intact(self) -> str | None:
+        """None while the instance traces; else what is wrong (someone
+        removed it or turned its tracing off)."""
+        inst = self.inst
+        if inst is None:
+            return "no tracefs instance"
+        try:
+            on = (inst.path / "tracing_on").read_text().strip()
+        except OSError as err:
+            return f"tracefs instance {inst.path} unreadable: {err.strerror}"
+        return None if on == "1" else f"tracing turned off in {inst.path}"
+
+    # -- the reader
+
+    def _run(self) -> None:
+        name_thread(READER_THREAD_NAME)
+        try:
+            waiter = self._waiter()
+            while not self._stop.is_set():
+                waiter.poll()   # no timeout: woken by an event or by stop()
+                if self._stop.is_set():
+                    break
+                notice = self.read()
+                if notice is not None:
+                    self._on_notice(notice)
+        except Exception as exc:  # the daemon falls back to polling; it never dies of this
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("drift watch: the reader failed")
+            if self._on_failed is not None and not self._stop.is_set():
+                self._on_failed(self.error)
+
+    def _waiter(self) -> select.poll:
+        waiter = select.poll()
+        assert self._wake is not None and self.inst is not None
+        waiter.register(self._wake[0], select.POLLIN)
+        for cpu in sorted(self._cpus):
+            waiter.register(self.inst.fd(cpu), select.POLLIN)
+        return waiter
+
+    def read(self) -> Notice | None:
+        """Everything readable now on every CPU, as one notice (None: nothing)."""
+        inst, dec = self.inst, self._decoder
+        if inst is None or dec is None or inst.header is None:
+            return None
+        events: list[Event] = []
+        lost = 0
+        for cpu in sorted(self._cpus):
+            evs, missed = dec.events(inst.read_pages(cpu), inst.header)
+            events += evs
+            lost += missed
+        if not events and not lost:
+            return None
+        # An affinity change of the caller itself can move it between its
+        # enter and exit: the CPUs' buffers are merged in time order.
+        events.sort(key=lambda e: e.ts)
+        sched, moved, everything, first = self._pairing.feed(events)
+        if lost:
+            self._pairing.pending.clear()
+        at = first / 1e9 if first is not None and self._mono else time.monotonic()
+        return Notice(frozenset(sched), frozenset(moved), everything or lost > 0, at, len(events), lost)
+
+
+def _online() -> frozenset[int]:
+    """Every online CPU: an event can be written on any of them."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return frozenset()
+    return frozenset(parse_cpulist(text))

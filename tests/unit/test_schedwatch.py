@@ -1,0 +1,133 @@
+"""The drift watch's pure parts: enter/exit pairing, the decoder over pages
+built byte by byte from this kernel's real format files, stale instances,
+the cadence it allows and the tid → guest map."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from rtagent.daemon.cadence import due_after
+from rtagent.daemon.steady import Baseline, SteadyCheck
+from rtagent.kernel import tracefs
+from rtagent.kernel.probe import Expected
+from rtagent.kernel.schedwatch import Decoder, Event, EventKind, Pairing, instance_name, stale_instances
+from tests.unit.test_tracefs_decode import DATA, HEADER, entry, page
+
+pytestmark = pytest.mark.unit
+
+ENTER, EXIT, ATTACH = EventKind.ENTER, EventKind.EXIT, EventKind.ATTACH
+
+
+def test_exit_yields_the_target_its_enter_named():
+    p = Pairing()
+    # taskset -p 4245 from task 900; chrt on itself (pid 0) from task 901.
+    got = p.feed([Event(10, ENTER, 900, 4245), Event(11, ENTER, 901, 0), Event(12, EXIT, 900, 0),
+                  Event(13, EXIT, 901, 0)])
+    assert got == ({4245, 901}, set(), False, 12)
+    assert p.pending == {}
+
+
+def test_enter_alone_yields_nothing_until_its_exit_lands():
+    p = Pairing()
+    assert p.feed([Event(10, ENTER, 900, 4245)]) == (set(), set(), False, None)
+    assert p.feed([Event(20, EXIT, 900, 0)]) == ({4245}, set(), False, 20)
+
+
+def test_a_refused_syscall_changed_nothing():
+    p = Pairing()
+    assert p.feed([Event(10, ENTER, 900, 4245), Event(11, EXIT, 900, -1)]) == (set(), set(), False, None)
+
+
+def test_an_exit_without_its_enter_means_check_everything():
+    assert Pairing().feed([Event(10, EXIT, 900, 0)]) == (set(), set(), True, 10)
+
+
+def test_cgroup_moves_are_their_own_set():
+    got = Pairing().feed([Event(10, ATTACH, 1, 4245), Event(9, ATTACH, 1, 4246)])
+    assert got == (set(), {4245, 4246}, False, 9)
+
+
+def _fmt(name: str) -> tracefs.EventFormat:
+    return tracefs.parse_event_format((DATA / f"{name}.format").read_text(), name.split("_", 1)[0])
+
+
+def _sys_payload(f: tracefs.EventFormat, caller: int, arg: int) -> bytes:
+    buf = bytearray(40 if f.name.startswith("sys_enter") else 24)
+    struct.pack_into("<H", buf, 0, f.id)
+    struct.pack_into("<i", buf, 4, caller)
+    struct.pack_into("<Q" if f.name.startswith("sys_enter") else "<q", buf, 16, arg)
+    return bytes(buf)
+
+
+def _attach_payload(f: tracefs.EventFormat, caller: int, pid: int) -> bytes:
+    buf = bytearray(40)
+    struct.pack_into("<H", buf, 0, f.id)
+    struct.pack_into("<i", buf, 4, caller)
+    struct.pack_into("<i", buf, 24, pid)
+    return bytes(buf)
+
+
+def test_decoder_reads_the_real_formats():
+    enter, exit_, attach = (_fmt("syscalls_sys_enter_sched_setaffinity"), _fmt("syscalls_sys_exit_sched_setaffinity"),
+                            _fmt("cgroup_cgroup_attach_task"))
+    dec = Decoder({f.id: f for f in (enter, exit_, attach)})
+    body = (entry(5, _sys_payload(enter, 900, 4245)) + entry(3, _sys_payload(exit_, 900, 0))
+            + entry(2, _attach_payload(attach, 77, 4246)) + entry(1, _sys_payload(exit_, 901, -22)))
+    events, lost = dec.events([page(1_000, body)], HEADER)
+    assert lost == 0
+    assert events == [Event(1_005, ENTER, 900, 4245), Event(1_008, EXIT, 900, 0), Event(1_010, ATTACH, 77, 4246),
+                      Event(1_011, EXIT, 901, -22)]
+
+
+def test_decoder_counts_lost_events():
+    enter = _fmt("syscalls_sys_enter_sched_setaffinity")
+    events, lost = Decoder({enter.id: enter}).events([page(1, entry(1, _sys_payload(enter, 1, 2)), missed=7)], HEADER)
+    assert lost == 7 and len(events) == 1
+
+
+def test_stale_instances_are_those_of_dead_pids():
+    names = ["rtagent-watch-100", "rtagent-watch-200", "rtagent-watch-x", "other-100", "rtagent-watch-100-1"]
+    assert stale_instances(names, alive=lambda pid: pid == 200) == ["rtagent-watch-100"]
+    assert instance_name(4242) == "rtagent-watch-4242"
+
+
+def test_watched_cadence_backs_off_but_keeps_the_full_check():
+    # Watch off: every interval, as before.
+    assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=130.0) == 101.0
+    # Watch on: the watched interval, or the full check when that comes first...
+    assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=130.0, watched_s=10.0) == 110.0
+    assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=104.0, watched_s=10.0) == 104.0
+    # ...but never sooner than the normal interval.
+    assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=90.0, watched_s=10.0) == 101.0
+    # An idle daemon keeps its own back-off (its liveness probe).
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=130.0, watched_s=10.0) == 105.0
+
+
+def test_owners_map_tids_to_the_guest_whose_baseline_holds_them():
+    steady = SteadyCheck(probe=object())
+    steady._baselines["u1"] = Baseline(10, (Expected.of(11, "fifo", 1, {1}), Expected.of(12, "other", 0, {0})))
+    steady._owner.update({11: "u1", 12: "u1"})
+    steady._baselines["u2"] = Baseline(20, (Expected.of(21, "other", 0, {0}),))
+    steady._owner[21] = "u2"
+    assert steady.owners([11, 21, 99]) == {"u1": {11}, "u2": {21}}
+    steady.forget("u1")
+    assert steady.owners([11, 12, 21]) == {"u2": {21}}
+
+
+def test_watched_interval_is_validated_and_never_shortens_the_resync():
+    from rtagent.config import parse_config
+    from rtagent.errors import ConfigError
+
+    # A long resync_interval_s with the default watched interval: valid, and
+    # the watch leaves the cadence as it is.
+    cfg = parse_config({"daemon": {"resync_interval_s": 3600.0}}, resolve=False)
+    assert cfg.daemon.watched_resync_interval_s < cfg.daemon.resync_interval_s
+    assert due_after(0.0, 3600.0, idle=False, probe_every_s=5.0, next_full=30.0,
+                     watched_s=cfg.daemon.watched_resync_interval_s) == 3600.0
+    for bad in (0.01, 4000, True, "10"):
+        with pytest.raises(ConfigError, match="daemon.watched_resync_interval_s"):
+            parse_config({"daemon": {"watched_resync_interval_s": bad}}, resolve=False)
+    with pytest.raises(ConfigError, match="daemon.drift_watch = 'yes': must be one of: auto, on, off"):
+        parse_config({"daemon": {"drift_watch": "yes"}}, resolve=False)
