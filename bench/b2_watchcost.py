@@ -1,7 +1,8 @@
 """B2 — what the drift watch costs every other process: while any syscall
 tracepoint is enabled, *every* syscall on the host takes the tracing slow
 path.  A C loop of ``getppid`` (the cheapest syscall) on a housekeeping CPU,
-timed with the drift watch's events enabled in a tracefs instance of its
+timed (its own CPU time, so a loaded host's preemption is not counted)
+with the drift watch's events enabled in a tracefs instance of its
 own (``rtbench-watch-<pid>``, removed after) and without, alternating, a few
 rounds each.  And what the watch saves the daemon: its CPU (schedstat of
 every thread) and wake-ups (voluntary context switches of every thread)
@@ -27,9 +28,11 @@ C_SOURCE = r"""
 int main(void) {
     struct timespec a, b;
     long n = 2000000;
-    clock_gettime(CLOCK_MONOTONIC, &a);
+    /* The loop's own CPU time, not wall time: a shared, loaded host
+       preempts it, and that is not the syscall's cost. */
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
     for (long i = 0; i < n; i++) syscall(SYS_getppid);
-    clock_gettime(CLOCK_MONOTONIC, &b);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
     printf("%.2f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
     return 0;
 }
