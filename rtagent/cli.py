@@ -14,6 +14,7 @@ import logging
 import sys
 
 from . import __version__
+from .argparsing import Parser
 from .errors import RtagentError
 from .log import setup_logging
 
@@ -25,7 +26,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rtagent",
         description="Keep realtime KVM guests realtime: enforce and prove vCPU scheduling, "
         "pinning and host partitioning.",
@@ -98,8 +99,8 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # The parser is not kept: `run` lives as long as the daemon.
+    args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     module = importlib.import_module(f"rtagent.commands.{_COMMANDS[args.command]}")
     try:

@@ -30,7 +30,7 @@ _REALTIME_NUMBERS = frozenset({1, 2})  # SCHED_FIFO, SCHED_RR
 _UNKNOWN = -1  # a policy the table does not know never matches: re-read in full
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per thread: no instance dict (daemon RSS)
 class Expected:
     """One thread as last observed: raw policy number, rt priority, CPUs."""
 

@@ -61,7 +61,7 @@ def policy_name(number: int) -> str:
     return POLICY_BY_NUMBER.get(number) or f"unknown-{number}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per thread: no instance dict (daemon RSS)
 class Stat:
     """The fields of ``/proc/<pid>/stat`` rtagent uses."""
 

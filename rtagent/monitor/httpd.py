@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from .exposition import choose_parts_encoder  # prometheus_client's negotiation; rtagent's families written fast
+from .gcpause import paused
 from .gzipparts import PartsGzip
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class MetricsHandler:
         self.renders = 0
 
     def answer(self, request: bytes) -> bytes | None:
+        with paused():  # no collection inside a render: it finds no garbage there (gcpause.py)
+            return self._answer(request)
+
+    def _answer(self, request: bytes) -> bytes | None:
         try:
             req = parse_request(request)
         except BadRequest as err:

@@ -84,3 +84,15 @@ def test_interference_on_imports_and_starts_it():
     """On: the service's own start decides (here: no realtime CPUs, so it
     says so and returns None — the path a daemon takes, module loaded)."""
     assert _run(_START.replace("ENABLED", "True")) == "None True True"
+
+
+def test_parsing_the_command_line_imports_no_shutil():
+    """argparse's formatter would import shutil (bz2, lzma, zlib) for the
+    terminal width; rtagent's reads it itself (rtagent/argparsing.py)."""
+    out = _run("""
+        import sys
+        import rtagent.cli
+        args = rtagent.cli.build_parser().parse_args(["run", "--config", "x.toml"])
+        print(args.command, sorted(m for m in ("shutil", "bz2", "lzma") if m in sys.modules))
+    """)
+    assert out == "run []"

@@ -40,7 +40,7 @@ class ProcessGone(LookupError):
         super().__init__(f"process {pid}: {reason}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per thread: no instance dict (daemon RSS)
 class ThreadInfo:
     """One task as the kernel reports it.
 

@@ -31,7 +31,7 @@ from .vmthreads import TIMER_KINDS, Placement, placement
 REALTIME = frozenset({"fifo", "rr"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per thread: no instance dict (daemon RSS)
 class Want:
     """Desired state of one thread; ``None`` fields are not managed."""
 
@@ -47,7 +47,7 @@ class Want:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per thread: no instance dict (daemon RSS)
 class ThreadPlan:
     thread: ThreadInfo
     want: Want

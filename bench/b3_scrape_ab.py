@@ -1,0 +1,87 @@
+"""Side by side: the ``/metrics`` server thread's CPU per GET of two checkouts.
+
+``python /path/to/bench/b3_scrape_ab.py TREE REPS OUT.json`` runs the goal's
+endpoint measurement of :mod:`bench.b3_scrape` (100 guests × 10 realtime
+vCPUs, every thread ran before each GET, OpenMetrics + gzip as Prometheus
+asks) with ``TREE``'s ``rtagent`` and ``bench`` — old main or new code — and
+writes each GET's server-thread CPU with the load before and after.  Run it
+alternately for the two trees (A B B A) in one session; the ratio of the two
+is the change, the load beside it says how noisy the machine was.
+
+What a daemon does at start is done here too: if the tree has
+``rtagent.monitor.gcpause`` (the new code), its start-up objects are frozen
+before the guests' state exists, as the daemon's services do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+
+
+def _preemptions(tid: int) -> int:
+    """The thread's involuntary context switches so far (its CPU time grows
+    with them: each costs a switch and cold caches on this PVM machine)."""
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("nonvoluntary_ctxt_switches"):
+                return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    tree, reps, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    # Experiments: extra settling time after the threads ran; the server thread's nice value.
+    settle_s = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    nice = int(sys.argv[5]) if len(sys.argv) > 5 else None
+    sys.path.insert(0, tree)
+    b = importlib.import_module("bench.b3_scrape")
+    import rtagent
+    from rtagent.config import MetricsConfig
+
+    if not rtagent.__file__.startswith(os.path.abspath(tree)):
+        raise SystemExit(f"rtagent imported from {rtagent.__file__}, not from {tree}")
+    from rtagent.monitor.fdlimit import COUNTER_FDS
+    from rtagent.monitor.metrics import serve
+
+    try:
+        from rtagent.monitor import gcpause
+    except ImportError:
+        gcpause = None
+    frozen = gcpause.freeze_startup() if gcpause is not None else 0
+    os.sched_setaffinity(0, {0})  # the benchmark's housekeeping CPU, as bench.common.on_housekeeping
+    threads = b.WorkingThreads(1000)
+    try:
+        store = b.synthetic_store(100, 10, threads.tids)
+        clock = b.ScrapeClock()
+        cache, _ = b._cache(clock, COUNTER_FDS)
+        srv = serve(store, MetricsConfig(listen="127.0.0.1:0"), counters=cache, reuse_s=0.0)
+        tid = srv.server._thread.native_id
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        for _ in range(3):
+            b._get(srv.port)
+        load0, cpu, preempted = os.getloadavg(), [], []
+        t0 = time.time()
+        for _ in range(reps):
+            threads.kick()
+            time.sleep(settle_s)
+            clock.tick()
+            p, c = _preemptions(tid), b._thread_cpu_ns(tid)
+            b._get(srv.port)
+            cpu.append((b._thread_cpu_ns(tid) - c) / 1e6)
+            preempted.append(_preemptions(tid) - p)
+        srv.close()
+    finally:
+        threads.close()
+    with open(out_path, "w") as f:
+        json.dump({"tree": tree, "reps": reps, "frozen": frozen, "settle_s": settle_s, "nice": nice, "start": t0, "end": time.time(),
+                   "load_before": load0, "load_after": os.getloadavg(), "server_cpu_ms": cpu,
+                   "server_preemptions": preempted}, f)
+
+
+if __name__ == "__main__":
+    main()
