@@ -43,9 +43,17 @@ def _start(daemon_factory, guest_factory, daemon_lines: str):
     tid = g.vcpu_tids()[1]
     wait_for(lambda: _fifo_on(tid, {1}), 30, "initial tuning")
     wait_for(lambda: (d.guest(g.name) or {}).get("tuned_at"), 10, "tuned in status")
-    # Compliant (no RT budget refusal being retried: the retry schedule would
-    # correct drift too), and the start's settle looks run out.
-    wait_for(lambda: (d.guest(g.name) or {}).get("compliant"), 30, "compliant")
+    # Every thread as planned, no RT budget refusal being retried (the retry
+    # schedule would correct drift too), and the start's settle looks run out.
+    def settled():
+        gs = d.guest(g.name) or {}
+        return gs.get("threads") and all(t["ok"] for t in gs["threads"]) and not any(
+            v["check"] in ("rt_budget", "vcpu_pending") for v in gs.get("violations", []))
+
+    try:
+        wait_for(settled, 30, "every thread as planned")
+    except AssertionError:
+        raise AssertionError(f"not settled: {d.guest(g.name)}") from None
     time.sleep(3.0)
     return d, g, tid
 
@@ -94,7 +102,8 @@ def test_with_the_watch_off_the_resync_still_corrects(daemon_factory, guest_fact
     resyncs = _daemon(d)["resyncs"]
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
     wait_for(lambda: _fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
-    assert _daemon(d)["resyncs"] > resyncs
+    # The resync that corrected it counts itself once it has ended.
+    wait_for(lambda: _daemon(d)["resyncs"] > resyncs, 10, "the resync that corrected it counted")
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_policy"), 10,
                        "policy drift counted")
     assert counted >= 1
