@@ -346,7 +346,9 @@ class GuestSupervisor:
 
     def enforce_known(self) -> None:
         """Without libvirt (hung or disconnected): the guests already known,
-        from their cached intent and the kernel's view."""
+        from their cached intent and the kernel's view.  A full check: the
+        next one is due a full-check interval later (daemon/cadence.py)."""
+        self.next_full = self._clock() + self.config.daemon.full_check_interval_s
         if self.tracked:
             log.info("enforcing %d known guest(s) from the kernel side", len(self.tracked))
         for uuid in list(self.tracked):

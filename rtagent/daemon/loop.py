@@ -154,8 +154,8 @@ class Daemon:
     def resync(self, full: bool = True) -> None:
         """Every managed guest, then the host partition.  ``full``: re-list and
         re-read every guest (noticing a lost connection); else daemon/steady.py."""
-        if not self.link.up:
-            self.guests.enforce_known()
+        if not self.link.up:  # known guests from the kernel side; steady between full checks, as when connected
+            (self.guests.enforce_known if full else self.guests.check_steady)()
         elif not (self.guests.resync() if full else self.guests.check_steady()):
             self.link.lost("listing guests failed", time.monotonic())
         self.link.publish_responsiveness()
