@@ -62,7 +62,8 @@ class GuestSupervisor:
                  wall: Callable[[], float] = time.time, tuner: Tuner | None = None,
                  on_tracked: Callable[[set[int]], None] | None = None,
                  on_placements: Callable[[dict[int, GuestPlacement]], None] | None = None,
-                 on_reconciled: Callable[[str, DomainReport], None] | None = None):
+                 on_reconciled: Callable[[str, DomainReport], None] | None = None,
+                 on_watched: Callable[[frozenset[int]], None] | None = None):
         self.config = config
         self.host = host
         self.store = store
@@ -75,7 +76,9 @@ class GuestSupervisor:
         self.placements: dict[int, GuestPlacement] = {}  # QEMU pid -> where its new iothreads go
         self.on_reconciled = on_reconciled  # after every applied reconcile (the start window's record)
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
-        self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
+        # The cheap resync between full checks (steady.py); ``on_watched``: its
+        # threads, for the drift watch's filter (driftwatch.py).
+        self.steady = SteadyCheck(on_owners=on_watched)
         self.standing = fullcheck.Standing(self.tuner.kernel)  # the full check's shortcut (fullcheck.py)
         self.next_full = 0.0  # monotonic time the next resync must be a full check
         self.guests: dict[str, Guest] = {}  # uuid -> Guest of every managed guest
