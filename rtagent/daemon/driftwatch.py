@@ -131,6 +131,7 @@ class DriftWatch:
             self.fall_back(f"its reader failed: {payload.reason}")
             return
         n = payload
+        log.debug("drift watch: %s", n)
         if n.everything:
             # Events lost (or an exit whose enter was not seen): as the proc
             # connector's overflow, a full check finds whatever they said.
