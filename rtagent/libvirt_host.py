@@ -448,9 +448,11 @@ class LibvirtHost:
             self._ncpus = self.call("CPU map", lambda: self.conn.getCPUMap()[0])
         return self._ncpus
 
-    def active_guests(self) -> dict[str, Guest]:
-        """uuid -> Guest (with its run state) of every active domain, in one
-        RPC (the resync's listing: no per-guest lookup and state() round trips)."""
+    def active_guests(self, names: Callable[[str], bool] | None = None) -> dict[str, Guest]:
+        """uuid -> Guest (with its run state) of every active domain whose
+        name ``names`` accepts (all without it), in one RPC (the resync's
+        listing: no per-guest lookup and state() round trips).  The name is
+        asked first: a domain not selected costs no Guest."""
         conn = self.conn
 
         def listing() -> list[tuple[Any, dict]]:
@@ -459,6 +461,8 @@ class LibvirtHost:
 
         out = {}
         for dom, st in self.call("listing active guests", listing):
+            if names is not None and not names(dom.name()):
+                continue
             g = Guest(self, dom, run_state(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE), st.get("state.reason", 0)))
             out[g.uuid] = g
         return out

@@ -240,7 +240,7 @@ class GuestSupervisor:
         self.next_full = self._clock() + self.config.daemon.full_check_interval_s
         self.store.update(lambda s: setattr(s.daemon, "full_checks", s.daemon.full_checks + 1))
         try:
-            active = {u: g for u, g in self.host.active_guests().items() if self.selector.matches_name(g.name)}
+            active = self.host.active_guests(self.selector.matches_name)
         except LibvirtUnresponsive as err:
             log.warning("libvirt unresponsive (%s)", err)
             self.enforce_known()
@@ -343,6 +343,17 @@ class GuestSupervisor:
 
         self.steady.run(list(self.tracked), look)
         return True
+
+    def thread_names(self) -> dict[int, dict[int, str]]:
+        """QEMU PID -> {TID: name} of each tracked guest as its last full
+        observation saw it (the host checks' scan reads them no more; a
+        thread event re-observes the guest, the full check confirms it)."""
+        out = {}
+        for uuid, pid in self.tracked.items():
+            last = self.last.get(uuid)
+            if last is not None and last.observed is not None and last.pid == pid:
+                out[pid] = {t.tid: t.name for t in last.observed.threads}
+        return out
 
     def enforce_known(self) -> None:
         """Without libvirt (hung or disconnected): the guests already known,

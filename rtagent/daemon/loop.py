@@ -47,7 +47,7 @@ class Daemon:
         self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
                                       on_placements=self.services.set_placements, on_watched=self.services.watch_threads)
         self.startwatch = StartWatch(self.guests, lambda: self._put(Kind.START))
-        self.hostside = HostSupervisor(config, self.store)
+        self.hostside = HostSupervisor(config, self.store, known_threads=self.guests.thread_names)
         self._stop, self._resynced_at, self._last_status = False, 0.0, ""  # _resynced_at: daemon/cadence.py
 
     def _put(self, kind: Kind, payload: object = None) -> None:
