@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="b1,b2,b3", help="comma-separated subset of b1,b2,b3")
     ap.add_argument("--json", metavar="FILE", help="also write every result as JSON")
     ap.add_argument("--plot", metavar="PNG", help="B3 cost plot (default with --full: docs/bench-cost.png)")
+    ap.add_argument("--drift-watch", choices=("default", "on", "off", "both"), default="default",
+                    help="B3: the daemons' drift watch (default: on where the daemon has one; "
+                         "both: the paused series once on, once off, side by side)")
     args = ap.parse_args(argv)
     quick = not args.full
     only = [b.strip().lower() for b in args.only.split(",") if b.strip()]
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = {"skipped": "no run()"}
             continue
         try:
-            res = run(quick=quick)
+            res = run(quick=quick, drift_watch=args.drift_watch) if key == "b3" else run(quick=quick)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001

@@ -158,8 +158,16 @@ class CallWorker:
     ThreadPoolExecutor: the interpreter must be able to exit while libvirt
     is hung."""
 
-    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic, name: str = WORKER_THREAD_NAME):
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic, name: str = WORKER_THREAD_NAME,
+                 serial: threading.Lock | None = None):
         self.timeout_s = timeout_s
+        # Held around every call: workers sharing it never have two libvirt
+        # calls in flight at once.  libvirt's client crashed (SIGSEGV in the
+        # RPC's event loop, g_main_loop_quit) with a start lookup in flight
+        # on one thread while the loop's worker closed the connection and
+        # opened a new one on another, libvirtd hung; and a connection that
+        # close() frees under a call on another thread is a use after free.
+        self._serial = serial or threading.Lock()
         self._clock = clock
         self._name = name
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -185,7 +193,9 @@ class CallWorker:
             fut, fn = self._jobs.get()
             if fut.set_running_or_notify_cancel():
                 try:
-                    fut.set_result(fn())
+                    with self._serial:
+                        result = fn()
+                    fut.set_result(result)
                 except BaseException as err:  # handed to the caller
                     fut.set_exception(err)
 
@@ -312,8 +322,10 @@ class LibvirtHost:
 
     def __init__(self, uri: str, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
         self.uri = uri
-        self.worker = CallWorker(call_timeout_s)
-        self.start_worker = CallWorker(call_timeout_s, name="rtagent-lv-start")  # starting guests only
+        # One libvirt call at a time across both workers (see CallWorker).
+        serial = threading.Lock()
+        self.worker = CallWorker(call_timeout_s, serial=serial)
+        self.start_worker = CallWorker(call_timeout_s, name="rtagent-lv-start", serial=serial)  # starting guests only
         self._conn: libvirt.virConnect | None = None
         self._closed = False  # the close callback fired
         self.connections = 0  # connections opened: a new one means events may have been missed
@@ -368,17 +380,17 @@ class LibvirtHost:
             return
         ids, self._callback_ids = self._callback_ids, []
 
+        def quietly(fn: Callable[..., object], *args: object) -> None:
+            try:
+                fn(*args)
+            except libvirt.libvirtError:
+                pass
+
         def teardown() -> None:
             for cid in ids:
-                try:
-                    conn.domainEventDeregisterAny(cid)
-                except libvirt.libvirtError:
-                    pass
-            for fn in (conn.unregisterCloseCallback, conn.close):
-                try:
-                    fn()
-                except libvirt.libvirtError:
-                    pass
+                quietly(conn.domainEventDeregisterAny, cid)
+            quietly(conn.unregisterCloseCallback)
+            quietly(conn.close)
 
         try:
             self.worker.call("close", teardown, timeout_s=timeout_s, stopping=True)
@@ -436,9 +448,11 @@ class LibvirtHost:
             self._ncpus = self.call("CPU map", lambda: self.conn.getCPUMap()[0])
         return self._ncpus
 
-    def active_guests(self) -> dict[str, Guest]:
-        """uuid -> Guest (with its run state) of every active domain, in one
-        RPC (the resync's listing: no per-guest lookup and state() round trips)."""
+    def active_guests(self, names: Callable[[str], bool] | None = None) -> dict[str, Guest]:
+        """uuid -> Guest (with its run state) of every active domain whose
+        name ``names`` accepts (all without it), in one RPC (the resync's
+        listing: no per-guest lookup and state() round trips).  The name is
+        asked first: a domain not selected costs no Guest."""
         conn = self.conn
 
         def listing() -> list[tuple[Any, dict]]:
@@ -447,6 +461,8 @@ class LibvirtHost:
 
         out = {}
         for dom, st in self.call("listing active guests", listing):
+            if names is not None and not names(dom.name()):
+                continue
             g = Guest(self, dom, run_state(st.get("state.state", libvirt.VIR_DOMAIN_NOSTATE), st.get("state.reason", 0)))
             out[g.uuid] = g
         return out
@@ -479,10 +495,10 @@ class LibvirtHost:
         the start watch needs.  On a worker of its own: a starting guest must
         not wait behind the loop's calls (a full check's listing, another
         guest's pins), nor they behind it.  Raises rtagent's errors."""
-        conn = self.conn
-
         def ask() -> tuple[libvirt.virDomain, str]:
-            dom = conn.lookupByID(domain_id)
+            # The connection as it is when the call runs (the loop may have
+            # closed it while this waited its turn).
+            dom = self.conn.lookupByID(domain_id)
             return dom, dom.XMLDesc(0)
 
         try:

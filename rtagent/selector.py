@@ -10,8 +10,10 @@ never fight over a thread.
 from __future__ import annotations
 
 import fnmatch
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import cached_property
 
 from .intent import RT_NS, parse_domain_xml
 from .errors import DomainXMLError
@@ -33,11 +35,22 @@ class GuestSelector:
     def selects_all(self) -> bool:
         return self.names == ("*",) and not self.exclude and not self.require_metadata
 
+    @cached_property
+    def _patterns(self) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+        """The globs as one compiled pattern each (fnmatchcase's own
+        translation): the full check asks this for every domain on the host,
+        and fnmatchcase per glob was ≈ 12 µs a name (B3 profile)."""
+        def one(globs: tuple[str, ...]) -> re.Pattern[str] | None:
+            return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)) if globs else None
+
+        return one(self.names), one(self.exclude)
+
     def matches_name(self, name: str) -> bool:
         """The name part of the selection (no XML needed: cheap, checked first)."""
-        if not any(fnmatch.fnmatchcase(name, g) for g in self.names):
+        names, exclude = self._patterns
+        if names is None or names.match(name) is None:
             return False
-        return not any(fnmatch.fnmatchcase(name, g) for g in self.exclude)
+        return exclude is None or exclude.match(name) is None
 
     def matches(self, name: str, xml: str | bytes | ET.Element | None) -> bool:
         """Name and, when required, rtagent's metadata element in ``xml``.

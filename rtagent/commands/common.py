@@ -30,7 +30,7 @@ def selected_domains(host: LibvirtHost, names: list[str], selector: GuestSelecto
     A guest named explicitly is inspected even outside the selection."""
     if names:
         return [host.lookup(n) for n in names]
-    return [g for g in host.active_guests().values() if selector is None or selector.matches_name(g.name)]
+    return list(host.active_guests(None if selector is None else selector.matches_name).values())
 
 
 def inspect_running(tuner: Tuner, guests: list[Guest],

@@ -91,6 +91,7 @@ class DriftWatch:
             self._publish(WatchState.UNAVAILABLE, why, config)
             return
         self.watch = watch
+        watch.set_tids(frozenset())  # none known yet: the first reconciles say which (steady.py)
         log.info("drift watch on (tracefs instance %s): steady resync every %gs", watch.name,
                  config.daemon.watched_resync_interval_s)
         self._publish(WatchState.RUNNING, "", config)
@@ -109,7 +110,17 @@ class DriftWatch:
     # -- on the reader thread: enqueue only
 
     def _notice(self, notice) -> None:
-        self._put(Item(Kind.DRIFT, notice, notice.at))
+        """Counted here; the loop is woken only for a thread it watches."""
+        if notice.events or notice.lost:
+            self.store.update(lambda s: (s.daemon.events.update({SOURCE: notice.events}),
+                                         s.daemon.events_dropped.update({SOURCE: notice.lost}) if notice.lost else None))
+        if not notice.empty:
+            self._put(Item(Kind.DRIFT, notice, notice.at))
+
+    def set_tids(self, tids: frozenset[int]) -> None:
+        """The managed threads (every steady baseline's), whenever that set changes."""
+        if self.watch is not None:
+            self.watch.set_tids(tids)
 
     def _failed(self, reason: str) -> None:
         self._put(Item(Kind.DRIFT, Failed(reason), time.monotonic()))
@@ -123,12 +134,10 @@ class DriftWatch:
             self.fall_back(f"its reader failed: {payload.reason}")
             return
         n = payload
-        self.store.update(lambda s: (s.daemon.events.update({SOURCE: n.events}),
-                                     s.daemon.events_dropped.update({SOURCE: n.lost}) if n.lost else None))
         if n.everything:
             # Events lost (or an exit whose enter was not seen): as the proc
             # connector's overflow, a full check finds whatever they said.
-            log.info("drift watch: %s; full check", f"{n.lost} event(s) lost" if n.lost else "an unpaired syscall exit")
+            log.info("drift watch: %s; full check", f"{n.lost} event(s) lost" if n.lost else "too many calls in flight")
             resync()
             return
         on_drift(n.sched, n.moved, n.at)

@@ -62,7 +62,8 @@ class GuestSupervisor:
                  wall: Callable[[], float] = time.time, tuner: Tuner | None = None,
                  on_tracked: Callable[[set[int]], None] | None = None,
                  on_placements: Callable[[dict[int, GuestPlacement]], None] | None = None,
-                 on_reconciled: Callable[[str, DomainReport], None] | None = None):
+                 on_reconciled: Callable[[str, DomainReport], None] | None = None,
+                 on_watched: Callable[[frozenset[int]], None] | None = None):
         self.config = config
         self.host = host
         self.store = store
@@ -75,7 +76,9 @@ class GuestSupervisor:
         self.placements: dict[int, GuestPlacement] = {}  # QEMU pid -> where its new iothreads go
         self.on_reconciled = on_reconciled  # after every applied reconcile (the start window's record)
         self.retry = RetrySchedule(config.daemon.resync_interval_s, clock)
-        self.steady = SteadyCheck()  # the cheap resync between full checks (steady.py)
+        # The cheap resync between full checks (steady.py); ``on_watched``: its
+        # threads, for the drift watch's filter (driftwatch.py).
+        self.steady = SteadyCheck(on_owners=on_watched)
         self.standing = fullcheck.Standing(self.tuner.kernel)  # the full check's shortcut (fullcheck.py)
         self.next_full = 0.0  # monotonic time the next resync must be a full check
         self.guests: dict[str, Guest] = {}  # uuid -> Guest of every managed guest
@@ -237,7 +240,7 @@ class GuestSupervisor:
         self.next_full = self._clock() + self.config.daemon.full_check_interval_s
         self.store.update(lambda s: setattr(s.daemon, "full_checks", s.daemon.full_checks + 1))
         try:
-            active = {u: g for u, g in self.host.active_guests().items() if self.selector.matches_name(g.name)}
+            active = self.host.active_guests(self.selector.matches_name)
         except LibvirtUnresponsive as err:
             log.warning("libvirt unresponsive (%s)", err)
             self.enforce_known()
@@ -341,9 +344,22 @@ class GuestSupervisor:
         self.steady.run(list(self.tracked), look)
         return True
 
+    def thread_names(self) -> dict[int, dict[int, str]]:
+        """QEMU PID -> {TID: name} of each tracked guest as its last full
+        observation saw it (the host checks' scan reads them no more; a
+        thread event re-observes the guest, the full check confirms it)."""
+        out = {}
+        for uuid, pid in self.tracked.items():
+            last = self.last.get(uuid)
+            if last is not None and last.observed is not None and last.pid == pid:
+                out[pid] = {t.tid: t.name for t in last.observed.threads}
+        return out
+
     def enforce_known(self) -> None:
         """Without libvirt (hung or disconnected): the guests already known,
-        from their cached intent and the kernel's view."""
+        from their cached intent and the kernel's view.  A full check: the
+        next one is due a full-check interval later (daemon/cadence.py)."""
+        self.next_full = self._clock() + self.config.daemon.full_check_interval_s
         if self.tracked:
             log.info("enforcing %d known guest(s) from the kernel side", len(self.tracked))
         for uuid in list(self.tracked):

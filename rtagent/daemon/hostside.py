@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..config import Config
 from ..state import StateStore
@@ -20,9 +20,13 @@ HOST_CHECK_INTERVAL_S = 30.0
 
 class HostSupervisor:
     def __init__(self, config: Config, store: StateStore, clock: Callable[[], float] = time.monotonic,
-                 check_interval_s: float = HOST_CHECK_INTERVAL_S):
+                 check_interval_s: float = HOST_CHECK_INTERVAL_S,
+                 known_threads: Callable[[], Mapping[int, Mapping[int, str]]] = dict):
         self.store = store
         self._clock = clock
+        # The managed QEMUs' threads as the guest supervisor observed them:
+        # the host checks' /proc scan does not read them again.
+        self._known_threads = known_threads
         self.check_interval_s = check_interval_s
         self.next_checks = 0.0
         self._vcpusched_seen: tuple[str, ...] = ()
@@ -72,7 +76,7 @@ class HostSupervisor:
             from ..monitor.hostchecks import run_host_checks
 
             return tuple(run_host_checks(self.config.partition, exclude_pids=guest_pids,
-                                         vcpusched_guests=vcpusched_guests))
+                                         vcpusched_guests=vcpusched_guests, known_threads=self._known_threads()))
         except Exception:
             log.exception("host checks failed")
             return None

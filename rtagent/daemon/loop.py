@@ -45,9 +45,9 @@ class Daemon:
         self.services = Services(self.store, lambda pid, _tid, _what: self._put(Kind.THREAD, pid),
                                  lambda: self._put(Kind.RESYNC), self.queue.put)
         self.guests = GuestSupervisor(config, self.host, self.store, on_tracked=self.services.set_tracked,
-                                      on_placements=self.services.set_placements)
+                                      on_placements=self.services.set_placements, on_watched=self.services.watch_threads)
         self.startwatch = StartWatch(self.guests, lambda: self._put(Kind.START))
-        self.hostside = HostSupervisor(config, self.store)
+        self.hostside = HostSupervisor(config, self.store, known_threads=self.guests.thread_names)
         self._stop, self._resynced_at, self._last_status = False, 0.0, ""  # _resynced_at: daemon/cadence.py
 
     def _put(self, kind: Kind, payload: object = None) -> None:
@@ -154,8 +154,8 @@ class Daemon:
     def resync(self, full: bool = True) -> None:
         """Every managed guest, then the host partition.  ``full``: re-list and
         re-read every guest (noticing a lost connection); else daemon/steady.py."""
-        if not self.link.up:
-            self.guests.enforce_known()
+        if not self.link.up:  # known guests from the kernel side; steady between full checks, as when connected
+            (self.guests.enforce_known if full else self.guests.check_steady)()
         elif not (self.guests.resync() if full else self.guests.check_steady()):
             self.link.lost("listing guests failed", time.monotonic())
         self.link.publish_responsiveness()

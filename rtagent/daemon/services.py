@@ -81,6 +81,10 @@ class Services:
         if self.procconn is not None:
             self.procconn.set_tracked(pids)
 
+    def watch_threads(self, tids: frozenset[int]) -> None:
+        """Every managed thread: the drift watch filters its events to them."""
+        self.driftwatch.set_tids(tids)
+
     def set_placements(self, placements: dict[int, GuestPlacement]) -> None:
         """Where each managed QEMU's live-added iothreads go."""
         if self.placement is not None:

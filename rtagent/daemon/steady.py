@@ -54,8 +54,12 @@ def baseline_of(report: DomainReport) -> Baseline | None:
 class SteadyCheck:
     """Baselines of the managed guests and the cheap comparison."""
 
-    def __init__(self, probe: DriftProbe | None = None):
+    def __init__(self, probe: DriftProbe | None = None,
+                 on_owners: Callable[[frozenset[int]], None] | None = None):
+        """``on_owners``: told every managed thread (the drift watch's
+        filter) whenever that set changes."""
         self.probe = probe or DriftProbe(Kernel())
+        self._on_owners = on_owners
         self._baselines: dict[str, Baseline] = {}
         self._owner: dict[int, str] = {}  # tid -> uuid of the baseline holding it (the drift watch's map)
         self.checked = 0  # threads compared (the cost's unit)
@@ -63,17 +67,29 @@ class SteadyCheck:
 
     def record(self, uuid: str, report: DomainReport) -> None:
         base = baseline_of(report)
-        self.forget(uuid)
+        old = self._drop(uuid)
         if base is not None:
             self._baselines[uuid] = base
             self._owner.update((e.tid, uuid) for e in base.threads)
+        if old != (frozenset(e.tid for e in base.threads) if base is not None else frozenset()):
+            self._owners_changed()
 
     def forget(self, uuid: str) -> None:
+        if self._drop(uuid):
+            self._owners_changed()
+
+    def _drop(self, uuid: str) -> frozenset[int]:
         old = self._baselines.pop(uuid, None)
-        if old is not None:
-            for e in old.threads:
-                if self._owner.get(e.tid) == uuid:
-                    del self._owner[e.tid]
+        if old is None:
+            return frozenset()
+        for e in old.threads:
+            if self._owner.get(e.tid) == uuid:
+                del self._owner[e.tid]
+        return frozenset(e.tid for e in old.threads)
+
+    def _owners_changed(self) -> None:
+        if self._on_owners is not None:
+            self._on_owners(frozenset(self._owner))
 
     def owners(self, tids: Iterable[int]) -> dict[str, set[int]]:
         """The guests whose baselines hold any of ``tids`` (uuid -> those

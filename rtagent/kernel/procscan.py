@@ -6,7 +6,9 @@ own, every host-check interval: three listings, three ``stat``/``comm`` reads
 per process, two thread listings per process and two ``comm`` reads per
 thread.  :func:`scan_processes` reads what all three need once: every
 process's ``stat`` (name, flags), and for every user process its thread IDs
-and each non-main thread's ``comm``.  Kernel threads have one thread, the
+and each non-main thread's ``comm`` — except for the processes whose threads
+the caller already knows (a managed guest's QEMU: at 100 guests its thread
+listings and names were most of the scan's growth with the guests).  Kernel threads have one thread, the
 process itself, so their ``task/`` is not listed.
 
 A process or thread that vanishes while it is read is skipped, as every
@@ -16,6 +18,7 @@ other scan does (docs/design.md, "Vanishing is normal").
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -47,9 +50,14 @@ class ScannedProcess:
         return self.stat.comm if tid == self.stat.pid else self.names.get(tid)
 
 
-def _process(root: str, st: Stat) -> ScannedProcess:
+def _process(root: str, st: Stat, known: Mapping[int, Mapping[int, str]]) -> ScannedProcess:
     if st.kthread:
         return ScannedProcess(st)
+    threads = known.get(st.pid)
+    if threads is not None:
+        # A managed guest's QEMU: the daemon observed its threads (and
+        # re-observes them on every thread event); not read again here.
+        return ScannedProcess(st, tuple(sorted(threads)), {t: n for t, n in threads.items() if t != st.pid})
     # Paths by hand, not os.path.join: a host with 200 guests has ~1,500
     # threads, and the joins cost more than the reads.
     task = f"{root}/{st.pid}/task"
@@ -68,7 +76,9 @@ def _process(root: str, st: Stat) -> ScannedProcess:
     return ScannedProcess(st, tids, names)
 
 
-def scan_processes(kernel: Kernel) -> tuple[ScannedProcess, ...]:
-    """Every process now, in PID order, with its threads' names."""
+def scan_processes(kernel: Kernel, known: Mapping[int, Mapping[int, str]] | None = None) -> tuple[ScannedProcess, ...]:
+    """Every process now, in PID order, with its threads' names.  ``known``:
+    PID → {TID: name} of processes whose threads the caller already knows
+    (the daemon's managed QEMUs): only their ``stat`` is read."""
     root = kernel.proc_path().rstrip("/")
-    return tuple(_process(root, st) for st in kernel.tasks.scan())
+    return tuple(_process(root, st, known or {}) for st in kernel.tasks.scan())

@@ -15,10 +15,17 @@ What can drift a managed thread from outside, and the event that says so:
   the migration and the controllers' attach callbacks.
 
 The events are rare, so the reader is woken by each one
-(``buffer_percent`` 0) and blocks in ``poll()`` otherwise: no timer.  The
-caller's own scheduler syscalls are filtered out in the kernel
-(``common_pid != <its PID>``).  Events the kernel dropped (a full buffer)
-are reported as "check everything".
+(``buffer_percent`` 0) and blocks in ``poll()`` otherwise: no timer.  Only
+the threads the caller watches matter (:meth:`SchedWatch.set_tids`): the
+enter and attach events are filtered in the kernel to those targets
+(:func:`target_filter`, while the expression fits in a filter write), the
+exits to callers other than the caller itself (``common_pid != <its
+PID>``: its own corrections), and to nothing while no thread is watched;
+the reader drops what is left for other threads, so another guest's start
+on a shared host does not wake the caller's loop.  An exit whose enter was
+filtered out is ignored (the caller's first full check covers a syscall in
+flight while the watch started).  Events the kernel dropped (a full
+buffer) are reported as "check everything".
 
 Cost (docs/design.md, "The drift watch"): an enabled syscall tracepoint
 sends *every* syscall on the host through the tracing slow path (+20-25 ns
@@ -93,8 +100,9 @@ class Pairing:
     """Pure: enter/exit pairs → the targets whose change has landed.
 
     The enter remembers its target per calling task; the exit with return
-    value 0 yields it.  An exit without its enter (it was in flight when
-    the watch started, or the enter was lost) yields "everything"."""
+    value 0 yields it.  An exit without its enter is someone else's (its
+    enter was filtered out in the kernel) and yields nothing; lost events
+    are the decoder's to report."""
 
     pending: dict[int, int] = field(default_factory=dict)
 
@@ -118,11 +126,28 @@ class Pairing:
                 if ev.arg != 0:
                     continue  # refused: nothing changed
                 if target is None:
-                    everything = True
-                else:
-                    sched.add(target)
+                    continue
+                sched.add(target)
             first = ev.ts if first is None else min(first, ev.ts)
         return sched, moved, everything, first
+
+
+FILTER_MAX = 4000  # a filter is one write of less than a page
+NOTHING = "common_pid < 0"  # matches no event
+
+
+def target_filter(tids: Iterable[int], *, self_calls: bool) -> str | None:
+    """A kernel filter passing events whose ``pid`` field is one of
+    ``tids``; with ``self_calls`` (the syscall enters) also a call on the
+    caller itself (``pid`` 0) by one of them.  None when it is too long for
+    one write (then the reader filters alone)."""
+    tids = sorted(set(tids))
+    if not tids:
+        return NOTHING
+    ors = " || ".join(f"pid == {t}" for t in tids)
+    if self_calls:
+        ors += " || (pid == 0 && (" + " || ".join(f"common_pid == {t}" for t in tids) + "))"
+    return ors if len(ors) < FILTER_MAX else None
 
 
 def instance_name(pid: int, prefix: str = PREFIX) -> str:
@@ -202,6 +227,8 @@ class SchedWatch:
         self._wake: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self.error: str | None = None
+        self._tids: frozenset[int] | None = None  # None: every thread (no set given yet)
+        self._filtered: frozenset[int] | None = None  # what the kernel filters hold now
 
     # -- lifecycle
 
@@ -215,9 +242,7 @@ class SchedWatch:
         self.remove_stale()
         self.inst = tracefs.Instance.create(root, self.name, self._cpus, EVENTS, buffer_kb=BUFFER_KB, wake_percent=0)
         try:
-            for system, event in EVENTS:
-                if system == "syscalls":
-                    self.inst.set_filter(system, event, f"common_pid != {self.own_pid}")
+            self._apply_filters(force=True)
             self._mono = self.inst.clock_name() == "mono"
             self._decoder = Decoder(self.inst.formats)
         except BaseException:
@@ -269,6 +294,35 @@ class SchedWatch:
                 os.close(fd)
             self._wake = None
 
+    def set_tids(self, tids: frozenset[int]) -> None:
+        """The threads that matter from now on (replaced whole).  The kernel
+        filters are rewritten on the reader thread: a filter change waits
+        for an RCU grace period, which the caller's loop must not."""
+        self._tids = frozenset(tids)
+        if self._wake is not None:
+            try:
+                os.write(self._wake[1], b"f")
+            except BlockingIOError:
+                pass  # a wake-up is pending already
+
+    def _apply_filters(self, force: bool = False) -> None:
+        inst, tids = self.inst, self._tids
+        if inst is None or (tids == self._filtered and not force):
+            return
+        own = f"common_pid != {self.own_pid}"  # the caller's own corrections
+        enter, attach, exits = own, "common_pid >= 0", own  # every event: no set given yet
+        if tids is not None:
+            to_enter, to_attach = target_filter(tids, self_calls=True), target_filter(tids, self_calls=False)
+            enter = own if to_enter is None else f"({to_enter}) && {own}"
+            attach = to_attach or attach
+            exits = NOTHING if not tids else own  # nothing watched: not even woken by others' syscalls
+        for system, event in EVENTS:
+            if system == "syscalls":
+                inst.set_filter(system, event, enter if event.startswith("sys_enter") else exits)
+            else:
+                inst.set_filter(system, event, attach)
+        self._filtered = tids
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.error is None
@@ -292,9 +346,12 @@ class SchedWatch:
         try:
             waiter = self._waiter()
             while not self._stop.is_set():
-                waiter.poll()   # no timeout: woken by an event or by stop()
+                ready = waiter.poll()   # no timeout: woken by an event, set_tids() or stop()
                 if self._stop.is_set():
                     break
+                if self._wake is not None and any(fd == self._wake[0] for fd, _ev in ready):
+                    os.read(self._wake[0], 64)
+                    self._apply_filters()
                 notice = self.read()
                 if notice is not None:
                     self._on_notice(notice)
@@ -331,6 +388,11 @@ class SchedWatch:
         sched, moved, everything, first = self._pairing.feed(events)
         if lost:
             self._pairing.pending.clear()
+        tids = self._tids
+        if tids is not None:  # another process's threads (the kernel filter too long, or just changed)
+            sched, moved = sched & tids, moved & tids
+        if not (sched or moved or everything or lost):
+            return Notice(events=len(events)) if events else None  # counted, nothing to do
         at = first / 1e9 if first is not None and self._mono else time.monotonic()
         return Notice(frozenset(sched), frozenset(moved), everything or lost > 0, at, len(events), lost)
 

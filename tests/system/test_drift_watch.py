@@ -43,7 +43,18 @@ def _start(daemon_factory, guest_factory, daemon_lines: str):
     tid = g.vcpu_tids()[1]
     wait_for(lambda: _fifo_on(tid, {1}), 30, "initial tuning")
     wait_for(lambda: (d.guest(g.name) or {}).get("tuned_at"), 10, "tuned in status")
-    time.sleep(3.0)  # the start's settle looks run out
+    # Every thread as planned, no RT budget refusal being retried (the retry
+    # schedule would correct drift too), and the start's settle looks run out.
+    def settled():
+        gs = d.guest(g.name) or {}
+        return gs.get("threads") and all(t["ok"] for t in gs["threads"]) and not any(
+            v["check"] in ("rt_budget", "vcpu_pending") for v in gs.get("violations", []))
+
+    try:
+        wait_for(settled, 30, "every thread as planned")
+    except AssertionError:
+        raise AssertionError(f"not settled: {d.guest(g.name)}") from None
+    time.sleep(3.0)
     return d, g, tid
 
 
@@ -73,7 +84,7 @@ def test_taskset_and_chrt_are_corrected_by_the_watch(daemon_factory, guest_facto
     # Every timed resync is 600 s away (and no full check before 3600 s):
     # only the watch's events can have sent the daemon to the guest.
     assert (after["resyncs"], after["full_checks"]) == (resyncs, full), after
-    assert after["drift_watch"]["events"] >= 4, after["drift_watch"]
+    assert after["drift_watch"]["events"] >= 4, (after, d.log_text()[-3000:])
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_policy"), 10,
                        "policy drift counted")
     assert counted >= 1
@@ -91,7 +102,8 @@ def test_with_the_watch_off_the_resync_still_corrects(daemon_factory, guest_fact
     resyncs = _daemon(d)["resyncs"]
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
     wait_for(lambda: _fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
-    assert _daemon(d)["resyncs"] > resyncs
+    # The resync that corrected it counts itself once it has ended.
+    wait_for(lambda: _daemon(d)["resyncs"] > resyncs, 10, "the resync that corrected it counted")
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_policy"), 10,
                        "policy drift counted")
     assert counted >= 1

@@ -193,3 +193,49 @@ def test_marks_of_a_live_process_match_its_observation_until_it_changes(qemu_lik
 
     h.stop()
     assert read_marks(KERNEL, h.pid, (), live=True) is None
+
+
+CPU_V1 = "/sys/fs/cgroup/cpu"
+
+
+@pytest.mark.skipif(not os.path.exists(f"{CPU_V1}/tasks"), reason="no cgroup v1 cpu hierarchy")
+def test_marks_through_real_group_task_lists_see_a_real_cgroup_move(qemu_like):
+    """The full check's cgroup read from the groups' ``tasks`` files
+    (kernel/members.py) over real cgroups: equal to the per-thread read
+    while nothing moved, and a real move between groups (no event) is seen.
+    The groups are this test's own; the thread is put back and they are removed."""
+    from rtagent.kernel.members import GroupMembers
+    from rtagent.tuning.guest.marks import marks_of, read_marks
+    from tests.conftest import unique_name
+
+    h = qemu_like("--vcpus", "1")
+    rcu = h.threads["call_rcu"]
+    with open(f"/proc/{h.pid}/task/{rcu}/cgroup") as f:
+        home = next(ln.split(":", 2)[2] for ln in f.read().splitlines() if "cpu" in ln.split(":")[1].split(","))
+    top = f"/{unique_name('rtf')}"
+    a, b = f"{top}/a", f"{top}/b"
+    for g in (top, a, b):
+        os.mkdir(f"{CPU_V1}{g}")
+    try:
+        with open(f"{CPU_V1}{a}/tasks", "w") as f:
+            f.write(str(rcu))
+        with open(f"{CPU_V1}{b}/tasks", "w") as f:
+            f.write(str(h.pid))  # b is one of the guest's groups too
+        observed = observe_process(h.pid, KERNEL)
+        members = GroupMembers(KERNEL)
+        groups = members.read({t.cgroup_cpu for t in observed.threads})
+        assert (groups.get(rcu), groups.get(h.pid)) == (a, b)
+        assert read_marks(KERNEL, h.pid, (), live=True, groups=groups) == marks_of(observed)
+        with open(f"{CPU_V1}{b}/tasks", "w") as f:
+            f.write(str(rcu))  # moved behind our back: cgroupfs sends no event
+        groups = members.read({t.cgroup_cpu for t in observed.threads})
+        assert groups.get(rcu) == b  # found through b's task list, not its own file
+        moved = read_marks(KERNEL, h.pid, (), live=True, groups=groups)
+        assert moved != marks_of(observed)
+        assert moved == marks_of(observe_process(h.pid, KERNEL))
+    finally:
+        for tid in (rcu, h.pid):
+            with open(f"{CPU_V1}{home.rstrip('/')}/tasks", "w") as f:
+                f.write(str(tid))
+        for g in (a, b, top):
+            os.rmdir(f"{CPU_V1}{g}")

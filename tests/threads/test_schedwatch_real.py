@@ -10,12 +10,13 @@ import os
 import queue
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from rtagent.kernel import tracefs
-from rtagent.kernel.schedwatch import SchedWatch, instance_name
+from rtagent.kernel.schedwatch import NOTHING, SchedWatch, instance_name
 
 pytestmark = pytest.mark.threads
 
@@ -85,6 +86,34 @@ def test_taskset_and_chrt_name_the_thread_and_own_calls_are_filtered(watch, park
     subprocess.run(["chrt", "-o", "-p", "0", str(mine)], check=True)
     _until(notices, lambda n: mine in n.sched and not n.everything, f"chrt's tid {mine}")
     assert w.intact() is None
+
+
+def test_only_the_watched_threads_reach_the_caller(watch, parked):
+    w, notices = watch
+    watched, other = parked
+    enter, exit_ = (w.inst.path / f"events/syscalls/sys_{side}_sched_setaffinity/filter" for side in ("enter", "exit"))
+    # The reader thread rewrites the kernel filters (an RCU grace period):
+    # a test waits for them, the daemon's backstop resync covers the gap.
+    w.set_tids(frozenset({watched}))
+    _wait_file(enter, f"pid == {watched} ")
+    subprocess.run(["taskset", "-pc", "0", str(other)], check=True, capture_output=True)
+    subprocess.run(["chrt", "-o", "-p", "0", str(watched)], check=True)
+    seen = _until(notices, lambda n: watched in n.sched, f"the watched tid {watched}")
+    assert all(other not in n.sched for n in seen), seen
+    # Nothing watched: the exits are filtered out too (no reader wake-up).
+    w.set_tids(frozenset())
+    _wait_file(exit_, NOTHING)
+    w.set_tids(frozenset({watched}))
+    _wait_file(exit_, f"common_pid != {os.getpid()}")
+    subprocess.run(["taskset", "-pc", "0", str(watched)], check=True, capture_output=True)
+    _until(notices, lambda n: watched in n.sched, "the watched tid again")
+
+
+def _wait_file(path: Path, needle: str) -> None:
+    deadline = time.monotonic() + 10
+    while needle not in (text := path.read_text()):
+        assert time.monotonic() < deadline, f"{path}: {text!r}, not {needle!r}"
+        time.sleep(0.01)
 
 
 @pytest.mark.skipif(not (PIDS / "tasks").exists(), reason="no cgroup v1 pids hierarchy")

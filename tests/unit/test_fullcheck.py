@@ -160,10 +160,10 @@ class _FakeHost:
         self.connections = 1  # LibvirtHost's count of connections opened
         self.xml_kw = {"metadata": ""}  # what the guest's live XML is made of
 
-    def active_guests(self):
+    def active_guests(self, names=None):
         self.listings += 1
         g = _FakeGuest(self.tree, xml_kw=dict(self.xml_kw))
-        return {g.uuid: g}
+        return {g.uuid: g} if names is None or names(g.name) else {}
 
 
 def _config(tmp_path):
@@ -275,3 +275,108 @@ def test_a_reconnect_keeps_an_intent_whose_metadata_did_not_change(tmp_path):
     sup.host.connections += 1
     assert sup.resync()
     assert sup.specs[UUID][1] is spec and tuner.inspected == seen and UUID not in sup.intent_changed
+
+
+def test_the_host_checks_get_the_managed_qemus_threads_as_observed(tmp_path, monkeypatch):
+    """thread_names(): what the host checks' scan takes instead of reading a
+    managed QEMU's threads again — the last observation's TIDs and names,
+    a new thread once a reconcile has seen it."""
+    from rtagent.daemon.hostside import HostSupervisor
+    from rtagent.monitor import hostchecks
+
+    tree = _tree(tmp_path / "t")
+    sup, _tuner = _supervisor(tmp_path, tree, [1000.0])
+    assert sup.thread_names() == {}
+    sup.resync()
+    names = sup.thread_names()
+    assert set(names) == {PID}
+    assert names[PID] == {t.tid: t.name for t in sup.last[UUID].observed.threads} and PID in names[PID]
+    tree.add_thread(PID, FakeThread(PID + 4, "IO iothread7", cpus="0-1", cgroup=EMU))
+    sup.resync()
+    assert sup.thread_names()[PID][PID + 4] == "IO iothread7"
+
+    seen = {}
+    monkeypatch.setattr(hostchecks, "run_host_checks", lambda *a, **kw: seen.update(kw) or [])
+    hs = HostSupervisor(sup.config, sup.store, known_threads=sup.thread_names)
+    hs.enforce({PID})
+    assert seen["known_threads"] == sup.thread_names() and seen["exclude_pids"] == {PID}
+
+
+# -- the cgroup read through the groups' task lists (kernel/members.py) -----------
+
+
+def _grouped(tree: ProcTree, members: dict[str, list[int]], version: str = "v1"):
+    """A cpu hierarchy whose groups list ``members`` (no RT budget files)."""
+    from rtagent.kernel.members import GroupMembers
+
+    mount = tree.mount_cgroups(version, rt=False)
+    for group, tids in members.items():
+        tree.add_cgroup(mount, group, runtime=None, tasks="".join(f"{t}\n" for t in tids), version=version)
+    return mount, GroupMembers(tree.kernel())
+
+
+_AS_OBSERVED = {EMU: [PID, PID + 1], VCPU.format(0): [PID + 2], VCPU.format(1): [PID + 3]}
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_marks_from_the_groups_task_lists_equal_the_per_thread_read(tmp_path, version):
+    tree = _tree(tmp_path)
+    _mount, members = _grouped(tree, _AS_OBSERVED, version)
+    groups = members.read([EMU, VCPU.format(0), VCPU.format(1), None, "/"])
+    assert groups == {PID: EMU, PID + 1: EMU, PID + 2: VCPU.format(0), PID + 3: VCPU.format(1)}
+    assert read_marks(tree.kernel(), PID, (PIT,), live=False, groups=groups) == _marks(tree)
+
+
+def test_grouped_marks_read_no_cgroup_file_of_a_listed_thread(tmp_path, monkeypatch):
+    from rtagent.kernel import fs
+
+    tree = _tree(tmp_path)
+    _mount, members = _grouped(tree, _AS_OBSERVED)
+    groups = members.read(_AS_OBSERVED)
+    paths = []
+    real = fs.read_text
+    monkeypatch.setattr(fs, "read_text", lambda p: paths.append(p) or real(p))
+    read_marks(tree.kernel(), PID, (PIT,), live=False, groups=groups)
+    assert not [p for p in paths if p.endswith("/cgroup") and f"/{PID}/task/" in p]
+    assert [p for p in paths if p.endswith(f"/{PIT}/task/{PIT}/cgroup")]  # kvm-pit: its own file, as before
+
+
+def test_a_move_is_noticed_through_the_groups(tmp_path):
+    """Moved to another of the guest's groups, or out of all of them (its own
+    cgroup file is read then): either way the marks differ."""
+    before = _marks(_tree(tmp_path / "before"))
+    moved = _tree(tmp_path / "moved", threads=_threads(t40102={"cgroup": EMU}))
+    _m, members = _grouped(moved, {EMU: [PID, PID + 1, PID + 2], VCPU.format(0): [], VCPU.format(1): [PID + 3]})
+    marks = read_marks(moved.kernel(), PID, (PIT,), live=False, groups=members.read(_AS_OBSERVED))
+    assert marks != before and marks.threads[2].cgroup_cpu == EMU
+    away = _tree(tmp_path / "away", threads=_threads(t40102={"cgroup": "/elsewhere"}))
+    _m, members = _grouped(away, {EMU: [PID, PID + 1], VCPU.format(0): [], VCPU.format(1): [PID + 3]})
+    groups = members.read(_AS_OBSERVED)
+    assert PID + 2 not in groups
+    marks = read_marks(away.kernel(), PID, (PIT,), live=False, groups=groups)
+    assert marks != before and marks.threads[2].cgroup_cpu == "/elsewhere"
+
+
+def test_no_hierarchy_or_an_unreadable_group_lists_nothing(tmp_path):
+    from rtagent.kernel.members import GroupMembers
+
+    tree = _tree(tmp_path)
+    assert GroupMembers(tree.kernel()).read(_AS_OBSERVED) == {}  # no cgroup mount in the tree
+    _m, members = _grouped(tree, {EMU: [PID, PID + 1]})
+    assert members.read(_AS_OBSERVED) == {PID: EMU, PID + 1: EMU}  # the vcpu groups are missing
+
+
+def test_a_full_check_through_the_groups_reconciles_a_missed_move(tmp_path):
+    tree = _tree(tmp_path / "t")
+    mount, _members = _grouped(tree, _AS_OBSERVED)
+    sup, tuner = _supervisor(tmp_path, tree, [1000.0])
+    sup.resync()
+    seen = tuner.inspected
+    sup.resync()
+    assert tuner.inspected == seen, "an unchanged guest was re-read in full"
+    # vCPU 0's thread moved into the emulator group; no event.
+    tree.add_thread(PID, FakeThread(PID + 2, "CPU 0/KVM", cpus="0", cgroup=EMU))
+    (mount / EMU.lstrip("/") / "tasks").write_text(f"{PID}\n{PID + 1}\n{PID + 2}\n")
+    (mount / VCPU.format(0).lstrip("/") / "tasks").write_text("")
+    sup.resync()
+    assert tuner.inspected > seen

@@ -375,3 +375,28 @@ def test_one_proc_scan_serves_every_check_that_needs_processes(host, monkeypatch
     assert hostchecks.find_intruders(k, frozenset({2, 3}), {900}) == alone["intruders"]
     assert detect_irqbalance(k) == alone["irqbalance"] and kf.vhost_workers(k) == alone["vhost"]
     assert len(listings) == 3
+
+
+def test_the_scan_takes_a_managed_qemus_threads_from_the_daemon(host, monkeypatch):
+    """``known_threads`` (the daemon's last observation of its guests): the
+    scan reads only their QEMU's stat, not its task list or thread names,
+    and every check reports what it reports after reading them."""
+    from rtagent.kernel import fs
+
+    host.write("proc/sys/kernel/osrelease", "6.8.0")
+    host.process(900, "qemu-system-x86", "0-3", threads=[(901, "CPU 0/KVM", "2"), (905, "vhost-900", "0-3")])
+    host.process(950, "stress", "0-1", threads=[(951, "stress-worker", "0-3")])
+    k = host.kernel()
+    read = hostchecks.run_host_checks(part(), k, exclude_pids={900})
+    paths = []
+    real = fs.read_text
+    monkeypatch.setattr(fs, "read_text", lambda p: paths.append(p) or real(p))
+    known = {900: {900: "qemu-system-x86", 901: "CPU 0/KVM", 905: "vhost-900"}}
+    told = hostchecks.run_host_checks(part(), k, exclude_pids={900}, known_threads=known)
+    assert told == read
+    assert not [p for p in paths if "/900/task" in p]
+    assert [p for p in paths if "/950/task/951" in p]  # everyone else's threads are still read
+    # What the daemon knows is what the vhost check counts (a stale name shows).
+    known[900][905] = "worker"
+    c = {x.name: x for x in hostchecks.run_host_checks(part(), k, exclude_pids={900}, known_threads=known)}
+    assert "(1 seen)" not in c["vhost_worker"].detail

@@ -12,7 +12,8 @@ from rtagent.daemon.cadence import due_after
 from rtagent.daemon.steady import Baseline, SteadyCheck
 from rtagent.kernel import tracefs
 from rtagent.kernel.probe import Expected
-from rtagent.kernel.schedwatch import Decoder, Event, EventKind, Pairing, instance_name, stale_instances
+from rtagent.kernel.schedwatch import (NOTHING, Decoder, Event, EventKind, Pairing, instance_name, stale_instances,
+                                      target_filter)
 from tests.unit.test_tracefs_decode import DATA, HEADER, entry, page
 
 pytestmark = pytest.mark.unit
@@ -40,8 +41,17 @@ def test_a_refused_syscall_changed_nothing():
     assert p.feed([Event(10, ENTER, 900, 4245), Event(11, EXIT, 900, -1)]) == (set(), set(), False, None)
 
 
-def test_an_exit_without_its_enter_means_check_everything():
-    assert Pairing().feed([Event(10, EXIT, 900, 0)]) == (set(), set(), True, 10)
+def test_an_exit_without_its_enter_is_someone_elses():
+    # Its enter was filtered out in the kernel (another process's target).
+    assert Pairing().feed([Event(10, EXIT, 900, 0)]) == (set(), set(), False, None)
+
+
+def test_kernel_filters_name_the_targets_and_self_calls():
+    assert target_filter([12, 11], self_calls=False) == "pid == 11 || pid == 12"
+    assert target_filter([11], self_calls=True) == "pid == 11 || (pid == 0 && (common_pid == 11))"
+    assert target_filter([], self_calls=True) == NOTHING
+    # Too long for one filter write: the reader filters alone.
+    assert target_filter(range(100_000, 100_400), self_calls=True) is None
 
 
 def test_cgroup_moves_are_their_own_set():
@@ -106,7 +116,8 @@ def test_watched_cadence_backs_off_but_keeps_the_full_check():
 
 
 def test_owners_map_tids_to_the_guest_whose_baseline_holds_them():
-    steady = SteadyCheck(probe=object())
+    told: list[frozenset[int]] = []
+    steady = SteadyCheck(probe=object(), on_owners=told.append)
     steady._baselines["u1"] = Baseline(10, (Expected.of(11, "fifo", 1, {1}), Expected.of(12, "other", 0, {0})))
     steady._owner.update({11: "u1", 12: "u1"})
     steady._baselines["u2"] = Baseline(20, (Expected.of(21, "other", 0, {0}),))
@@ -114,6 +125,9 @@ def test_owners_map_tids_to_the_guest_whose_baseline_holds_them():
     assert steady.owners([11, 21, 99]) == {"u1": {11}, "u2": {21}}
     steady.forget("u1")
     assert steady.owners([11, 12, 21]) == {"u2": {21}}
+    assert told == [frozenset({21})]  # the drift watch's filter follows
+    steady.forget("u1")
+    assert len(told) == 1  # nothing changed: not told again
 
 
 def test_watched_interval_is_validated_and_never_shortens_the_resync():

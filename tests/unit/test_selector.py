@@ -1,6 +1,10 @@
 """The guest selector: which guests a daemon manages ([daemon] guest_names …)."""
 
+import fnmatch
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtagent.config import parse_config
 from rtagent.selector import GuestSelector
@@ -47,3 +51,37 @@ def test_config_round_trips_to_json():
     cfg = parse_config({"daemon": {"guest_names": ["a*"]}}, resolve=False)
     assert cfg.to_json()["daemon"]["guest_names"] == ("a*",)
     assert cfg.daemon.guest_names == ("a*",)
+
+
+_GLOB = st.text(alphabet="ab*?[]!-.\\", max_size=6)
+_NAME = st.text(alphabet="ab[]!-.\\*?\n", max_size=8)
+
+
+@given(st.lists(_GLOB, max_size=3), st.lists(_GLOB, max_size=2), _NAME)
+@settings(max_examples=400, deadline=None)
+def test_compiled_globs_agree_with_fnmatchcase(names, exclude, name):
+    sel = GuestSelector(names=tuple(names), exclude=tuple(exclude))
+    want = any(fnmatch.fnmatchcase(name, g) for g in names) and not any(fnmatch.fnmatchcase(name, g)
+                                                                        for g in exclude)
+    assert sel.matches_name(name) is want
+
+
+def test_no_name_globs_select_nothing():
+    assert not GuestSelector(names=()).matches_name("vm1")
+    assert not GuestSelector(names=()).matches_name("")
+
+
+def test_a_libvirt_listing_builds_guests_only_for_selected_names():
+    """libvirt's own test driver (in-process, no daemon): the listing asks
+    the name first and skips what the selector does not take."""
+    from rtagent.libvirt_host import LibvirtHost
+
+    host = LibvirtHost("test:///default")
+    host.connect()
+    try:
+        every = host.active_guests()
+        assert [g.name for g in every.values()] == ["test"]
+        assert host.active_guests(GuestSelector(names=("other-*",)).matches_name) == {}
+        assert list(host.active_guests(GuestSelector(names=("te*",)).matches_name)) == list(every)
+    finally:
+        host.close()

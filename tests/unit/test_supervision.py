@@ -319,3 +319,31 @@ def test_libvirt_events_of_guests_the_selector_never_manages_do_not_wake_the_loo
     d._libvirt_event(DomainEvent(uuid="u2", name="rth-1", event=EventKind.STARTED))
     item = d.queue.get_nowait()
     assert item.payload.name == "rth-1" and d.queue.empty()
+
+
+def test_without_libvirt_the_known_guests_get_the_steady_check_between_full_checks(tmp_path):
+    """libvirt lost: a resync between full checks is the cheap steady check
+    (as when connected), and only a due full check reconciles every known
+    guest in full — which also sets when the next one is due."""
+    from rtagent.config import parse_config
+    from rtagent.daemon import Daemon
+
+    cfg = parse_config({"host": {"realtime_cpus": "1"},
+                        "daemon": {"lock_file": str(tmp_path / "l"), "full_check_interval_s": 30.0},
+                        "host_tuning": {"kthreads": False, "kthread_priorities": False, "irqs": False,
+                                        "workqueues": False}})
+    d = Daemon(cfg, None)
+    assert not d.link.up
+    reconciled: list[str] = []
+    d.guests.reconcile = lambda uuid, *a, **k: reconciled.append(uuid)
+    d.guests.tracked["uuid-a"] = 4242
+    d.guests.steady.unchanged = lambda uuid: True  # its threads answered as recorded
+    d.resync(full=False)
+    assert reconciled == []
+    d.guests.steady.unchanged = lambda uuid: False  # one drifted
+    d.resync(full=False)
+    assert reconciled == ["uuid-a"]
+    d.guests._clock = lambda: 1000.0
+    d.guests.steady.unchanged = lambda uuid: True
+    d.resync(full=True)
+    assert reconciled == ["uuid-a", "uuid-a"] and d.guests.next_full == 1030.0

@@ -18,6 +18,7 @@ from ...errors import DomainXMLError
 from ...intent import derive_spec
 from ...kernel import Kernel
 from ...kernel.errors import GONE
+from ...kernel.members import GroupMembers
 from ...model import RealtimeSpec, Violation
 from ...vocab import Check, Role
 from . import rtgroup, vcpusched, vmthreads
@@ -69,6 +70,7 @@ class Tuner:
         # as the VM, so scan rarely.
         self._kthreads: dict[int, tuple[float, tuple[tuple[int, str], ...]]] = {}
         self._live = self.kernel.live  # decided once (a realpath): the full check asks per guest
+        self._members = GroupMembers(self.kernel)  # the full check's cgroup read (marks.py)
 
     @property
     def rt_hierarchy(self):
@@ -197,7 +199,8 @@ class Tuner:
         kpids = [k for k, _kind in cached[1]]
         if kpids != [t.tid for t in observed.kthreads]:
             return False
-        return read_marks(self.kernel, observed.pid, kpids, live=self._live) == marks
+        groups = self._members.read({t.cgroup_cpu for t in observed.threads})
+        return read_marks(self.kernel, observed.pid, kpids, live=self._live, groups=groups) == marks
 
     def _vm_kthreads(self, observed: Observed) -> tuple[ThreadInfo, ...]:
         """The guest's separate per-VM kthreads (kvm-pit, old vhost), from a

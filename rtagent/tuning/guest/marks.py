@@ -25,7 +25,7 @@ delay, context switches: read at scrape time) and ``VmRSS``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from ...kernel import Kernel
@@ -83,24 +83,30 @@ def marks_of(observed: Observed) -> Marks:
                  _memory_mark(observed.memory))
 
 
-def _look_mark(tid: int, look: Look) -> TaskMark:
+def _look_mark(tid: int, look: Look, group: str | None = None) -> TaskMark:
     st = look.stat
-    return TaskMark(tid, st.comm, st.flags, st.starttime, look.cgroup_cpu, st.policy, st.rt_priority, look.cpus)
+    return TaskMark(tid, st.comm, st.flags, st.starttime, look.cgroup_cpu if group is None else group, st.policy,
+                    st.rt_priority, look.cpus)
 
 
 # -- the read -----------------------------------------------------------------------
 
 
-def read_marks(kernel: Kernel, pid: int, kthreads: Iterable[int], *, live: bool) -> Marks | None:
+def read_marks(kernel: Kernel, pid: int, kthreads: Iterable[int], *, live: bool,
+               groups: Mapping[int, str] | None = None) -> Marks | None:
     """The marks of QEMU process ``pid`` now, with the per-VM kthreads
     ``kthreads`` (their PIDs).  None when something is gone or a zombie
-    (the full path then says what).  ``live``: :attr:`Kernel.live`."""
+    (the full path then says what).  ``live``: :attr:`Kernel.live`.
+    ``groups``: TID → cgroup from the groups' task lists
+    (:class:`~rtagent.kernel.members.GroupMembers`); a thread not in it has its cgroup file read."""
     tasks = kernel.tasks
+    groups = groups or {}
     try:
         status, memory = tasks.process(pid)
         if status.get("State", "")[:1] in ("Z", "X"):
             return None
-        threads = tuple(_look_mark(tid, tasks.look(pid, tid, live)) for tid in tasks.tids(pid))
+        threads = tuple(_look_mark(tid, tasks.look(pid, tid, live, cgroup=tid not in groups), groups.get(tid))
+                        for tid in tasks.tids(pid))
         separate = tuple(_look_mark(k, tasks.look(k, k, live)) for k in kthreads)
     except GONE:
         return None

@@ -1,0 +1,105 @@
+"""B3's per-second rows, the wake-up floor and the drift-watch switch (pure)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import b3_cost, b3_floor
+
+pytestmark = pytest.mark.unit
+
+
+def _w(proc_cpu_s: float, wall_s: float = 10.0, switches: int = 10, us_per_wake: float | None = None,
+       resyncs: float = 10.0, main_cpu_s: float | None = None) -> dict:
+    w = {"proc_cpu_s": proc_cpu_s, "wall_s": wall_s, "main_switches": switches, "resyncs": resyncs,
+         "main_cpu_s": proc_cpu_s if main_cpu_s is None else main_cpu_s}
+    if us_per_wake is not None:
+        w["sleeper"] = {"wakes": 10, "us_per_wake": us_per_wake}
+    return w
+
+
+def test_per_second_pools_windows_so_a_full_check_in_one_window_counts():
+    # Three windows of 10 s; the full check (30 ms) landed in the last one.
+    samples = [_w(0.001), _w(0.001), _w(0.031)]
+    idle = [_w(0.0005)] * 3
+    # Pooled: (0.033 - 0.0015) s / 30 s / 6 threads; a median would say 0.0005/10/6.
+    assert b3_floor.per_second_above_idle(samples, idle, 6) == pytest.approx(1e6 * 0.0315 / 30 / 6)
+    assert b3_floor.per_second_total(samples, 6) == pytest.approx(1e6 * 0.033 / 30 / 6)
+
+
+def test_per_second_without_idle_or_threads_is_not_a_number():
+    assert math.isnan(b3_floor.per_second_above_idle([_w(0.01)], [], 6))
+    assert math.isnan(b3_floor.per_second_total([_w(0.01)], 0))
+
+
+def test_floor_is_the_sleepers_cost_per_wake_times_the_extra_wakes():
+    # Main thread: 15 wake-ups in 10 s with guests, 3 in 10 s idle; the
+    # sleeper costs 120 µs a wake-up.
+    samples = [_w(0.005, switches=15, us_per_wake=120.0), _w(0.005, switches=15, us_per_wake=130.0),
+               _w(0.005, switches=15, us_per_wake=110.0)]
+    idle = [_w(0.002, switches=3)] * 3
+    f = b3_floor.floor_row(samples, idle, 6)
+    assert f["us_per_wake"] == 120.0  # the median
+    assert f["wakes_per_s"] == pytest.approx(1.5) and f["idle_wakes_per_s"] == pytest.approx(0.3)
+    assert f["floor_us_per_thread_s"] == pytest.approx(120.0 * 1.2 / 6)
+    assert f["floor_total_us_per_thread_s"] == pytest.approx(120.0 * 1.5 / 6)
+    above = b3_floor.per_second_above_idle(samples, idle, 6)
+    assert f["floor_share"] == pytest.approx(f["floor_us_per_thread_s"] / above)
+
+
+def test_floor_without_a_sleeper_result_is_left_out():
+    assert b3_floor.floor_row([_w(0.005)], [_w(0.001)], 6) == {}
+    failed = _w(0.005)
+    failed["sleeper"] = {"error": "boom"}
+    assert b3_floor.floor_row([failed], [_w(0.001)], 6) == {}
+
+
+def test_bare_sleeper_runs_and_reports_its_cpu_per_wake():
+    r = b3_floor.run_sleeper(20.0, 0.3)
+    assert "error" not in r, r
+    assert r["wakes"] >= 1 and r["cpu_ns"] > 0 and r["us_per_wake"] > 0
+
+
+def _row(per_s: float, guests: int = 1) -> dict:
+    return {"guests": guests, "us_per_thread": 3.0, "cpu_pct": 0.1, "rss_mib": 39.0, "marginal_us_per_thread": 2.0, "resyncs_per_s": 0.1,
+            "per_s_above_idle_us": per_s, "per_s_total_us": per_s + 1,
+            "wake_floor": {"us_per_wake": 120.0, "wakes_per_s": 0.5, "idle_wakes_per_s": 0.3,
+                           "floor_us_per_thread_s": 4.0, "floor_share": 0.5}}
+
+
+def test_the_mark_is_on_the_per_second_row_and_a_fail_shows():
+    rows = b3_cost._daemon_goal_rows({"rows": [_row(8.0), _row(4.0, 10)], "resync_s": 1.0}, "paused guests")
+    per_s = [r for r in rows if r[0].startswith("CPU per managed thread per second")]
+    assert [r[3] for r in per_s] == ["FAIL", "pass"]
+    per_resync = [r for r in rows if "per resync" in r[0]]
+    assert per_resync and all(r[3] == "" and r[2] == "mark on the row above" for r in per_resync)
+    floor = [r for r in rows if "wake-up floor" in r[0]]
+    assert floor and floor[0][1].startswith("4.0 µs (nan); 50 % of the row")
+    flat = [r for r in rows if r[0].endswith("flat?")]
+    assert flat and flat[0][3] == "FAIL"
+
+
+def test_watch_config_lines_and_refusals():
+    absent = {"resync_interval_s": 1.0}
+    as_str, as_bool = {"drift_watch": "off"}, {"drift_watch": False}
+    # The bench's default: the watch on wherever the daemon has one.
+    assert b3_cost.effective_watch("default", as_str) == "on"
+    assert b3_cost.effective_watch("default", absent) == "absent"
+    assert b3_cost.watch_config("default", absent) == ""
+    assert b3_cost.watch_config("default", as_str) == 'drift_watch = "on"\n'
+    assert b3_cost.watch_config("off", as_str) == 'drift_watch = "off"\n'
+    assert b3_cost.watch_config("on", as_bool) == "drift_watch = true\n"
+    assert b3_cost.watch_config("off", as_bool) == "drift_watch = false\n"
+    with pytest.raises(ValueError, match="no \\[daemon\\] drift_watch"):
+        b3_cost.watch_config("off", absent)
+    with pytest.raises(ValueError, match="one of"):
+        b3_cost.watch_config("sometimes", as_str)
+
+
+def test_runs_name_the_watch_when_set():
+    res = {"daemon": {"drift_watch": "on"}, "daemon_watch_off": {"drift_watch": "off"},
+           "daemon_running": {"drift_watch": "absent"}}
+    assert [t for _d, t in b3_cost._runs(res)] == ["paused guests, drift watch on", "paused guests, drift watch off",
+                                                  "running guests"]
