@@ -22,14 +22,16 @@ import sys
 import time
 
 
-def _preemptions(tid: int) -> int:
-    """The thread's involuntary context switches so far (its CPU time grows
-    with them: each costs a switch and cold caches on this PVM machine)."""
+def _switches(tid: int) -> tuple[int, int]:
+    """The thread's (involuntary, voluntary) context switches so far: its CPU
+    time grows with the first (a switch and cold caches on this PVM machine);
+    the second are its waits (epoll, the GIL, locks), each a wake-up."""
+    out = {}
     with open(f"/proc/self/task/{tid}/status") as f:
         for line in f:
-            if line.startswith("nonvoluntary_ctxt_switches"):
-                return int(line.split()[1])
-    return 0
+            if line.endswith("ctxt_switches:", 0, line.find(":") + 1):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out.get("nonvoluntary_ctxt_switches", 0), out.get("voluntary_ctxt_switches", 0)
 
 
 def main() -> None:
@@ -64,23 +66,25 @@ def main() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
         for _ in range(3):
             b._get(srv.port)
-        load0, cpu, preempted = os.getloadavg(), [], []
+        load0, cpu, preempted, waits = os.getloadavg(), [], [], []
         t0 = time.time()
         for _ in range(reps):
             threads.kick()
             time.sleep(settle_s)
             clock.tick()
-            p, c = _preemptions(tid), b._thread_cpu_ns(tid)
+            p, c = _switches(tid), b._thread_cpu_ns(tid)
             b._get(srv.port)
             cpu.append((b._thread_cpu_ns(tid) - c) / 1e6)
-            preempted.append(_preemptions(tid) - p)
+            p1 = _switches(tid)
+            preempted.append(p1[0] - p[0])
+            waits.append(p1[1] - p[1])
         srv.close()
     finally:
         threads.close()
     with open(out_path, "w") as f:
         json.dump({"tree": tree, "reps": reps, "frozen": frozen, "settle_s": settle_s, "nice": nice, "start": t0, "end": time.time(),
                    "load_before": load0, "load_after": os.getloadavg(), "server_cpu_ms": cpu,
-                   "server_preemptions": preempted}, f)
+                   "server_preemptions": preempted, "server_waits": waits}, f)
 
 
 if __name__ == "__main__":

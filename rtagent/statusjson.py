@@ -4,11 +4,11 @@
 at 100 guests about 3 MiB of small Python objects (dicts, lists, strings
 per thread and violation) alive at once, for a ≈ 360 KiB answer.  The
 interpreter keeps the pools they took (an arena goes back to the kernel
-only when every object in it is gone), so each status query left the daemon
-≈ 2.4 MiB larger (measured: 40.8 → 43.2 MiB RSS at 100 paused guests after
-five queries).  Here each guest's dict is converted, encoded and dropped
-before the next one is made: what stays alive is one guest's dict and the
-encoded parts (bytes, one allocation each).
+only when every object in it is gone).  Here each guest's dict is
+converted, encoded and dropped before the next one is made: what stays
+alive is one guest's dict and the encoded parts (bytes, one allocation
+each).  Measured side by side at 100 paused guests, the status socket asked
+as B3 asks it: 42.95 → 41.16 MiB RSS (docs/benchmarks.md).
 
 The bytes are exactly ``json.dumps(answer).encode() + b"\\n"`` of the
 document :meth:`StateStore.snapshot` returns with ``extra``'s keys after it

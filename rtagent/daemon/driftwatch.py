@@ -28,7 +28,6 @@ from .shutdown import Step
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY_S = 30.0  # the instance still tracing (someone may turn it off)
 SOURCE = "drift_watch"  # its key in the daemon's events / events_dropped counters
 
 
@@ -51,18 +50,16 @@ class DriftWatch:
         self.state = WatchState.OFF
         self.reason = ""
         self.config: Config | None = None
-        self._next_check = 0.0
 
     @property
     def healthy(self) -> bool:
         """True while events are being seen: the cadence may back off.
-        Asked on every loop turn: the instance itself is looked at (one
-        read) at most every ``CHECK_EVERY_S``."""
+        Asked on every loop turn, so it asks only whether the reader runs;
+        the reader itself looks at its instance when no event came for 30 s
+        and ends (posting :class:`Failed`) if it no longer traces."""
         if self.state != WatchState.RUNNING or self.watch is None:
             return False
-        now = time.monotonic()
-        if not self.watch.running or now >= self._next_check:
-            self._next_check = now + CHECK_EVERY_S
+        if not self.watch.running:
             self.check()
         return self.state == WatchState.RUNNING
 
@@ -134,6 +131,7 @@ class DriftWatch:
             self.fall_back(f"its reader failed: {payload.reason}")
             return
         n = payload
+        log.debug("drift watch: %s", n)
         if n.everything:
             # Events lost (or an exit whose enter was not seen): as the proc
             # connector's overflow, a full check finds whatever they said.

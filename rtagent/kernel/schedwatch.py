@@ -28,7 +28,7 @@ flight while the watch started).  Events the kernel dropped (a full
 buffer) are reported as "check everything".
 
 Cost (docs/design.md, "The drift watch"): an enabled syscall tracepoint
-sends *every* syscall on the host through the tracing slow path (+20-25 ns
+sends *every* syscall on the host through the tracing slow path (+25-80 ns
 each here), which is why the daemon makes the watch a config choice.
 """
 
@@ -60,8 +60,13 @@ EVENTS: tuple[tuple[str, str], ...] = (
 )
 PREFIX = "rtagent-watch-"
 READER_THREAD_NAME = "rtagent-drift"
+CHECK_EVERY_S = 30.0  # the reader looks at its instance when no event came for this long
 BUFFER_KB = 64     # per CPU: a guest start's burst of cgroup moves is a few KiB
 _MAX_PENDING = 4096  # callers between enter and exit; more means lost exits
+
+
+class WatchBroken(tracefs.TracefsError):
+    """The instance no longer traces what the watch needs."""
 
 
 @dataclass(frozen=True)
@@ -328,16 +333,20 @@ class SchedWatch:
         return self._thread is not None and self._thread.is_alive() and self.error is None
 
     def intact(self) -> str | None:
-        """None while the instance traces; else what is wrong (someone
-        removed it or turned its tracing off)."""
+        """None while the instance traces its events; else what is wrong
+        (someone removed it, turned its tracing off or disabled an event)."""
         inst = self.inst
         if inst is None:
             return "no tracefs instance"
         try:
-            on = (inst.path / "tracing_on").read_text().strip()
+            if (inst.path / "tracing_on").read_text().strip() != "1":
+                return f"tracing turned off in {inst.path}"
+            for system, event in EVENTS:
+                if (inst.path / "events" / system / event / "enable").read_text().strip() != "1":
+                    return f"event {system}:{event} disabled in {inst.path}"
         except OSError as err:
             return f"tracefs instance {inst.path} unreadable: {err.strerror}"
-        return None if on == "1" else f"tracing turned off in {inst.path}"
+        return None
 
     # -- the reader
 
@@ -345,21 +354,37 @@ class SchedWatch:
         name_thread(READER_THREAD_NAME)
         try:
             waiter = self._waiter()
+            next_check = time.monotonic() + CHECK_EVERY_S
             while not self._stop.is_set():
-                ready = waiter.poll()   # no timeout: woken by an event, set_tids() or stop()
+                # Woken by an event, set_tids() or stop(); and every
+                # CHECK_EVERY_S to see the instance still traces (someone may
+                # turn it off or disable its events): ~4 µs a second.
+                ready = waiter.poll(max(0.0, next_check - time.monotonic()) * 1000)
                 if self._stop.is_set():
                     break
+                if time.monotonic() >= next_check:
+                    if (why := self.intact()) is not None:
+                        raise WatchBroken(why)
+                    next_check = time.monotonic() + CHECK_EVERY_S
+                if not ready:
+                    continue
                 if self._wake is not None and any(fd == self._wake[0] for fd, _ev in ready):
                     os.read(self._wake[0], 64)
                     self._apply_filters()
                 notice = self.read()
                 if notice is not None:
                     self._on_notice(notice)
+        except WatchBroken as exc:
+            log.warning("drift watch: %s", exc)
+            self._failed(str(exc))
         except Exception as exc:  # the daemon falls back to polling; it never dies of this
-            self.error = f"{type(exc).__name__}: {exc}"
             log.exception("drift watch: the reader failed")
-            if self._on_failed is not None and not self._stop.is_set():
-                self._on_failed(self.error)
+            self._failed(f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, why: str) -> None:
+        self.error = why
+        if self._on_failed is not None and not self._stop.is_set():
+            self._on_failed(why)
 
     def _waiter(self) -> select.poll:
         waiter = select.poll()

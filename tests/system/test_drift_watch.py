@@ -80,11 +80,13 @@ def test_taskset_and_chrt_are_corrected_by_the_watch(daemon_factory, guest_facto
     if pit is not None:
         subprocess.run(["taskset", "-pc", "0-1", str(pit)], check=True, capture_output=True)
         wait_for(lambda: os.sched_getaffinity(pit) != {0, 1}, 20, "kvm-pit taskset undone", interval=0.01)
+    # (The status answer is reused for 0.1 s: wait for the counters, bounded.)
+    watch = wait_for(lambda: (w := _daemon(d)["drift_watch"])["events"] >= 4 and w, 10, "the watch's events counted")
     after = _daemon(d)
     # Every timed resync is 600 s away (and no full check before 3600 s):
     # only the watch's events can have sent the daemon to the guest.
     assert (after["resyncs"], after["full_checks"]) == (resyncs, full), after
-    assert after["drift_watch"]["events"] >= 4, (after, d.log_text()[-3000:])
+    assert watch["lost"] == 0, watch
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_policy"), 10,
                        "policy drift counted")
     assert counted >= 1
@@ -107,3 +109,21 @@ def test_with_the_watch_off_the_resync_still_corrects(daemon_factory, guest_fact
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_policy"), 10,
                        "policy drift counted")
     assert counted >= 1
+
+
+def test_a_watch_whose_instance_stops_tracing_falls_back_to_polling(daemon_factory, guest_factory):
+    d, g, tid = _start(daemon_factory, guest_factory,
+                       'drift_watch = "on"\nwatched_resync_interval_s = 600\nfull_check_interval_s = 3600\n')
+    assert _daemon(d)["drift_watch"]["state"] == "running"
+    # Someone turns the daemon's instance off: the reader sees it at its
+    # next look (every 30 s), the daemon says so and polls every second.
+    inst = tracefs.find_tracefs() / "instances" / instance_name(d.proc.pid)
+    (inst / "tracing_on").write_text("0")
+    watch = wait_for(lambda: (w := _daemon(d)["drift_watch"])["state"] == "failed" and w, 45, "the fall-back")
+    assert "tracing turned off" in watch["reason"] and watch["interval_s"] == 1.0, watch
+    assert "drift watch stopped" in d.log_text()
+    resyncs = _daemon(d)["resyncs"]
+    subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
+    wait_for(lambda: _fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
+    wait_for(lambda: _daemon(d)["resyncs"] > resyncs, 10, "the resync that corrected it counted")
+    assert not inst.exists(), "the failed watch's instance was left behind"

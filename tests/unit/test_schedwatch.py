@@ -145,3 +145,55 @@ def test_watched_interval_is_validated_and_never_shortens_the_resync():
             parse_config({"daemon": {"watched_resync_interval_s": bad}}, resolve=False)
     with pytest.raises(ConfigError, match="daemon.drift_watch = 'yes': must be one of: auto, on, off"):
         parse_config({"daemon": {"drift_watch": "yes"}}, resolve=False)
+
+
+def _cfg(mode: str):
+    from rtagent.config import parse_config
+
+    return parse_config({"daemon": {"drift_watch": mode}}, resolve=False)
+
+
+def test_a_missing_tracefs_is_a_start_error_when_on_and_said_when_auto(monkeypatch):
+    from rtagent.daemon.driftwatch import DriftWatch, DriftWatchError
+    from rtagent.kernel import tracefs as tfs
+    from rtagent.state import StateStore
+
+    monkeypatch.setattr(tfs, "find_tracefs", lambda *a, **k: None)
+    store, put = StateStore(), []
+    with pytest.raises(DriftWatchError, match='drift_watch = "on".*tracefs is not mounted'):
+        DriftWatch(store, put.append).start(_cfg("on"))
+    w = DriftWatch(store, put.append)
+    w.start(_cfg("auto"))
+    assert not w.healthy
+    assert store.daemon.drift_watch["state"] == "unavailable"
+    assert "tracefs is not mounted" in store.daemon.drift_watch["reason"]
+    off = DriftWatch(store, put.append)
+    off.start(_cfg("off"))
+    assert store.daemon.drift_watch["state"] == "off" and not off.healthy and put == []
+
+
+def test_status_line_says_what_the_watch_does():
+    from rtagent.commands.status import _drift_watch
+
+    assert _drift_watch({"state": "running", "events": 12, "lost": 0, "interval_s": 10.0}) == \
+        "running (12 events, 0 lost; resync every 10.0s)"
+    assert _drift_watch({"state": "unavailable", "reason": "tracefs is not mounted"}) == \
+        "unavailable (tracefs is not mounted)"
+    assert _drift_watch({"state": "off"}) == "off" and _drift_watch(None) == "off"
+
+
+def test_metrics_say_whether_the_watch_runs_and_count_its_events():
+    from rtagent.daemon.driftwatch import DriftWatch
+    from rtagent.kernel.schedwatch import Notice
+    from rtagent.state import StateStore
+    from tests.unit.test_metrics import scrape
+
+    store = StateStore()
+    _, s = scrape(store)
+    assert [x.value for x in s["rtagent_drift_watch_up"]] == [0]
+    store.daemon.drift_watch = {"state": "running", "reason": "", "interval_s": 10.0}
+    DriftWatch(store, lambda _item: None)._notice(Notice(events=3, lost=2))
+    _, s = scrape(store)
+    assert [x.value for x in s["rtagent_drift_watch_up"]] == [1]
+    assert {x.labels["source"]: x.value for x in s["rtagent_events_total"]} == {"drift_watch": 3}
+    assert {x.labels["source"]: x.value for x in s["rtagent_events_dropped_total"]} == {"drift_watch": 2}

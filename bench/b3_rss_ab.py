@@ -1,0 +1,154 @@
+"""The daemon's memory, two checkouts side by side over the same paused guests.
+
+    python -m bench.b3_rss_ab --guests 100 --seconds 120 OLD_TREE NEW_TREE
+
+``OLD_TREE``/``NEW_TREE`` are source trees (``git archive <rev> | tar -x -C
+DIR``).  Starts ``--guests`` paused canonical guests (named
+``rtbench-rss-<pid>-N``; destroyed at the end), then one ``rtagent run`` per
+tree at once, each with B3's daemon config (bench/common.py
+:func:`daemon_config`: resync 1 s, metrics and host tuning off, RT budget
+1,000 µs) and ``MALLOC_ARENA_MAX=2`` as the unit sets it.  After a minute
+of settling it samples each daemon every 10 s for ``--seconds``, asking its
+status socket twice first, as each B3 window does; prints RSS, anonymous,
+file-backed and PSS (MiB: last, median, max) and each thread's CPU (ms of
+CPU per second of the sampling time), and the new/old ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import Guests, daemon_config, format_table, median, schedstat, thread_names, wait_for
+
+
+def _rollup(pid: int) -> dict[str, float]:
+    kb: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                kb[key] = int(rest.split()[0])
+    return {"rss": kb["Rss"] / 1024, "anon": kb["Anonymous"] / 1024,
+            "file": (kb["Rss"] - kb["Anonymous"]) / 1024, "pss": kb["Pss"] / 1024}
+
+
+def _thread_cpu(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for tid, name in thread_names(pid).items():
+        s = schedstat(pid, tid)
+        if s is not None:
+            key = "main" if tid == pid else name
+            out[key] = out.get(key, 0) + s[0]
+    return out
+
+
+def _start(tree: Path, prefix: str) -> tuple[subprocess.Popen, str, Path]:
+    d = Path(tempfile.mkdtemp(prefix="rtbench-rss-"))
+    sock = str(d / "rtagent.sock")
+    cfg = daemon_config(d / "rtagent.toml", socket_path=sock, resync=1.0, prefix=prefix, rt_budget_us=1000)
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(str(d / "notify"))
+    ns.settimeout(0.5)
+    env = dict(os.environ, NOTIFY_SOCKET=str(d / "notify"), PYTHONUNBUFFERED="1", MALLOC_ARENA_MAX="2",
+               PYTHONPATH=str(tree))
+    proc = subprocess.Popen([sys.executable, "-m", "rtagent", "run", "--config", str(cfg)], cwd=str(tree), env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(d / "log").open("w"))
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if b"READY=1" in ns.recv(4096):
+                    return proc, sock, d
+            except (TimeoutError, BlockingIOError):
+                continue
+    finally:
+        ns.close()
+    proc.kill()
+    raise RuntimeError(f"{tree}: daemon not ready: {(d / 'log').read_text()[-2000:]}")
+
+
+def run(trees: list[Path], guests: int, seconds: float) -> dict:
+    from rtagent.status import fetch
+    from tests.guests import rt_guest_xml
+
+    prefix = f"rtbench-rss-{os.getpid()}-"
+    g = Guests()
+    daemons: list[tuple[Path, subprocess.Popen, str]] = []
+    try:
+        import libvirt
+
+        for i in range(guests):
+            g.start(f"{prefix}{i}", rt_guest_xml(f"{prefix}{i}", metadata=""), flags=libvirt.VIR_DOMAIN_START_PAUSED)
+        for tree in trees:
+            proc, sock, _ = _start(tree, prefix)
+            daemons.append((tree, proc, sock))
+        for _, _, sock in daemons:
+            wait_for(lambda s=sock: len(fetch(s)["domains"]) >= guests, 120 + 2 * guests, 2.0)
+        time.sleep(60)
+        cpu0 = {p.pid: _thread_cpu(p.pid) for _, p, _ in daemons}
+        t0 = time.monotonic()
+        samples: dict[int, list[dict]] = {p.pid: [] for _, p, _ in daemons}
+        while time.monotonic() - t0 < seconds:
+            for _, p, sock in daemons:
+                fetch(sock)
+                fetch(sock)
+                samples[p.pid].append(_rollup(p.pid))
+            time.sleep(10)
+        wall = time.monotonic() - t0
+        out = {"guests": guests, "load": os.getloadavg(), "daemons": []}
+        for tree, p, sock in daemons:
+            c1 = _thread_cpu(p.pid)
+            out["daemons"].append({
+                "tree": str(tree), "managed": len(fetch(sock)["domains"]),
+                "memory": {k: (samples[p.pid][-1][k], median([s[k] for s in samples[p.pid]]),
+                               max(s[k] for s in samples[p.pid])) for k in ("rss", "anon", "file", "pss")},
+                "cpu_ms_per_s": {k: (v - cpu0[p.pid].get(k, 0)) / 1e6 / wall for k, v in c1.items()}})
+        return out
+    finally:
+        for _, p, _ in daemons:
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        g.close()
+
+
+def format_result(r: dict) -> str:
+    ds = r["daemons"]
+    rows = []
+    for d in ds:
+        m = d["memory"]
+        rows.append([d["tree"], d["managed"], *(f"{m[k][0]:.2f} ({m[k][1]:.2f} / {m[k][2]:.2f})" for k in
+                                                 ("rss", "anon", "file", "pss")),
+                     f"{d['cpu_ms_per_s'].get('main', 0):.2f}", f"{sum(d['cpu_ms_per_s'].values()):.2f}"])
+    if len(ds) == 2:
+        a, b = (d["memory"] for d in ds)
+        ca, cb = (d["cpu_ms_per_s"] for d in ds)
+        rows.append(["ratio second / first", "", *(f"{b[k][0] / a[k][0]:.3f}" for k in ("rss", "anon", "file", "pss")),
+                     f"{cb.get('main', 0) / max(ca.get('main', 0), 1e-9):.2f}",
+                     f"{sum(cb.values()) / max(sum(ca.values()), 1e-9):.2f}"])
+    return format_table(["tree", "guests", "RSS MiB last (median / max)", "anon", "file-backed", "PSS",
+                         "main thread CPU ms/s", "all threads ms/s"], rows,
+                        title=f"{r['guests']} paused guests, load {r['load'][0]:.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.b3_rss_ab", description=__doc__.splitlines()[0])
+    ap.add_argument("trees", nargs="+", type=Path)
+    ap.add_argument("--guests", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=120.0)
+    args = ap.parse_args(argv)
+    print(format_result(run(args.trees, args.guests, args.seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
