@@ -125,6 +125,25 @@ def run(rounds: int = ROUNDS) -> dict:
     return {"syscall": syscall_cost(rounds), "daemon": daemon_cost()}
 
 
+def other_syscall_tracers() -> list[str]:
+    """tracefs instances (not this process's) with a syscall event enabled:
+    each one's probe runs on every syscall too, "off" included."""
+    from rtagent.kernel.tracefs import find_tracefs
+
+    root, mine = find_tracefs(), f"rtbench-watch-{os.getpid()}"
+    if root is None:
+        return []
+    out = []
+    for inst in [root, *sorted((root / "instances").iterdir())]:
+        try:
+            text = (inst / "set_event").read_text()
+        except OSError:
+            continue
+        if inst.name != mine and "syscalls:" in text:
+            out.append("(top level)" if inst == root else inst.name)
+    return out
+
+
 def syscall_cost(rounds: int = ROUNDS) -> dict:
     from rtagent.kernel.schedwatch import SchedWatch
 
@@ -132,6 +151,7 @@ def syscall_cost(rounds: int = ROUNDS) -> dict:
         exe = _build(Path(tmp))
         off: list[float] = []
         on: list[float] = []
+        others = set(other_syscall_tracers())
         for _ in range(rounds):
             off.append(_ns_per_syscall(exe))
             watch = SchedWatch(lambda _n: None, prefix="rtbench-watch-")
@@ -140,9 +160,11 @@ def syscall_cost(rounds: int = ROUNDS) -> dict:
                 on.append(_ns_per_syscall(exe))
             finally:
                 watch.stop()
+            others |= set(other_syscall_tracers())
     m_off, m_on = statistics.median(off), statistics.median(on)
     return {"cpu": int(CPU), "rounds": rounds, "off_ns": off, "on_ns": on, "off_median_ns": m_off,
-            "on_median_ns": m_on, "extra_ns": m_on - m_off, "ratio": m_on / m_off, "load": os.getloadavg()}
+            "on_median_ns": m_on, "extra_ns": m_on - m_off, "ratio": m_on / m_off, "load": os.getloadavg(),
+            "other_tracers": sorted(others)}
 
 
 def format(res: dict) -> str:
@@ -167,7 +189,8 @@ def format_syscall(res: dict) -> str:
     table = format_table([f"B2f getppid() on CPU {res['cpu']}, every process on the host", "median ns/syscall",
                           f"rounds ({res['rounds']})"], rows)
     return (table + f"\n\nWith the watch on every syscall on the host costs {res['extra_ns']:+.1f} ns "
-            f"(× {res['ratio']:.2f}); load {res['load'][0]:.2f}.")
+            f"(× {res['ratio']:.2f}); load {res['load'][0]:.2f}; other instances tracing syscalls meanwhile "
+            f"(their probes run in both columns): {', '.join(res.get('other_tracers') or []) or 'none'}.")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class DaemonConfig:
     # cgroup move of a managed thread through trace events and correct it at
     # once.  "auto": when tracefs and the events are there; "on": missing is
     # a start-up error; "off": poll every resync_interval_s.  Costs every
-    # syscall on the host ~20-25 ns while on (docs/design.md, "The drift watch").
+    # syscall on the host ~24 ns while on (docs/design.md, "The drift watch").
     drift_watch: str = "off"
     # The timed steady resync's interval while the drift watch runs (the
     # host partition, if enforced, keeps resync_interval_s).

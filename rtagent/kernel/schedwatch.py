@@ -28,7 +28,7 @@ flight while the watch started).  Events the kernel dropped (a full
 buffer) are reported as "check everything".
 
 Cost (docs/design.md, "The drift watch"): an enabled syscall tracepoint
-sends *every* syscall on the host through the tracing slow path (+20-25 ns
+sends *every* syscall on the host through the tracing slow path (+24 ns
 each here), which is why the daemon makes the watch a config choice.
 """
 

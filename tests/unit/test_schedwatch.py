@@ -180,3 +180,20 @@ def test_status_line_says_what_the_watch_does():
     assert _drift_watch({"state": "unavailable", "reason": "tracefs is not mounted"}) == \
         "unavailable (tracefs is not mounted)"
     assert _drift_watch({"state": "off"}) == "off" and _drift_watch(None) == "off"
+
+
+def test_metrics_say_whether_the_watch_runs_and_count_its_events():
+    from rtagent.daemon.driftwatch import DriftWatch
+    from rtagent.kernel.schedwatch import Notice
+    from rtagent.state import StateStore
+    from tests.unit.test_metrics import scrape
+
+    store = StateStore()
+    _, s = scrape(store)
+    assert [x.value for x in s["rtagent_drift_watch_up"]] == [0]
+    store.daemon.drift_watch = {"state": "running", "reason": "", "interval_s": 10.0}
+    DriftWatch(store, lambda _item: None)._notice(Notice(events=3, lost=2))
+    _, s = scrape(store)
+    assert [x.value for x in s["rtagent_drift_watch_up"]] == [1]
+    assert {x.labels["source"]: x.value for x in s["rtagent_events_total"]} == {"drift_watch": 3}
+    assert {x.labels["source"]: x.value for x in s["rtagent_events_dropped_total"]} == {"drift_watch": 2}
