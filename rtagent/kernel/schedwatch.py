@@ -1,5 +1,5 @@
 """The drift watch's kernel side: who changed a thread's scheduling or
-cgroup, seen through trace events of a tracefs instance of its own.
+cgroup, seen through trace events of tracefs instances of its own.
 
 What can drift a managed thread from outside, and the event that says so:
 
@@ -15,17 +15,19 @@ What can drift a managed thread from outside, and the event that says so:
   the migration and the controllers' attach callbacks.
 
 The events are rare, so the reader is woken by each one
-(``buffer_percent`` 0) and blocks in ``poll()`` otherwise: no timer.  Only
-the threads the caller watches matter (:meth:`SchedWatch.set_tids`): the
-enter and attach events are filtered in the kernel to those targets
-(:func:`target_filter`, while the expression fits in a filter write), the
-exits to callers other than the caller itself (``common_pid != <its
-PID>``: its own corrections), and to nothing while no thread is watched;
-the reader drops what is left for other threads, so another guest's start
-on a shared host does not wake the caller's loop.  An exit whose enter was
-filtered out is ignored (the caller's first full check covers a syscall in
-flight while the watch started).  Events the kernel dropped (a full
-buffer) are reported as "check everything".
+(``buffer_percent`` 0) and blocks in ``poll()`` otherwise (a look at its
+instances every 30 s).  Only the threads the caller watches matter
+(:meth:`SchedWatch.set_tids`): the enter and attach events are filtered in
+the kernel to those targets (:func:`target_filter`, while the expression
+fits in a filter write) and the reader drops what is left for other
+threads, so another guest's start on a shared host does not wake the
+caller's loop.  The exits name no target: they go to a second instance
+(``<name>-exits``, only the caller's own calls filtered out) that never
+wakes the reader (``buffer_percent`` 100) and is read after a watched
+enter, ≤ ``EXIT_WAIT_S`` for its exit; an exit whose enter was not watched
+is ignored (the caller's first full check covers a syscall in flight
+while the watch started).  Events the kernel dropped from the first
+instance (a full buffer) are reported as "check everything".
 
 Cost (docs/design.md, "The drift watch"): an enabled syscall tracepoint
 sends *every* syscall on the host through the tracing slow path (+24 ns
@@ -50,7 +52,7 @@ from . import tracefs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENTS", "Notice", "Pairing", "SchedWatch", "instance_name", "stale_instances"]
+__all__ = ["EVENTS", "EXITS", "Notice", "Pairing", "SchedWatch", "instance_name", "stale_instances"]
 
 SYSCALLS = ("sched_setaffinity", "sched_setscheduler", "sched_setattr", "sched_setparam")
 ATTACH = ("cgroup", "cgroup_attach_task")
