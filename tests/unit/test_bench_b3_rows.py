@@ -103,3 +103,10 @@ def test_runs_name_the_watch_when_set():
            "daemon_running": {"drift_watch": "absent"}}
     assert [t for _d, t in b3_cost._runs(res)] == ["paused guests, drift watch on", "paused guests, drift watch off",
                                                   "running guests"]
+
+
+def test_a_row_below_its_idle_baseline_claims_no_pass():
+    rows = b3_cost._daemon_goal_rows({"rows": [_row(-3.0), _row(2.0, 10)], "resync_s": 1.0}, "paused guests")
+    per_s = [r[3] for r in rows if r[0].startswith("CPU per managed thread per second")]
+    assert per_s == ["n/a (below idle)", "pass"]
+    assert [r[3] for r in rows if r[0].endswith("flat?")] == ["n/a (below idle)"]

@@ -5,11 +5,13 @@ conversion never keeps the writer — the enforcement loop — waiting."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
 from rtagent.state import GuestState, StateStore, VcpuCounters
+from rtagent.statusjson import encode_answer
 from rtagent.tuning.guest.report import DomainReport
 from tests.unit.test_metrics import populated_store
 
@@ -21,9 +23,11 @@ def _reference(store: StateStore) -> list[dict]:
     return store.read(lambda s: [g.to_json() for g in sorted(s.guests.values(), key=lambda g: g.name)])
 
 
-def test_the_conversion_runs_after_the_lock_is_released(monkeypatch):
+@pytest.mark.parametrize("answer", [StateStore.snapshot, lambda s: json.loads(encode_answer(s))],
+                         ids=["snapshot", "encoded one guest at a time"])
+def test_the_conversion_runs_after_the_lock_is_released(monkeypatch, answer):
     store = populated_store()
-    expected = _reference(store)
+    expected = json.loads(json.dumps(_reference(store)))
     held: list[bool] = []
     original = DomainReport.to_json
 
@@ -32,7 +36,7 @@ def test_the_conversion_runs_after_the_lock_is_released(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(DomainReport, "to_json", watched)
-    snap = store.snapshot()
+    snap = answer(store)
     assert held and not any(held), held
     assert snap["domains"] == expected  # the same answer as converting under the lock
 

@@ -13,7 +13,6 @@ from rtagent.monitor.hostchecks import HostCheck
 from rtagent.state import StateStore
 from rtagent.status import _StatusHandler
 from rtagent.statusjson import encode_answer
-from rtagent.tuning.guest.report import DomainReport
 from rtagent.vocab import Severity
 from tests.unit.test_metrics import make_report, populated_store
 
@@ -68,20 +67,6 @@ def test_the_handler_sends_encoded_answers_as_they_are_and_encodes_documents():
     store = populated_store()
     assert _StatusHandler(lambda: encode_answer(store)).answer(b"") == _reference(store)
     assert _StatusHandler(store.snapshot).answer(b"") == _reference(store)
-
-
-def test_the_conversion_runs_after_the_lock_is_released(monkeypatch):
-    store = populated_store()
-    held: list[bool] = []
-    original = DomainReport.to_json
-
-    def watched(self):
-        held.append(store._lock.locked())
-        return original(self)
-
-    monkeypatch.setattr(DomainReport, "to_json", watched)
-    encode_answer(store)
-    assert held and not any(held), held
 
 
 def _many(n: int) -> StateStore:
