@@ -1,5 +1,5 @@
 """The drift watch's kernel side: who changed a thread's scheduling or
-cgroup, seen through trace events of a tracefs instance of its own.
+cgroup, seen through trace events of tracefs instances of its own.
 
 What can drift a managed thread from outside, and the event that says so:
 
@@ -15,17 +15,19 @@ What can drift a managed thread from outside, and the event that says so:
   the migration and the controllers' attach callbacks.
 
 The events are rare, so the reader is woken by each one
-(``buffer_percent`` 0) and blocks in ``poll()`` otherwise: no timer.  Only
-the threads the caller watches matter (:meth:`SchedWatch.set_tids`): the
-enter and attach events are filtered in the kernel to those targets
-(:func:`target_filter`, while the expression fits in a filter write), the
-exits to callers other than the caller itself (``common_pid != <its
-PID>``: its own corrections), and to nothing while no thread is watched;
-the reader drops what is left for other threads, so another guest's start
-on a shared host does not wake the caller's loop.  An exit whose enter was
-filtered out is ignored (the caller's first full check covers a syscall in
-flight while the watch started).  Events the kernel dropped (a full
-buffer) are reported as "check everything".
+(``buffer_percent`` 0) and blocks in ``poll()`` otherwise (a look at its
+instances every 30 s).  Only the threads the caller watches matter
+(:meth:`SchedWatch.set_tids`): the enter and attach events are filtered in
+the kernel to those targets (:func:`target_filter`, while the expression
+fits in a filter write) and the reader drops what is left for other
+threads, so another guest's start on a shared host does not wake the
+caller's loop.  The exits name no target: they go to a second instance
+(``<name>-exits``, only the caller's own calls filtered out) that never
+wakes the reader (``buffer_percent`` 100) and is read after a watched
+enter, ≤ ``EXIT_WAIT_S`` for its exit; an exit whose enter was not watched
+is ignored (the caller's first full check covers a syscall in flight
+while the watch started).  Events the kernel dropped from the first
+instance (a full buffer) are reported as "check everything".
 
 Cost (docs/design.md, "The drift watch"): an enabled syscall tracepoint
 sends *every* syscall on the host through the tracing slow path (+24 ns
@@ -50,14 +52,18 @@ from . import tracefs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENTS", "Notice", "Pairing", "SchedWatch", "instance_name", "stale_instances"]
+__all__ = ["EVENTS", "EXITS", "Notice", "Pairing", "SchedWatch", "instance_name", "stale_instances"]
 
 SYSCALLS = ("sched_setaffinity", "sched_setscheduler", "sched_setattr", "sched_setparam")
 ATTACH = ("cgroup", "cgroup_attach_task")
-EVENTS: tuple[tuple[str, str], ...] = (
-    *(("syscalls", f"sys_{side}_{name}") for name in SYSCALLS for side in ("enter", "exit")),
-    ATTACH,
-)
+# The instance that wakes the reader: what names a target.
+EVENTS: tuple[tuple[str, str], ...] = (*(("syscalls", f"sys_enter_{name}") for name in SYSCALLS), ATTACH)
+# The exits carry no target, so no filter can keep other processes' out:
+# they go to a second instance that never wakes the reader
+# (buffer_percent 100) and is read only after a watched enter.
+EXITS: tuple[tuple[str, str], ...] = tuple(("syscalls", f"sys_exit_{name}") for name in SYSCALLS)
+EXITS_SUFFIX = "-exits"
+EXIT_WAIT_S = 0.25  # how long a watched enter waits for its exit before it is taken as landed
 PREFIX = "rtagent-watch-"
 READER_THREAD_NAME = "rtagent-drift"
 CHECK_EVERY_S = 30.0  # the reader looks at its instance when no event came for this long
@@ -109,7 +115,7 @@ class Pairing:
     enter was filtered out in the kernel) and yields nothing; lost events
     are the decoder's to report."""
 
-    pending: dict[int, int] = field(default_factory=dict)
+    pending: dict[int, tuple[int, int]] = field(default_factory=dict)  # caller -> (target, enter ts)
 
     def feed(self, events: Iterable[Event]) -> tuple[set[int], set[int], bool, int | None]:
         """→ (sched targets, moved tasks, everything, earliest ts of a result)."""
@@ -122,17 +128,18 @@ class Pairing:
                 if len(self.pending) >= _MAX_PENDING:
                     self.pending.clear()
                     everything = True
-                self.pending[ev.caller] = ev.arg if ev.arg > 0 else ev.caller
+                self.pending[ev.caller] = (ev.arg if ev.arg > 0 else ev.caller, ev.ts)
                 continue
             if ev.kind == EventKind.ATTACH:
                 moved.add(ev.arg)
             else:
-                target = self.pending.pop(ev.caller, None)
+                entry = self.pending.get(ev.caller)
+                if entry is None or ev.ts < entry[1]:
+                    continue  # an exit of a call whose enter was not watched
+                del self.pending[ev.caller]
                 if ev.arg != 0:
                     continue  # refused: nothing changed
-                if target is None:
-                    continue
-                sched.add(target)
+                sched.add(entry[0])
             first = ev.ts if first is None else min(first, ev.ts)
         return sched, moved, everything, first
 
@@ -174,7 +181,7 @@ def stale_instances(names: Iterable[str], prefix: str = PREFIX,
     """Instances named ``<prefix><pid>`` whose PID is dead (a daemon killed
     with SIGKILL cannot remove its own).  A live PID's instance is left
     alone, whoever holds that PID now."""
-    pat = re.compile(re.escape(prefix) + r"(\d+)$")
+    pat = re.compile(re.escape(prefix) + r"(\d+)(?:" + re.escape(EXITS_SUFFIX) + ")?$")
     return sorted(n for n in names if (m := pat.match(n)) and not alive(int(m[1])))
 
 
@@ -225,6 +232,7 @@ class SchedWatch:
         self._cpus = frozenset(cpus) if cpus is not None else frozenset(os.sched_getaffinity(0)) | _online()
         self.name = instance_name(os.getpid(), prefix)
         self.inst: tracefs.Instance | None = None
+        self.exits: tracefs.Instance | None = None  # the exits' instance (EXITS)
         self._decoder: Decoder | None = None
         self._pairing = Pairing()
         self._mono = True
@@ -247,13 +255,26 @@ class SchedWatch:
         self.remove_stale()
         self.inst = tracefs.Instance.create(root, self.name, self._cpus, EVENTS, buffer_kb=BUFFER_KB, wake_percent=0)
         try:
+            self.exits = tracefs.Instance.create(root, self.name + EXITS_SUFFIX, self._cpus, EXITS,
+                                                 buffer_kb=BUFFER_KB, wake_percent=100)
+            for system, event in EXITS:
+                self.exits.set_filter(system, event, f"common_pid != {self.own_pid}")  # its own corrections
             self._apply_filters(force=True)
-            self._mono = self.inst.clock_name() == "mono"
-            self._decoder = Decoder(self.inst.formats)
+            self._mono = self.inst.clock_name() == "mono" and self.exits.clock_name() == "mono"
+            self._decoder = Decoder({**self.inst.formats, **self.exits.formats})
         except BaseException:
-            self.inst.remove()
-            self.inst = None
+            self._remove_instances()
             raise
+
+    def _remove_instances(self) -> None:
+        for attr in ("exits", "inst"):
+            inst = getattr(self, attr)
+            setattr(self, attr, None)
+            if inst is not None:
+                try:
+                    inst.remove()
+                except tracefs.TracefsError as err:
+                    log.warning("drift watch: %s", err)
 
     def remove_stale(self) -> list[str]:
         assert self._root is not None
@@ -288,12 +309,7 @@ class SchedWatch:
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             self._thread = None
-        if self.inst is not None:
-            try:
-                self.inst.remove()
-            except tracefs.TracefsError as err:
-                log.warning("drift watch: %s", err)
-            self.inst = None
+        self._remove_instances()
         if self._wake is not None:
             for fd in self._wake:
                 os.close(fd)
@@ -315,17 +331,13 @@ class SchedWatch:
         if inst is None or (tids == self._filtered and not force):
             return
         own = f"common_pid != {self.own_pid}"  # the caller's own corrections
-        enter, attach, exits = own, "common_pid >= 0", own  # every event: no set given yet
+        enter, attach = own, "common_pid >= 0"  # every event: no set given yet
         if tids is not None:
             to_enter, to_attach = target_filter(tids, self_calls=True), target_filter(tids, self_calls=False)
             enter = own if to_enter is None else f"({to_enter}) && {own}"
             attach = to_attach or attach
-            exits = NOTHING if not tids else own  # nothing watched: not even woken by others' syscalls
         for system, event in EVENTS:
-            if system == "syscalls":
-                inst.set_filter(system, event, enter if event.startswith("sys_enter") else exits)
-            else:
-                inst.set_filter(system, event, attach)
+            inst.set_filter(system, event, enter if system == "syscalls" else attach)
         self._filtered = tids
 
     @property
@@ -335,17 +347,17 @@ class SchedWatch:
     def intact(self) -> str | None:
         """None while the instance traces its events; else what is wrong
         (someone removed it, turned its tracing off or disabled an event)."""
-        inst = self.inst
-        if inst is None:
-            return "no tracefs instance"
-        try:
-            if (inst.path / "tracing_on").read_text().strip() != "1":
-                return f"tracing turned off in {inst.path}"
-            for system, event in EVENTS:
-                if (inst.path / "events" / system / event / "enable").read_text().strip() != "1":
-                    return f"event {system}:{event} disabled in {inst.path}"
-        except OSError as err:
-            return f"tracefs instance {inst.path} unreadable: {err.strerror}"
+        for inst, events in ((self.inst, EVENTS), (self.exits, EXITS)):
+            if inst is None:
+                return "no tracefs instance"
+            try:
+                if (inst.path / "tracing_on").read_text().strip() != "1":
+                    return f"tracing turned off in {inst.path}"
+                for system, event in events:
+                    if (inst.path / "events" / system / event / "enable").read_text().strip() != "1":
+                        return f"event {system}:{event} disabled in {inst.path}"
+            except OSError as err:
+                return f"tracefs instance {inst.path} unreadable: {err.strerror}"
         return None
 
     # -- the reader
@@ -399,18 +411,29 @@ class SchedWatch:
         inst, dec = self.inst, self._decoder
         if inst is None or dec is None or inst.header is None:
             return None
-        events: list[Event] = []
-        lost = 0
-        for cpu in sorted(self._cpus):
-            evs, missed = dec.events(inst.read_pages(cpu), inst.header)
-            events += evs
-            lost += missed
+        events, lost = self._read(inst)
         if not events and not lost:
             return None
+        # A watched enter: its exit is in the other instance, maybe not yet.
+        entered = {ts_caller[1]: ts_caller[0] for ts_caller in sorted(
+            [(ts, caller) for caller, (_t, ts) in self._pairing.pending.items()]
+            + [(e.ts, e.caller) for e in events if e.kind == EventKind.ENTER])}  # caller -> its last enter
+        waited, exits = 0.0, []
+        while entered:
+            exits += self._read(self.exits)[0]
+            exited = {e.caller for e in exits if e.ts > entered.get(e.caller, 1 << 63)}
+            if exited >= set(entered) or waited >= EXIT_WAIT_S:
+                break
+            time.sleep(0.001)
+            waited += 0.001
         # An affinity change of the caller itself can move it between its
         # enter and exit: the CPUs' buffers are merged in time order.
-        events.sort(key=lambda e: e.ts)
+        events = sorted(events + exits, key=lambda e: e.ts)
         sched, moved, everything, first = self._pairing.feed(events)
+        if self._pairing.pending and waited >= EXIT_WAIT_S:
+            # No exit in time (lost, or a call still running): taken as landed.
+            sched |= {target for target, _ts in self._pairing.pending.values()}
+            self._pairing.pending.clear()
         if lost:
             self._pairing.pending.clear()
         tids = self._tids
@@ -420,6 +443,18 @@ class SchedWatch:
             return Notice(events=len(events)) if events else None  # counted, nothing to do
         at = first / 1e9 if first is not None and self._mono else time.monotonic()
         return Notice(frozenset(sched), frozenset(moved), everything or lost > 0, at, len(events), lost)
+
+
+    def _read(self, inst: tracefs.Instance | None) -> tuple[list[Event], int]:
+        events: list[Event] = []
+        lost = 0
+        if inst is None or inst.header is None or self._decoder is None:
+            return events, lost
+        for cpu in sorted(self._cpus):
+            evs, missed = self._decoder.events(inst.read_pages(cpu), inst.header)
+            events += evs
+            lost += missed
+        return events, lost
 
 
 def _online() -> frozenset[int]:

@@ -120,10 +120,11 @@ def remove_watch_instance(pid: int) -> None:
 
     root = tracefs.find_tracefs()
     if root is not None:
-        try:
-            tracefs.remove_instance(root, instance_name(pid))
-        except tracefs.TracefsError:
-            pass
+        for name in (instance_name(pid), instance_name(pid) + "-exits"):
+            try:
+                tracefs.remove_instance(root, name)
+            except tracefs.TracefsError:
+                pass
 
 
 def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",

@@ -60,6 +60,7 @@ def watch():
     yield w, notices
     w.stop()
     assert not (ROOT / "instances" / w.name).exists(), "the watch left its instance"
+    assert not (ROOT / "instances" / (w.name + "-exits")).exists(), "the watch left its exits' instance"
 
 
 def _until(notices: queue.Queue, pred, what: str):
@@ -91,7 +92,7 @@ def test_taskset_and_chrt_name_the_thread_and_own_calls_are_filtered(watch, park
 def test_only_the_watched_threads_reach_the_caller(watch, parked):
     w, notices = watch
     watched, other = parked
-    enter, exit_ = (w.inst.path / f"events/syscalls/sys_{side}_sched_setaffinity/filter" for side in ("enter", "exit"))
+    enter = w.inst.path / "events/syscalls/sys_enter_sched_setaffinity/filter"
     # The reader thread rewrites the kernel filters (an RCU grace period):
     # a test waits for them, the daemon's backstop resync covers the gap.
     w.set_tids(frozenset({watched}))
@@ -100,11 +101,13 @@ def test_only_the_watched_threads_reach_the_caller(watch, parked):
     subprocess.run(["chrt", "-o", "-p", "0", str(watched)], check=True)
     seen = _until(notices, lambda n: watched in n.sched, f"the watched tid {watched}")
     assert all(other not in n.sched for n in seen), seen
-    # Nothing watched: the exits are filtered out too (no reader wake-up).
+    # Nothing watched: no enter passes; the exits (they name no target)
+    # sit in their own instance, which never wakes the reader.
     w.set_tids(frozenset())
-    _wait_file(exit_, NOTHING)
+    _wait_file(enter, NOTHING)
+    assert (w.exits.path / "buffer_percent").read_text().strip() == "100"
     w.set_tids(frozenset({watched}))
-    _wait_file(exit_, f"common_pid != {os.getpid()}")
+    _wait_file(enter, f"pid == {watched} ")
     subprocess.run(["taskset", "-pc", "0", str(watched)], check=True, capture_output=True)
     _until(notices, lambda n: watched in n.sched, "the watched tid again")
 
@@ -137,14 +140,16 @@ def test_a_dead_daemons_instance_is_removed_at_start():
     dead.wait()
     stale, live = ROOT / "instances" / instance_name(dead.pid, PREFIX), ROOT / "instances" / instance_name(
         os.getppid(), PREFIX)
+    stale_exits = ROOT / "instances" / (stale.name + "-exits")
     stale.mkdir()
+    stale_exits.mkdir()
     live.mkdir()
     w = SchedWatch(lambda _n: None, prefix=PREFIX)
     try:
         w.start()
-        assert not stale.exists(), "a dead PID's instance was left"
+        assert not stale.exists() and not stale_exits.exists(), "a dead PID's instances were left"
         assert live.exists(), "a live PID's instance was removed"
     finally:
         w.stop()
-        for path in (stale, live):
+        for path in (stale, stale_exits, live):
             tracefs.remove_instance(ROOT, path.name)
