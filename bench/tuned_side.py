@@ -159,6 +159,12 @@ def put_back(before: Snapshot, after: Snapshot) -> list[str]:
                 f.write(value.split("[")[1].split("]")[0] if "[" in value else value)
         except OSError as err:
             failed.append(f"{path}: {err.strerror}")
+    # Read back: a write the kernel accepted may still not hold (a
+    # workqueue's cpumask is limited by the global one).
+    for path, value in writes:
+        now = _read(path)
+        if value is not None and now is not None and now != value and not any(path in f for f in failed):
+            failed.append(f"{path}: wrote {value!r}, reads {now!r}")
     for tid, (comm, pol, prio, cpus) in before.tasks.items():
         now = after.tasks.get(tid)
         if now is None or now[0] != comm or now[1:] == (pol, prio, cpus):
