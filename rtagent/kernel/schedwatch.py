@@ -201,10 +201,8 @@ class Decoder:
     def events(self, pages: Iterable[bytes], header: tracefs.PageHeader) -> tuple[list[Event], int]:
         out: list[Event] = []
         lost = 0
-        for page in pages:
-            recs, missed = tracefs.page_records(page, header)
-            if missed:
-                lost += missed if missed > 0 else 1
+        for page, recs, missed in tracefs.pages_records(pages, header):
+            lost += missed
             for ts, off in recs:
                 known = self._by_id.get(int.from_bytes(page[off:off + 2], "little"))
                 if known is None:

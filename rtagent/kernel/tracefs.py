@@ -214,6 +214,15 @@ def page_records(page: bytes, header: PageHeader) -> tuple[list[tuple[int, int]]
     return _entries(words, start, end, ts), missed
 
 
+def pages_records(pages: Iterable[bytes], header: PageHeader) -> Iterator[tuple[bytes, list[tuple[int, int]], int]]:
+    """:func:`page_records` of each page: ``(page, records, missed)``, with
+    ``missed`` ≥ 1 when the kernel dropped events before the page (1 when it
+    did not say how many), else 0."""
+    for page in pages:
+        recs, missed = page_records(page, header)
+        yield page, recs, max(missed, 1) if missed else 0
+
+
 def decode_page(page: bytes, header: PageHeader) -> DecodedPage:
     """:func:`page_records` with the payloads copied out (tests, tools)."""
     recs, missed = page_records(page, header)

@@ -132,10 +132,9 @@ class Decoder:
     def events(self, pages: Iterable[bytes], header: tracefs.PageHeader) -> tuple[list[Event], int]:
         out: list[Event] = []
         lost = 0
-        for page in pages:
-            recs, missed = tracefs.page_records(page, header)
+        for page, recs, missed in tracefs.pages_records(pages, header):
             if missed:
-                lost += max(missed, 1)
+                lost += missed
                 out.append((recs[0][0] if recs else 0, LOST))
             if recs:
                 self._decode(page, recs, out)

@@ -178,6 +178,15 @@ def free_port_in(lo: int, hi: int) -> int:
     raise RuntimeError(f"no free port in {lo}-{hi}")
 
 
+def fifo_on(tid: int, cpus: set[int], priority: int = 1) -> bool:
+    """The thread is SCHED_FIFO ``priority`` on exactly ``cpus`` (False once it is gone)."""
+    try:
+        return (os.sched_getscheduler(tid) == os.SCHED_FIFO and os.sched_getparam(tid).sched_priority == priority
+                and os.sched_getaffinity(tid) == cpus)
+    except ProcessLookupError:
+        return False
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     last = None

@@ -20,19 +20,11 @@ import pytest
 from rtagent.kernel import tracefs
 from rtagent.kernel.schedwatch import instance_name
 from tests.conftest import unique_name
-from tests.system.conftest import wait_for
+from tests.system.conftest import fifo_on, wait_for
 
 pytestmark = pytest.mark.system
 
 BUDGET = "[realtime]\nrt_budget_us = 100000\n"  # a small RT budget: other engineers' guests share CPU 1
-
-
-def _fifo_on(tid: int, cpus: set[int]) -> bool:
-    try:
-        return (os.sched_getscheduler(tid) == os.SCHED_FIFO and os.sched_getparam(tid).sched_priority == 1
-                and os.sched_getaffinity(tid) == cpus)
-    except ProcessLookupError:
-        return False
 
 
 def _start(daemon_factory, guest_factory, daemon_lines: str):
@@ -41,7 +33,7 @@ def _start(daemon_factory, guest_factory, daemon_lines: str):
                        extra=f'{BUDGET}[[rule]]\nmatch_name = "{prefix}*"\nrealtime_mask = "^0"\npriority = 1\n')
     g = guest_factory(name=f"{prefix}-g", metadata="")
     tid = g.vcpu_tids()[1]
-    wait_for(lambda: _fifo_on(tid, {1}), 30, "initial tuning")
+    wait_for(lambda: fifo_on(tid, {1}), 30, "initial tuning")
     wait_for(lambda: (d.guest(g.name) or {}).get("tuned_at"), 10, "tuned in status")
     # Every thread as planned, no RT budget refusal being retried (the retry
     # schedule would correct drift too), and the start's settle looks run out.
@@ -71,7 +63,7 @@ def test_taskset_and_chrt_are_corrected_by_the_watch(daemon_factory, guest_facto
     assert (root / "instances" / instance_name(d.proc.pid)).is_dir()
     resyncs, full = _daemon(d)["resyncs"], _daemon(d)["full_checks"]
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
-    wait_for(lambda: _fifo_on(tid, {1}), 20, "chrt undone", interval=0.01)
+    wait_for(lambda: fifo_on(tid, {1}), 20, "chrt undone", interval=0.01)
     # taskset on the vCPU: its cpuset cgroup clamps it (the kernel keeps CPU
     # 1), the watch sees the syscall and the cheap check finds nothing to do.
     subprocess.run(["taskset", "-pc", "0-1", str(tid)], check=True, capture_output=True)
@@ -90,7 +82,7 @@ def test_taskset_and_chrt_are_corrected_by_the_watch(daemon_factory, guest_facto
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_policy"), 10,
                        "policy drift counted")
     assert counted >= 1
-    assert _fifo_on(tid, {1})
+    assert fifo_on(tid, {1})
     assert "drift watch on" in d.log_text()
     pid = d.proc.pid
     d.stop()
@@ -103,7 +95,7 @@ def test_with_the_watch_off_the_resync_still_corrects(daemon_factory, guest_fact
     assert not (tracefs.find_tracefs() / "instances" / instance_name(d.proc.pid)).exists()
     resyncs = _daemon(d)["resyncs"]
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
-    wait_for(lambda: _fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
+    wait_for(lambda: fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
     # The resync that corrected it counts itself once it has ended.
     wait_for(lambda: _daemon(d)["resyncs"] > resyncs, 10, "the resync that corrected it counted")
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_policy"), 10,
@@ -124,6 +116,6 @@ def test_a_watch_whose_instance_stops_tracing_falls_back_to_polling(daemon_facto
     assert "drift watch stopped" in d.log_text()
     resyncs = _daemon(d)["resyncs"]
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
-    wait_for(lambda: _fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
+    wait_for(lambda: fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
     wait_for(lambda: _daemon(d)["resyncs"] > resyncs, 10, "the resync that corrected it counted")
     assert not inst.exists(), "the failed watch's instance was left behind"

@@ -24,21 +24,13 @@ import pytest
 
 from tests.conftest import unique_name
 from tests.guests import pinned_cputune
-from tests.system.conftest import wait_for
+from tests.system.conftest import fifo_on, wait_for
 
 pytestmark = pytest.mark.system
 
 HOUR = 3600.0
 SERIAL = "<controller type='virtio-serial' index='0'/>"
 CHANNEL = "<channel type='pty'><target type='virtio' name='org.rtagent.test.0'/></channel>"
-
-
-def _fifo_on(tid: int, cpus: set[int]) -> bool:
-    try:
-        return (os.sched_getscheduler(tid) == os.SCHED_FIFO and os.sched_getparam(tid).sched_priority == 1
-                and os.sched_getaffinity(tid) == cpus)
-    except ProcessLookupError:
-        return False
 
 
 def _scoped(prefix: str) -> tuple[str, str]:
@@ -54,7 +46,7 @@ def _start(daemon_factory, guest_factory, *, resync: float, daemon_lines: str, *
     d = daemon_factory(resync=resync, daemon=scope + daemon_lines, extra=rule)
     g = guest_factory(name=f"{prefix}-g", metadata="", **guest_kw)
     tid = g.vcpu_tids()[1]
-    wait_for(lambda: _fifo_on(tid, {1}), 30, "initial tuning")
+    wait_for(lambda: fifo_on(tid, {1}), 30, "initial tuning")
     wait_for(lambda: (d.guest(g.name) or {}).get("tuned_at"), 10, "tuned in status")
     # Let the start's settle looks (≤ ~1.6 s of retries) run out: from here
     # on only an event can make this daemon look at the guest.
@@ -71,7 +63,7 @@ def test_live_vcpupin_is_corrected_on_the_tunable_event(daemon_factory, guest_fa
     d, g, tid = _start(daemon_factory, guest_factory, resync=HOUR, daemon_lines=f"full_check_interval_s = {HOUR}\n")
     before = _quiet(d)
     subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0-1", "--live"], check=True)
-    wait_for(lambda: _fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.01)
+    wait_for(lambda: fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.01)
     assert _quiet(d) == before, "a resync or full check ran: the event was not what corrected it"
     wait_for(lambda: "libvirt event tunable for " + g.name in d.log_text(), 10, "TUNABLE event logged")
     counted = wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_affinity"), 10,
@@ -86,12 +78,12 @@ def test_device_added_event_reconciles_the_guest(daemon_factory, guest_factory):
     assert d.status()["daemon"]["proc_connector"] is False
     # Policy drift behind the daemon's back: no libvirt event, no proc event.
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
-    assert not _fifo_on(tid, {1})
+    assert not fifo_on(tid, {1})
     before = _quiet(d)
     # A live hotplug (a virtio-serial port: no PCI hotplug on this machine type).
     subprocess.run(["virsh", "-q", "attach-device", g.name, "/dev/stdin", "--live"], input=CHANNEL.encode(),
                    check=True, capture_output=True)
-    wait_for(lambda: _fifo_on(tid, {1}), 20, "reconciled on DEVICE_ADDED", interval=0.01)
+    wait_for(lambda: fifo_on(tid, {1}), 20, "reconciled on DEVICE_ADDED", interval=0.01)
     assert _quiet(d) == before, "a resync or full check ran: the event was not what reconciled"
     wait_for(lambda: "libvirt event device_added for " + g.name in d.log_text(), 10, "DEVICE_ADDED event logged")
 
