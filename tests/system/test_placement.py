@@ -23,8 +23,7 @@ import pytest
 
 from tests.conftest import unique_name
 from tests.guests import pinned_cputune
-from tests.system.conftest import wait_for
-from tests.system.test_event_paths import _fifo_on
+from tests.system.conftest import fifo_on, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -39,7 +38,7 @@ def _start(daemon_factory, guest_factory, daemon_lines: str = ""):
                        extra=f'[[rule]]\nmatch_name = "{prefix}*"\nrealtime_mask = "^0"\npriority = 1\n')
     g = guest_factory(name=f"{prefix}-g", metadata="", iothreads=1, cputune=IOTHREAD_TUNE)
     tid = g.vcpu_tids()[1]
-    wait_for(lambda: _fifo_on(tid, {1}), 30, "initial tuning")
+    wait_for(lambda: fifo_on(tid, {1}), 30, "initial tuning")
     wait_for(lambda: (d.guest(g.name) or {}).get("tuned_at"), 10, "tuned in status")
     time.sleep(3.0)  # the start's settle looks run out: from here on only events act
     return d, g
@@ -137,7 +136,7 @@ def test_a_widening_vcpupin_is_put_back_in_cgroupfs_and_libvirt_agrees_again(dae
     tid = g.vcpu_tids()[1]
     before = _counts(d)
     subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0-1", "--live"], check=True)
-    wait_for(lambda: _fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.005)
+    wait_for(lambda: fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.005)
     wait_for(lambda: (d.guest(g.name) or {}).get("drift_corrections", {}).get("vcpu_affinity"), 10, "drift counted")
     wait_for(lambda: _live_vcpupin(g, 1) == "1", 10, "libvirt's live XML back to the plan")
     assert (_cpuset_dir(g.pid).parent / "vcpu1" / "cpuset.cpus").read_text().strip() == "1"
@@ -155,6 +154,6 @@ def test_a_disjoint_vcpupin_succeeds_for_libvirt_and_is_then_undone(daemon_facto
     tid = g.vcpu_tids()[1]
     done = subprocess.run(["virsh", "-q", "vcpupin", g.name, "1", "0", "--live"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: _fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.005)
+    wait_for(lambda: fifo_on(tid, {1}), 20, "vcpupin undone", interval=0.005)
     wait_for(lambda: _live_vcpupin(g, 1) == "1", 10, "libvirt's live XML back to the plan")
     assert "vcpu1,clamped" not in d.log_text()
