@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import guests
+from tests.hostguard import Glance
 
 URI = "qemu:///system"
 _SOCK = "/run/libvirt/libvirt-sock"
@@ -27,6 +28,19 @@ _counter = itertools.count()
 
 def _is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True)
+def _host_partition_untouched():
+    """Every test leaves the host partition as it found it (tests/hostguard.py)."""
+    before = Glance.now()
+    yield
+    after = Glance.now()
+    changes = before.changes_to(after)
+    if changes:
+        errors = before.put_back(after)
+        pytest.fail("this test changed the host partition and did not restore it (put back"
+                    + (f", with errors: {errors}" if errors else "") + "): " + "; ".join(changes))
 
 
 def pytest_collection_modifyitems(config, items):

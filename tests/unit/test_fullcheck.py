@@ -297,7 +297,12 @@ def test_the_host_checks_get_the_managed_qemus_threads_as_observed(tmp_path, mon
 
     seen = {}
     monkeypatch.setattr(hostchecks, "run_host_checks", lambda *a, **kw: seen.update(kw) or [])
-    hs = HostSupervisor(sup.config, sup.store, known_threads=sup.thread_names)
+    # No host enforcer: this is about the checks' scan, and an enforcer is
+    # real (it would partition this machine with the default state file).
+    no_tuning = dataclasses.replace(sup.config, host_tuning=dataclasses.replace(
+        sup.config.host_tuning, kthreads=False, kthread_priorities=False, irqs=False, workqueues=False))
+    hs = HostSupervisor(no_tuning, sup.store, known_threads=sup.thread_names)
+    assert hs.enforcer is None
     hs.enforce({PID})
     assert seen["known_threads"] == sup.thread_names() and seen["exclude_pids"] == {PID}
 
