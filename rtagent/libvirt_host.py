@@ -135,6 +135,7 @@ def start_event_loop() -> None:
         libvirt.virEventRegisterDefaultImpl()
 
         def run() -> None:
+            name_thread("libvirt-events")
             while True:
                 try:
                     libvirt.virEventRunDefaultImpl()
