@@ -192,7 +192,7 @@ class StartWatch:
         while (item := self._lookups.get()) is not None:
             group, domain_id = item
             try:
-                guest, xml = self.sup.host.starting(domain_id)
+                guest, xml = self.sup.host.starting(domain_id, self.sup.selector.matches_name)
                 self._signal(_Resolved(group, guest, xml))
             except Exception as err:  # gone again, libvirt busy: the STARTED path remains
                 self._signal(_Resolved(group, None, None, str(err)))
