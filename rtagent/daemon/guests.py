@@ -411,6 +411,10 @@ class GuestSupervisor:
         self._tracked_changed()
         if pid is not None:
             log.info("guest %s stopped; state dropped", uuid)
+            # Its RT budget now, not at the next full check: the groups above
+            # it (/machine) would hold it for nobody meanwhile, or for good if
+            # the daemon stops first.
+            self.tuner.ledger.release_unclaimed()
             if self.placements.pop(pid, None) is not None and self._on_placements is not None:
                 self._on_placements(dict(self.placements))
 
