@@ -89,3 +89,29 @@ def test_groups_the_ledger_never_raised_are_left_alone(tmp_path):
     ledger = BudgetLedger(RtTree(str(tmp_path), "v1"))
     assert ledger.release_unclaimed() == []
     assert _runtime(tmp_path, "/system") == 300000
+
+
+def test_budget_a_previous_daemon_raised_is_trimmed_once_its_guests_are_gone(host):
+    root, _old = host  # that daemon stopped; then its guests were destroyed
+    for name in ("qemu-1-a", "qemu-2-b"):
+        shutil.rmtree(root / "machine" / name)
+    ledger = BudgetLedger(RtTree(str(root), "v1"))
+    assert ledger.release_unclaimed() == [] and _runtime(root, "/machine") == 950000  # not known as ours
+    ledger.inherit({A, B})  # the realtime record's cgroups
+    assert ledger.release_unclaimed() == [] and _runtime(root, "/machine") == 0
+
+
+def test_a_trim_the_kernel_refuses_for_a_moment_is_retried(host, monkeypatch):
+    """A removed child group is counted until the kernel frees it: EINVAL."""
+    import errno
+
+    root, ledger = host
+    for name, uuid in (("qemu-1-a", "a"), ("qemu-2-b", "b")):
+        shutil.rmtree(root / "machine" / name)
+        ledger.withdraw(uuid)
+    real = RtTree.set_runtime
+    monkeypatch.setattr(RtTree, "set_runtime", lambda self, g, us: (_ for _ in ()).throw(OSError(errno.EINVAL, "x")))
+    assert ledger.release_unclaimed() and ledger.trim_failed
+    monkeypatch.setattr(RtTree, "set_runtime", real)
+    assert ledger.release_unclaimed() == [] and not ledger.trim_failed
+    assert _runtime(root, "/machine") == 0

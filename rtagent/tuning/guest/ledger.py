@@ -24,6 +24,7 @@ hold once no claimed group lies below them (:meth:`_trim_raised`).
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 
@@ -47,6 +48,10 @@ class BudgetLedger:
     # Groups above the leaves that a grant raised (their budget is the sum
     # of their children's): trimmed when nothing claimed lies below them.
     raised: set[str] = field(default_factory=set)
+    # A trim the kernel refused (a removed child group is still counted
+    # until the kernel frees it: EINVAL for a moment): retried at the next
+    # steady resync (:attr:`trim_pending`).
+    trim_failed: bool = False
     # Releases the kernel refused (EBUSY while a thread there is still
     # realtime): retried on the next grant or release.
     release_failed: dict[str, str] = field(default_factory=dict)
@@ -78,6 +83,14 @@ class BudgetLedger:
     def _exists(self, path: str) -> bool:
         assert self.hierarchy is not None
         return self.hierarchy.exists(path)
+
+    def inherit(self, cgroups: set[str] | frozenset[str]) -> None:
+        """Groups the daemon before this one granted budget to (the realtime
+        record): the groups above them are trimmed like this ledger's own
+        once nothing claimed lies below them (a guest destroyed while no
+        daemon ran left its budget on ``/machine``)."""
+        for path in cgroups:
+            self.raised.update(ancestors(path))
 
     # -- the kernel ------------------------------------------------------------
 
@@ -122,10 +135,11 @@ class BudgetLedger:
                     self.hierarchy.set_runtime(path, held)
                     log.info("RT budget of %s trimmed to %d µs: no realtime guest below it any more", path, held)
             except OSError as err:
-                errors.append(f"cannot trim the RT budget of {path}: {err}")
-                log.warning("%s", errors[-1])
+                errors.append(f"cannot trim the RT budget of {path} yet: {err}")
+                (log.debug if err.errno == errno.EINVAL else log.warning)("%s", errors[-1])
                 continue
             self.raised.discard(path)
+        self.trim_failed = bool(errors)
         return errors
 
     def grant(self) -> rtgroup.BudgetPlan | None:
