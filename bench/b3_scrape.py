@@ -357,6 +357,20 @@ def _thread_cpu_ns(tid: int) -> int:
     return _thread_sched_ns(tid)[0]
 
 
+def wait_asleep(tid: int, timeout_s: float = 1.0) -> None:
+    """Until thread ``tid`` of this process sleeps (the server back in
+    ``epoll_wait`` after the last GET's close).  The kernel adds a wait for a
+    CPU to schedstat when the wait ends: a server still queued from the last
+    GET would have that wait counted in the next one's."""
+    deadline = time.monotonic() + timeout_s
+    path = f"/proc/{os.getpid()}/task/{tid}/stat"
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if f.read().rpartition(")")[2].split()[0] in ("S", "D"):
+                return
+        time.sleep(0.001)
+
+
 def _stalled_clients(port: int, n: int = 2) -> list[socket.socket]:
     """Clients that send a request and never read: the answer (≈ 600 KiB,
     no gzip asked) fills their small receive buffers and the server's send buffer."""
@@ -413,6 +427,27 @@ def _collections_on(tid: int):
         gc.callbacks.remove(seen)
 
 
+@contextlib.contextmanager
+def served_goal_state(threads: WorkingThreads):
+    """The goal's state (100 guests × 10 realtime vCPUs over ``threads``)
+    behind the real endpoint on a loopback port, warmed up, render reuse
+    off: yields the counters' clock and the server."""
+    from rtagent.config import MetricsConfig
+    from rtagent.monitor.fdlimit import COUNTER_FDS
+    from rtagent.monitor.metrics import serve
+
+    clock = ScrapeClock()
+    cache, _ = _cache(clock, COUNTER_FDS)
+    srv = serve(synthetic_store(*GOAL_SHAPE, threads.tids), MetricsConfig(listen="127.0.0.1:0"), counters=cache,
+                reuse_s=0.0)
+    try:
+        for _ in range(3):
+            _get(srv.port)
+        yield clock, srv
+    finally:
+        srv.close()
+
+
 def _endpoint(store, threads: WorkingThreads, reps: int) -> dict:
     """The real endpoint on a loopback port: wall per GET, server-thread CPU
     per scrape, and the writer's lock wait during back-to-back scrapes with
@@ -436,6 +471,7 @@ def _endpoint(store, threads: WorkingThreads, reps: int) -> dict:
             with _collections_on(tid) as collections:
                 for _ in range(n):
                     before()
+                    wait_asleep(tid)
                     (c, w), mine = _thread_sched_ns(tid), sum(_thread_sched_ns(me))
                     t = time.perf_counter()
                     _get(port)

@@ -38,7 +38,7 @@ def _own_harness():
     for name in [n for n in sys.modules if n.split(".")[0] in ("bench", "rtagent")]:
         del sys.modules[name]
     sys.path.pop(0)
-    return own.WorkingThreads, own._thread_sched_ns
+    return own.WorkingThreads, own._thread_sched_ns, own.wait_asleep
 
 
 def _switches(tid: int) -> tuple[int, int]:
@@ -58,7 +58,7 @@ def main() -> None:
     # Experiments: extra settling time after the threads ran; the server thread's nice value.
     settle_s = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     nice = int(sys.argv[5]) if len(sys.argv) > 5 else None
-    workers, _sched = _own_harness()
+    workers, _sched, wait_asleep = _own_harness()
     sys.path.insert(0, tree)
     b = importlib.import_module("bench.b3_scrape")
     import rtagent
@@ -92,6 +92,7 @@ def main() -> None:
             threads.kick()
             time.sleep(settle_s)
             clock.tick()
+            wait_asleep(tid)
             p, (c, q) = _switches(tid), _sched(tid)
             w = time.perf_counter()
             b._get(srv.port)

@@ -72,10 +72,7 @@ def _wrap(module: str, path: str, label: str, acc: dict, calls: dict) -> bool:
 def run(gets: int) -> dict:
     from prometheus_client import ProcessCollector  # noqa: F401  (imported before wrapping)
 
-    from rtagent.config import MetricsConfig
-    from rtagent.monitor.fdlimit import COUNTER_FDS
     from rtagent.monitor.gcpause import freeze_startup
-    from rtagent.monitor.metrics import serve
 
     acc: dict = collections.defaultdict(int)
     calls: dict = collections.defaultdict(int)
@@ -83,23 +80,17 @@ def run(gets: int) -> dict:
     freeze_startup()
     threads = b.WorkingThreads(1000)
     try:
-        store = b.synthetic_store(100, 10, threads.tids)
-        clock = b.ScrapeClock()
-        cache, _ = b._cache(clock, COUNTER_FDS)
-        srv = serve(store, MetricsConfig(listen="127.0.0.1:0"), counters=cache, reuse_s=0.0)
-        tid = srv.server._thread.native_id
-        for _ in range(3):
-            b._get(srv.port)
-        acc.clear()
-        calls.clear()
-        load0, total = os.getloadavg(), []
-        for _ in range(gets):
-            threads.kick()
-            clock.tick()
-            c = b._thread_cpu_ns(tid)
-            b._get(srv.port)
-            total.append((b._thread_cpu_ns(tid) - c) / 1e9)
-        srv.close()
+        with b.served_goal_state(threads) as (clock, srv):
+            tid = srv.server._thread.native_id
+            acc.clear()
+            calls.clear()
+            load0, total = os.getloadavg(), []
+            for _ in range(gets):
+                threads.kick()
+                clock.tick()
+                c = b._thread_cpu_ns(tid)
+                b._get(srv.port)
+                total.append((b._thread_cpu_ns(tid) - c) / 1e9)
     finally:
         threads.close()
     return {"gets": gets, "load": [load0[0], os.getloadavg()[0]], "total": summary(total),
