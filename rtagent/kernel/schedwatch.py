@@ -380,11 +380,8 @@ class SchedWatch:
             if inst is None:
                 return "no tracefs instance"
             try:
-                if (inst.path / "tracing_on").read_text().strip() != "1":
-                    return f"tracing turned off in {inst.path}"
-                for system, event in events:
-                    if (inst.path / "events" / system / event / "enable").read_text().strip() != "1":
-                        return f"event {system}:{event} disabled in {inst.path}"
+                if (why := inst.not_tracing(events)) is not None:
+                    return why
             except OSError as err:
                 return f"tracefs instance {inst.path} unreadable: {err.strerror}"
         return None
@@ -399,7 +396,8 @@ class SchedWatch:
             while not self._stop.is_set():
                 # Woken by an event, set_tids() or stop(); and every
                 # CHECK_EVERY_S to see the instance still traces (someone may
-                # turn it off or disable its events): ~4 µs a second.
+                # turn it off or disable its events): two small reads per
+                # instance (tracefs.Instance.not_tracing).
                 ready = waiter.poll(max(0.0, next_check - time.monotonic()) * 1000)
                 if self._stop.is_set():
                     break

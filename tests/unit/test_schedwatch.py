@@ -233,3 +233,21 @@ def test_metrics_say_whether_the_watch_runs_and_count_its_events():
     assert [x.value for x in s["rtagent_drift_watch_up"]] == [1]
     assert {x.labels["source"]: x.value for x in s["rtagent_events_total"]} == {"drift_watch": 3}
     assert {x.labels["source"]: x.value for x in s["rtagent_events_dropped_total"]} == {"drift_watch": 2}
+
+
+def test_instance_check_reads_tracing_on_and_set_event(tmp_path):
+    """The reader's 30 s look (SchedWatch.intact) asks two files per
+    instance: tracing off, an event missing from set_event, or the instance
+    gone each say so."""
+    inst = tracefs.Instance(root=tmp_path, name="rtagent-watch-1", cpus=frozenset({0}))
+    events = (("syscalls", "sys_enter_sched_setaffinity"), ("cgroup", "cgroup_attach_task"))
+    with pytest.raises(OSError):
+        inst.not_tracing(events)  # no instance directory
+    inst.path.mkdir(parents=True)
+    (inst.path / "tracing_on").write_text("1\n")
+    (inst.path / "set_event").write_text("syscalls:sys_enter_sched_setaffinity\ncgroup:cgroup_attach_task\n")
+    assert inst.not_tracing(events) is None
+    (inst.path / "set_event").write_text("cgroup:cgroup_attach_task\n")
+    assert inst.not_tracing(events) == f"event syscalls:sys_enter_sched_setaffinity disabled in {inst.path}"
+    (inst.path / "tracing_on").write_text("0\n")
+    assert inst.not_tracing(events) == f"tracing turned off in {inst.path}"
