@@ -409,15 +409,23 @@ def _marginal_us(samples: list[dict], idle: dict, threads: int) -> float:
 
 
 def _rt_budget_free() -> int | None:
-    """µs of the cpu controller's ``machine`` group's RT budget not given to a child."""
-    base = Path("/sys/fs/cgroup/cpu/machine")
+    """µs of the host's RT budget a new guest could get: the root's budget
+    less what every group holds that is not ``machine`` itself (its children,
+    and the root's other children).  ``machine``'s own figure does not count:
+    the daemon re-plans it, and a stopped daemon's leftover there frees
+    itself at the next grant."""
+    root = Path("/sys/fs/cgroup/cpu")
+    machine = root / "machine"
+
+    def held(parent: Path, skip: Path | None = None) -> int:
+        return sum(max(int((d / "cpu.rt_runtime_us").read_text()), 0) for d in parent.iterdir()
+                   if d != skip and d.is_dir() and (d / "cpu.rt_runtime_us").exists())
+
     try:
-        total = int((base / "cpu.rt_runtime_us").read_text())
-        used = sum(int((d / "cpu.rt_runtime_us").read_text()) for d in base.iterdir()
-                   if d.is_dir() and (d / "cpu.rt_runtime_us").exists())
+        total = int((root / "cpu.rt_runtime_us").read_text())
+        return total - held(root, skip=machine) - held(machine)
     except (OSError, ValueError):
         return None
-    return total - used
 
 
 def _stall_wait_s(drift_watch: str) -> float:

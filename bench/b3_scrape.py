@@ -84,16 +84,19 @@ class WorkingThreads:
         seen = 0
         while True:
             with self._cond:
+                # Counted as done in the same hold of the lock it then
+                # waits under: once the last one counted and the kicker got
+                # the lock back, every thread is asleep again.
+                if seen:
+                    self._ran += 1
+                    if self._ran == self.n:
+                        self._all_ran.set()
                 while self._gen == seen and not self._stop:
                     self._cond.wait()
                 if self._stop:
                     return
                 seen = self._gen
             sum(range(300))  # a few µs of work
-            with self._cond:
-                self._ran += 1
-                if self._ran == self.n:
-                    self._all_ran.set()
 
     def kick(self) -> None:
         with self._cond:
@@ -103,9 +106,14 @@ class WorkingThreads:
             self._cond.notify_all()
         if not self._all_ran.wait(60):
             raise RuntimeError("worker threads did not all run within 60 s")
-        # Let the last ones go back to sleep: a scrape in the daemon does not
-        # share the GIL with a thousand threads just woken.
-        time.sleep(0.02)
+        # A scrape in the daemon does not share the GIL (or CPU 0) with a
+        # thousand threads just woken: the vCPU threads are QEMU's, on the
+        # realtime CPUs.  Until 2026-12-01 a fixed 20 ms sleep stood here,
+        # and some workers were still runnable during the scrape (the
+        # endpoint's server thread waited 13.8 ms p50 for a CPU per GET,
+        # the in-process scrape ~30 ms for the GIL at its p99).
+        with self._cond:  # the last one released it inside wait(): all asleep
+            pass
 
     def close(self) -> None:
         with self._cond:
@@ -216,15 +224,37 @@ def _registry(store, cache):
 
 
 def _time(fn, reps: int, before=None) -> dict:
-    wall, cpu = [], []
+    """CPU (``thread_time``) and wall per call, and how long this thread
+    waited for a CPU meanwhile (its schedstat run-queue delay): on a busy
+    2-CPU machine the wall is the CPU plus that wait."""
+    wall, cpu, wait = [], [], []
+    tid = threading.get_native_id()
     for _ in range(reps):
         if before is not None:
             before()
+        w0 = _thread_sched_ns(tid)[1]
         t, c = time.perf_counter(), time.thread_time()
         fn()
         wall.append(time.perf_counter() - t)
         cpu.append(time.thread_time() - c)
-    return {"wall": summary(wall), "cpu": summary(cpu)}
+        wait.append((_thread_sched_ns(tid)[1] - w0) / 1e9)
+    return {"wall": summary(wall), "cpu": summary(cpu), "wait": summary(wait),
+            "slowest": slowest_split(wall, {"cpu": cpu, "wait": wait})}
+
+
+def slowest_split(wall: list[float], parts: dict[str, list[float]]) -> dict:
+    """The calls at or above the wall p99: how many, their mean wall and the
+    mean of each part (the rest is ``other``) — what a wall-clock p99 is
+    made of."""
+    if not wall:
+        return {}
+    cut = summary(wall)["p99"]
+    idx = [i for i, w in enumerate(wall) if w >= cut]
+    out = {"n": len(idx), "wall": sum(wall[i] for i in idx) / len(idx)}
+    for name, xs in parts.items():
+        out[name] = sum(xs[i] for i in idx) / len(idx)
+    out["other"] = out["wall"] - sum(out[name] for name in parts)
+    return out
 
 
 def _as_served(encoder):
@@ -315,9 +345,30 @@ def _get(port: int) -> bytes:
     return data
 
 
-def _thread_cpu_ns(tid: int) -> int:
+def _thread_sched_ns(tid: int) -> tuple[int, int]:
+    """Thread ``tid`` of this process: (time on a CPU, time runnable but
+    waiting for one), schedstat fields 1 and 2."""
     with open(f"/proc/{os.getpid()}/task/{tid}/schedstat") as f:
-        return int(f.read().split()[0])
+        run, wait = f.read().split()[:2]
+    return int(run), int(wait)
+
+
+def _thread_cpu_ns(tid: int) -> int:
+    return _thread_sched_ns(tid)[0]
+
+
+def wait_asleep(tid: int, timeout_s: float = 1.0) -> None:
+    """Until thread ``tid`` of this process sleeps (the server back in
+    ``epoll_wait`` after the last GET's close).  The kernel adds a wait for a
+    CPU to schedstat when the wait ends: a server still queued from the last
+    GET would have that wait counted in the next one's."""
+    deadline = time.monotonic() + timeout_s
+    path = f"/proc/{os.getpid()}/task/{tid}/stat"
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if f.read().rpartition(")")[2].split()[0] in ("S", "D"):
+                return
+        time.sleep(0.001)
 
 
 def _stalled_clients(port: int, n: int = 2) -> list[socket.socket]:
@@ -376,6 +427,27 @@ def _collections_on(tid: int):
         gc.callbacks.remove(seen)
 
 
+@contextlib.contextmanager
+def served_goal_state(threads: WorkingThreads):
+    """The goal's state (100 guests × 10 realtime vCPUs over ``threads``)
+    behind the real endpoint on a loopback port, warmed up, render reuse
+    off: yields the counters' clock and the server."""
+    from rtagent.config import MetricsConfig
+    from rtagent.monitor.fdlimit import COUNTER_FDS
+    from rtagent.monitor.metrics import serve
+
+    clock = ScrapeClock()
+    cache, _ = _cache(clock, COUNTER_FDS)
+    srv = serve(synthetic_store(*GOAL_SHAPE, threads.tids), MetricsConfig(listen="127.0.0.1:0"), counters=cache,
+                reuse_s=0.0)
+    try:
+        for _ in range(3):
+            _get(srv.port)
+        yield clock, srv
+    finally:
+        srv.close()
+
+
 def _endpoint(store, threads: WorkingThreads, reps: int) -> dict:
     """The real endpoint on a loopback port: wall per GET, server-thread CPU
     per scrape, and the writer's lock wait during back-to-back scrapes with
@@ -393,17 +465,27 @@ def _endpoint(store, threads: WorkingThreads, reps: int) -> dict:
         _get(port)  # warm-up
         for state, before, n in (("ran", lambda: (threads.kick(), clock.tick()), reps * GOAL_REPS_FACTOR),
                                  ("idle", clock.tick, reps)):
-            wall, cpu = [], []
+            wall, cpu, wait, client = [], [], [], []
+            me = threading.get_native_id()
             load0 = os.getloadavg()
             with _collections_on(tid) as collections:
                 for _ in range(n):
                     before()
-                    c, t = _thread_cpu_ns(tid), time.perf_counter()
+                    wait_asleep(tid)
+                    (c, w), mine = _thread_sched_ns(tid), sum(_thread_sched_ns(me))
+                    t = time.perf_counter()
                     _get(port)
                     wall.append(time.perf_counter() - t)
-                    cpu.append((_thread_cpu_ns(tid) - c) / 1e9)
+                    c1, w1 = _thread_sched_ns(tid)
+                    cpu.append((c1 - c) / 1e9)
+                    wait.append((w1 - w) / 1e9)
+                    client.append((sum(_thread_sched_ns(me)) - mine) / 1e9)
             out[state] = {"wall": summary(wall), "server_cpu": summary(cpu), "server_cpu_ms": sum(cpu) / n * 1e3,
-                          "load": [load0[0], os.getloadavg()[0]], "server_gc_collections": collections}
+                          "server_wait": summary(wait), "load": [load0[0], os.getloadavg()[0]],
+                          "server_gc_collections": collections,
+                          # the client (this thread): its CPU and its wait for a CPU, together
+                          "slowest": slowest_split(wall, {"server_cpu": cpu, "server_wait": wait,
+                                                          "client": client})}
         out["writer_alone"] = summary(_writer_waits(store, 200))
         stalled = _stalled_clients(port)
         time.sleep(0.5)  # accepted, answered as far as their buffers take
@@ -461,7 +543,7 @@ def run_scrape(reps: int, shapes=SHAPES) -> dict:
         finally:
             threads.close()
         rows.append(row)
-    return {"rows": rows, "reps": reps, "scrape_interval_s": SCRAPE_INTERVAL_S, "version": 4,
+    return {"rows": rows, "reps": reps, "scrape_interval_s": SCRAPE_INTERVAL_S, "version": 5,
             "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
 
 
@@ -504,6 +586,7 @@ def goal_rows(res: dict) -> list[list[str]]:
         if key in r:
             row(f"{what}: CPU p99", r[key]["cpu"]["p99"] * 1000, r[key]["cpu"]["p50"] * 1000, r[key])
     row("every thread ran: wall p99", r["ran"]["wall"]["p99"] * 1000, r["ran"]["wall"]["p50"] * 1000)
+    split_row(rows, r["ran"].get("slowest"), (("cpu", "CPU"), ("wait", "waiting for a CPU"), ("other", "other")))
     e = r["endpoint"]
     if "server_cpu" in e["ran"]:
         sc = e["ran"]["server_cpu"]
@@ -514,6 +597,12 @@ def goal_rows(res: dict) -> list[list[str]]:
             e["ran"]["server_cpu_ms"])
     row("every thread ran, HTTP GET as Prometheus asks: wall p99", e["ran"]["wall"]["p99"] * 1000,
         e["ran"]["wall"]["p50"] * 1000)
+    split_row(rows, e["ran"].get("slowest"), (("server_cpu", "server CPU"), ("server_wait", "server waiting for a CPU"),
+                                              ("client", "client CPU and wait"), ("other", "other")))
+    if "server_wait" in e["ran"]:
+        w = e["ran"]["server_wait"]
+        rows.append(["same: the server thread's wait for a CPU per GET, p99 (p50)",
+                     f"{w['p99'] * 1000:.1f} ms (p50 {w['p50'] * 1000:.1f})", "—", "n/a"])
     during, alone = e["writer_during_scrapes"], e["writer_alone"]
     rows.append([f"state-lock wait of a writer, back-to-back scrapes + {e['stalled_open']} stalled clients "
                  f"(max / p99; no scrape: {alone['max'] * 1000:.2f} / {alone['p99'] * 1000:.2f})",
@@ -521,6 +610,15 @@ def goal_rows(res: dict) -> list[list[str]]:
     rows.append(["state lock held by one scrape (max)", f"{e['lock_held']['max'] * 1000:.2f} ms",
                  "never blocks enforcement", "n/a"])
     return rows
+
+
+def split_row(rows: list, slowest: dict | None, parts: tuple[tuple[str, str], ...]) -> None:
+    """What the slowest 1 % of the calls behind a wall p99 were made of (means)."""
+    if not slowest:
+        return
+    what = " + ".join(f"{label} {slowest[key] * 1000:.1f}" for key, label in parts)
+    rows.append([f"  of it, the slowest 1 % (n {slowest['n']}, mean wall {slowest['wall'] * 1000:.1f} ms)",
+                 f"{what} ms", "—", "n/a"])
 
 
 def _gc_note(cell: dict) -> str:

@@ -635,7 +635,14 @@ def metadata_key(root: ET.Element) -> str:
     meta = root.find("metadata")
     if meta is None:
         return ""
-    return ET.canonicalize(ET.tostring(meta, encoding="unicode"), strip_text=True)
+    # tostring() writes the element's tail too (text after </metadata>),
+    # which canonicalize() refuses as junk after the document element.
+    tail, meta.tail = meta.tail, None
+    try:
+        text = ET.tostring(meta, encoding="unicode")
+    finally:
+        meta.tail = tail
+    return ET.canonicalize(text, strip_text=True)
 
 
 def derive_spec_from_element(root: ET.Element, config: Config) -> RealtimeSpec:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import guests
-from tests.hostguard import Glance
+from tests.hostguard import Glance, give_back_machine_budget, machine_budget
 
 URI = "qemu:///system"
 _SOCK = "/run/libvirt/libvirt-sock"
@@ -28,6 +28,17 @@ _counter = itertools.count()
 
 def _is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _machine_rt_budget_given_back():
+    """The RT budget the test daemons left on /machine goes back at the end."""
+    found = machine_budget() if _is_root() else None
+    yield
+    if found is not None:
+        done = give_back_machine_budget(found[1])
+        if done:
+            print(f"\n{done} (left by test daemons stopped before their guests)")
 
 
 @pytest.fixture(autouse=True)

@@ -92,3 +92,37 @@ def _restore_from_state_file() -> list[str]:
     cfg = parse_config({"host": {"realtime_cpus": "1"}})
     report = HostPartitionEnforcer(cfg.partition, cfg.host_tuning).restore()
     return list(report.errors) + [f"{r.item}: {r.detail}" for r in report.failed]
+
+
+# -- the RT budget left on libvirt's /machine ------------------------------------
+
+MACHINE = "/machine"
+
+
+def machine_budget() -> tuple[object, int] | None:
+    """(the RT-budget hierarchy, ``/machine``'s budget), None without RT
+    group scheduling or a ``/machine`` group."""
+    from rtagent.kernel import Kernel
+
+    tree = Kernel().cgroups.rt_tree()
+    if tree is None or not tree.exists(MACHINE):
+        return None
+    return tree, tree.runtime(MACHINE)
+
+
+def give_back_machine_budget(at_start: int) -> str | None:
+    """At the end of the session: ``/machine`` back to what its children
+    hold (never below what it held when the session began).  A test daemon
+    stopped before it saw its guests go leaves their budget there, by design
+    (a stopping daemon leaves tuning in place); nobody else would take it
+    back.  Returns what was done, None when nothing was."""
+    found = machine_budget()
+    if found is None:
+        return None
+    tree, now = found
+    held = sum(max(tree.runtime(c), 0) for c in tree.children(MACHINE))
+    target = max(held, at_start)
+    if now <= target:
+        return None
+    tree.set_runtime(MACHINE, target)
+    return f"{MACHINE} RT budget {now} -> {target} µs"

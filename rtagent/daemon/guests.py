@@ -93,6 +93,7 @@ class GuestSupervisor:
         # Which guest processes rtagent made realtime, this instance or the
         # one before it: a withdrawal made while no daemon ran is undone (record.py).
         self.record = RealtimeRecord(record_path(config.daemon.lock_file), self._started_of)
+        self.tuner.ledger.inherit(frozenset().union(*(t.cgroups for t in self.record.entries.values())))
 
     # -- what happened ------------------------------------------------------
 
@@ -342,6 +343,8 @@ class GuestSupervisor:
             self.reconcile(uuid)
 
         self.steady.run(list(self.tracked), look)
+        if self.tuner.ledger.trim_failed:
+            self.tuner.ledger.release_unclaimed()
         return True
 
     def thread_names(self) -> dict[int, dict[int, str]]:
@@ -411,6 +414,10 @@ class GuestSupervisor:
         self._tracked_changed()
         if pid is not None:
             log.info("guest %s stopped; state dropped", uuid)
+            # Its RT budget now, not at the next full check: the groups above
+            # it (/machine) would hold it for nobody meanwhile, or for good if
+            # the daemon stops first.
+            self.tuner.ledger.release_unclaimed()
             if self.placements.pop(pid, None) is not None and self._on_placements is not None:
                 self._on_placements(dict(self.placements))
 

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from ..config import Config
+from ..kernel.procscan import ThreadNames
 from ..state import StateStore
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ class HostSupervisor:
         # The managed QEMUs' threads as the guest supervisor observed them:
         # the host checks' /proc scan does not read them again.
         self._known_threads = known_threads
+        # Everyone else's thread names as the last runs read them: each
+        # run reads only new threads' comm (kernel/procscan.py).
+        self._thread_names = ThreadNames()
         self.check_interval_s = check_interval_s
         self.next_checks = 0.0
         self._vcpusched_seen: tuple[str, ...] = ()
@@ -76,7 +80,8 @@ class HostSupervisor:
             from ..monitor.hostchecks import run_host_checks
 
             return tuple(run_host_checks(self.config.partition, exclude_pids=guest_pids,
-                                         vcpusched_guests=vcpusched_guests, known_threads=self._known_threads()))
+                                         vcpusched_guests=vcpusched_guests, known_threads=self._known_threads(),
+                                         thread_names=self._thread_names))
         except Exception:
             log.exception("host checks failed")
             return None

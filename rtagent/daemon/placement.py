@@ -57,6 +57,7 @@ from ..kernel import Kernel
 from ..kernel import inotify as ino
 from ..kernel.cpusets import CPUS
 from ..kernel.waker import Waker
+from ..threadname import name_thread
 from ..libvirt_host import DomainEvent, EventKind
 from ..tuning.guest.report import DomainReport
 from ..vocab import ThreadKind
@@ -234,6 +235,7 @@ class PlacementWatch:
         return None if not ends else max(0.0, min(ends) - self._clock()) + 0.01
 
     def _run(self) -> None:
+        name_thread("cpuset-watch")
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self._ino, self._waker], [], [], self._timeout())

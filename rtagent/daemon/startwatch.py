@@ -42,6 +42,7 @@ from ..intent import derive_spec
 from ..kernel.cgwatch import CgroupWatcher, GuestDir, Signal, StartSignal, read_tasks, vcpu_dirs
 from ..libvirt_host import Guest
 from ..model import RealtimeSpec
+from ..threadname import name_thread
 from ..tuning.guest import rtgroup
 from ..tuning.guest.apply import execute
 from ..tuning.guest.claims import claims_of
@@ -187,10 +188,11 @@ class StartWatch:
     def _resolve(self) -> None:
         """The lookup thread: ``lookupByID`` and the live XML (both answer
         while the domain starts); the answer goes back to the loop."""
+        name_thread("start-lookup")
         while (item := self._lookups.get()) is not None:
             group, domain_id = item
             try:
-                guest, xml = self.sup.host.starting(domain_id)
+                guest, xml = self.sup.host.starting(domain_id, self.sup.selector.matches_name)
                 self._signal(_Resolved(group, guest, xml))
             except Exception as err:  # gone again, libvirt busy: the STARTED path remains
                 self._signal(_Resolved(group, None, None, str(err)))

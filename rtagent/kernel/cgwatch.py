@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from . import fs
 from .inotify import IN_CREATE, IN_DELETE, IN_IGNORED, IN_ISDIR, IN_MODIFY, IN_ONLYDIR, Inotify, InotifyEvent
+from ..threadname import name_thread
 from .waker import Waker
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class CgroupWatcher:
             return sum(1 for w in self._watches.values() if w.kind == "guest")
 
     def _run(self) -> None:
+        name_thread(f"cgwatch-{self.hierarchy}")
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self._ino, self._waker], [], [])

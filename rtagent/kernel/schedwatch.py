@@ -146,20 +146,51 @@ class Pairing:
 
 FILTER_MAX = 4000  # a filter is one write of less than a page
 NOTHING = "common_pid < 0"  # matches no event
+# A range may take in at most this many other TIDs between two managed ones;
+# beyond it the kernel would pass most of the host's calls anyway.
+GAP_MAX = 1024
+
+
+def _runs(tids: list[int], gap: int) -> list[tuple[int, int]]:
+    """Sorted ``tids`` as ranges, joining neighbours at most ``gap`` apart."""
+    runs = [[tids[0], tids[0]]]
+    for t in tids[1:]:
+        if t - runs[-1][1] <= gap:
+            runs[-1][1] = t
+        else:
+            runs.append([t, t])
+    return [(lo, hi) for lo, hi in runs]
+
+
+def _any_of(field: str, runs: list[tuple[int, int]]) -> str:
+    return " || ".join(f"{field} == {lo}" if lo == hi else f"({field} >= {lo} && {field} <= {hi})"
+                       for lo, hi in runs)
 
 
 def target_filter(tids: Iterable[int], *, self_calls: bool) -> str | None:
     """A kernel filter passing events whose ``pid`` field is one of
     ``tids``; with ``self_calls`` (the syscall enters) also a call on the
-    caller itself (``pid`` 0) by one of them.  None when it is too long for
-    one write (then the reader filters alone)."""
+    caller itself (``pid`` 0) by one of them.
+
+    Consecutive TIDs are one range (a guest's threads are mostly born
+    together).  When even that is too long for one write, ranges join
+    across gaps, doubling the gap until the expression fits: the kernel
+    then passes a few other threads' events too, which the reader drops
+    (it filters by the set in any case).  None when nothing fits (then the
+    reader filters alone)."""
     tids = sorted(set(tids))
     if not tids:
         return NOTHING
-    ors = " || ".join(f"pid == {t}" for t in tids)
-    if self_calls:
-        ors += " || (pid == 0 && (" + " || ".join(f"common_pid == {t}" for t in tids) + "))"
-    return ors if len(ors) < FILTER_MAX else None
+    gap = 1
+    while gap <= GAP_MAX:
+        runs = _runs(tids, gap)
+        ors = _any_of("pid", runs)
+        if self_calls:
+            ors += " || (pid == 0 && (" + _any_of("common_pid", runs) + "))"
+        if len(ors) < FILTER_MAX:
+            return ors
+        gap *= 2
+    return None
 
 
 def instance_name(pid: int, prefix: str = PREFIX) -> str:
@@ -349,11 +380,8 @@ class SchedWatch:
             if inst is None:
                 return "no tracefs instance"
             try:
-                if (inst.path / "tracing_on").read_text().strip() != "1":
-                    return f"tracing turned off in {inst.path}"
-                for system, event in events:
-                    if (inst.path / "events" / system / event / "enable").read_text().strip() != "1":
-                        return f"event {system}:{event} disabled in {inst.path}"
+                if (why := inst.not_tracing(events)) is not None:
+                    return why
             except OSError as err:
                 return f"tracefs instance {inst.path} unreadable: {err.strerror}"
         return None
@@ -368,7 +396,8 @@ class SchedWatch:
             while not self._stop.is_set():
                 # Woken by an event, set_tids() or stop(); and every
                 # CHECK_EVERY_S to see the instance still traces (someone may
-                # turn it off or disable its events): ~4 µs a second.
+                # turn it off or disable its events): two small reads per
+                # instance (tracefs.Instance.not_tracing).
                 ready = waiter.poll(max(0.0, next_check - time.monotonic()) * 1000)
                 if self._stop.is_set():
                     break

@@ -11,7 +11,14 @@ answers are read by fixed offsets, checked against the header.
 
 Measured (1,000 threads of one process, after each ran): ≈ 2.9 ms for all
 three counters of all of them, against ≈ 6–8 ms for ``schedstat`` by kept
-descriptor plus ``status`` when due; and no descriptor per thread.
+descriptor plus ``status`` when due; and no descriptor per thread.  Of a
+read, the kernel's part is ≈ 1.6 ms in the ``send`` calls (it answers there)
+and ≈ 0.6–1.0 ms taking the answers; the rest was Python per answer.  So
+the answers are taken many to a syscall (``recvmmsg``,
+:mod:`rtagent.kernel.mmsg`) and a chunk of them read by one ``unpack`` and
+checked as columns, and a chunk's requests are kept while its threads stay
+(only the sequence numbers change): 4.36 → 3.55 ms p50 for 1,000 threads,
+old and new alternating in one process (2026-12-01 23:31 UTC, load 21).
 
 Needs ``CAP_NET_ADMIN`` (the daemon has it for the proc connector), the
 initial network namespace, and a kernel with ``CONFIG_TASKSTATS`` and
@@ -27,6 +34,9 @@ import os
 import socket
 import struct
 import threading
+from typing import NamedTuple
+
+from .mmsg import DatagramBatch
 
 __all__ = ["Taskstats", "TaskstatsUnavailable"]
 
@@ -64,6 +74,35 @@ _REPLY = struct.Struct(f"{_REPLY_OLD.format}{_TGID - _NIVCSW - 8}xI")
 _ANSWER = struct.Struct(f"=4xH2xI8x{_REPLY.format[1:]}")  # + nlmsg pid, genlmsghdr
 _TIMEOUT = struct.pack("@ll", 2, 0)  # struct timeval: 2 s for a lost answer (or a send that cannot go)
 CHUNK = 64  # requests per datagram: their answers (~600 bytes each) wait in the receive buffer
+SLOT = 1024  # bytes of one answer taken by recvmmsg: ours end at _ANSWER.size (408), the kernel's at ~450
+_SEQ_MASK = 0x7FFFFFFF
+_REQ_FIELDS = 11  # _REQ's fields; the sequence number is the 4th
+_PACKS: dict[int, struct.Struct] = {}
+_UNPACKS: dict[int, struct.Struct] = {}
+
+
+def _requests(n: int) -> struct.Struct:
+    """``n`` requests in one ``pack`` (one datagram)."""
+    s = _PACKS.get(n)
+    if s is None:
+        s = _PACKS[n] = struct.Struct("=" + _REQ.format[1:] * n)
+    return s
+
+
+def _answers(n: int) -> struct.Struct:
+    """The first ``n`` slots of a :class:`DatagramBatch`, each read as
+    ``_ANSWER``, in one ``unpack``: ten fields per answer."""
+    s = _UNPACKS.get(n)
+    if s is None:
+        s = _UNPACKS[n] = struct.Struct("=" + (_ANSWER.format[1:] + f"{SLOT - _ANSWER.size}x") * n)
+    return s
+
+
+class _Request(NamedTuple):
+    keys: tuple[tuple[int, int], ...]
+    tids: tuple[int, ...]
+    pids: tuple[int, ...]
+    args: list[int]  # _requests(n).pack's arguments; the sequence numbers are set per send
 
 Counts = tuple[int, int, int]  # run time ns, run delay ns, involuntary switches
 
@@ -78,11 +117,16 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 
 class Taskstats:
-    def __init__(self, sock: socket.socket, family: int):
+    """``batch``: the answers many to a syscall (:mod:`rtagent.kernel.mmsg`);
+    without it one ``recv_into`` per answer."""
+
+    def __init__(self, sock: socket.socket, family: int, batch: DatagramBatch | None = None):
         self._sock = sock
         self._family = family
         self._seq = 0
         self._buf = bytearray(4096)
+        self._batch = batch
+        self._requests: dict[int, _Request] = {}  # chunk index -> its requests, while its threads stay
 
     @classmethod
     def open(cls) -> Taskstats:
@@ -103,7 +147,7 @@ class Taskstats:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            ts = cls(sock, _family(sock))
+            ts = cls(sock, _family(sock), DatagramBatch.open(sock, CHUNK, SLOT))
             ts._check()
             return ts
         except TaskstatsUnavailable:
@@ -121,43 +165,83 @@ class Taskstats:
         TID now belongs to another process).  OSError if the socket fails."""
         out: dict[tuple[int, int], Counts | None] = {}
         for i in range(0, len(keys), CHUNK):
-            self._chunk(keys[i:i + CHUNK], out)
+            self._chunk(i // CHUNK, keys[i:i + CHUNK], out)
         return out
 
-    def _chunk(self, keys: list[tuple[int, int]], out: dict) -> None:
-        base = self._seq
-        self._seq = (base + len(keys)) & 0x7FFFFFFF
-        fam = self._family
-        self._sock.send(b"".join(_REQ.pack(28, fam, NLM_F_REQUEST, (base + j) & 0x7FFFFFFF, 0, TASKSTATS_CMD_GET,
-                                           1, 0, 8, TASKSTATS_CMD_ATTR_PID, tid)
-                                 for j, (_, tid) in enumerate(keys)))
-        want = {(base + j) & 0x7FFFFFFF: key for j, key in enumerate(keys)}
-        buf, recv_into = self._buf, self._sock.recv_into
-        full, answer = _ANSWER.size, _ANSWER.unpack_from
+    def _chunk(self, index: int, keys: list[tuple[int, int]], out: dict) -> None:
+        n, base = len(keys), self._seq
+        self._seq = (base + n) & _SEQ_MASK
+        seqs = tuple(range(base, base + n)) if base + n <= _SEQ_MASK else tuple((base + j) & _SEQ_MASK
+                                                                                 for j in range(n))
+        request = self._request(index, keys)
+        args = request.args
+        args[3::_REQ_FIELDS] = seqs  # the only field that changes from one scrape to the next
+        self._sock.send(_requests(n).pack(*args))
+        want = dict(zip(seqs, keys))
+        if self._batch is None:
+            while want:  # one answer per datagram; BlockingIOError (OSError) after 2 s if one is lost
+                self._one(self._buf, 0, self._sock.recv_into(self._buf), want, out)
+            return
+        batch, first = self._batch, True
         while want:
-            n = recv_into(buf)  # one answer per datagram; BlockingIOError (OSError) after 2 s if one is lost
-            if n >= full:  # a whole answer of a current kernel: checked inline (this loop runs per thread)
-                kind, seq, aggr, stats, version, delay, run, pid, nivcsw, tgid = answer(buf, 0)
-                key = want.pop(seq, None)
-                if key is not None:
-                    out[key] = (run, delay, nivcsw) if (
-                        kind == fam and aggr == TASKSTATS_TYPE_AGGR_PID and stats == TASKSTATS_TYPE_STATS
-                        and pid == key[1] and (version < _TGID_SINCE or tgid == key[0])) else None
-                continue
-            _, kind, _, seq = _HDR.unpack_from(buf, 0)
+            got = batch.recv()  # all of them at once, as a rule: the kernel answered during the send
+            if first and got == n and self._all_at_once(request, seqs, out):
+                return
+            first = False
+            for i, size in enumerate(batch.lengths(got)):
+                self._one(batch.buffer, i * SLOT, size, want, out)
+
+    def _request(self, index: int, keys: list[tuple[int, int]]) -> _Request:
+        """The chunk's requests as ``pack`` arguments, kept while its threads
+        stay (the steady state: the same vCPU threads every scrape)."""
+        got = self._requests.get(index)
+        keys_t = tuple(keys)
+        if got is None or got.keys != keys_t:
+            fam = self._family
+            args = [x for _, tid in keys for x in (28, fam, NLM_F_REQUEST, 0, 0, TASKSTATS_CMD_GET, 1, 0, 8,
+                                                    TASKSTATS_CMD_ATTR_PID, tid)]
+            got = self._requests[index] = _Request(keys_t, tuple(k[1] for k in keys), tuple(k[0] for k in keys),
+                                                   args)
+        return got
+
+    def _all_at_once(self, request: _Request, seqs: tuple[int, ...], out: dict) -> bool:
+        """Every answer of the chunk, in order, read by one unpack and checked
+        as columns; False (nothing taken) if any is not the usual answer."""
+        n = len(seqs)
+        f = _answers(n).unpack_from(self._batch.buffer, 0)
+        if not (f[1::10] == seqs and f[7::10] == request.tids and min(self._batch.lengths(n)) >= _ANSWER.size
+                and f[0::10].count(self._family) == n and f[2::10].count(TASKSTATS_TYPE_AGGR_PID) == n
+                and f[3::10].count(TASKSTATS_TYPE_STATS) == n and min(f[4::10]) >= _TGID_SINCE
+                and f[9::10] == request.pids):
+            return False
+        out.update(zip(request.keys, zip(f[6::10], f[5::10], f[8::10])))
+        return True
+
+    def _one(self, buf, off: int, n: int, want: dict, out: dict) -> None:
+        """One answer at ``off`` of ``buf`` (``n`` bytes)."""
+        fam = self._family
+        if n >= _ANSWER.size:  # a whole answer of a current kernel: checked inline
+            kind, seq, aggr, stats, version, delay, run, pid, nivcsw, tgid = _ANSWER.unpack_from(buf, off)
             key = want.pop(seq, None)
-            if key is None:
-                continue  # an answer to an earlier, abandoned chunk
-            out[key] = self._parse(buf, n, key) if kind == fam else None  # NLMSG_ERROR: ESRCH
+            if key is not None:
+                out[key] = (run, delay, nivcsw) if (
+                    kind == fam and aggr == TASKSTATS_TYPE_AGGR_PID and stats == TASKSTATS_TYPE_STATS
+                    and pid == key[1] and (version < _TGID_SINCE or tgid == key[0])) else None
+            return
+        _, kind, _, seq = _HDR.unpack_from(buf, off)
+        key = want.pop(seq, None)
+        if key is None:
+            return  # an answer to an earlier, abandoned chunk
+        out[key] = self._parse(buf, off, n, key) if kind == fam else None  # NLMSG_ERROR: ESRCH
 
     @staticmethod
-    def _parse(buf: bytearray, n: int, key: tuple[int, int]) -> Counts | None:
+    def _parse(buf, off: int, n: int, key: tuple[int, int]) -> Counts | None:
         if n >= _STATS + _TGID + 4:
-            aggr, stats, version, delay, run, pid, nivcsw, tgid = _REPLY.unpack_from(buf, _AGGR)
+            aggr, stats, version, delay, run, pid, nivcsw, tgid = _REPLY.unpack_from(buf, off + _AGGR)
             if version >= _TGID_SINCE and tgid != key[0]:
                 return None  # the TID was reused by another process
         elif n >= _STATS + _NEED:
-            aggr, stats, version, delay, run, pid, nivcsw = _REPLY_OLD.unpack_from(buf, _AGGR)
+            aggr, stats, version, delay, run, pid, nivcsw = _REPLY_OLD.unpack_from(buf, off + _AGGR)
         else:
             return None
         if aggr != TASKSTATS_TYPE_AGGR_PID or stats != TASKSTATS_TYPE_STATS or pid != key[1]:

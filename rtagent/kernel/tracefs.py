@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cpulist import format_hexmask
+from . import fs
 from ..errors import RtagentError
 
 DEFAULT_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -381,6 +382,21 @@ class Instance:
             return
         _write(self.path / "events" / system / event / "enable", "1")
         self.formats[fmt.id] = fmt
+
+    def not_tracing(self, events: Iterable[tuple[str, str]]) -> str | None:
+        """None while the instance traces and every one of ``events`` is
+        enabled in it; else what is wrong.  Two reads, ``tracing_on`` and
+        ``set_event`` (every enabled event, ``system:event`` a line), through
+        the floor's ``os.read``: one buffered ``open()`` of each event's
+        ``enable`` file cost the drift watch's check ≈ 1 ms every 30 s.
+        Raises OSError when the instance is gone."""
+        if fs.read_text(str(self.path / "tracing_on")).strip() != "1":
+            return f"tracing turned off in {self.path}"
+        enabled = set(fs.read_text(str(self.path / "set_event")).split())
+        for system, event in events:
+            if f"{system}:{event}" not in enabled:
+                return f"event {system}:{event} disabled in {self.path}"
+        return None
 
     def set_filter(self, system: str, event: str, expr: str) -> None:
         """The instance's kernel-side filter of one enabled event (events

@@ -42,6 +42,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..threadname import name_thread
+
 if TYPE_CHECKING:
     import ssl
 
@@ -192,6 +194,7 @@ class ConnectionServer:
     # -- the loop -------------------------------------------------------------
 
     def _run(self) -> None:
+        name_thread(self.name)
         try:
             # Clients come second: under a flood the kernel runs the
             # enforcement loop first (it shares one housekeeping CPU and the GIL).

@@ -25,7 +25,7 @@ from ..config import Partition
 from ..cpulist import CpuListError, format_cpulist, parse_cpulist
 from ..kernel import Kernel
 from ..kernel.irqbalance import detect_irqbalance
-from ..kernel.procscan import ScannedProcess, scan_processes
+from ..kernel.procscan import ScannedProcess, ThreadNames, scan_processes
 from ..kernel.tasks import cpus_allowed
 from ..tuning.guest import vcpusched
 from ..vocab import Severity
@@ -98,12 +98,14 @@ class Context:
     # PID -> {TID: name} of the managed guests' QEMUs as the daemon last
     # observed them: the scan does not list and read their threads again.
     known_threads: Mapping[int, Mapping[int, str]] = field(default_factory=dict)
+    # The names earlier runs read (the daemon keeps one): not read again.
+    thread_names: ThreadNames | None = None
 
     @cached_property
     def processes(self) -> tuple[ScannedProcess, ...]:
         """The one /proc scan of this run (kernel/procscan.py), taken by the
         first check that needs it: the intruders, irqbalance and vhost_worker checks."""
-        return scan_processes(self.kernel, self.known_threads)
+        return scan_processes(self.kernel, self.known_threads, self.thread_names)
 
 
 @dataclass(frozen=True)
@@ -486,14 +488,16 @@ def metric_of(name: str) -> CheckMetric | None:
 
 def run_host_checks(partition: Partition, kernel: Kernel | None = None, *,
                     exclude_pids: Iterable[int] = (), vcpusched_guests: Iterable[str] = (),
-                    known_threads: Mapping[int, Mapping[int, str]] | None = None) -> list[HostCheck]:
+                    known_threads: Mapping[int, Mapping[int, str]] | None = None,
+                    thread_names: ThreadNames | None = None) -> list[HostCheck]:
     """Every check of the registry, in its order, each exactly once.
     ``exclude_pids`` are the guests' QEMU PIDs (their threads are not
     intruders); ``known_threads`` their threads' names as the daemon knows
-    them (not read again).  ``partition``'s realtime set may be empty; the
+    them (not read again); ``thread_names`` the other threads' names as
+    earlier runs read them (kernel/procscan.py).  ``partition``'s realtime set may be empty; the
     checks that depend on it then say that no realtime CPUs are configured."""
     ctx = Context(kernel or Kernel(), partition, frozenset(exclude_pids), tuple(vcpusched_guests),
-                  dict(known_threads or {}))
+                  dict(known_threads or {}), thread_names)
     out: list[HostCheck] = []
     for d in REGISTRY:
         results = d.run(ctx)

@@ -54,7 +54,7 @@ from ..state import GuestState, Histogram, StateStore
 from ..tuning.guest.report import DomainReport
 from .connserver import ConnectionServer, Limits
 from .counters import CounterCache
-from .exposition import FastMetric
+from .exposition import ColumnMetric, FastMetric
 from .httpd import RENDER_REUSE_S, MetricsHandler
 from .lockprio import at_loop_priority
 from .hostchecks import metric_of
@@ -239,12 +239,13 @@ def _conflict_labels(name: str, c: Any) -> tuple[str, str, str, str]:
 
 
 def _ref(g: GuestState) -> _GuestRef:
-    h = g.correction_latency
-    return _GuestRef(name=g.name, uuid=g.uuid, report=g.report, corrections=dict(g.corrections),
-                     correction_failures=dict(g.correction_failures), latency=(h.buckets, list(h.counts), h.total),
-                     event_to_tuned_s=g.event_to_tuned_s,
-                     start_window=tuple((v, ns / 1e9) for v, e in sorted(g.start_window.items())
-                                        if (ns := e.unprotected_ns) is not None))
+    h, sw = g.correction_latency, g.start_window
+    # Positional, through tuple's own constructor: this runs per guest under
+    # the store's lock (2.5 -> 1.2 µs a guest against the keyword form).
+    return _GuestRef._make((g.name, g.uuid, g.report, dict(g.corrections), dict(g.correction_failures),
+                            (h.buckets, list(h.counts), h.total), g.event_to_tuned_s,
+                            tuple((v, ns / 1e9) for v, e in sorted(sw.items()) if (ns := e.unprotected_ns) is not None)
+                            if sw else ()))
 
 
 def _guest(ref: _GuestRef, derived: _FromReport) -> _Guest:
@@ -371,8 +372,8 @@ def _add_guest(f: SimpleNamespace, g: _Guest) -> None:
 
 
 def _add_vcpus(f: SimpleNamespace, g: _Guest) -> None:
-    """The vCPU rows that come from the report; the counters are added per
-    scrape (:func:`_add_counters`)."""
+    """The vCPU rows that come from the report; the counters are columns
+    filled per scrape (:func:`_columns`)."""
     for v in g.vcpus:
         labels = [g.name, str(v.vcpu)]
         if not v.has_thread:
@@ -406,18 +407,42 @@ def _rows_of(g: _Guest) -> _Rows:
     return _Rows(static, counted)
 
 
-def _add_counters(f: SimpleNamespace, rows: _Rows, counters: dict) -> None:
-    delay, cpu, nvcsw = f.delay.rows, f.cpu.rows, f.nvcsw.rows
-    for pid, tid, labels in rows.counted:
-        c = counters.get((pid, tid))
-        if c is None:  # the thread is gone since the report (re-read at the next reconcile)
-            continue
-        run_time, run_delay, switches = c
-        if run_delay is not None:
-            delay.append((labels, run_delay / 1e9, None))
-        if run_time is not None:
-            cpu.append((labels, run_time / 1e9, None))
-        nvcsw.append((labels, switches, None))
+@dataclass(frozen=True)
+class _Layout:
+    """Every guest's rows of one scrape, put together: the static families'
+    rows in exposition order and the vCPU counters' two columns (the threads
+    to read, their series' labels).  Kept while the guests' rows are the
+    same objects (the steady state): a scrape then reads the counters into
+    the columns and copies the rest."""
+
+    rows: list[_Rows]
+    static: dict[str, list]  # family attribute -> all guests' rows
+    keys: tuple[tuple[int, int], ...]  # (pid, tid) per counter series
+    labels: tuple[tuple[str, str], ...]  # (domain, vcpu) per counter series
+
+    @classmethod
+    def of(cls, rows: list[_Rows]) -> _Layout:
+        static: dict[str, list] = {}
+        for r in rows:
+            for attr, rs in r.static:
+                static.setdefault(attr, []).extend(rs)
+        counted = [c for r in rows for c in r.counted]
+        return cls(rows, static, tuple((pid, tid) for pid, tid, _ in counted),
+                   tuple(labels for _, _, labels in counted))
+
+
+def _columns(layout: _Layout, counters: dict) -> tuple[list, list, list]:
+    """The run delay and CPU time (seconds) and involuntary switches of
+    every counter series, ``None`` where there is no sample (the thread is
+    gone since the report; a kernel without run delay)."""
+    got = list(map(counters.get, layout.keys))
+    if None not in got:
+        runs, delays, switches = (list(c) for c in zip(*got)) if got else ([], [], [])
+        if None not in runs and None not in delays:  # the usual case: plain columns
+            return [d / 1e9 for d in delays], [r / 1e9 for r in runs], switches
+    delay = [None if c is None or c[1] is None else c[1] / 1e9 for c in got]
+    cpu = [None if c is None or c[0] is None else c[0] / 1e9 for c in got]
+    return delay, cpu, [None if c is None else c[2] for c in got]
 
 
 class RtagentCollector(Collector):
@@ -430,6 +455,7 @@ class RtagentCollector(Collector):
         self.counters = counters or CounterCache()
         # uuid -> (report, what it says, what the rows show, the guest, its rows)
         self._derived: dict[str, tuple[DomainReport | None, _FromReport, tuple, _Guest, _Rows]] = {}
+        self._layout: _Layout | None = None
 
     def describe(self) -> list[Metric]:
         # Nothing to pre-declare: names are checked by the tests, and an empty
@@ -441,8 +467,12 @@ class RtagentCollector(Collector):
         with at_loop_priority():  # the lock is held at the loop's priority, never at a client's
             snap: _Snapshot = self.store.read(_take)
         guests = self._derive(snap.guests)
-        counters = self.counters.get((pid, tid) for _, rows in guests for pid, tid, _ in rows.counted)
-        families = [*self._daemon(snap), *self._host(snap), *self._guests(guests, counters)]
+        rows = [r for _, r in guests]
+        if self._layout is None or self._layout.rows != rows:  # identical objects, as a rule: no deep compare
+            self._layout = _Layout.of(rows)
+        layout = self._layout
+        counters = self.counters.get(layout.keys)
+        families = [*self._daemon(snap), *self._host(snap), *self._guests(layout, counters)]
         scrape = _gauge("scrape_duration_seconds",
                         "Time this collector took to read the state store and build the metrics (this scrape).")
         scrape.add_metric([], time.perf_counter() - t0)
@@ -572,13 +602,12 @@ class RtagentCollector(Collector):
 
     # -- guests ---------------------------------------------------------------
 
-    def _guests(self, guests: list[tuple[_Guest, _Rows]], counters: dict) -> list[Metric]:
-        f = _guest_families()
-        families = vars(f)
-        for _, rows in guests:
-            for attr, rs in rows.static:
-                families[attr].rows.extend(rs)
-            _add_counters(f, rows, counters)
+    def _guests(self, layout: _Layout, counters: dict) -> list[Metric]:
+        families = vars(_guest_families())
+        for attr, rs in layout.static.items():
+            families[attr].rows.extend(rs)  # a copy: what a consumer of this scrape adds stays its own
+        for attr, values in zip(_COUNTED, _columns(layout, counters), strict=True):
+            families[attr] = ColumnMetric.like(families[attr], layout.labels, values)
         return list(families.values())
 
 

@@ -42,3 +42,31 @@ def test_a_lost_answer_ends_in_an_oserror(reader):
         reader._sock.recv_into(bytearray(64))  # nothing asked: nothing comes
     key = (os.getpid(), threading.get_native_id())
     assert reader.read_many([key])[key] is not None  # the socket still answers
+
+
+def test_answers_many_to_a_syscall_read_as_one_at_a_time(reader):
+    """The real reader takes its answers with recvmmsg (kernel/mmsg.py); the
+    same threads read one datagram at a time give the same counters (those
+    that cannot move meanwhile: sleeping threads, and our own run time
+    bounded by the two reads)."""
+    if reader._batch is None:
+        pytest.skip("libc without recvmmsg")
+    stop = threading.Event()
+    sleepers = [threading.Thread(target=stop.wait, daemon=True) for _ in range(ts.CHUNK + 9)]
+    for t in sleepers:
+        t.start()
+    try:
+        keys = [(os.getpid(), t.native_id) for t in sleepers]
+        one_by_one = ts.Taskstats(reader._sock, reader._family)  # no batch: recv_into per answer
+        batched = reader.read_many(keys)
+        single = one_by_one.read_many(keys)
+        assert batched == single and all(v is not None for v in batched.values())
+        assert reader.read_many(keys) == single  # again, through the kept requests
+        gone = (os.getpid(), 2**22 + 12345)  # no such thread: its answer is an error, read alone
+        assert reader.read_many([*keys[:3], gone])[gone] is None
+    finally:
+        stop.set()
+        for t in sleepers:
+            t.join()
+    with pytest.raises(OSError):
+        reader._batch.recv()  # nothing asked: nothing comes within the receive timeout

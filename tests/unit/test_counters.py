@@ -136,3 +136,29 @@ def test_the_cache_reads_in_one_batch_and_closes_what_left(proc):
     assert r.open_fds == 2  # 4244 left the exports
     cache.close()
     assert r.open_fds == 0
+
+
+def test_the_cache_with_the_same_threads_again_and_with_others():
+    """The usual scrape asks for the threads of the last one (read at one
+    time: no age per key); a changed set still reads only what is due."""
+    clock, calls = Clock(), []
+
+    def read(pid: int, tid: int) -> ThreadCounters:
+        calls.append(tid)
+        return ThreadCounters(clock.t, tid, 0)  # type: ignore[arg-type]  (when it was read)
+
+    cache = CounterCache(read, ttl_s=7.5, clock=clock)
+    keys = ((PID, 1), (PID, 2))
+    first = cache.get(keys)
+    assert first == {(PID, 1): (1000, 1, 0), (PID, 2): (1000, 2, 0)} and calls == [1, 2]
+    clock.t += 5
+    assert cache.get(keys) == first and calls == [1, 2]  # within the TTL: nothing read
+    assert cache.get(list(keys)) == first and calls == [1, 2]  # the same threads in a list
+    clock.t += 2.5
+    assert cache.get(keys)[(PID, 1)][0] == 1007.5 and calls == [1, 2, 1, 2]  # all due at once
+    clock.t += 1
+    got = cache.get(((PID, 2), (PID, 3)))  # one new thread, one fresh, one gone
+    assert got == {(PID, 2): (1007.5, 2, 0), (PID, 3): (1008.5, 3, 0)} and calls == [1, 2, 1, 2, 3]
+    clock.t += 7  # 2 is due (read at 1007.5), 3 is not (1008.5)
+    assert cache.get(((PID, 2), (PID, 3)))[(PID, 2)][0] == 1015.5 and calls[-1] == 2 and len(calls) == 6
+    assert cache.reads == 6

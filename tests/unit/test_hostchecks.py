@@ -400,3 +400,52 @@ def test_the_scan_takes_a_managed_qemus_threads_from_the_daemon(host, monkeypatc
     known[900][905] = "worker"
     c = {x.name: x for x in hostchecks.run_host_checks(part(), k, exclude_pids={900}, known_threads=known)}
     assert "(1 seen)" not in c["vhost_worker"].detail
+
+
+def test_the_daemons_scans_read_a_threads_name_once_per_process_life(host, monkeypatch):
+    """ThreadNames (the daemon keeps one across host-check runs): a later
+    scan reads comm only for threads it has not seen in that process; a
+    process restarted under the same PID (a new start time) is read anew,
+    an exited one forgotten; every check reports what a fresh scan does."""
+    from rtagent.kernel import fs
+    from rtagent.kernel.procscan import ThreadNames
+
+    host.write("proc/sys/kernel/osrelease", "6.8.0")
+    host.process(900, "qemu-system-x86", "0-3", threads=[(901, "CPU 0/KVM", "2"), (905, "vhost-900", "0-3")])
+    host.process(950, "stress", "0-1", threads=[(951, "stress-worker", "0-3")])
+    k = host.kernel()
+    comms: list[str] = []
+    real = fs.read_text
+    monkeypatch.setattr(fs, "read_text", lambda p: ("/task/" in p and p.endswith("/comm") and comms.append(p)) or real(p))
+    names = ThreadNames()
+
+    def run():
+        comms.clear()
+        return hostchecks.run_host_checks(part(), k, exclude_pids={900}, thread_names=names)
+
+    first = run()
+    every = sorted(str(t / "comm") for t in host.proc.glob("*/task/*") if t.name != t.parent.parent.name)
+    assert sorted(comms) == every and str(host.proc / "950/task/951/comm") in every
+    assert run() == first and comms == []
+    # A new thread: only its name is read, and it counts.
+    td = host.proc / "950/task/952"
+    td.mkdir()
+    (td / "status").write_text("Name:\tstress-worker\nCpus_allowed_list:\t0-3\n")
+    (td / "comm").write_text("stress-worker\n")
+    third = run()
+    assert comms == [str(td / "comm")]
+    assert third == hostchecks.run_host_checks(part(), k, exclude_pids={900})
+    assert {c.name: c for c in third}["intruders"].value == 2  # 951 and the new 952
+    # PID 950 is another process now (start time 5): every name read again.
+    rest = _stat(950, "stress", 0).split(") ")[1].split()
+    rest[19] = "5"  # field 22, starttime
+    (host.proc / "950/stat").write_text("950 (stress) " + " ".join(rest) + "\n")
+    run()
+    assert sorted(comms) == [str(host.proc / f"950/task/{t}/comm") for t in (951, 952)]
+    # An exited process is forgotten.
+    import shutil
+
+    before = len(names)
+    shutil.rmtree(host.proc / "950")
+    run()
+    assert len(names) == before - 1

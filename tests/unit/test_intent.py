@@ -670,3 +670,16 @@ def test_structural_problems_of_realtime_guest(extra_tune: str, message: str) ->
 def test_bad_vcpu_count() -> None:
     spec = derive_spec(domain(vcpus="four", cputune=sched("0")), CFG)
     assert "domain 'rt1': <vcpu> count 'four' is not a positive integer" in spec.errors
+
+
+def test_metadata_key_ignores_text_after_the_metadata_element() -> None:
+    """ElementTree writes an element's tail with it; canonical XML refuses
+    text after the document element (a fuzz case: ``</metadata>0<memory>``)."""
+    import xml.etree.ElementTree as ET
+
+    from rtagent.intent import metadata_key
+
+    with_tail = ET.fromstring("<domain><metadata><x a='1'/></metadata>0<memory>1</memory></domain>")
+    without = ET.fromstring("<domain><metadata><x a='1'/></metadata><memory>1</memory></domain>")
+    assert metadata_key(with_tail) == metadata_key(without) == '<metadata><x a="1"></x></metadata>'
+    assert with_tail.find("metadata").tail == "0"  # the parsed tree is left as it was

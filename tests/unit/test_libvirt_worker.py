@@ -75,7 +75,10 @@ class _StartingConn:
         self._looking = False
         return self
 
+    xml_asked = 0
+
     def XMLDesc(self, _flags: int) -> str:
+        self.xml_asked += 1
         return "<domain/>"
 
     def UUIDString(self) -> str:
@@ -159,3 +162,16 @@ def test_the_two_workers_never_have_two_libvirt_calls_in_flight_at_once():
     for t in threads:
         t.join(10)
     assert overlaps[0] == 1
+
+
+def test_a_start_the_selector_leaves_alone_costs_no_xml():
+    """The start watch's lookup: a guest whose name the selector does not
+    take is answered without its XML (one RPC, not two); a taken one with it."""
+    conn = _StartingConn()
+    conn.answer.set()
+    host = _host_with(conn)
+    guest, xml = host.starting(7, lambda name: name.startswith("rtf-"))
+    assert guest.name == "rtt-starting" and xml is None and conn.xml_asked == 0
+    guest, xml = host.starting(7, lambda name: name.startswith("rtt-"))
+    assert xml == "<domain/>" and conn.xml_asked == 1
+    assert host.starting(7)[1] == "<domain/>" and conn.xml_asked == 2  # no selector given: as before

@@ -12,7 +12,7 @@ from rtagent.daemon.cadence import due_after
 from rtagent.daemon.steady import Baseline, SteadyCheck
 from rtagent.kernel import tracefs
 from rtagent.kernel.probe import Expected
-from rtagent.kernel.schedwatch import (NOTHING, Decoder, Event, EventKind, Pairing, instance_name, stale_instances,
+from rtagent.kernel.schedwatch import (FILTER_MAX, NOTHING, Decoder, Event, EventKind, Pairing, instance_name, stale_instances,
                                       target_filter)
 from tests.unit.test_tracefs_decode import DATA, HEADER, entry, page
 
@@ -47,11 +47,47 @@ def test_an_exit_without_its_enter_is_someone_elses():
 
 
 def test_kernel_filters_name_the_targets_and_self_calls():
-    assert target_filter([12, 11], self_calls=False) == "pid == 11 || pid == 12"
+    assert target_filter([12, 11], self_calls=False) == "(pid >= 11 && pid <= 12)"
+    assert target_filter([14, 11], self_calls=False) == "pid == 11 || pid == 14"
     assert target_filter([11], self_calls=True) == "pid == 11 || (pid == 0 && (common_pid == 11))"
     assert target_filter([], self_calls=True) == NOTHING
-    # Too long for one filter write: the reader filters alone.
-    assert target_filter(range(100_000, 100_400), self_calls=True) is None
+    # Too long for one filter write even with ranges: the reader filters alone.
+    assert target_filter(range(100_000, 3_000_000, 5000), self_calls=True) is None
+
+
+def _passes(expr: str, pid: int, common_pid: int) -> bool:
+    """The kernel filter's meaning, evaluated in Python."""
+    code = _compiled.get(expr) or _compiled.setdefault(
+        expr, compile(expr.replace("&&", "and").replace("||", "or"), "<filter>", "eval"))
+    return eval(code, {}, {"pid": pid, "common_pid": common_pid})
+
+
+_compiled: dict[str, object] = {}
+
+
+def test_consecutive_targets_are_one_range_and_nothing_else_passes():
+    tids = [*range(5000, 5006), 5010, *range(7000, 7003)]
+    f = target_filter(tids, self_calls=False)
+    assert f == "(pid >= 5000 && pid <= 5005) || pid == 5010 || (pid >= 7000 && pid <= 7002)"
+    assert [t for t in range(4990, 7010) if _passes(f, t, 1)] == tids
+
+
+def test_a_hundred_guests_fit_one_write_by_joining_ranges_and_every_target_passes():
+    import random
+
+    rng = random.Random(7)
+    tids: list[int] = []
+    for g in range(100):  # six threads born together and one later, guests apart
+        t0 = 20_000 + g * rng.randint(40, 70)
+        tids += [t0 + i for i in range(5)] + [t0 + rng.randint(8, 30)]
+    for self_calls in (False, True):
+        f = target_filter(tids, self_calls=self_calls)
+        assert f is not None and len(f) < FILTER_MAX
+        assert all(_passes(f, t, 1) for t in tids)
+        if self_calls:  # a call on itself (pid 0) by a managed thread
+            assert all(_passes(f, 0, t) for t in tids) and not _passes(f, 0, 1)
+        extra = [t for t in range(min(tids), max(tids) + 1) if t not in set(tids) and _passes(f, t, 1)]
+        assert len(extra) < 3 * len(tids)  # a few other threads' events, which the reader drops
 
 
 def test_cgroup_moves_are_their_own_set():
@@ -111,8 +147,12 @@ def test_watched_cadence_backs_off_but_keeps_the_full_check():
     assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=104.0, watched_s=10.0) == 104.0
     # ...but never sooner than the normal interval.
     assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=90.0, watched_s=10.0) == 101.0
-    # An idle daemon keeps its own back-off (its liveness probe).
-    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=130.0, watched_s=10.0) == 105.0
+    # An idle daemon: its liveness probe's cadence, which with the watch
+    # healthy is the watched interval (as with guests), or the full check.
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=130.0) == 105.0
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=130.0, watched_s=10.0) == 110.0
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=107.0, watched_s=10.0) == 107.0
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=15.0, next_full=130.0, watched_s=10.0) == 115.0
 
 
 def test_owners_map_tids_to_the_guest_whose_baseline_holds_them():
@@ -197,3 +237,21 @@ def test_metrics_say_whether_the_watch_runs_and_count_its_events():
     assert [x.value for x in s["rtagent_drift_watch_up"]] == [1]
     assert {x.labels["source"]: x.value for x in s["rtagent_events_total"]} == {"drift_watch": 3}
     assert {x.labels["source"]: x.value for x in s["rtagent_events_dropped_total"]} == {"drift_watch": 2}
+
+
+def test_instance_check_reads_tracing_on_and_set_event(tmp_path):
+    """The reader's 30 s look (SchedWatch.intact) asks two files per
+    instance: tracing off, an event missing from set_event, or the instance
+    gone each say so."""
+    inst = tracefs.Instance(root=tmp_path, name="rtagent-watch-1", cpus=frozenset({0}))
+    events = (("syscalls", "sys_enter_sched_setaffinity"), ("cgroup", "cgroup_attach_task"))
+    with pytest.raises(OSError):
+        inst.not_tracing(events)  # no instance directory
+    inst.path.mkdir(parents=True)
+    (inst.path / "tracing_on").write_text("1\n")
+    (inst.path / "set_event").write_text("syscalls:sys_enter_sched_setaffinity\ncgroup:cgroup_attach_task\n")
+    assert inst.not_tracing(events) is None
+    (inst.path / "set_event").write_text("cgroup:cgroup_attach_task\n")
+    assert inst.not_tracing(events) == f"event syscalls:sys_enter_sched_setaffinity disabled in {inst.path}"
+    (inst.path / "tracing_on").write_text("0\n")
+    assert inst.not_tracing(events) == f"tracing turned off in {inst.path}"

@@ -101,3 +101,69 @@ def test_many_requests_a_datagram_and_stale_answers_skipped():
     got = reader(k).read_many([(100, tid) for tid in table])
     assert got == {(100, tid): (i, i, i) for tid, (_, i, _, _) in table.items()}
     assert k.datagrams == [ts.CHUNK, ts.CHUNK, 3]
+
+
+class FakeBatch:
+    """recvmmsg over FakeKernel's queue: every queued answer (up to the
+    slots) in one call, each in its slot, cut at the slot's end."""
+
+    def __init__(self, kernel: FakeKernel, count: int = ts.CHUNK, slot: int = ts.SLOT):
+        self.kernel, self.count, self.slot = kernel, count, slot
+        self.buffer = bytearray(count * slot)
+        self._lengths: tuple[int, ...] = ()
+        self.calls = 0
+
+    def recv(self, flags: int = 0) -> int:
+        if not self.kernel.queue:
+            raise BlockingIOError(11, "no answer within the receive timeout")
+        got = self.kernel.queue[:self.count]
+        del self.kernel.queue[:self.count]
+        for i, data in enumerate(got):
+            data = data[:self.slot]
+            self.buffer[i * self.slot:i * self.slot + len(data)] = data
+        self._lengths = tuple(min(len(d), self.slot) for d in got)
+        self.calls += 1
+        return len(got)
+
+    def lengths(self, n: int) -> tuple[int, ...]:
+        return self._lengths[:n]
+
+
+def batched(kernel: FakeKernel) -> tuple[ts.Taskstats, FakeBatch]:
+    batch = FakeBatch(kernel)
+    return ts.Taskstats(kernel, FAMILY, batch), batch  # type: ignore[arg-type]
+
+
+def test_batched_answers_are_read_all_at_once_and_the_requests_kept():
+    table = {1000 + i: (100, 10 * i, i, i % 7) for i in range(ts.CHUNK * 2 + 5)}
+    k = FakeKernel(table)
+    r, batch = batched(k)
+    keys = [(100, tid) for tid in table]
+    want = {(100, tid): (run, delay, nivcsw) for tid, (_, run, delay, nivcsw) in table.items()}
+    assert r.read_many(keys) == want
+    assert batch.calls == 3 and k.datagrams == [ts.CHUNK, ts.CHUNK, 5]  # one recvmmsg a datagram of requests
+    table[1003] = (100, 99, 98, 97)
+    want[(100, 1003)] = (99, 98, 97)
+    assert r.read_many(keys) == want  # the kept requests, with this read's sequence numbers
+    assert batch.calls == 6 and len(r._requests) == 3
+
+
+def test_batched_answers_with_a_gone_thread_a_reused_tid_and_stale_ones():
+    """Not the usual answer somewhere in the batch: each one is read alone."""
+    table = {101: (100, 5_000, 70, 3), 102: (100, 6_000, 80, 0), 201: (999, 1, 1, 1)}
+    k = FakeKernel(table, stale=[answer(0x7FFF0000, 101, 100, 1, 1, 1)])
+    r, _ = batched(k)
+    got = r.read_many([(100, 101), (100, 102), (100, 103), (100, 201)])
+    assert got == {(100, 101): (5_000, 70, 3), (100, 102): (6_000, 80, 0), (100, 103): None, (100, 201): None}
+    old = FakeKernel({})
+    r, _ = batched(old)
+    old.send = lambda data: old.queue.append(answer(0, 101, 0, 9, 8, 7, version=10, size=ts._NEED)) or len(data)
+    assert r.read_many([(100, 101)]) == {(100, 101): (9, 8, 7)}  # an old kernel's shorter answer
+
+
+def test_a_batch_with_an_answer_missing_ends_in_an_oserror():
+    k = FakeKernel({101: (100, 1, 1, 1)})
+    r, _ = batched(k)
+    k.send = lambda data: len(data)  # the kernel dropped every answer
+    with pytest.raises(OSError):
+        r.read_many([(100, 101)])

@@ -232,8 +232,8 @@ class Tuner:
         self._kthreads.pop(pid, None)
 
     def forget(self, uuid: str, pid: int | None = None) -> None:
-        """A guest stopped: its claim on the RT budget ends (released at the
-        next grant or release; its cgroups usually go with it)."""
+        """A guest stopped: its claim on the RT budget ends (the supervisor
+        releases it at once; its cgroups usually go with it)."""
         self.ledger.withdraw(uuid)
         if pid is not None:
             self._kthreads.pop(pid, None)

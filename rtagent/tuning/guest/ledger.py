@@ -13,15 +13,23 @@ realtime task is in it (EBUSY).  So budget is granted *before* threads go
 realtime (:meth:`grant`) and released *after* they left it
 (:meth:`release_unclaimed`), each release on its own: one that fails is kept
 for the next round and never stands in the way of a grant for another guest.
+
+A grant also raises the groups above the vCPU groups (libvirt's ``/machine``
+and each guest's own group) to the sum of their children.  A guest that is
+destroyed takes its groups with it, but ``/machine`` keeps what it was given:
+after the last realtime guest it would hold the host's whole RT budget for
+nobody.  So the groups rtagent raised are trimmed back to what their children
+hold once no claimed group lies below them (:meth:`_trim_raised`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 
 from ...kernel import Kernel
-from ...kernel.cgroups import RtTree
+from ...kernel.cgroups import RtTree, ancestors
 from . import rtgroup
 from .grantgate import GrantGate
 
@@ -37,6 +45,13 @@ class BudgetLedger:
     fixed_us: int | None = None
     claims: dict[str, frozenset[str]] = field(default_factory=dict)  # guest uuid -> cgroups
     granted: set[str] = field(default_factory=set)
+    # Groups above the leaves that a grant raised (their budget is the sum
+    # of their children's): trimmed when nothing claimed lies below them.
+    raised: set[str] = field(default_factory=set)
+    # A trim the kernel refused (a removed child group is still counted
+    # until the kernel frees it: EINVAL for a moment): retried at the next
+    # steady resync (:attr:`trim_pending`).
+    trim_failed: bool = False
     # Releases the kernel refused (EBUSY while a thread there is still
     # realtime): retried on the next grant or release.
     release_failed: dict[str, str] = field(default_factory=dict)
@@ -69,6 +84,14 @@ class BudgetLedger:
         assert self.hierarchy is not None
         return self.hierarchy.exists(path)
 
+    def inherit(self, cgroups: set[str] | frozenset[str]) -> None:
+        """Groups the daemon before this one granted budget to (the realtime
+        record): the groups above them are trimmed like this ledger's own
+        once nothing claimed lies below them (a guest destroyed while no
+        daemon ran left its budget on ``/machine``)."""
+        for path in cgroups:
+            self.raised.update(ancestors(path))
+
     # -- the kernel ------------------------------------------------------------
 
     def release_unclaimed(self) -> list[str]:
@@ -91,6 +114,32 @@ class BudgetLedger:
                 continue
             self.granted.discard(path)
             self.release_failed.pop(path, None)
+        return errors + self._trim_raised()
+
+    def _trim_raised(self) -> list[str]:
+        """Groups this ledger raised with nothing claimed below them any more
+        (their guests are gone): back to what their children hold, deepest
+        first so every write keeps the kernel's invariant.  Returns errors."""
+        assert self.hierarchy is not None
+        below = set()
+        for path in self.granted | self.claimed:
+            below.update(ancestors(path))
+        errors = []
+        for path in sorted(self.raised - below, key=lambda p: (-p.count("/"), p)):
+            if not self._exists(path):
+                self.raised.discard(path)
+                continue
+            try:
+                held = sum(max(self.hierarchy.runtime(c), 0) for c in self.hierarchy.children(path))
+                if self.hierarchy.runtime(path) > held:
+                    self.hierarchy.set_runtime(path, held)
+                    log.info("RT budget of %s trimmed to %d µs: no realtime guest below it any more", path, held)
+            except OSError as err:
+                errors.append(f"cannot trim the RT budget of {path} yet: {err}")
+                (log.debug if err.errno == errno.EINVAL else log.warning)("%s", errors[-1])
+                continue
+            self.raised.discard(path)
+        self.trim_failed = bool(errors)
         return errors
 
     def grant(self) -> rtgroup.BudgetPlan | None:
@@ -123,6 +172,7 @@ class BudgetLedger:
             raise
         self.gate.open()
         self.granted |= leaves
+        self.raised |= {w.path for w in plan.writes if w.after > w.before and w.path not in leaves}
         return plan
 
     def _grant_key(self, leaves: set[str]) -> tuple:
