@@ -7,7 +7,8 @@ DIR``).  Starts ``--guests`` paused canonical guests (named
 ``rtbench-rss-<tag><pid>-N``, ``--tag`` e.g. ``rtr-``; destroyed at the end), then one ``rtagent run`` per
 tree at once, each with B3's daemon config (bench/common.py
 :func:`daemon_config`: resync 1 s, metrics and host tuning off, RT budget
-1,000 µs) and ``MALLOC_ARENA_MAX=2`` as the unit sets it.  After a minute
+1,000 µs) and ``MALLOC_ARENA_MAX=2`` (what the daemon now sets itself, daemon/heap.py; older
+trees got it from the unit).  After a minute
 of settling it samples each daemon every 10 s for ``--seconds``, asking its
 status socket twice first, as each B3 window does; prints RSS, anonymous,
 file-backed and PSS (MiB: last, median, max) and each thread's CPU (ms of

@@ -490,7 +490,7 @@ def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(notify_path)
     log = d / "daemon.log"
-    # MALLOC_ARENA_MAX as the shipped systemd unit sets it.
+    # MALLOC_ARENA_MAX: what the daemon sets itself (daemon/heap.py); older trees got it from the unit.
     env = dict(os.environ, NOTIFY_SOCKET=notify_path, PYTHONUNBUFFERED="1", MALLOC_ARENA_MAX="2",
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     env.pop("WATCHDOG_USEC", None)
