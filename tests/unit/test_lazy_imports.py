@@ -111,13 +111,13 @@ def test_the_daemon_drops_what_only_its_start_up_needs():
         from rtagent.daemon import startonly
         args = rtagent.cli.parse(["--log-level", "debug", "run", "--config", "config/rtagent.toml"])
         load_config(args.config, resolve=False)
-        refs = [weakref.ref(sys.modules[m]) for m in ("argparse", "gettext", "tomllib._parser", "datetime")]
+        refs = [weakref.ref(sys.modules[m]) for m in ("argparse", "gettext", "locale", "tomllib._parser", "datetime")]
         startonly.forget()
-        gone = ("argparse", "gettext", "tomllib", "datetime", "rtagent.argparsing")
+        gone = ("argparse", "gettext", "locale", "tomllib", "datetime", "rtagent.argparsing")
         print(args.command, args.config, sorted(m for m in sys.modules if m.split(".")[0] in gone
                                                 or m == "rtagent.argparsing"), [r() is None for r in refs])
     """)
-    assert out == "run config/rtagent.toml [] [True, True, True, True]"
+    assert out == "run config/rtagent.toml [] [True, True, True, True, True]"
 
 
 def test_a_reload_drops_tomllib_again():
