@@ -4,7 +4,7 @@
 
 ``OLD_TREE``/``NEW_TREE`` are source trees (``git archive <rev> | tar -x -C
 DIR``).  Starts ``--guests`` paused canonical guests (named
-``rtbench-rss-<pid>-N``; destroyed at the end), then one ``rtagent run`` per
+``rtbench-rss-<tag><pid>-N``, ``--tag`` e.g. ``rtr-``; destroyed at the end), then one ``rtagent run`` per
 tree at once, each with B3's daemon config (bench/common.py
 :func:`daemon_config`: resync 1 s, metrics and host tuning off, RT budget
 1,000 µs) and ``MALLOC_ARENA_MAX=2`` as the unit sets it.  After a minute
@@ -74,11 +74,11 @@ def _start(tree: Path, prefix: str) -> tuple[subprocess.Popen, str, Path]:
     raise RuntimeError(f"{tree}: daemon not ready: {(d / 'log').read_text()[-2000:]}")
 
 
-def run(trees: list[Path], guests: int, seconds: float) -> dict:
+def run(trees: list[Path], guests: int, seconds: float, tag: str = "") -> dict:
     from rtagent.status import fetch
     from tests.guests import rt_guest_xml
 
-    prefix = f"rtbench-rss-{os.getpid()}-"
+    prefix = f"rtbench-rss-{tag}{os.getpid()}-"
     g = Guests()
     daemons: list[tuple[Path, subprocess.Popen, str]] = []
     try:
@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("trees", nargs="+", type=Path)
     ap.add_argument("--guests", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--tag", default="", help="in the guests' names (an engineer's prefix, e.g. rtr-)")
     args = ap.parse_args(argv)
-    print(format_result(run(args.trees, args.guests, args.seconds)))
+    print(format_result(run(args.trees, args.guests, args.seconds, args.tag)))
     return 0
 
 

@@ -8,15 +8,18 @@ Each subcommand's work lives in ``rtagent/commands/<name>.py`` as
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .argparsing import Parser
 from .errors import RtagentError
 from .log import setup_logging
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger("rtagent")
 
@@ -26,6 +29,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here: the daemon drops argparse once it has started (daemon/startonly.py).
+    from .argparsing import Parser
+
     parser = Parser(
         prog="rtagent",
         description="Keep realtime KVM guests realtime: enforce and prove vCPU scheduling, "
@@ -69,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--running", action="store_true",
                    help="also compare with the guests running here (libvirt): pCPUs they own (exit 1 on a conflict)")
 
+    _add_tools(sub)
+    return parser
+
+
+def _add_tools(sub) -> None:
+    """``config check``, ``host apply``, ``host restore``."""
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = csub.add_parser("check", help="validate the config and print the effective values")
@@ -83,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     h = hsub.add_parser("restore", help="put back what rtagent changed on the host partition")
     _add_config(h)
     h.add_argument("--json", action="store_true")
-    return parser
 
 
 _COMMANDS = {
@@ -98,9 +109,15 @@ _COMMANDS = {
 }
 
 
+def parse(argv: list[str] | None = None) -> SimpleNamespace:
+    """The parsed command line.  Neither the parser nor argparse's Namespace
+    is kept: `run` lives as long as the daemon, which drops argparse once
+    started (daemon/startonly.py)."""
+    return SimpleNamespace(**vars(build_parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    # The parser is not kept: `run` lives as long as the daemon.
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     setup_logging(args.log_level)
     module = importlib.import_module(f"rtagent.commands.{_COMMANDS[args.command]}")
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -536,6 +535,8 @@ def load_config(path: str | None = None, *, kernel: Kernel | None = None, resolv
     A missing file at the default path gives the defaults (a fresh install
     works); a missing file that was named explicitly is an error.
     """
+    import tomllib  # here: the daemon drops it once started (daemon/startonly.py)
+
     explicit = path is not None
     path = path or DEFAULT_PATH
     try:

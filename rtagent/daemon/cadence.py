@@ -12,7 +12,11 @@ While the drift watch runs (daemon/driftwatch.py: a sched_set* syscall or
 a cgroup move of a managed thread reconciles its guest at once), the steady
 resync only backs the watch up, every ``watched_resync_interval_s``; the
 full check stays due on its own time.  The host partition (IRQ affinity
-writes have no syscall to watch) keeps ``resync_interval_s``.
+writes have no syscall to watch) keeps ``resync_interval_s``.  An idle
+daemon with the watch healthy probes libvirt at that watched interval too
+(a hung libvirtd is then noticed as late as with guests, ≤ watched interval
++ call timeout), not every call timeout: each probe wakes the main thread,
+the libvirt worker and libvirt's event thread (0.7-1.4 ms of CPU at load 97).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ def due_after(last_end: float, interval_s: float, *, idle: bool, probe_every_s: 
         return min(last_end + watched_s, max(next_full, last_end + interval_s))
     if not idle:
         return last_end + interval_s
-    return max(last_end + interval_s, min(last_end + max(interval_s, probe_every_s), next_full))
+    # The probe at the cadence it has with guests: with the watch healthy that
+    # is the watched interval (an idle daemon has no faster need to know).
+    probe = probe_every_s if watched_s is None else max(probe_every_s, watched_s)
+    return max(last_end + interval_s, min(last_end + max(interval_s, probe), next_full))
 
 
 def resync_due(d: Daemon) -> float:

@@ -16,6 +16,18 @@ the next status answer (≈ 360 KiB of JSON at 100 guests) and its encoding
 come from the heap and stay there.  :func:`configure` fixes the threshold
 at 128 KiB (setting it turns the adjustment off).
 
+Arenas: glibc makes a malloc arena per thread that allocates, up to 8 per
+CPU, each a heap of its own with its own free pages; the daemon's threads
+(libvirt's event loop, the libvirt worker, the proc connector, the status
+and metrics servers, the watches) mostly wait.  :func:`configure` caps
+them at 2 before the first thread exists, as ``MALLOC_ARENA_MAX=2`` would,
+so the daemon does not depend on its environment for it.
+
+A status answer: its encoding (statusjson.py: one guest's dict at a time)
+leaves ≈ 0.3 MiB of freed buffers in the heap at 100 guests; the status
+thread trims after each answer it renders (:func:`trimmed`; ≈ 1 ms of its
+CPU at nice 10, once per answer, not per burst client).
+
 Not glibc (musl): no ``malloc_trim``/``mallopt``, nothing to do.
 """
 
@@ -23,12 +35,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 128 << 10  # glibc's default, kept fixed
+ARENA_MAX = 2
 
 
 def _libc_fn(name: str, argtypes: list):
@@ -46,8 +62,11 @@ _MALLOPT = _libc_fn("mallopt", [ctypes.c_int, ctypes.c_int])
 
 
 def configure() -> bool:
-    """Keep buffers above 128 KiB out of the heap (see above); at start."""
-    return bool(_MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) if _MALLOPT is not None else False
+    """Keep buffers above 128 KiB out of the heap, at most 2 arenas (see
+    above); at start, before any thread."""
+    if _MALLOPT is None:
+        return False
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(_MALLOPT(M_ARENA_MAX, ARENA_MAX))
 
 
 def available() -> bool:
@@ -57,3 +76,9 @@ def available() -> bool:
 def trim() -> bool:
     """Return free heap pages to the kernel; True if any were."""
     return bool(_TRIM(0)) if _TRIM is not None else False
+
+
+def trimmed(value: T) -> T:
+    """``value``, once the buffers that made it are back with the kernel."""
+    trim()
+    return value

@@ -20,7 +20,7 @@ from ..monitor.lockprio import at_loop_priority
 from ..state import StateStore
 from ..status import StatusServer
 from ..statusjson import encode_answer
-from . import heap
+from . import heap, startonly
 from .driftwatch import DriftWatch
 from .items import Item, Kind
 from .lock import InstanceLock
@@ -43,7 +43,8 @@ def prepare(config: Config, lock: InstanceLock) -> privileges.PrivilegeReport:
     """Start-up before any service exists; returns the privileges kept."""
     # First of all: a second daemon must not touch the first one's socket or port.
     lock.acquire()
-    heap.configure()  # before the first large buffer (heap.py)
+    heap.configure()  # before the first large buffer and the first thread (heap.py)
+    startonly.forget()  # argparse, tomllib: parsed once (startonly.py); before gcpause's freeze
     # Before any other thread exists: capabilities are per thread, inherited at creation.
     privs = privileges.enforce(config)
     if (warning := partition_warning(config)) is not None:
@@ -117,8 +118,8 @@ class Services:
         # Bounded, timed-out client servers within a descriptor budget.
         self.status, self.metrics = start_endpoints(
             config, self.store,
-            snapshot=lambda: encode_answer(self.store, at_loop_priority,
-                                           extra=lambda: {"interference": self._interference_json()}))
+            snapshot=lambda: heap.trimmed(encode_answer(self.store, at_loop_priority,
+                                                        extra=lambda: {"interference": self._interference_json()})))
         if self.metrics is not None and self.interference is not None:
             from ..monitor.interference_service import InterferenceCollector
 
@@ -174,6 +175,8 @@ def reload_config(current: Config, path: str | None) -> Config | None:
     except RtagentError as err:
         log.error("reload refused, keeping the running config: %s", err)
         return None
+    finally:
+        startonly.forget()  # tomllib again (startonly.py)
     if (warning := partition_warning(new)) is not None:
         log.warning("reload: %s", warning)
     fixed = ("status.socket", "metrics.listen", "libvirt.uri", "daemon.lock_file", "daemon.drift_watch")

@@ -261,9 +261,12 @@ class Tasks:
         self._k = kernel
 
     def _path(self, pid: int, tid: int | None, name: str) -> str:
+        # By hand, not os.path.join: the host checks build one per process on
+        # the host every 30 s, the full check several per managed thread.
+        root = self._k.proc_root.rstrip("/")
         if tid is None:
-            return self._k.proc_path(str(pid), name)
-        return self._k.proc_path(str(pid), "task", str(tid), name)
+            return f"{root}/{pid}/{name}"
+        return f"{root}/{pid}/task/{tid}/{name}"
 
     # -- listing --------------------------------------------------------------
 

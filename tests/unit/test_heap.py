@@ -75,3 +75,41 @@ def test_configure_keeps_large_buffers_out_of_the_heap():
         freed[mode] = int(out.stdout)
     assert freed["on"] >= 40, freed
     assert freed["off"] < 10, freed  # what the daemon saw before: glibc kept them
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_configure_caps_the_arenas_without_the_environment(tmp_path, configured):
+    """Six threads allocating at once: glibc gives them arenas of their own
+    (up to 8 per CPU), unless configure() capped them at 2 — with no
+    MALLOC_ARENA_MAX in the environment (the daemon must not depend on the
+    unit setting it)."""
+    if not heap.available():
+        pytest.skip("libc without mallopt")
+    code = textwrap.dedent("""
+        import ctypes, sys, threading
+        from rtagent.daemon import heap
+        if sys.argv[1] == "True":
+            assert heap.configure()
+        go = threading.Barrier(6)
+        held = []
+        def work():
+            go.wait()  # all at once: contention is what makes glibc add arenas
+            held.append([bytearray(1000) for _ in range(2000)])
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        libc = ctypes.CDLL(None)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        f = libc.fopen(sys.argv[2].encode(), b"w")
+        libc.malloc_info(0, f)
+        libc.fclose(f)
+    """)
+    info = tmp_path / "malloc.xml"
+    out = subprocess.run([sys.executable, "-c", code, str(configured), str(info)], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    arenas = info.read_text().count("<heap nr=")
+    assert arenas <= heap.ARENA_MAX if configured else arenas > heap.ARENA_MAX

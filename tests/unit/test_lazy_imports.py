@@ -96,3 +96,37 @@ def test_parsing_the_command_line_imports_no_shutil():
         print(args.command, sorted(m for m in ("shutil", "bz2", "lzma") if m in sys.modules))
     """)
     assert out == "run []"
+
+
+def test_the_daemon_drops_what_only_its_start_up_needs():
+    """argparse (with gettext) parsed the command line and tomllib (with the
+    pure-Python datetime) the config, once: after start-up
+    (daemon/startonly.py) they are gone from sys.modules *and* freed — no
+    daemon module still refers to them (an `import argparse` at the top of
+    one would keep the parser classes alive and fail this)."""
+    out = _run("""
+        import gc, sys, weakref
+        import rtagent.cli, rtagent.commands.daemon, rtagent.daemon, rtagent.daemon.loop, rtagent.daemon.services
+        from rtagent.config import load_config
+        from rtagent.daemon import startonly
+        args = rtagent.cli.parse(["--log-level", "debug", "run", "--config", "config/rtagent.toml"])
+        load_config(args.config, resolve=False)
+        refs = [weakref.ref(sys.modules[m]) for m in ("argparse", "gettext", "tomllib._parser", "datetime")]
+        startonly.forget()
+        gone = ("argparse", "gettext", "tomllib", "datetime", "rtagent.argparsing")
+        print(args.command, args.config, sorted(m for m in sys.modules if m.split(".")[0] in gone
+                                                or m == "rtagent.argparsing"), [r() is None for r in refs])
+    """)
+    assert out == "run config/rtagent.toml [] [True, True, True, True]"
+
+
+def test_a_reload_drops_tomllib_again():
+    out = _run("""
+        import sys
+        from rtagent.config import load_config
+        from rtagent.daemon.services import reload_config
+        current = load_config("config/rtagent.toml", resolve=False)
+        new = reload_config(current, "config/rtagent.toml")
+        print(new is not None, "tomllib" in sys.modules)
+    """)
+    assert out == "True False"

@@ -147,8 +147,12 @@ def test_watched_cadence_backs_off_but_keeps_the_full_check():
     assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=104.0, watched_s=10.0) == 104.0
     # ...but never sooner than the normal interval.
     assert due_after(100.0, 1.0, idle=False, probe_every_s=5.0, next_full=90.0, watched_s=10.0) == 101.0
-    # An idle daemon keeps its own back-off (its liveness probe).
-    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=130.0, watched_s=10.0) == 105.0
+    # An idle daemon: its liveness probe's cadence, which with the watch
+    # healthy is the watched interval (as with guests), or the full check.
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=130.0) == 105.0
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=130.0, watched_s=10.0) == 110.0
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=5.0, next_full=107.0, watched_s=10.0) == 107.0
+    assert due_after(100.0, 1.0, idle=True, probe_every_s=15.0, next_full=130.0, watched_s=10.0) == 115.0
 
 
 def test_owners_map_tids_to_the_guest_whose_baseline_holds_them():

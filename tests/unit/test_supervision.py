@@ -303,6 +303,15 @@ def test_an_idle_daemon_resyncs_only_as_often_as_its_probe_and_full_check_need(t
     d.guests.tracked.clear()
     d.hostside.enforcer = object()
     assert resync_due(d) == 101.0
+    # With the drift watch healthy an idle daemon probes at the watched
+    # interval (10 s by default), as a watched daemon with guests does.
+    d.hostside.enforcer = None
+
+    class Healthy:
+        healthy = True
+
+    d.services.driftwatch = Healthy()
+    assert resync_due(d) == 100.0 + cfg.daemon.watched_resync_interval_s
 
 
 def test_libvirt_events_of_guests_the_selector_never_manages_do_not_wake_the_loop(tmp_path):
