@@ -179,3 +179,24 @@ def test_a_column_metric_is_built_whole():
     with pytest.raises(ValueError):
         ColumnMetric("x", "Doc.", "histogram", ["domain"], (), [])
     assert [(s.name, s.labels, s.value) for s in m.samples] == [("x", {"domain": "a"}, 1.0)]
+
+
+def test_promtool_checks_the_text_we_write():
+    """Prometheus' own linter over the whole answer (our writer, the column
+    families, the library's families beside them)."""
+    import shutil
+    import subprocess
+
+    from prometheus_client import ProcessCollector
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (scripts/setup-host.sh installs it)")
+    store = _store()
+    reg = CollectorRegistry()
+    reg.register(RtagentCollector(store, version="9.9.9", counters=report_counters(store)))
+    ProcessCollector(registry=reg)
+    text = choose_encoder("")[0](reg)
+    assert b"rtagent_vcpu_run_delay_seconds_total{" in text
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
