@@ -43,7 +43,9 @@ def due_after(last_end: float, interval_s: float, *, idle: bool, probe_every_s: 
 
 def resync_due(d: Daemon) -> float:
     """The daemon's next timed resync (monotonic)."""
-    idle = not d.guests.tracked and d.hostside.enforcer is None
+    # A trim of /machine the kernel refused a moment ago (ledger.py) is retried
+    # by the next steady resync: not idle until it is done.
+    idle = not d.guests.tracked and d.hostside.enforcer is None and not d.guests.tuner.ledger.trim_failed
     watched = d.config.daemon.watched_resync_interval_s if d.services.driftwatch.healthy and d.hostside.enforcer is None \
         else None
     return due_after(d._resynced_at, d.config.daemon.resync_interval_s, idle=idle,

@@ -408,16 +408,18 @@ class GuestSupervisor:
         self.steady.forget(uuid)
         self.standing.forget(uuid)
         self.last.pop(uuid, None)
+        claimed = uuid in self.tuner.ledger.claims  # the start window claims before tracking
         self.tuner.forget(uuid, pid)
         self.record.done(uuid)
         self.store.drop(uuid)
         self._tracked_changed()
-        if pid is not None:
-            log.info("guest %s stopped; state dropped", uuid)
+        if claimed:
             # Its RT budget now, not at the next full check: the groups above
             # it (/machine) would hold it for nobody meanwhile, or for good if
             # the daemon stops first.
             self.tuner.ledger.release_unclaimed()
+        if pid is not None:
+            log.info("guest %s stopped; state dropped", uuid)
             if self.placements.pop(pid, None) is not None and self._on_placements is not None:
                 self._on_placements(dict(self.placements))
 

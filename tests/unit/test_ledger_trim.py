@@ -115,3 +115,19 @@ def test_a_trim_the_kernel_refuses_for_a_moment_is_retried(host, monkeypatch):
     monkeypatch.setattr(RtTree, "set_runtime", real)
     assert ledger.release_unclaimed() == [] and not ledger.trim_failed
     assert _runtime(root, "/machine") == 0
+
+
+def test_a_leftover_on_machine_the_grant_found_is_trimmed_too(tmp_path):
+    """/machine already held the budget (a stopped daemon's): the grant wrote
+    nothing there, and it is still given back after the guest."""
+    _group(tmp_path, "/", 950000)
+    _group(tmp_path, "/machine", 950000)
+    for path in ("/machine/qemu-1-a", A):
+        _group(tmp_path, path)
+    ledger = BudgetLedger(RtTree(str(tmp_path), "v1"))
+    ledger.claim("a", {A})
+    ledger.grant()
+    assert _runtime(tmp_path, "/machine") == 950000
+    shutil.rmtree(tmp_path / "machine" / "qemu-1-a")
+    ledger.withdraw("a")
+    assert ledger.release_unclaimed() == [] and _runtime(tmp_path, "/machine") == 0

@@ -301,6 +301,9 @@ def test_an_idle_daemon_resyncs_only_as_often_as_its_probe_and_full_check_need(t
     d.guests.next_full = 130.0
     assert resync_due(d) == 101.0
     d.guests.tracked.clear()
+    d.guests.tuner.ledger.trim_failed = True  # a refused trim of /machine is retried at the next resync
+    assert resync_due(d) == 101.0
+    d.guests.tuner.ledger.trim_failed = False
     d.hostside.enforcer = object()
     assert resync_due(d) == 101.0
     # With the drift watch healthy an idle daemon probes at the watched

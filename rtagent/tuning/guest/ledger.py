@@ -45,8 +45,8 @@ class BudgetLedger:
     fixed_us: int | None = None
     claims: dict[str, frozenset[str]] = field(default_factory=dict)  # guest uuid -> cgroups
     granted: set[str] = field(default_factory=set)
-    # Groups above the leaves that a grant raised (their budget is the sum
-    # of their children's): trimmed when nothing claimed lies below them.
+    # Groups above the leaves a grant planned (set to the sum of their
+    # children's budgets): trimmed when nothing claimed lies below them.
     raised: set[str] = field(default_factory=set)
     # A trim the kernel refused (a removed child group is still counted
     # until the kernel frees it: EINVAL for a moment): retried at the next
@@ -172,7 +172,10 @@ class BudgetLedger:
             raise
         self.gate.open()
         self.granted |= leaves
-        self.raised |= {w.path for w in plan.writes if w.after > w.before and w.path not in leaves}
+        # The plan set every group above the leaves to the sum of its
+        # children (whatever it held before, a stopped daemon's leftover
+        # included): they are this ledger's to trim.
+        self.raised.update(a for leaf in leaves for a in ancestors(leaf))
         return plan
 
     def _grant_key(self, leaves: set[str]) -> tuple:
