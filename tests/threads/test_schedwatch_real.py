@@ -155,21 +155,22 @@ def test_a_dead_daemons_instance_is_removed_at_start():
             tracefs.remove_instance(ROOT, path.name)
 
 
+def _intact_says_while_off(w, path, message: str) -> None:
+    """``path`` (an enable or tracing_on file) written 0: intact() says
+    ``message``; written back 1: intact again."""
+    path.write_text("0")
+    try:
+        assert w.intact() == message
+    finally:
+        path.write_text("1")
+    assert w.intact() is None
+
+
 def test_intact_names_an_event_disabled_in_the_real_instance(watch):
     """The 30 s look reads the kernel's set_event: a disabled event (or
     tracing turned off) is seen there, as with the enable files."""
     w, _notices = watch
     assert w.intact() is None
-    enable = w.inst.path / "events/syscalls/sys_enter_sched_setaffinity/enable"
-    enable.write_text("0")
-    try:
-        assert w.intact() == f"event syscalls:sys_enter_sched_setaffinity disabled in {w.inst.path}"
-    finally:
-        enable.write_text("1")
-    assert w.intact() is None
-    on = w.exits.path / "tracing_on"
-    on.write_text("0")
-    try:
-        assert w.intact() == f"tracing turned off in {w.exits.path}"
-    finally:
-        on.write_text("1")
+    _intact_says_while_off(w, w.inst.path / "events/syscalls/sys_enter_sched_setaffinity/enable",
+                           f"event syscalls:sys_enter_sched_setaffinity disabled in {w.inst.path}")
+    _intact_says_while_off(w, w.exits.path / "tracing_on", f"tracing turned off in {w.exits.path}")
