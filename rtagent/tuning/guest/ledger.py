@@ -50,7 +50,8 @@ class BudgetLedger:
     raised: set[str] = field(default_factory=set)
     # A trim the kernel refused (a removed child group is still counted
     # until the kernel frees it: EINVAL for a moment): retried at the next
-    # steady resync (:attr:`trim_pending`).
+    # steady resync (GuestSupervisor.check_steady; daemon/cadence.py keeps
+    # the daemon off its idle cadence meanwhile).
     trim_failed: bool = False
     # Releases the kernel refused (EBUSY while a thread there is still
     # realtime): retried on the next grant or release.
