@@ -39,6 +39,7 @@ class HostSupervisor:
     def configure(self, config: Config) -> None:
         """(Re)build the enforcer from the config (start and SIGHUP)."""
         self.config = config
+        self._partition_stored = False  # the store shows this config's partition (_store)
         ht = config.host_tuning
         self.enforcer = None
         if (ht.kthreads or ht.irqs or ht.workqueues or ht.kthread_priorities) and config.partition.realtime:
@@ -64,6 +65,10 @@ class HostSupervisor:
             except Exception:  # the host partition must never take the daemon down
                 log.exception("host partition enforcement failed")
         checks = self._checks(guest_pids, vcpusched_guests)
+        if report is None and checks is None and self._partition_stored:
+            # Nothing new to show (the steady resync without a host partition):
+            # no lock, no partition JSON rebuilt every second.
+            return
         self.store.update(lambda s: self._store(s, report, checks))
         if report is not None:
             for r in report.changed:
@@ -88,6 +93,7 @@ class HostSupervisor:
 
     def _store(self, s: StateStore, report, checks: tuple | None) -> None:
         s.daemon.host.update(self.config.partition.to_json())
+        self._partition_stored = True
         if checks is not None:
             s.daemon.host_checks = checks
         if report is None:

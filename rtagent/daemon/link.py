@@ -80,6 +80,10 @@ class LibvirtLink:
         if self.up:
             self.host.probe()
         hung = self.host.unresponsive_s()
+        if (hung is None) == (self.store.daemon.libvirt_unresponsive_since is None):
+            # No change (every steady resync): no lock.  Only the loop writes
+            # the field, so reading it here without the lock is exact.
+            return
         since = None if hung is None else time.time() - hung
 
         def mark(s: StateStore) -> None:

@@ -1,0 +1,85 @@
+"""A steady resync with nothing new to show leaves the state store alone:
+the host side without a host partition and the libvirt responsiveness take
+the store's lock only when what they publish changes (issue 14: the fixed
+part of every resync)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rtagent.config import Partition, parse_config
+from rtagent.daemon.hostside import HostSupervisor
+from rtagent.daemon.link import LibvirtLink
+from rtagent.state import StateStore
+
+pytestmark = pytest.mark.unit
+
+PART = Partition(frozenset({0, 1}), frozenset({1}), frozenset({0}))
+
+
+class CountingStore(StateStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates = 0
+
+    def update(self, fn):
+        self.updates += 1
+        return super().update(fn)
+
+
+def _config():
+    cfg = parse_config({"host_tuning": {"kthreads": False, "irqs": False, "workqueues": False,
+                                        "kthread_priorities": False}}, resolve=False)
+    return dataclasses.replace(cfg, partition=PART)
+
+
+def test_host_side_without_a_partition_writes_the_store_once_per_config():
+    store = CountingStore()
+    host = HostSupervisor(_config(), store)
+    host.next_checks = float("inf")  # host checks not due: they scan the real /proc
+    assert host.enforcer is None
+    host.enforce(set())
+    assert store.updates == 1 and store.daemon.host["realtime_cpus"] == "1"
+    for _ in range(3):
+        host.enforce(set())
+    assert store.updates == 1  # nothing new: no lock, no partition JSON
+    store.daemon.host.clear()
+    host.configure(_config())  # a reload shows the (new) partition again
+    host.enforce(set())
+    assert store.updates == 2 and store.daemon.host["realtime_cpus"] == "1"
+
+
+class FakeHost:
+    """Only what publish_responsiveness asks of a LibvirtHost."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.hung: float | None = None
+        self.probes = 0
+
+    def probe(self) -> None:
+        self.probes += 1
+
+    def unresponsive_s(self) -> float | None:
+        return self.hung
+
+
+def test_responsiveness_takes_the_lock_only_when_it_flips():
+    store, host = CountingStore(), FakeHost()
+    link = LibvirtLink(host, store, 1.0, lambda _ev: None, lambda _r: None)
+    link.publish_responsiveness()
+    assert host.probes == 1 and store.updates == 0 and store.daemon.libvirt_unresponsive_since is None
+    host.hung = 3.0
+    link.publish_responsiveness()
+    since = store.daemon.libvirt_unresponsive_since
+    assert store.updates == 1 and since is not None
+    host.hung = 4.0
+    link.publish_responsiveness()
+    assert store.updates == 1 and store.daemon.libvirt_unresponsive_since == since  # still since then
+    host.hung = None
+    link.publish_responsiveness()
+    assert store.updates == 2 and store.daemon.libvirt_unresponsive_since is None
+    assert host.probes == 4
