@@ -203,6 +203,10 @@ class CallWorker:
     def unresponsive_s(self) -> float | None:
         """Seconds since the call (or probe) that has not returned within its
         timeout was made, or None."""
+        if self._stuck is None and self._clock() - self._probe_at <= self.timeout_s:
+            # Nothing can be overdue (the usual answer, asked every resync):
+            # no lock.  A call that sticks meanwhile is seen at the next ask.
+            return None
         with self._lock:
             if self._stuck is not None and self._stuck.done():
                 self._stuck = self._stuck_since = None
@@ -216,6 +220,8 @@ class CallWorker:
         """Send ``fn`` without waiting for it, at most every ``every_s``: the
         loop learns that libvirt hangs (the probe outlives the timeout) even
         when it makes no call of its own (the steady-state resync)."""
+        if self._clock() - self._probe_at < every_s:
+            return  # sent less than every_s ago (most resyncs): no lock
         with self._lock:
             now = self._clock()
             if (self._probe is not None and not self._probe.done()) or now - self._probe_at < every_s:

@@ -1,17 +1,20 @@
 """A steady resync with nothing new to show leaves the state store alone:
 the host side without a host partition and the libvirt responsiveness take
-the store's lock only when what they publish changes (issue 14: the fixed
-part of every resync)."""
+the store's lock only when what they publish changes, and the libvirt
+worker answers "no probe due, nothing overdue" without its lock (issue 14:
+the fixed part of every resync)."""
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
 from rtagent.config import Partition, parse_config
 from rtagent.daemon.hostside import HostSupervisor
 from rtagent.daemon.link import LibvirtLink
+from rtagent.libvirt_host import CallWorker
 from rtagent.state import StateStore
 
 pytestmark = pytest.mark.unit
@@ -83,3 +86,42 @@ def test_responsiveness_takes_the_lock_only_when_it_flips():
     link.publish_responsiveness()
     assert store.updates == 2 and store.daemon.libvirt_unresponsive_since is None
     assert host.probes == 4
+
+
+class CountingLock:
+    """The worker's lock, counting how often it is taken."""
+
+    def __init__(self) -> None:
+        self._lock, self.taken = threading.Lock(), 0
+
+    def __enter__(self):
+        self.taken += 1
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+
+def test_the_worker_answers_the_resyncs_usual_questions_without_its_lock():
+    now = [100.0]
+    worker = CallWorker(5.0, clock=lambda: now[0], name="rtf-test-worker")
+    worker._lock = lock = CountingLock()
+    answered, release = threading.Event(), threading.Event()
+
+    def hangs() -> None:
+        answered.set()
+        release.wait(10)
+
+    worker.probe(hangs, every_s=5.0)  # sent: under the lock
+    assert answered.wait(5) and lock.taken == 1
+    now[0] = 103.0
+    worker.probe(hangs, every_s=5.0)  # not due: nothing sent, no lock
+    assert worker.unresponsive_s() is None and lock.taken == 1
+    now[0] = 106.0  # the probe outlived the timeout: hung since it was sent
+    assert worker.unresponsive_s() == pytest.approx(6.0) and lock.taken == 2
+    release.set()
+    for _ in range(200):
+        if worker.unresponsive_s() is None:
+            break
+        threading.Event().wait(0.02)
+    assert worker.unresponsive_s() is None
