@@ -110,3 +110,17 @@ def test_a_row_below_its_idle_baseline_claims_no_pass():
     per_s = [r[3] for r in rows if r[0].startswith("CPU per managed thread per second")]
     assert per_s == ["n/a (below idle)", "pass"]
     assert [r[3] for r in rows if r[0].endswith("flat?")] == ["n/a (below idle)"]
+
+
+def test_the_idle_row_judges_the_windows_plus_the_host_checks_share(tmp_path):
+    cfg = tmp_path / "rtagent.toml"
+    cfg.write_text('[host]\nrealtime_cpus = "1"\n')
+    share = b3_cost._idle_host_checks(cfg, 0.049)
+    # One real run on this host, at the idle interval's share.
+    assert share["host_checks_ms"] > 0 and share["host_threads"] > 0 and share["host_checks_every_s"] == 300.0
+    assert share["rtagent_cpu_pct"] == pytest.approx(0.049 + 100 * share["host_checks_ms"] / 1000 / 300.0)
+    idle = {"rtagent_cpu_pct": 0.049, **share, "threads": {}}
+    idle["host_checks_share_pct"], idle["rtagent_cpu_pct"] = 0.002, 0.051  # the sum crosses the goal
+    rows = b3_cost._daemon_goal_rows({"rows": [], "idle": idle, "resync_s": 1.0}, "paused guests")
+    row = next(r for r in rows if r[0].startswith("idle daemon (no realtime guest"))
+    assert row[1].startswith("0.051 % (windows 0.049 + host checks") and row[3] == "FAIL"
