@@ -2,14 +2,16 @@
 workqueues off the realtime CPUs) enforced on every resync, and the host
 readiness checks on their own slower timer (they scan all of /proc).
 
-The checks' timer has two speeds (:func:`checks_due`).  While a guest is
-managed they run every ``[daemon] host_check_interval_s`` (30 s).  While none
-is, every ``idle_host_check_interval_s`` (300 s): the scan costs ≈ 15 µs per
-host thread (an affinity syscall and a ``stat`` read per thread, for the
-intruder check), which at 1,000 host threads every 30 s is by itself the
-idle daemon's whole budget (0.05 % of a core).  With no realtime guest
-nothing on the realtime CPUs is at stake yet, and the first managed guest
-runs them at once; so does a newly defined guest libvirt will refuse.
+The checks are a report about configuration (the kernel command line,
+sysctls, hugepages, irqbalance, user threads allowed on a realtime CPU),
+not enforcement, and the last of them costs ≈ 15 µs per host thread (an
+affinity syscall and a ``stat`` read per thread): every 30 s at 1,000 host
+threads that alone was the idle daemon's whole budget (0.05 % of a core),
+and with guests it grew with the host, not with the guests.  So they run
+every ``[daemon] host_check_interval_s`` (300 s), and at once when the
+answer may have changed (:func:`checks_due`): at start, for the first
+managed guest after none, at a SIGHUP reload (the operator just changed
+something), and for a newly defined guest libvirt will refuse.
 ``rtagent check`` runs them on demand."""
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ class HostSupervisor:
         self.next_checks = 0.0
         self._busy = False  # a guest was managed at the last call
         self._vcpusched_seen: tuple[str, ...] = ()
-        self.interval_s = config.daemon.host_check_interval_s
         self.configure(config)
 
     def configure(self, config: Config) -> None:
-        """(Re)build the enforcer from the config (start and SIGHUP)."""
+        """(Re)build the enforcer from the config (start and SIGHUP); the host
+        checks run at the next resync (a reload follows a change)."""
         self.config = config
+        self.next_checks = 0.0
         ht = config.host_tuning
         self.enforcer = None
         if (ht.kthreads or ht.irqs or ht.workqueues or ht.kthread_priorities) and config.partition.realtime:
@@ -92,9 +95,7 @@ class HostSupervisor:
         self._busy = busy
         if not due:
             return None
-        d = self.config.daemon
-        self.interval_s = d.host_check_interval_s if busy else d.idle_host_check_interval_s
-        self.next_checks = now + self.interval_s
+        self.next_checks = now + self.config.daemon.host_check_interval_s
         self._vcpusched_seen = vcpusched_guests
         try:
             from ..monitor.hostchecks import run_host_checks
@@ -110,9 +111,9 @@ class HostSupervisor:
         s.daemon.host.update(self.config.partition.to_json())
         if checks is not None:
             s.daemon.host_checks = checks
-            # How old the checks in an answer are, and how often they run now.
+            # How old the checks in an answer are, and how often they run.
             s.daemon.host["checks_at"] = time.time()
-            s.daemon.host["checks_every_s"] = self.interval_s
+            s.daemon.host["checks_every_s"] = self.config.daemon.host_check_interval_s
         if report is None:
             return
         s.daemon.host_corrections.update(report.corrections_by_kind)

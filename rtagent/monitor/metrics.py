@@ -579,8 +579,7 @@ class RtagentCollector(Collector):
         out: list[Metric] = [ok, sev, val]
         if s.host_checks_at is not None:
             at = _gauge("host_checks_timestamp_seconds", "Unix time the host readiness checks last ran "
-                        "(daemon.host_check_interval_s while a guest is managed, idle_host_check_interval_s "
-                        "while none is).")
+                        "(every daemon.host_check_interval_s, and at start, first guest, reload).")
             at.add_metric([], s.host_checks_at)
             out.append(at)
         for c in s.host_checks:

@@ -1,8 +1,8 @@
-"""The host checks' two speeds (daemon/hostside.py): every
-host_check_interval_s while a guest is managed, every
-idle_host_check_interval_s while none is, at once for the first managed
-guest and for a newly refused <vcpusched>.  The checks are counted, not run
-(a real run scans this machine's /proc; its content is tested elsewhere)."""
+"""When the host checks run (daemon/hostside.py): every
+host_check_interval_s, and at once at start, for the first managed guest
+after none, at a reload and for a newly refused <vcpusched>.  The checks are
+counted, not run (a real run scans this machine's /proc; its content is
+tested elsewhere)."""
 
 from __future__ import annotations
 
@@ -52,46 +52,46 @@ def _at(hs, clock, t: float, guests: set[int] = frozenset(), refused: tuple[str,
     hs.enforce(set(guests), refused)
 
 
-def test_idle_runs_them_every_idle_interval_and_the_first_guest_at_once(tmp_path, monkeypatch):
+def test_every_interval_and_at_once_when_the_answer_may_have_changed(tmp_path, monkeypatch):
     hs, store, clock, runs = _supervisor(tmp_path, monkeypatch)
-    _at(hs, clock, 0)
+    _at(hs, clock, 0)  # at start
     assert runs == [1000.0]
     assert store.read(lambda s: s.daemon.host["checks_every_s"]) == 300.0
     for t in (31, 120, 299):
         _at(hs, clock, t)
-    assert len(runs) == 1  # idle: not every 30 s
+    assert len(runs) == 1  # not every 30 s
     _at(hs, clock, 301)
     assert runs[-1] == 1301.0
     _at(hs, clock, 310, {4242})  # the first managed guest: now, not at 601
-    assert runs[-1] == 1310.0 and store.read(lambda s: s.daemon.host["checks_every_s"]) == 30.0
+    assert runs[-1] == 1310.0
     _at(hs, clock, 320, {4242, 4343})  # a second guest: no run of its own
-    _at(hs, clock, 339, {4242, 4343})
+    _at(hs, clock, 330)  # the last guest gone: no hurry either
     assert len(runs) == 3
-    _at(hs, clock, 341, {4242})
-    assert runs[-1] == 1341.0
-    _at(hs, clock, 350)  # the last guest gone: the next run as planned, then the idle pace
-    _at(hs, clock, 372)
-    assert runs[-1] == 1372.0 and store.read(lambda s: s.daemon.host["checks_every_s"]) == 300.0
-    _at(hs, clock, 600)
-    assert len(runs) == 5  # the next idle run is due at 672
-    _at(hs, clock, 601, refused=("d1",))  # a guest libvirt will refuse: news now
+    _at(hs, clock, 340, {4242})  # a first guest again
+    assert runs[-1] == 1340.0
+    _at(hs, clock, 600, {4242})
+    assert len(runs) == 4
+    _at(hs, clock, 601, {4242}, refused=("d1",))  # a guest libvirt will refuse: news now
     assert runs[-1] == 1601.0
+    hs.configure(hs.config)  # SIGHUP: the operator changed something
+    _at(hs, clock, 602, {4242}, refused=("d1",))
+    assert runs[-1] == 1602.0 and len(runs) == 6
+    _at(hs, clock, 901, {4242}, refused=("d1",))
+    assert len(runs) == 6
+    _at(hs, clock, 902, {4242}, refused=("d1",))
+    assert runs[-1] == 1902.0
 
 
-def test_the_intervals_come_from_the_config(tmp_path, monkeypatch):
-    hs, _store, clock, runs = _supervisor(tmp_path, monkeypatch,
-                                          "host_check_interval_s = 5.0\nidle_host_check_interval_s = 60.0\n")
-    _at(hs, clock, 0, {1})
-    _at(hs, clock, 5, {1})
-    _at(hs, clock, 10)
-    _at(hs, clock, 69)
-    _at(hs, clock, 70)
-    assert [r - 1000.0 for r in runs] == [0, 5, 10, 70]
+def test_the_interval_comes_from_the_config(tmp_path, monkeypatch):
+    hs, _store, clock, runs = _supervisor(tmp_path, monkeypatch, "host_check_interval_s = 5.0\n")
+    for t in (0, 4, 5, 9, 10):
+        _at(hs, clock, t, {1})
+    assert [r - 1000.0 for r in runs] == [0, 5, 10]
 
 
-@pytest.mark.parametrize("key", ["host_check_interval_s", "idle_host_check_interval_s"])
 @pytest.mark.parametrize("value", ["0", "86401", "true", '"30"'])
-def test_a_bad_interval_names_the_key_and_the_value(tmp_path, key, value):
+def test_a_bad_interval_names_the_key_and_the_value(tmp_path, value):
+    key = "host_check_interval_s"
     f = tmp_path / "c.toml"
     f.write_text(f"[daemon]\n{key} = {value}\n")
     with pytest.raises(ConfigError) as e:
