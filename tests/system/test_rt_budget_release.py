@@ -30,7 +30,7 @@ def _tree():
 
 def _slack(tree) -> int:
     """What /machine holds beyond its children: budget held for nobody."""
-    return tree.runtime(MACHINE) - sum(max(tree.runtime(c), 0) for c in tree.children(MACHINE))
+    return tree.runtime(MACHINE) - tree.children_hold(MACHINE)
 
 
 def _realtime(g) -> bool:
