@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,14 +83,16 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "") -> dict:
     prefix = f"rtbench-rss-{tag}{os.getpid()}-"
     g = Guests()
     daemons: list[tuple[Path, subprocess.Popen, str]] = []
+    dirs: list[Path] = []
     try:
         import libvirt
 
         for i in range(guests):
             g.start(f"{prefix}{i}", rt_guest_xml(f"{prefix}{i}", metadata=""), flags=libvirt.VIR_DOMAIN_START_PAUSED)
         for tree in trees:
-            proc, sock, _ = _start(tree, prefix)
+            proc, sock, d = _start(tree, prefix)
             daemons.append((tree, proc, sock))
+            dirs.append(d)
         for _, _, sock in daemons:
             wait_for(lambda s=sock: len(fetch(s)["domains"]) >= guests, 120 + 2 * guests, 2.0)
         time.sleep(60)
@@ -120,6 +123,9 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "") -> dict:
             except subprocess.TimeoutExpired:
                 p.kill()
         g.close()
+        for d in dirs:  # each daemon's config, socket and log (RTBENCH_KEEP=1 keeps them)
+            if os.environ.get("RTBENCH_KEEP") != "1":
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def format_result(r: dict) -> str:

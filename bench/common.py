@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -432,6 +433,9 @@ class DaemonProc:
     log: Path
     notify: socket.socket
     messages: list[str] = field(default_factory=list)
+    # A directory start_daemon made (mkdtemp): removed at stop, unless
+    # RTBENCH_KEEP=1 asks to keep its config and log.
+    owns_dir: bool = False
 
     @property
     def pid(self) -> int:
@@ -477,6 +481,8 @@ class DaemonProc:
                 self.proc.wait()
         with contextlib.suppress(OSError):
             self.notify.close()
+        if self.owns_dir and os.environ.get("RTBENCH_KEEP") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
@@ -500,7 +506,7 @@ def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
                                  "--config", str(cfg)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                 cwd=str(REPO))
-    dp = DaemonProc(proc=proc, dir=d, socket=sock, log=log, notify=ns)
+    dp = DaemonProc(proc=proc, dir=d, socket=sock, log=log, notify=ns, owns_dir=workdir is None)
     try:
         dp.wait_ready()
     except BaseException:

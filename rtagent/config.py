@@ -79,6 +79,9 @@ class DaemonConfig:
     # that was missed.  Between full checks the resync asks the kernel only
     # what can drift (policy, priority, affinity) by syscall.
     full_check_interval_s: float = 30.0
+    # The host readiness checks (a scan of every thread on the host: ≈ 15 µs
+    # each); also at start, for the first guest, at SIGHUP (daemon/hostside.py).
+    host_check_interval_s: float = 300.0
     proc_connector: bool = True
     # Make realtime vCPUs realtime while libvirt still holds a starting
     # guest's CPUs stopped (daemon/startwatch.py), not at its STARTED event.
@@ -386,6 +389,9 @@ def _check_daemon(chk: _Checker, daemon: DaemonConfig) -> DaemonConfig:
     fc = daemon.full_check_interval_s
     if isinstance(fc, bool) or not isinstance(fc, (int, float)) or not 0.05 <= fc <= 86400:
         raise chk.fail("daemon.full_check_interval_s", fc, "must be in 0.05..86400 seconds")
+    hc = daemon.host_check_interval_s
+    if isinstance(hc, bool) or not isinstance(hc, (int, float)) or not 0.05 <= hc <= 86400:
+        raise chk.fail("daemon.host_check_interval_s", hc, "must be in 0.05..86400 seconds")
     if daemon.drift_watch not in DRIFT_WATCH_MODES:
         raise chk.fail("daemon.drift_watch", daemon.drift_watch, f"must be one of: {', '.join(DRIFT_WATCH_MODES)}")
     wi = daemon.watched_resync_interval_s

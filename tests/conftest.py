@@ -233,3 +233,24 @@ def guest_factory(_conn_holder, libvirtd):
             _live(_conn_holder, libvirtd).lookupByUUIDString(g.uuid_str).destroy()
         except libvirt.libvirtError:
             pass
+    remove_left_groups([g.name for g in created])
+
+
+def remove_left_groups(names: list[str], root: str = "/sys/fs/cgroup") -> list[str]:
+    """The cgroup v1 directories libvirt left behind for these (stopped)
+    guests: libvirt removes a guest's groups when it stops, but after a
+    SIGKILLed QEMU its rmdir can meet threads still exiting (EBUSY), and the
+    empty directories stay.  Only empty ones go (rmdir refuses the rest),
+    deepest first; returns what was removed."""
+    import glob
+
+    removed = []
+    for name in names:
+        for top in glob.glob(f"{glob.escape(root)}/*/machine/qemu-*-{glob.escape(name)}.libvirt-qemu"):
+            for d, _subdirs, _files in os.walk(top, topdown=False):
+                try:
+                    os.rmdir(d)
+                    removed.append(d)
+                except OSError:
+                    pass
+    return removed

@@ -120,7 +120,7 @@ def give_back_machine_budget(at_start: int) -> str | None:
     if found is None:
         return None
     tree, now = found
-    held = sum(max(tree.runtime(c), 0) for c in tree.children(MACHINE))
+    held = tree.children_hold(MACHINE)
     target = max(held, at_start)
     if now <= target:
         return None

@@ -92,6 +92,12 @@ def _drift_watch(w: dict | None) -> str:
     return state if state == "off" else f"{state} ({w.get('reason') or '?'})"
 
 
+def _checks_age(host: dict) -> str:
+    """``, checks 12s ago (every 300s)``: the host checks' lines below are that old."""
+    at = host.get("checks_at")
+    return "" if at is None else f", checks {_ago(at)} (every {host.get('checks_every_s', 0):g}s)"
+
+
 def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
     d, host = data.get("daemon", {}), data.get("host", {})
     lv = d.get("libvirt", {})
@@ -101,7 +107,7 @@ def render(data: dict, domains: list[dict], *, detail: bool) -> list[str]:
         f"{'on' if d.get('proc_connector') else 'off'}, drift watch {_drift_watch(d.get('drift_watch'))}, "
         f"last resync {_ago(d.get('last_resync_at'))}",
         f"host: realtime CPUs {host.get('realtime_cpus') or '(none)'}, housekeeping CPUs "
-        f"{host.get('housekeeping_cpus', '?')}",
+        f"{host.get('housekeeping_cpus', '?')}{_checks_age(host)}",
     ]
     failing = [c for c in host.get("checks", []) if not c.get("ok")]
     for c in failing:

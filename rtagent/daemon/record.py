@@ -12,9 +12,14 @@ The file is JSON next to the instance lock (``[daemon] lock_file`` with the
 extension ``.realtime.json``; by default ``/run/rtagent/rtagent.realtime.json``,
 on tmpfs: after a reboot no thread of it exists any more).  It belongs to
 the daemon holding that lock, so it has one writer.  An entry is written
-before a guest's first thread is made realtime (a crash in between leaves
-an entry for a guest with nothing to undo, never the other way round) and
-removed when the guest stops, leaves management, or its withdrawal is done.
+before a guest's first thread is made realtime, by whichever path gets there
+first: the start window while libvirt still starts the guest
+(:meth:`RealtimeRecord.note_start`) or a reconcile (:meth:`RealtimeRecord.note`).
+A crash in between leaves an entry for a guest with nothing to undo (its
+withdrawal finds no realtime thread and drops it), never the other way
+round.  It is removed when the guest stops, its start fails, it leaves
+management, or its withdrawal is done.  A stopping daemon keeps it: it
+leaves its tuning in place, and the next daemon takes both over.
 The writes are the host ledger's (atomic: temp file, fsync, rename).
 """
 
@@ -103,14 +108,30 @@ class RealtimeRecord:
             return
         if not (report.realtime and report.spec.valid and report.pid is not None):
             return
-        started = self._started_of(report.pid)
+        self._put(report.uuid, report.name, report.pid, report.realtime_cgroups)
+
+    def note_start(self, uuid: str, name: str, pid: int, cgroups: set[str] | frozenset[str]) -> None:
+        """The start window, before its first FIFO or affinity write for a
+        starting guest (daemon/startwatch.py): the same write-ahead as the
+        reconcile's, with the vcpuN groups it granted budget to.  A daemon
+        killed right after leaves an entry whose undo finds nothing
+        realtime (a no-op, then dropped).  Never raises, like :meth:`note`."""
+        try:
+            self._put(uuid, name, pid, frozenset(cgroups))
+        except Exception:
+            log.exception("realtime record: starting guest %s not noted", name)
+
+    def _put(self, uuid: str, name: str, pid: int, cgroups: frozenset[str]) -> None:
+        """The entry of this QEMU process, with every cgroup noted for it so
+        far (a new process of the guest starts over); written when it changed."""
+        started = self._started_of(pid)
         if started is None:
             return
-        old = self.entries.get(report.uuid)
-        cgroups = report.realtime_cgroups | (old.cgroups if old is not None and old.pid == report.pid else frozenset())
-        entry = Tuned(report.uuid, report.name, report.pid, started, cgroups)
+        old = self.entries.get(uuid)
+        same = old is not None and old.pid == pid and old.started == started
+        entry = Tuned(uuid, name, pid, started, cgroups | (old.cgroups if same else frozenset()))
         if entry != old:
-            self.entries[report.uuid] = entry
+            self.entries[uuid] = entry
             self._save()
 
     def done(self, uuid: str) -> None:

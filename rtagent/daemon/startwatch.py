@@ -17,7 +17,9 @@ here, on the daemon loop (no race with reconciles):
 * thread placed in ``vcpuN`` → the baseline (its time on CPU) and, once its
   affinity is libvirt's final single pCPU, SCHED_FIFO: the pure planner
   decides, the executor applies (syscalls only — libvirt's pin calls need a
-  job the start holds).
+  job the start holds).  Before that first write the guest is noted in the
+  realtime record (record.py), as a reconcile would: a daemon stopped before
+  the STARTED reconcile leaves its successor knowing whose FIFO it is.
 
 Never before the placement: a realtime thread moved into a group without
 budget fails with EINVAL, and libvirt would fail the start.  Every step is
@@ -242,6 +244,7 @@ class StartWatch:
             return
         self.sup.tuner.forget(rec.uuid)
         self.sup.tuner.ledger.release_unclaimed()
+        self.sup.record.done(rec.uuid)  # noted before its first FIFO write, maybe
         self.sup.store.drop(rec.uuid)
 
     def _realtime_here(self, rec: _Start, vcpu: int) -> bool:
@@ -350,6 +353,10 @@ class StartWatch:
             self._vcpu_group(rec, tp.thread.vcpu)  # its vcpuN signal was missed: budget first
         ready = [tp for tp in ready if tp.thread.cgroup_cpu in rec.groups]
         if ready and not rec.early_done:
+            # Write-ahead, as the reconcile does: a daemon stopped after the
+            # FIFO write below must leave its successor knowing that this
+            # QEMU's vCPUs are rtagent's (record.py), budget groups included.
+            self.sup.record.note_start(rec.uuid, rec.name, rec.pid, rec.groups)
             for r in execute(plan_actions(ready), None, kernel=self.kernel):
                 self._note(rec, r, Path.EARLY)
         waiting = bool(wanted - set(self._landed(rec)) - done)

@@ -119,6 +119,12 @@ class RtTree:
         return [f"{base}/{e.name}" for e in entries
                 if e.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(e.path, RUNTIME))]
 
+    def children_hold(self, group: str, *, besides: str | None = None) -> int:
+        """What ``group``'s child groups hold between them (but ``besides``):
+        the least ``group`` may keep, since the kernel refuses a budget below
+        its children's.  A child gone since the listing holds nothing."""
+        return sum(max(self.held(c) or 0, 0) for c in self.children(group) if c != besides)
+
     def guest_groups(self, group: str) -> list[str]:
         """Children of ``group`` that are libvirt guests' groups (``qemu`` in the name)."""
         d = self._dir(group)

@@ -189,6 +189,7 @@ class _Snapshot:
     full_checks: int = 0
     last_resync_at: float | None = None
     host_checks: tuple[_HostCheck, ...] = ()
+    host_checks_at: float | None = None
     host_corrections: tuple[tuple[str, int], ...] = ()
     host_refused: tuple[tuple[str, int], ...] = ()
     reconcile: _Hist | None = None
@@ -277,6 +278,7 @@ def _take(store: StateStore) -> _Snapshot:
         drift_watch=d.drift_watch.get("state") == "running",
         events=_items(d.events), events_dropped=_items(d.events_dropped), resyncs=int(d.resyncs),
         full_checks=int(d.full_checks), last_resync_at=d.last_resync_at, host_checks=checks,
+        host_checks_at=d.host.get("checks_at"),
         host_corrections=_items(d.host_corrections), host_refused=_items(d.host_refused),
         reconcile=_Hist.of(d.reconcile_duration), event_to_tuned=_Hist.of(d.event_to_tuned),
         guests=[_ref(g) for _, g in sorted(by_name.items())],
@@ -575,6 +577,11 @@ class RtagentCollector(Collector):
                      ["check"])
         seen: set[str] = set()
         out: list[Metric] = [ok, sev, val]
+        if s.host_checks_at is not None:
+            at = _gauge("host_checks_timestamp_seconds", "Unix time the host readiness checks last ran "
+                        "(every daemon.host_check_interval_s, and at start, first guest, reload).")
+            at.add_metric([], s.host_checks_at)
+            out.append(at)
         for c in s.host_checks:
             if c.name in seen:
                 continue

@@ -110,3 +110,27 @@ def test_a_row_below_its_idle_baseline_claims_no_pass():
     per_s = [r[3] for r in rows if r[0].startswith("CPU per managed thread per second")]
     assert per_s == ["n/a (below idle)", "pass"]
     assert [r[3] for r in rows if r[0].endswith("flat?")] == ["n/a (below idle)"]
+
+
+def test_the_host_checks_are_timed_apart_and_added_at_their_share(tmp_path):
+    cfg = tmp_path / "rtagent.toml"
+    cfg.write_text('[host]\nrealtime_cpus = "1"\n')
+    assert b3_cost.host_checks_config({"host_check_interval_s": 300.0}) == "host_check_interval_s = 86400.0\n"
+    assert b3_cost.host_checks_config({}) == ""  # an rtagent that ran them inside every window
+    share = b3_cost.host_checks_share(cfg)
+    # One real run on this host, at the default interval's share.
+    assert share["host_checks_ms"] > 0 and share["host_threads"] > 0 and share["host_checks_every_s"] == 300.0
+    assert share["host_checks_us_per_s"] == pytest.approx(1000 * share["host_checks_ms"] / 300.0)
+
+    row = _row(2.0)
+    b3_cost._add_host_checks(row, {"host_checks_us_per_s": 30.0}, {**share, "host_checks_us_per_s": 90.0}, 6)
+    assert row["per_s_above_idle_us"] == pytest.approx(2.0 + 60.0 / 6)  # the difference to idle's share
+    assert row["per_s_total_us"] == pytest.approx(3.0 + 90.0 / 6) and row["cpu_pct"] == pytest.approx(0.1 + 0.009)
+    assert row["host_checks_us_per_thread_s"] == pytest.approx(15.0)
+
+    idle = {"rtagent_cpu_pct": 0.051, "rtagent_cpu_pct_windows": 0.049, **share, "host_checks_us_per_s": 20.0,
+            "threads": {}}
+    rows = b3_cost._daemon_goal_rows({"rows": [], "idle": idle, "resync_s": 1.0}, "paused guests")
+    line = next(r for r in rows if r[0].startswith("idle daemon (no realtime guest"))
+    assert line[1].startswith("0.051 % (windows 0.049 + host checks") and line[1].endswith(": 0.002)")
+    assert line[3] == "FAIL"

@@ -59,3 +59,34 @@ def test_a_malformed_record_inherits_nothing(tmp_path):
     assert rec.entries == {}
     rec.note(_report(realtime=True))
     assert json.loads((tmp_path / "r.json").read_text())["entries"]["u"]["pid"] == 10
+
+
+def test_the_start_windows_entry_is_kept_and_completed_by_the_reconcile(tmp_path):
+    """note_start (before the start window's first FIFO write) and the
+    reconcile's note are one entry for one QEMU process; another process
+    under the same PID (a later start time) starts over."""
+    path = str(tmp_path / "r.json")
+    starts = {10: 500}
+    rec = RealtimeRecord(path, starts.get)
+    rec.note_start("u", "g", 10, {"/m/vcpu0"})
+    assert RealtimeRecord(path, starts.get).matches("u", 10).cgroups == {"/m/vcpu0"}  # on disk already
+    rec.note(_report(realtime=True))
+    assert RealtimeRecord(path, starts.get).entries["u"].cgroups == {"/m/vcpu0", "/m/vcpu1"}
+    starts[10] = 900
+    rec.note_start("u", "g", 10, {"/m/vcpu2"})
+    assert RealtimeRecord(path, starts.get).entries["u"].cgroups == {"/m/vcpu2"}
+    del starts[10]  # gone before it was noted: nothing written for it
+    rec.note_start("v", "h", 10, {"/m/vcpu3"})
+    assert "v" not in RealtimeRecord(path, starts.get).entries
+
+
+def test_a_noted_guest_never_made_realtime_is_dropped_by_its_withdrawal(tmp_path):
+    """A daemon stopped between the start window's note and its FIFO write:
+    the successor's withdrawal finds no realtime thread, so nothing is undone
+    and the entry goes."""
+    path = str(tmp_path / "r.json")
+    RealtimeRecord(path, {10: 500}.get).note_start("u", "g", 10, {"/m/vcpu1"})
+    nxt = RealtimeRecord(path, {10: 500}.get)
+    assert nxt.matches("u", 10) is not None
+    nxt.note(_report(realtime=False, withdrawn=True, policy="other"))
+    assert nxt.entries == {} and not (tmp_path / "r.json").exists()

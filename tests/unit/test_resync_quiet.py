@@ -50,6 +50,7 @@ def test_host_side_without_a_partition_writes_the_store_once_per_config():
     assert store.updates == 1  # nothing new: no lock, no partition JSON
     store.daemon.host.clear()
     host.configure(_config())  # a reload shows the (new) partition again
+    host.next_checks = float("inf")
     host.enforce(set())
     assert store.updates == 2 and store.daemon.host["realtime_cpus"] == "1"
 

@@ -158,6 +158,23 @@ def test_share_from_parent_takes_what_the_parent_holds_beyond_its_children(tmp_p
     assert _runtime(tmp_path, "/machine/g/vcpu3") == 0
 
 
+def test_children_hold_counts_what_is_there(tmp_path, monkeypatch):
+    _group(tmp_path, "/", 950_000)
+    _group(tmp_path, "/machine", 30_000)
+    _group(tmp_path, "/machine/a", 10_000)
+    _group(tmp_path, "/machine/b", 15_000)
+    tree = RtTree(str(tmp_path), "v1")
+    assert tree.children_hold("/machine") == 25_000
+    assert tree.children_hold("/machine", besides="/machine/a") == 15_000
+    assert tree.children_hold("/machine/a") == 0  # no children
+    # A child listed and gone before its budget is read (a guest destroyed
+    # meanwhile) holds nothing: no FileNotFoundError for the caller.
+    listed = tree.children("/machine")
+    (tmp_path / "machine/b/cpu.rt_runtime_us").unlink()
+    monkeypatch.setattr(RtTree, "children", lambda self, group: listed)
+    assert tree.children_hold("/machine") == 10_000
+
+
 def test_a_start_reserves_places_and_settles_to_the_equal_share(tmp_path):
     _group(tmp_path, "/", 950_000)
     _group(tmp_path, "/machine", 0)

@@ -131,7 +131,7 @@ class BudgetLedger:
                 self.raised.discard(path)
                 continue
             try:
-                held = sum(max(self.hierarchy.runtime(c), 0) for c in self.hierarchy.children(path))
+                held = self.hierarchy.children_hold(path)
                 if self.hierarchy.runtime(path) > held:
                     self.hierarchy.set_runtime(path, held)
                     log.info("RT budget of %s trimmed to %d µs: no realtime guest below it any more", path, held)

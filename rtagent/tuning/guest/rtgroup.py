@@ -189,7 +189,7 @@ def share_from_parent(tree: RtTree, leaf: str, ways: int) -> int | None:
     full :func:`apply_budgets` reads every guest's group, milliseconds on a
     busy host).  None when nothing is free there (the caller plans in full)."""
     parent = ancestors(leaf)[-1] if ancestors(leaf) else "/"
-    free = tree.runtime(parent) - sum(max(tree.runtime(c), 0) for c in tree.children(parent) if c != leaf)
+    free = tree.runtime(parent) - tree.children_hold(parent, besides=leaf)
     us = free // max(ways, 1) // GRANULE_US * GRANULE_US
     if us <= 0:
         return None
