@@ -24,7 +24,7 @@ from .items import Item, Kind
 from .link import LibvirtLink
 from .lock import InstanceLock
 from . import heap, shutdown
-from .services import Services, prepare, reload_config, status_line
+from .services import Services, guest_counts, prepare, reload_config, status_line, status_text
 from .startwatch import StartWatch
 
 log = logging.getLogger(__name__)
@@ -162,10 +162,10 @@ class Daemon:
         self.hostside.enforce(set(self.guests.tracked.values()), tuple(self.guests.vcpusched_refused.values()))
         if full:
             heap.trim()  # the full check's and host checks' buffers back to the kernel (heap.py)
-        self.store.update(lambda s: (setattr(s.daemon, "resyncs", s.daemon.resyncs + 1),
-                                     setattr(s.daemon, "last_resync_at", time.time())))
+        # One lock a resync: the count, and what the status line is made of.
+        counts = self.store.update(_count_resync)
         self._resynced_at = time.monotonic()
-        line = status_line(self.store, self.host)
+        line = status_text(counts, self.host.unresponsive_s())
         if line != self._last_status:
             self.notifier.status(line)
             self._last_status = line
@@ -185,6 +185,12 @@ class Daemon:
         self.notifier.stopping()
         shutdown.teardown([*self.services.stop_steps(), shutdown.Step("libvirt connection", self.host.close, 1.0),
                            shutdown.Step("instance lock", lambda _t: (self.notifier.close(), self.lock.release()), 1.0)])
+
+
+def _count_resync(s: StateStore) -> tuple[int, int]:
+    s.daemon.resyncs += 1
+    s.daemon.last_resync_at = time.time()
+    return guest_counts(s)
 
 
 def run(config_path: str | None) -> int:

@@ -191,10 +191,17 @@ def _get(config: Config, key: str) -> object:
     return getattr(getattr(config, section), name)
 
 
-def status_line(store: StateStore, host: LibvirtHost) -> str:
-    """sd_notify's STATUS=: guests, compliance, and a hung libvirt."""
-    n, bad = store.read(lambda s: (len(s.guests), sum(
-        1 for g in s.guests.values() if g.report is not None and not g.report.compliant)))
-    hung = host.unresponsive_s()
+def guest_counts(s: StateStore) -> tuple[int, int]:
+    """(guests, non-compliant ones); the caller holds the store's lock."""
+    return len(s.guests), sum(1 for g in s.guests.values() if g.report is not None and not g.report.compliant)
+
+
+def status_text(counts: tuple[int, int], hung: float | None) -> str:
+    n, bad = counts
     return f"{n} realtime guest(s), {bad} non-compliant" + (
         "" if hung is None else f"; libvirt unresponsive for {hung:.0f}s")
+
+
+def status_line(store: StateStore, host: LibvirtHost) -> str:
+    """sd_notify's STATUS=: guests, compliance, and a hung libvirt."""
+    return status_text(store.read(guest_counts), host.unresponsive_s())

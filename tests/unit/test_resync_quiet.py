@@ -126,3 +126,36 @@ def test_the_worker_answers_the_resyncs_usual_questions_without_its_lock():
             break
         threading.Event().wait(0.02)
     assert worker.unresponsive_s() is None
+
+
+class LockCountingStore(StateStore):
+    """Counts the store's lock takes, readers and writers alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.takes = 0
+
+    def update(self, fn):
+        self.takes += 1
+        return super().update(fn)
+
+    def read(self, fn):
+        self.takes += 1
+        return super().read(fn)
+
+
+def test_a_steady_resync_takes_the_store_lock_once(tmp_path, monkeypatch):
+    from rtagent.daemon import loop
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    cfg = parse_config({"daemon": {"lock_file": str(tmp_path / "rtagent.lock")},
+                        "host_tuning": {"kthreads": False, "irqs": False, "workqueues": False,
+                                        "kthread_priorities": False}}, resolve=False)
+    d = loop.Daemon(dataclasses.replace(cfg, partition=PART), None)  # never connected: no libvirt call
+    d.store = d.guests.store = d.hostside.store = d.link.store = store = LockCountingStore()
+    d.hostside.next_checks = float("inf")  # not the host checks' /proc scan
+    d.resync(full=False)
+    takes = store.takes
+    d.resync(full=False)
+    assert store.takes - takes == 1  # the resync count and the status line's counts, together
+    assert store.daemon.resyncs == 2 and d._last_status == "0 realtime guest(s), 0 non-compliant"
