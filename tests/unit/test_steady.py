@@ -56,3 +56,50 @@ def test_baseline_is_what_the_reconcile_saw_after_applying(tmp_path):
     steady.probe = DriftProbe(drifted.kernel())
     steady.run(["u1"], seen.append)
     assert seen == ["u1"] and steady.differed == 1
+
+
+class RecordingProbe:
+    """Answers from a set of drifted TIDs and records each call's TIDs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, ...]] = []
+        self.drifted: set[int] = set()
+
+    def unchanged(self, expected) -> bool:
+        tids = tuple(e.tid for e in expected)
+        self.calls.append(tids)
+        return not self.drifted.intersection(tids)
+
+
+def _two_guests(probe) -> SteadyCheck:
+    from rtagent.daemon.steady import Baseline
+
+    steady = SteadyCheck(probe)
+    steady._baselines["u1"] = Baseline(10, (Expected.of(10, "other", 0, {0}), Expected.of(11, "fifo", 1, {1})))
+    steady._baselines["u2"] = Baseline(20, (Expected.of(20, "other", 0, {0}),))
+    return steady
+
+
+def test_an_unchanged_resync_is_one_pass_over_every_guests_threads():
+    probe = RecordingProbe()
+    steady = _two_guests(probe)
+    seen: list[str] = []
+    assert steady.run(["u1", "u2"], seen.append) == 0
+    assert probe.calls == [(10, 11, 20)] and seen == [] and steady.checked == 3
+    # A thread drifts: the first pass says so, then each guest on its own.
+    probe.calls.clear()
+    probe.drifted = {20}
+    assert steady.run(["u1", "u2"], seen.append) == 1
+    assert probe.calls == [(10, 11, 20), (10, 11), (20,)] and seen == ["u2"] and steady.differed == 1
+
+
+def test_a_guest_without_a_baseline_is_reconciled_and_a_new_baseline_is_probed():
+    probe = RecordingProbe()
+    steady = _two_guests(probe)
+    seen: list[str] = []
+    assert steady.run(["u1", "u2", "u3"], seen.append) == 1  # u3: nothing recorded yet
+    assert seen == ["u3"] and probe.calls == [(10, 11), (20,)]
+    steady.forget("u2")
+    probe.calls.clear()
+    assert steady.run(["u1"], seen.append) == 0
+    assert probe.calls == [(10, 11)]  # the pass follows the baselines held now
