@@ -24,7 +24,7 @@ from .items import Item, Kind
 from .link import LibvirtLink
 from .lock import InstanceLock
 from . import heap, shutdown
-from .services import Services, guest_counts, prepare, reload_config, status_line, status_text
+from .services import Services, count_resync, prepare, reload_config, status_line, status_text
 from .startwatch import StartWatch
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Daemon:
         if full:
             heap.trim()  # the full check's and host checks' buffers back to the kernel (heap.py)
         # One lock a resync: the count, and what the status line is made of.
-        counts = self.store.update(_count_resync)
+        counts = self.store.update(count_resync)
         self._resynced_at = time.monotonic()
         line = status_text(counts, self.host.unresponsive_s())
         if line != self._last_status:
@@ -185,12 +185,6 @@ class Daemon:
         self.notifier.stopping()
         shutdown.teardown([*self.services.stop_steps(), shutdown.Step("libvirt connection", self.host.close, 1.0),
                            shutdown.Step("instance lock", lambda _t: (self.notifier.close(), self.lock.release()), 1.0)])
-
-
-def _count_resync(s: StateStore) -> tuple[int, int]:
-    s.daemon.resyncs += 1
-    s.daemon.last_resync_at = time.time()
-    return guest_counts(s)
 
 
 def run(config_path: str | None) -> int:

@@ -5,6 +5,7 @@ and the agent's own confinement to the housekeeping CPUs."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from .. import privileges
@@ -194,6 +195,13 @@ def _get(config: Config, key: str) -> object:
 def guest_counts(s: StateStore) -> tuple[int, int]:
     """(guests, non-compliant ones); the caller holds the store's lock."""
     return len(s.guests), sum(1 for g in s.guests.values() if g.report is not None and not g.report.compliant)
+
+
+def count_resync(s: StateStore) -> tuple[int, int]:
+    """A resync ended: counted, and the status line's counts (under the lock)."""
+    s.daemon.resyncs += 1
+    s.daemon.last_resync_at = time.time()
+    return guest_counts(s)
 
 
 def status_text(counts: tuple[int, int], hung: float | None) -> str:
