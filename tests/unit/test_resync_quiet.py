@@ -23,13 +23,20 @@ PART = Partition(frozenset({0, 1}), frozenset({1}), frozenset({0}))
 
 
 class CountingStore(StateStore):
+    """Counts the writers' lock takes (``updates``) and all of them (``takes``)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.updates = 0
+        self.updates = self.takes = 0
 
     def update(self, fn):
         self.updates += 1
+        self.takes += 1
         return super().update(fn)
+
+    def read(self, fn):
+        self.takes += 1
+        return super().read(fn)
 
 
 def _config():
@@ -128,22 +135,6 @@ def test_the_worker_answers_the_resyncs_usual_questions_without_its_lock():
     assert worker.unresponsive_s() is None
 
 
-class LockCountingStore(StateStore):
-    """Counts the store's lock takes, readers and writers alike."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.takes = 0
-
-    def update(self, fn):
-        self.takes += 1
-        return super().update(fn)
-
-    def read(self, fn):
-        self.takes += 1
-        return super().read(fn)
-
-
 def test_a_steady_resync_takes_the_store_lock_once(tmp_path, monkeypatch):
     from rtagent.daemon import loop
 
@@ -152,7 +143,7 @@ def test_a_steady_resync_takes_the_store_lock_once(tmp_path, monkeypatch):
                         "host_tuning": {"kthreads": False, "irqs": False, "workqueues": False,
                                         "kthread_priorities": False}}, resolve=False)
     d = loop.Daemon(dataclasses.replace(cfg, partition=PART), None)  # never connected: no libvirt call
-    d.store = d.guests.store = d.hostside.store = d.link.store = store = LockCountingStore()
+    d.store = d.guests.store = d.hostside.store = d.link.store = store = CountingStore()
     d.hostside.next_checks = float("inf")  # not the host checks' /proc scan
     d.resync(full=False)
     takes = store.takes
