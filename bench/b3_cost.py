@@ -482,16 +482,23 @@ def _marginal_us(samples: list[dict], idle: dict, threads: int) -> float:
     return 1e6 * median(per) / threads if per and threads else float("nan")
 
 
+CPU_ROOT = Path("/sys/fs/cgroup/cpu")
+
+
+def _held(parent: Path, skip: Path | None = None) -> int:
+    """The RT budget ``parent``'s child groups hold (but ``skip``).  Read by
+    hand, not through rtagent's RtTree: the bench also measures older trees."""
+    return sum(max(int((d / "cpu.rt_runtime_us").read_text()), 0) for d in parent.iterdir()
+               if d != skip and d.is_dir() and (d / "cpu.rt_runtime_us").exists())
+
+
 def _machine_trimmed() -> bool:
     """``machine`` holds no more than its children (or has no budget file)."""
-    machine = Path("/sys/fs/cgroup/cpu/machine")
+    machine = CPU_ROOT / "machine"
     try:
-        own = int((machine / "cpu.rt_runtime_us").read_text())
-        kids = sum(max(int((d / "cpu.rt_runtime_us").read_text()), 0) for d in machine.iterdir()
-                   if d.is_dir() and (d / "cpu.rt_runtime_us").exists())
+        return int((machine / "cpu.rt_runtime_us").read_text()) <= _held(machine)
     except (OSError, ValueError):
         return True
-    return own <= kids
 
 
 def _rt_budget_free() -> int | None:
@@ -500,16 +507,10 @@ def _rt_budget_free() -> int | None:
     and the root's other children).  ``machine``'s own figure does not count:
     the daemon re-plans it, and a stopped daemon's leftover there frees
     itself at the next grant."""
-    root = Path("/sys/fs/cgroup/cpu")
-    machine = root / "machine"
-
-    def held(parent: Path, skip: Path | None = None) -> int:
-        return sum(max(int((d / "cpu.rt_runtime_us").read_text()), 0) for d in parent.iterdir()
-                   if d != skip and d.is_dir() and (d / "cpu.rt_runtime_us").exists())
-
+    machine = CPU_ROOT / "machine"
     try:
-        total = int((root / "cpu.rt_runtime_us").read_text())
-        return total - held(root, skip=machine) - held(machine)
+        total = int((CPU_ROOT / "cpu.rt_runtime_us").read_text())
+        return total - _held(CPU_ROOT, skip=machine) - _held(machine)
     except (OSError, ValueError):
         return None
 

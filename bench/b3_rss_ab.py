@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import Guests, daemon_config, format_table, median, schedstat, thread_names, wait_for
+from .common import Guests, daemon_config, drop_workdir, format_table, median, schedstat, thread_names, wait_for
 
 
 def _rollup(pid: int) -> dict[str, float]:
@@ -123,9 +122,8 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "") -> dict:
             except subprocess.TimeoutExpired:
                 p.kill()
         g.close()
-        for d in dirs:  # each daemon's config, socket and log (RTBENCH_KEEP=1 keeps them)
-            if os.environ.get("RTBENCH_KEEP") != "1":
-                shutil.rmtree(d, ignore_errors=True)
+        for d in dirs:
+            drop_workdir(d)
 
 
 def format_result(r: dict) -> str:

@@ -481,8 +481,15 @@ class DaemonProc:
                 self.proc.wait()
         with contextlib.suppress(OSError):
             self.notify.close()
-        if self.owns_dir and os.environ.get("RTBENCH_KEEP") != "1":
-            shutil.rmtree(self.dir, ignore_errors=True)
+        if self.owns_dir:
+            drop_workdir(self.dir)
+
+
+def drop_workdir(d: Path) -> None:
+    """A daemon's temporary directory (config, socket, log), once the bench
+    is done with it; RTBENCH_KEEP=1 keeps it to read afterwards."""
+    if os.environ.get("RTBENCH_KEEP") != "1":
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,

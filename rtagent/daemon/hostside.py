@@ -46,7 +46,6 @@ class HostSupervisor:
         # Everyone else's thread names as the last runs read them: each
         # run reads only new threads' comm (kernel/procscan.py).
         self._thread_names = ThreadNames()
-        self.next_checks = 0.0
         self._busy = False  # a guest was managed at the last call
         self._vcpusched_seen: tuple[str, ...] = ()
         self.configure(config)
