@@ -265,7 +265,17 @@ class ProcTree:
                 f"9:name=systemd:/\n4:memory:/machine\n3:cpuset:{t.cgroup}\n2:cpuacct:/\n"
                 f"1:cpu:{t.cgroup}\n0::{t.cgroup}\n"
             )
+        self._recount(pid)
         return self
+
+    def _recount(self, pid: int) -> None:
+        """Every thread's stat with the process's thread count now (stat
+        field 20 is the process's, in every thread's line, as the kernel has it)."""
+        threads = self._threads.get(pid, {})
+        for tid, t in threads.items():
+            stat = self.path(pid, "task", tid, "stat")
+            if stat.exists():
+                stat.write_text(self._stat(pid, t, len(threads)))
 
     def add_kthread(self, pid: int, comm: str, *, flags: int = KTHREAD_FLAGS, ppid: int = 2,
                     cpus: str | Iterable[int] = "0-1", policy: str | int = "other",
@@ -293,6 +303,7 @@ class ProcTree:
         else:
             shutil.rmtree(d)
         self._threads.get(pid, {}).pop(tid, None)
+        self._recount(pid)
 
     def remove_process(self, pid: int) -> None:
         shutil.rmtree(self.path(pid))

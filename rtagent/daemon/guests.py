@@ -305,7 +305,8 @@ class GuestSupervisor:
                 or last.claims is None or self.claims.ownership_for(last.claims).for_guest(uuid) != last.conflicts):
             return False
         try:
-            if not self.tuner.still_observed(last.observed, self.standing.marks(uuid, last)):
+            if not self.tuner.still_observed(last.observed, self.standing.marks(uuid, last),
+                                             kept=(self.standing.kept, uuid)):
                 return False
         except Exception:  # the full path reports whatever it is
             log.debug("marks of %s not read", guest.name, exc_info=True)

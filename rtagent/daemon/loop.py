@@ -78,7 +78,7 @@ class Daemon:
             shutdown.sleep_unless(lambda: self._stop, self.link.next_connect - time.monotonic())
         if self._stop:
             return  # stopped before libvirt was reachable
-        self.services.start(self.config, privs, self.startwatch)
+        self.services.start(self.config, privs, self.startwatch, self.guests.standing.budget)
         self.resync()
         self.notifier.ready(status_line(self.store, self.host))
         log.info("rtagent %s ready: %d realtime guest(s), realtime CPUs %s, housekeeping CPUs %s",

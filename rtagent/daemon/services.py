@@ -92,7 +92,7 @@ class Services:
         if self.placement is not None:
             self.placement.set_guests(placements)
 
-    def start(self, config: Config, privs, startwatch=None) -> None:
+    def start(self, config: Config, privs, startwatch=None, on_standing_fds=None) -> None:
         """``startwatch``: the daemon's StartWatch (daemon/startwatch.py), whose
         cgroup watcher thread starts here, after privileges are settled."""
         self.startwatch = startwatch
@@ -120,7 +120,8 @@ class Services:
         self.status, self.metrics = start_endpoints(
             config, self.store,
             snapshot=lambda: heap.trimmed(encode_answer(self.store, at_loop_priority,
-                                                        extra=lambda: {"interference": self._interference_json()})))
+                                                        extra=lambda: {"interference": self._interference_json()})),
+            on_standing_fds=on_standing_fds)
         if self.metrics is not None and self.interference is not None:
             from ..monitor.interference_service import InterferenceCollector
 

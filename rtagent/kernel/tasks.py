@@ -304,6 +304,10 @@ class Tasks:
     def status(self, pid: int, tid: int | None = None) -> dict[str, str]:
         return parse_status(fs.read_text(self._path(pid, tid, "status")))
 
+    def cgroup(self, pid: int, tid: int) -> str | None:
+        """Task ``tid``'s cgroup (v1 ``cpu`` path, else v2); raises a GONE error when it is gone."""
+        return _cgroup_cpu(fs.read_text(self._path(pid, tid, "cgroup")))
+
     def comm(self, pid: int, tid: int | None = None) -> str:
         return fs.read_text(self._path(pid, tid, "comm")).rstrip("\n")
 

@@ -25,17 +25,20 @@ log = logging.getLogger(__name__)
 __all__ = ["start_endpoints"]
 
 
-def start_endpoints(config: Config, store: StateStore, snapshot=None):
+def start_endpoints(config: Config, store: StateStore, snapshot=None, on_standing_fds=None):
     """Bind and start the status socket and (if enabled) ``/metrics``;
     returns ``(StatusServer, MetricsServer | None)``.  ``snapshot`` is the
     status answer, encoded or as a document (default
-    ``statusjson.encode_answer(store, at_loop_priority)``)."""
+    ``statusjson.encode_answer(store, at_loop_priority)``).
+    ``on_standing_fds(n)``: told the full check's descriptor budget."""
     soft = fdlimit.raise_nofile()
     metrics_cap = config.metrics.max_connections if config.metrics.enabled else 0
     budget = fdlimit.client_budget(soft, metrics_cap, config.status.max_clients)
     log.debug("file descriptors: soft limit %d, client caps metrics %d + status %d, %d kept for enforcement, "
               "%d for the scrape's schedstat", soft, budget.metrics, budget.status, fdlimit.ENFORCEMENT_RESERVE,
               budget.counters if config.metrics.enabled else 0)
+    if on_standing_fds is not None:
+        on_standing_fds(budget.standing)
     # The status thread (nice 10) holds the store's lock only for the
     # snapshot's copy, and at the loop's priority while it does.
     snapshot = snapshot or functools.partial(encode_answer, store, at_loop_priority)

@@ -18,6 +18,7 @@ from ...errors import DomainXMLError
 from ...intent import derive_spec
 from ...kernel import Kernel
 from ...kernel.errors import GONE
+from ...kernel.kept import KeptTasks
 from ...kernel.members import GroupMembers
 from ...model import RealtimeSpec, Violation
 from ...vocab import Check, Role
@@ -26,7 +27,7 @@ from .apply import Pinner, execute
 from .assess import assess
 from .claims import ClaimBook, GuestClaims, claims_of
 from .ledger import BudgetLedger
-from .marks import Marks, read_marks
+from .marks import Marks, read_marks, read_marks_kept
 from .observe import (
     Observed,
     ProcessGone,
@@ -189,10 +190,12 @@ class Tuner:
         report.realtime_cgroups = verdict.realtime_cgroups
         return report
 
-    def still_observed(self, observed: Observed, marks: Marks) -> bool:
+    def still_observed(self, observed: Observed, marks: Marks, kept: tuple[KeptTasks, str] | None = None) -> bool:
         """The guest is what ``observed`` (its last full observation, whose
         marks are ``marks``) saw: its marks now are the same, and its per-VM
-        kthreads are not due for a rescan (marks.py; the full check)."""
+        kthreads are not due for a rescan (marks.py; the full check).
+        ``kept``: (descriptors, their owner) to read the marks through
+        (kernel/kept.py) instead of by path."""
         cached = self._kthreads.get(observed.pid)
         if cached is None or time.monotonic() - cached[0] >= self.KTHREAD_RESCAN_S:
             return False
@@ -200,6 +203,8 @@ class Tuner:
         if kpids != [t.tid for t in observed.kthreads]:
             return False
         groups = self._members.read({t.cgroup_cpu for t in observed.threads})
+        if kept is not None:
+            return read_marks_kept(kept[0], kept[1], marks, live=self._live, groups=groups) == marks
         return read_marks(self.kernel, observed.pid, kpids, live=self._live, groups=groups) == marks
 
     def _vm_kthreads(self, observed: Observed) -> tuple[ThreadInfo, ...]:

@@ -30,10 +30,11 @@ from typing import NamedTuple
 
 from ...kernel import Kernel
 from ...kernel.errors import GONE
+from ...kernel.kept import KeptTasks
 from ...kernel.tasks import Look, ProcessMemory
 from .observe import Observed, ThreadInfo
 
-__all__ = ["TaskMark", "MemoryMark", "Marks", "marks_of", "read_marks"]
+__all__ = ["TaskMark", "MemoryMark", "Marks", "marks_of", "read_marks", "read_marks_kept"]
 
 
 class TaskMark(NamedTuple):
@@ -111,3 +112,41 @@ def read_marks(kernel: Kernel, pid: int, kthreads: Iterable[int], *, live: bool,
     except GONE:
         return None
     return Marks(pid, threads, separate, _memory_mark(memory))
+
+
+def read_marks_kept(kept: KeptTasks, owner: str, expected: Marks, *, live: bool,
+                    groups: Mapping[int, str] | None = None) -> Marks | None:
+    """The marks of ``expected``'s process now, through ``kept``'s
+    descriptors (kernel/kept.py): the same answer as :func:`read_marks`
+    wherever that is ``expected``, and wherever it is not, anything but
+    ``expected`` (None: gone, a zombie, or the thread set changed).
+    ``groups``: as for :func:`read_marks`.
+
+    The thread set is not listed: every expected thread still reading
+    (its descriptor names that very task, so a TID reused reads ``ESRCH``)
+    and the leader's thread count equal to theirs mean no thread was born
+    or gone.  Where the count is unknown (a short stat line) or the leader
+    is not among them, ``/proc/<pid>/task`` is listed as before."""
+    pid, groups = expected.pid, groups or {}
+    tids = [t.tid for t in expected.threads]
+    try:
+        state, memory = kept.process(owner, pid, live)
+        if state in ("Z", "X"):
+            return None
+        facts = [(tid, kept.task(owner, pid, tid, live)) for tid in tids]
+        count = next((f.num_threads for tid, f in facts if tid == pid), None)
+        if (kept.tasks_of(pid) != tids) if count is None else (count != len(tids)):
+            return None
+        threads = tuple(TaskMark(tid, f.comm, f.flags, f.starttime,
+                                 groups[tid] if tid in groups else kept.cgroup(pid, tid), f.policy, f.priority, f.cpus)
+                        for tid, f in facts)
+        separate = tuple(_kthread_mark(kept, owner, k.tid, live) for k in expected.kthreads)
+    except GONE:
+        return None
+    return Marks(pid, threads, separate, _memory_mark(memory))
+
+
+def _kthread_mark(kept: KeptTasks, owner: str, kpid: int, live: bool) -> TaskMark:
+    """A separate per-VM kthread (its own process, outside the guest's groups)."""
+    f = kept.task(owner, kpid, kpid, live)
+    return TaskMark(kpid, f.comm, f.flags, f.starttime, kept.cgroup(kpid, kpid), f.policy, f.priority, f.cpus)

@@ -1,0 +1,235 @@
+"""The full check's cost in-process, source trees side by side on the same guests.
+
+    python -m bench.fullcheck_ab --guests 10,100 --checks 15 [--parts] TREE [TREE ...]
+
+Each ``TREE`` is a source tree (``git archive <rev> | tar -x -C DIR``, or a
+worktree).  Starts ``max(--guests)`` paused canonical guests (named
+``--prefix``\\ ``NNN``, default ``rtp-fc-``; destroyed at the end), then for
+every guest count, for every tree in turn (interleaved, ``--rounds``
+times), a child process that makes that tree's ``Daemon`` in-process over
+the first N guests (B3's daemon settings: resync 1 s, metrics, host tuning,
+interference and the drift watch off, ``rt_budget_us = 1000``), tunes them
+with two full resyncs, then runs ``--checks`` full checks one second apart
+(the daemon's cadence leaves its caches cold: a check right after another
+costs a fraction) and reports each one's main-thread CPU
+(``time.thread_time_ns``) and how many guests it reconciled (0 when every
+guest stood, the case measured).  ``--parts``: also the CPU inside each
+named part of a full check (timers wrapped around the functions; their own
+cost is in the total).  The host checks are kept out (``next_checks`` set
+to infinity): they are not the full check's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_CONFIG = """[host]
+realtime_cpus = "1"
+[realtime]
+rt_budget_us = 1000
+[daemon]
+resync_interval_s = 1.0
+guest_names = ["{glob}"]
+lock_file = "{dir}/rtagent.lock"
+drift_watch = "off"
+[status]
+socket = "{dir}/rtagent.sock"
+[metrics]
+enabled = false
+[host_tuning]
+kthreads = false
+kthread_priorities = false
+irqs = false
+workqueues = false
+[interference]
+enabled = false
+instance = "{prefix}itf"
+[[rule]]
+match_name = "{prefix}*"
+realtime_mask = "^0"
+priority = 1
+"""
+
+# (label, dotted owner, attribute): what --parts times, where it exists in a tree.
+_PARTS = [
+    ("listing RPC", "rtagent.libvirt_host:LibvirtHost", "active_guests"),
+    ("marks: group task lists", "rtagent.kernel.members:GroupMembers", "read"),
+    ("marks: process status+limits", "rtagent.kernel.tasks:Tasks", "process"),
+    ("marks: task listing", "rtagent.kernel.tasks:Tasks", "tids"),
+    ("marks: stat+affinity per task", "rtagent.kernel.tasks:Tasks", "look"),
+    ("marks: whole read", "rtagent.tuning.guest.marks", "read_marks"),
+    ("marks kept: per task", "rtagent.kernel.kept:KeptTasks", "task"),
+    ("marks kept: process status+limits", "rtagent.kernel.kept:KeptTasks", "process"),
+    ("marks kept: whole read", "rtagent.tuning.guest.marks", "read_marks_kept"),
+    ("still_observed (marks + compare)", "rtagent.tuning.guest.engine:Tuner", "still_observed"),
+    ("counters of the guests that stood", "rtagent.daemon.fullcheck:Standing", "read_counters"),
+    ("_stands (all of a guest's shortcut)", "rtagent.daemon.guests:GuestSupervisor", "_stands"),
+    ("settled", "rtagent.daemon.fullcheck", "settled"),
+    ("claims ownership_for", "rtagent.tuning.guest.claims:ClaimBook", "ownership_for"),
+    ("_refresh_counters (with the store update)", "rtagent.daemon.guests:GuestSupervisor", "_refresh_counters"),
+    ("budget release_unclaimed", "rtagent.tuning.guest.ledger:BudgetLedger", "release_unclaimed"),
+]
+
+
+def _wrap(totals: dict[str, int], label: str, owner: str, attr: str) -> None:
+    import importlib
+
+    mod_name, _, cls_name = owner.partition(":")
+    try:
+        target = importlib.import_module(mod_name)
+        target = getattr(target, cls_name) if cls_name else target
+        fn = getattr(target, attr)
+    except (ImportError, AttributeError):
+        return
+    clock = time.thread_time_ns
+
+    def timed(*a, **k):
+        t = clock()
+        try:
+            return fn(*a, **k)
+        finally:
+            totals[label] = totals.get(label, 0) + clock() - t
+
+    setattr(target, attr, timed)
+    if not cls_name:  # a module function: also where it was imported by name
+        for name in ("rtagent.tuning.guest.engine", "rtagent.daemon.guests"):
+            m = sys.modules.get(name)
+            if m is not None and getattr(m, attr, None) is fn:
+                setattr(m, attr, timed)
+
+
+def child(config: str, checks: int, parts: bool) -> dict:
+    """Runs inside the tree (PYTHONPATH): one in-process daemon's full checks."""
+    from rtagent.config import load_config
+    from rtagent.daemon import Daemon
+    from rtagent.libvirt_host import start_event_loop
+
+    import rtagent.tuning.guest.engine  # noqa: F401  (so _wrap can patch its imported names)
+
+    totals: dict[str, int] = {}
+    if parts:
+        for label, owner, attr in _PARTS:
+            _wrap(totals, label, owner, attr)
+    start_event_loop()
+    d = Daemon(load_config(config), config)
+    d.host.connect()
+    standing = d.guests.standing
+    if hasattr(standing, "budget"):  # the daemon's descriptor budget, as services.start gives it
+        from rtagent.monitor import fdlimit
+
+        standing.budget(fdlimit.client_budget(fdlimit.raise_nofile(), 0, 64).standing)
+    d.resync()
+    time.sleep(1.5)
+    d.resync()
+    d.hostside.next_checks = float("inf")
+    n = [0]
+    orig = d.guests.reconcile
+    d.guests.reconcile = lambda *a, **k: (n.__setitem__(0, n[0] + 1), orig(*a, **k))[1]
+    cpu, reconciled, per_part = [], [], []
+    for _ in range(checks):
+        time.sleep(1.0)
+        totals.clear()
+        n[0] = 0
+        t = time.thread_time_ns()
+        d.guests.resync()
+        cpu.append(time.thread_time_ns() - t)
+        reconciled.append(n[0])
+        per_part.append(dict(totals))
+    threads = sum(len(r.threads) for r in d.guests.last.values())
+    return {"cpu_ns": cpu, "reconciled": reconciled, "parts": per_part, "guests": len(d.guests.tracked),
+            "threads": threads}
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if s else float("nan")
+
+
+def _run_child(tree: Path, config: Path, checks: int, parts: bool) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree), MALLOC_ARENA_MAX="2")
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(config), "--checks",
+                          str(checks)] + (["--parts"] if parts else []), cwd=str(tree), env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{tree}: child failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _glob(prefix: str, n: int, total: int) -> str:
+    """A glob taking exactly the first n of the guests prefixNNN."""
+    if n == total and total == 100:
+        return f"{prefix}*"
+    assert n in (1, 10, 50, 100), n
+    return {1: f"{prefix}000", 10: f"{prefix}00?", 50: f"{prefix}0[0-4]?", 100: f"{prefix}*"}[n]
+
+
+def _report(results: list[dict]) -> None:
+    print(f"{'tree':<28} {'guests':>6} {'threads':>7} {'p50 ms':>8} {'min ms':>8} {'p50 µs/guest':>12} "
+          f"{'reconciled':>10}")
+    for r in results:
+        cpu = [c / 1e6 for c in r["cpu_ns"]]
+        print(f"{r['tree'][-28:]:<28} {r['guests']:>6} {r['threads']:>7} {_median(cpu):>8.2f} {min(cpu):>8.2f} "
+              f"{_median(cpu) * 1e3 / max(1, r['guests']):>12.0f} {max(r['reconciled']):>10}")
+        if r["parts"] and any(r["parts"]):
+            labels = sorted({k for p in r["parts"] for k in p})
+            for label in labels:
+                v = _median([p.get(label, 0) / 1e3 for p in r["parts"]])
+                print(f"    {label:<40} p50 {v:>9.0f} µs  ({v / max(1, r['guests']):.0f} µs a guest)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fullcheck_ab")
+    ap.add_argument("trees", nargs="*", type=Path)
+    ap.add_argument("--guests", default="10,100")
+    ap.add_argument("--checks", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--parts", action="store_true")
+    ap.add_argument("--prefix", default="rtp-fc-")
+    ap.add_argument("--json")
+    ap.add_argument("--child")
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.checks, args.parts)))
+        return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.common import Guests
+    from tests.guests import rt_guest_xml
+
+    import libvirt
+
+    counts = [int(x) for x in args.guests.split(",")]
+    total = max(counts)
+    guests = Guests()
+    results: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix="rtp-fc-"))
+    try:
+        for i in range(total):
+            name = f"{args.prefix}{i:03d}"
+            guests.start(name, rt_guest_xml(name, metadata=""), flags=libvirt.VIR_DOMAIN_START_PAUSED)
+        for n in counts:
+            cfg = work / f"g{n}.toml"
+            cfg.write_text(_CONFIG.format(glob=_glob(args.prefix, n, total), dir=work, prefix=args.prefix))
+            for _ in range(args.rounds):
+                for tree in args.trees:
+                    r = _run_child(tree, cfg, args.checks, args.parts)
+                    r["tree"] = str(tree)
+                    results.append(r)
+                    _report([r])
+    finally:
+        guests.close()
+    print()
+    _report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

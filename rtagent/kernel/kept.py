@@ -1,0 +1,178 @@
+"""The full check's re-read of a guest through descriptors kept open.
+
+Every ``full_check_interval_s`` the full check re-reads, for every managed
+guest, each thread's ``stat`` and cgroup, its affinity, and the process's
+``status`` and ``limits`` (tuning/guest/marks.py).  By path that is an
+``open``+``read``+``close`` per file and a ``/proc/<pid>/task`` listing per
+guest, plus a task list per cgroup; measured in-process at 10 paused guests
+(bench/fullcheck_ab.py, a check one second after the last, so the caches
+are cold as in the daemon): ≈ 290 µs a guest for the marks alone.  A
+descriptor kept open answers ``pread(fd, n, 0)`` with the file as it is now
+(``/proc`` files are regenerated at offset 0), one syscall instead of three,
+and it names the task it was opened on, not the number: once that task has
+exited it reads ``ESRCH``, even if its TID was reused since.  So:
+
+* each thread's ``stat`` and ``cgroup``, and the process's ``status`` and
+  ``limits``, through a kept descriptor, parsed from bytes for only the
+  fields the marks compare (``cgroup`` and ``limits`` rarely change: their
+  parse is kept with the bytes it came from and reused while they are equal);
+* no ``/proc/<pid>/task`` listing when the thread set cannot have changed:
+  the leader's ``stat`` says how many threads the process has
+  (``num_threads``); when every expected thread still reads (each still the
+  task its descriptor was opened on) and that count equals theirs, the set
+  is exactly the expected one.
+
+cgroup v1 ``tasks`` files cannot be kept: their list is cached per open file
+(a kept descriptor re-read at offset 0 shows the tasks of when it was
+opened), so the cgroup comes from each thread's own ``cgroup`` file here.
+
+Descriptors are kept up to ``max_fds`` (the endpoints' budget,
+monitor/fdlimit.py); beyond it files are read by path, with the same
+answers.  They are grouped by owner (a guest) and closed with it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..cpulist import interned
+from .tasks import ProcessMemory, _memlock, cpus_allowed, parse_stat, pick_status, policy_name
+
+if TYPE_CHECKING:
+    from .root import Kernel
+
+__all__ = ["TaskFacts", "KeptTasks"]
+
+_RDONLY = os.O_RDONLY | os.O_CLOEXEC
+_STAT_SIZE = 1024  # a stat line is < 400 bytes; comm is ≤ 16
+_FILE_SIZE = 8192  # status (≈ 1.5 KiB), limits (≈ 1.3 KiB), cgroup
+
+
+class TaskFacts(NamedTuple):
+    """What the full check's marks need of one task."""
+
+    comm: str
+    flags: int
+    starttime: int
+    policy: str
+    priority: int
+    num_threads: int | None  # of its process (stat field 20); None where the line is short
+    cpus: frozenset[int]
+
+
+def _stat_fields(data: bytes) -> tuple[str, int, int, str, int, int | None]:
+    """(comm, flags, starttime, policy, rt priority, num_threads) of a stat
+    line, from bytes: comm runs to the *last* ``)`` (it may hold one)."""
+    close = data.rfind(b")")
+    rest = data[close + 2:].split()
+    if close < 0 or len(rest) < 39:  # an old kernel's short line: the one full parser
+        st = parse_stat(data.decode("utf-8", "surrogateescape"))
+        return st.comm, st.flags, st.starttime, st.policy, st.rt_priority, None
+    comm = data[data.find(b"(") + 1:close].decode("utf-8", "surrogateescape")
+    return comm, int(rest[6]), int(rest[19]), policy_name(int(rest[38])), int(rest[37]), int(rest[17])
+
+
+def _limit(value: int) -> int | None:
+    return None if value == resource.RLIM_INFINITY else value
+
+
+def _memlock_now(pid: int) -> tuple[int | None, int | None]:
+    """RLIMIT_MEMLOCK of ``pid`` (soft, hard; None = unlimited) by one
+    syscall: ``/proc/<pid>/limits`` is 16 lines formatted for it (8.5 µs a
+    read against 2.6 µs, cold)."""
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_MEMLOCK)
+    return _limit(soft), _limit(hard)
+
+
+def _kb(data: bytes, key: bytes) -> int:
+    """``key`` ("\\nVmLck:") of a status text in bytes; 0 when absent."""
+    i = data.find(key)
+    if i < 0:
+        return 0
+    number, _, unit = data[i + len(key):data.find(b"\n", i + 1)].strip().partition(b" ")
+    n = int(number)
+    return n * 1024 if unit.strip().lower() == b"kb" else n
+
+
+class KeptTasks:
+    """``/proc`` files of the managed guests through kept descriptors."""
+
+    def __init__(self, kernel: Kernel, max_fds: int = 0):
+        self._k = kernel
+        self.max_fds = max(0, max_fds)
+        self._fds: dict[str, int] = {}  # path -> descriptor
+        self._owned: dict[str, set[str]] = {}  # owner -> its paths
+
+    @property
+    def open_fds(self) -> int:
+        return len(self._fds)
+
+    def _read(self, owner: str, path: str, size: int) -> bytes:
+        """``path`` now: through its kept descriptor, one opened and kept
+        while the budget allows, else by path.  A failed read closes the
+        kept one (the next read opens the path afresh) and raises."""
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, _RDONLY)
+            if len(self._fds) >= self.max_fds:
+                try:
+                    return os.read(fd, size)
+                finally:
+                    os.close(fd)
+            self._fds[path] = fd
+            self._owned.setdefault(owner, set()).add(path)
+        try:
+            return os.pread(fd, size, 0)
+        except OSError:
+            self._close(path)
+            raise
+
+    def _close(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def task(self, owner: str, pid: int, tid: int, live: bool) -> TaskFacts:
+        """Task ``tid`` of ``pid`` (raises a GONE error when it is gone, or a
+        ValueError for a malformed line).  ``live``: :attr:`Kernel.live`
+        (affinity by syscall, else from the tree's status file)."""
+        base = f"{self._k.proc_root}/{pid}/task/{tid}/"
+        comm, flags, start, policy, prio, nthreads = _stat_fields(self._read(owner, base + "stat", _STAT_SIZE))
+        if live:
+            cpus = interned(os.sched_getaffinity(tid))
+        else:
+            cpus = cpus_allowed(pick_status(self._read(owner, base + "status", _FILE_SIZE).decode())) or frozenset()
+        return TaskFacts(comm, flags, start, policy, prio, nthreads, cpus)
+
+    def cgroup(self, pid: int, tid: int) -> str | None:
+        """Task ``tid``'s cgroup from its own file, by path (a thread its
+        groups' task lists did not show: rare, so nothing is kept)."""
+        return self._k.tasks.cgroup(pid, tid)
+
+    def process(self, owner: str, pid: int, live: bool) -> tuple[str, ProcessMemory]:
+        """(state letter, memory facts) of process ``pid`` from its
+        ``status``, and RLIMIT_MEMLOCK by ``prlimit`` (``live``; a fixture
+        tree: its ``limits`` file).  Raises a GONE error when it is gone."""
+        base = f"{self._k.proc_root}/{pid}/"
+        status = self._read(owner, base + "status", _FILE_SIZE)
+        i = status.find(b"State:")
+        state = status[i + 6:i + 16].strip()[:1].decode() if i >= 0 else ""
+        soft, hard = _memlock_now(pid) if live else _memlock(self._read(owner, base + "limits", _FILE_SIZE).decode())
+        return state, ProcessMemory(
+            vm_lck_bytes=_kb(status, b"\nVmLck:"), hugetlb_bytes=_kb(status, b"\nHugetlbPages:"),
+            memlock_soft=soft, memlock_hard=hard, swap_bytes=_kb(status, b"\nVmSwap:"))
+
+    def tasks_of(self, pid: int) -> list[int]:
+        """The listing, where the thread count cannot answer (by path)."""
+        return self._k.tasks.tids(pid)
+
+    def drop(self, owner: str) -> None:
+        """Close ``owner``'s descriptors (its guest is gone, or observed anew)."""
+        for path in self._owned.pop(owner, ()):
+            self._close(path)
+
+    def close(self) -> None:
+        for owner in list(self._owned):
+            self.drop(owner)
