@@ -239,3 +239,60 @@ def test_marks_through_real_group_task_lists_see_a_real_cgroup_move(qemu_like):
                 f.write(str(tid))
         for g in (a, b, top):
             os.rmdir(f"{CPU_V1}{g}")
+
+
+def test_kept_marks_of_a_live_process_match_and_see_each_change(qemu_like):
+    """kernel/kept.py against a real process: the kept read's marks are the
+    by-path read's, a re-pin and a prlimit (no event either) are seen, the
+    limit comes from prlimit (no ``limits`` file opened), and a stopped
+    process has none."""
+    import resource
+
+    from rtagent.kernel.kept import KeptTasks
+    from rtagent.tuning.guest.marks import read_marks, read_marks_kept
+
+    h = qemu_like("--vcpus", "2")
+    kept = KeptTasks(KERNEL, 64)  # room for every file it opens: each one read stays kept
+    rcu = h.threads["call_rcu"]
+    os.sched_setaffinity(rcu, {0, 1})  # a sleeping SCHED_OTHER thread: harmless on CPU 1
+    expected = read_marks(KERNEL, h.pid, (), live=True)
+    assert read_marks_kept(kept, "g", expected, live=True) == expected
+    assert kept.open_fds > 0 and not [p for p in kept._fds if p.endswith("/limits")]
+    os.sched_setaffinity(rcu, {0})  # re-pinned behind our back
+    assert read_marks_kept(kept, "g", expected, live=True) != expected
+    os.sched_setaffinity(rcu, {0, 1})
+    assert read_marks_kept(kept, "g", expected, live=True) == expected
+    soft, hard = resource.prlimit(h.pid, resource.RLIMIT_MEMLOCK)
+    resource.prlimit(h.pid, resource.RLIMIT_MEMLOCK, (min(soft, hard, 1 << 20) // 2, hard))
+    assert read_marks_kept(kept, "g", expected, live=True) != expected
+    h.stop()
+    assert read_marks_kept(kept, "g", expected, live=True) is None
+
+
+def test_a_kept_descriptor_names_the_task_not_the_number():
+    """Once its thread has exited, a kept stat descriptor reads ESRCH (a
+    reused TID can never pass for the old thread)."""
+    import threading
+    import time
+
+    from rtagent.kernel.errors import GONE
+    from rtagent.kernel.kept import KeptTasks
+
+    done = threading.Event()
+    t = threading.Thread(target=done.wait)
+    t.start()
+    kept = KeptTasks(KERNEL, 8)
+    facts = kept.task("me", os.getpid(), t.native_id, True)
+    assert facts.cpus == frozenset(os.sched_getaffinity(t.native_id)) and kept.open_fds == 1
+    done.set()
+    t.join()  # Python's side is done; the kernel reaps the task a moment later
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            kept.task("me", os.getpid(), t.native_id, True)
+        except GONE:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the exited thread's kept descriptor still reads")
+    assert kept.open_fds == 0  # the failed descriptor closed: the next read opens the path afresh
