@@ -9,12 +9,15 @@ planning, judging and accounting it again cost ≈ 1.6 ms a guest (B3, 100
 paused guests: 162 ms a full check).  Nearly always nothing changed.
 
 So the full check first takes the guest's *marks*: everything a full
-observation would judge on, read cheaply — the thread set (one listing of
-``/proc/<pid>/task``), each thread's name, flags, start time and policy and
-priority (its ``stat``), its cgroup (its ``cgroup`` file) and affinity (a
-syscall), the process's memory facts (``status`` and ``limits``, once), the
-per-VM kthreads found at the last scan — and compares them with the marks of
-the last full observation (:func:`marks_of`, pure).  Equal marks mean a full
+observation would judge on, read cheaply — the thread set, each thread's
+name, flags, start time and policy and priority (its ``stat``), its cgroup
+(its groups' task lists) and affinity (a syscall), the process's memory
+facts (``status`` and RLIMIT_MEMLOCK, once), the per-VM kthreads found at
+the last scan — and compares them with the marks of the last full
+observation (:func:`marks_of`, pure).  The daemon reads them through
+descriptors kept open (:func:`read_marks_kept`, kernel/kept.py: one
+``pread`` a file, no task listing while the thread count holds);
+:func:`read_marks` is the same read by path.  Equal marks mean a full
 observation would find the same threads, roles, cgroups, scheduling and
 memory facts, so it would plan and judge exactly as last time; anything else
 (a thread born, gone, renamed, moved to another cgroup, re-pinned, a TID
