@@ -4,11 +4,12 @@
 
 Each ``TREE`` is a source tree (``git archive <rev> | tar -x -C DIR``, or a
 worktree).  Starts ``max(--guests)`` paused canonical guests (named
-``--prefix``\\ ``NNN``, default ``rtp-fc-``; destroyed at the end), then for
+``--prefix``\\ ``NNN``, default ``rtbench-fc-rtp-``; destroyed at the end), then for
 every guest count, for every tree in turn (interleaved, ``--rounds``
 times), a child process that makes that tree's ``Daemon`` in-process over
-the first N guests (B3's daemon settings: resync 1 s, metrics, host tuning,
-interference and the drift watch off, ``rt_budget_us = 1000``), tunes them
+the first N guests (B3's daemon config, bench/common.py :func:`daemon_config`:
+resync 1 s, metrics, host tuning and interference off, ``rt_budget_us =
+1000``; the drift watch off), tunes them
 with two full resyncs, then runs ``--checks`` full checks one second apart
 (the daemon's cadence leaves its caches cold: a check right after another
 costs a fraction) and reports each one's main-thread CPU
@@ -30,32 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-_CONFIG = """[host]
-realtime_cpus = "1"
-[realtime]
-rt_budget_us = 1000
-[daemon]
-resync_interval_s = 1.0
-guest_names = ["{glob}"]
-lock_file = "{dir}/rtagent.lock"
-drift_watch = "off"
-[status]
-socket = "{dir}/rtagent.sock"
-[metrics]
-enabled = false
-[host_tuning]
-kthreads = false
-kthread_priorities = false
-irqs = false
-workqueues = false
-[interference]
-enabled = false
-instance = "{prefix}itf"
-[[rule]]
-match_name = "{prefix}*"
-realtime_mask = "^0"
-priority = 1
-"""
 
 # (label, dotted owner, attribute): what --parts times, where it exists in a tree.
 _PARTS = [
@@ -162,12 +137,10 @@ def _run_child(tree: Path, config: Path, checks: int, parts: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _glob(prefix: str, n: int, total: int) -> str:
-    """A glob taking exactly the first n of the guests prefixNNN."""
-    if n == total and total == 100:
-        return f"{prefix}*"
-    assert n in (1, 10, 50, 100), n
-    return {1: f"{prefix}000", 10: f"{prefix}00?", 50: f"{prefix}0[0-4]?", 100: f"{prefix}*"}[n]
+def _selecting(prefix: str, n: int) -> str:
+    """The name prefix the first ``n`` of the guests ``prefixNNN`` share
+    (B3's daemon config manages ``prefix*``)."""
+    return {1: f"{prefix}000", 10: f"{prefix}00", 100: prefix}[n]
 
 
 def _report(results: list[dict]) -> None:
@@ -191,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checks", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--parts", action="store_true")
-    ap.add_argument("--prefix", default="rtp-fc-")
+    ap.add_argument("--prefix", default="rtbench-fc-rtp-", help="guest names (bench/common.py's PREFIX first)")
     ap.add_argument("--json")
     ap.add_argument("--child")
     args = ap.parse_args(argv)
@@ -199,23 +172,26 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.checks, args.parts)))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.common import Guests
+    from bench.common import Guests, daemon_config, drop_workdir
     from tests.guests import rt_guest_xml
 
     import libvirt
 
     counts = [int(x) for x in args.guests.split(",")]
+    if not set(counts) <= {1, 10, 100}:
+        ap.error("--guests: a list of 1, 10 and 100 (the guests each count manages share a name prefix)")
     total = max(counts)
     guests = Guests()
     results: list[dict] = []
-    work = Path(tempfile.mkdtemp(prefix="rtp-fc-"))
+    work = Path(tempfile.mkdtemp(prefix="rtbench-fc-"))
     try:
         for i in range(total):
             name = f"{args.prefix}{i:03d}"
             guests.start(name, rt_guest_xml(name, metadata=""), flags=libvirt.VIR_DOMAIN_START_PAUSED)
         for n in counts:
-            cfg = work / f"g{n}.toml"
-            cfg.write_text(_CONFIG.format(glob=_glob(args.prefix, n, total), dir=work, prefix=args.prefix))
+            cfg = daemon_config(work / f"g{n}.toml", socket_path=str(work / f"g{n}.sock"), resync=1.0,
+                                prefix=_selecting(args.prefix, n), rt_budget_us=1000,
+                                daemon_extra='drift_watch = "off"\n')
             for _ in range(args.rounds):
                 for tree in args.trees:
                     r = _run_child(tree, cfg, args.checks, args.parts)
@@ -224,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     _report([r])
     finally:
         guests.close()
+        drop_workdir(work)
     print()
     _report(results)
     if args.json:

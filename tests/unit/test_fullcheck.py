@@ -78,7 +78,8 @@ def test_marks_of_an_unchanged_guest_are_those_of_its_observation(tmp_path):
     assert _marks(busy) == _marks(tree)
 
 
-@pytest.mark.parametrize("change", [
+# Every change the full check is the net for, each alone (tests/unit/test_kept.py too).
+CHANGES = [
     {"threads": _threads() + [FakeThread(PID + 4, "IO iothread7", cpus="0", cgroup=EMU)]},  # born, FORK missed
     {"threads": _threads()[:-1]},  # a thread gone, EXIT missed
     {"threads": _threads(t40101={"comm": "worker"})},  # renamed, COMM missed
@@ -94,7 +95,10 @@ def test_marks_of_an_unchanged_guest_are_those_of_its_observation(tmp_path):
     {"memlock": (4 << 20, 8 << 20)},  # RLIMIT_MEMLOCK changed (prlimit: no event)
     {"pit": {"cpus": "0-1"}},  # the per-VM kthread re-pinned
     {"pit": {"priority": 1}},  # … or its priority
-])
+]
+
+
+@pytest.mark.parametrize("change", CHANGES)
 def test_each_input_changed_alone_is_noticed(tmp_path, change):
     before = _marks(_tree(tmp_path / "before"))
     assert _marks(_tree(tmp_path / "after", **change)) != before

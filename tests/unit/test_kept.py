@@ -22,7 +22,7 @@ from rtagent.monitor.fdlimit import COUNTER_FDS, STANDING_FDS, client_budget
 from rtagent.tuning.guest.marks import marks_of, read_marks, read_marks_kept
 from rtagent.tuning.guest.observe import observe_process
 from tests.procfixture import FakeThread
-from tests.unit.test_fullcheck import EMU, PID, PIT, _threads, _tree
+from tests.unit.test_fullcheck import CHANGES, EMU, PID, PIT, _threads, _tree
 
 pytestmark = pytest.mark.unit
 
@@ -45,23 +45,8 @@ def test_kept_marks_of_an_unchanged_guest_are_the_by_path_marks(tmp_path):
     assert _kept(tree, expected) == expected == read_marks(tree.kernel(), PID, (PIT,), live=False)
 
 
-@pytest.mark.parametrize("change", [
-    {"threads": _threads() + [FakeThread(PID + 4, "IO iothread7", cpus="0", cgroup=EMU)]},  # born, FORK missed
-    {"threads": _threads()[:-1]},  # a thread gone, EXIT missed
-    {"threads": _threads(t40101={"comm": "worker"})},  # renamed, COMM missed
-    {"threads": _threads(t40103={"starttime": 9000})},  # the TID reused by a new thread
-    {"threads": _threads(t40102={"cgroup": EMU})},  # moved to another cgroup
-    {"threads": _threads(t40101={"cpus": "0-1"})},  # re-pinned
-    {"threads": _threads(t40103={"policy": "other", "priority": 0})},  # demoted
-    {"threads": _threads(t40103={"priority": 5})},  # another priority
-    {"threads": _threads(t40101={"flags": 0x400040 | 0x4000})},  # its flags
+@pytest.mark.parametrize("change", CHANGES + [
     {"threads": _threads(t40100={"state": "Z"})},  # the process a zombie
-    {"vm_lck_kb": 65536},  # memory locked now
-    {"hugetlb_kb": 65536},  # hugepage-backed now
-    {"swap_kb": 512},  # swapped out
-    {"memlock": (4 << 20, 8 << 20)},  # RLIMIT_MEMLOCK changed (prlimit: no event)
-    {"pit": {"cpus": "0-1"}},  # the per-VM kthread re-pinned
-    {"pit": {"priority": 1}},  # … or its priority
 ])
 def test_each_input_changed_alone_is_noticed_through_kept_descriptors(tmp_path, change):
     expected = _expected(_tree(tmp_path / "before"))
