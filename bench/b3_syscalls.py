@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 __all__ = ["host_rate", "written_events", "balance_rows"]
 
@@ -38,8 +39,9 @@ def written_events(stats_text: str) -> int:
     return int(fields["entries"]) + int(fields["overrun"])
 
 
-def host_rate(seconds: float = COUNT_S) -> dict:
-    """Syscalls a second on the whole host over ``seconds`` (every CPU)."""
+def host_rate(seconds: float = COUNT_S, during: Callable[[], object] | None = None) -> dict:
+    """Syscalls a second on the whole host over ``seconds`` (every CPU).
+    ``during``: work run inside the window first (a known number of calls)."""
     from rtagent.kernel import tracefs
 
     root = tracefs.find_tracefs()
@@ -53,7 +55,9 @@ def host_rate(seconds: float = COUNT_S) -> dict:
 
     try:
         base, t0 = written(), time.monotonic()  # the instance traces from its creation
-        time.sleep(seconds)
+        if during is not None:
+            during()
+        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
         total, wall = written() - base, time.monotonic() - t0
     finally:
         inst.remove()
