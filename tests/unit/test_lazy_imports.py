@@ -130,3 +130,40 @@ def test_a_reload_drops_tomllib_again():
         print(new is not None, "tomllib" in sys.modules)
     """)
     assert out == "True False"
+
+
+def test_the_daemon_drops_inspect_once_its_classes_exist():
+    """dataclasses imports inspect (with dis and opcode) and uses it only to
+    write a docstring-less class's ``__doc__``: once the services started
+    they are gone *and* freed, and a class defined later still gets its
+    ``__doc__`` (the stand-in imports inspect again)."""
+    out = _run("""
+        import dataclasses, sys, weakref
+        import rtagent.cli, rtagent.commands.daemon, rtagent.daemon, rtagent.daemon.loop, rtagent.daemon.services
+        from rtagent.daemon import startonly
+        refs = [weakref.ref(sys.modules[m]) for m in ("inspect", "dis", "opcode")] + [
+            weakref.ref(sys.modules["inspect"].signature)]
+        print(startonly.forget_class_time(), sorted(m for m in ("inspect", "dis", "opcode") if m in sys.modules),
+              [r() is None for r in refs])
+
+        @dataclasses.dataclass
+        class Later:
+            x: int
+        print(Later.__doc__, "inspect" in sys.modules)
+    """)
+    assert out.splitlines() == ["['dis', 'inspect', 'opcode'] [] [True, True, True, True]", "Later(x: int) True"]
+
+
+def test_inspect_stays_while_another_module_uses_it():
+    """Metrics on: prometheus_client's ``decorator`` imports inspect, so
+    dropping it would free nothing and leave two copies: nothing is dropped."""
+    out = _run("""
+        import sys, types
+        import rtagent.daemon.services
+        from rtagent.daemon import startonly
+        holder = types.ModuleType("holder")
+        holder.inspect = sys.modules["inspect"]
+        sys.modules["holder"] = holder
+        print(startonly.forget_class_time(), "inspect" in sys.modules, sys.modules["dataclasses"].inspect is holder.inspect)
+    """)
+    assert out == "[] True True"
