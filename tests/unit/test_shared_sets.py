@@ -41,3 +41,16 @@ def test_a_claim_of_no_cgroup_is_the_shared_empty_set():
     ledger.claim("a", {"/"})
     ledger.claim("b", set())
     assert ledger.claims["a"] is sets.EMPTY and ledger.claims["b"] is sets.EMPTY
+
+
+def test_a_threads_name_and_cgroup_read_twice_are_one_string():
+    """A full check re-reads both for every thread and the records keep them."""
+    from rtagent.kernel.tasks import _cgroup_cpu, parse_stat
+
+    line = "4242 (CPU 1/KVM) S " + " ".join(["1"] * 49)
+    a, b = parse_stat(line), parse_stat(line.replace("4242", "4243", 1))
+    assert a.comm == "CPU 1/KVM" and a.comm is b.comm
+    v1 = "5:cpu,cpuacct:/machine/qemu-1-g.libvirt-qemu/vcpu1\n1:name=systemd:/\n"
+    v2 = "0::/machine.slice/qemu-1-g.scope/vcpu1\n"
+    assert _cgroup_cpu(v1) == "/machine/qemu-1-g.libvirt-qemu/vcpu1" and _cgroup_cpu(v1) is _cgroup_cpu(v1)
+    assert _cgroup_cpu(v2) == "/machine.slice/qemu-1-g.scope/vcpu1" and _cgroup_cpu(v2) is _cgroup_cpu(v2)
