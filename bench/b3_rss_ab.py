@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .common import Guests, daemon_config, drop_workdir, format_table, median, schedstat, thread_names, wait_for
@@ -89,7 +90,10 @@ def _daemon_extra(drift_watch: str) -> str:
     return watch_config(drift_watch, fields) + host_checks_config(fields)
 
 
-def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_watch: str = "default") -> dict:
+def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_watch: str = "default",
+        report: Callable[[dict], None] | None = None) -> dict:
+    """The samples (see the module's docstring); ``report`` gets them before
+    the guests are destroyed (100 take minutes on this host)."""
     from rtagent.status import fetch
     from tests.guests import rt_guest_xml
 
@@ -128,6 +132,8 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_wat
                 "memory": {k: (samples[p.pid][-1][k], median([s[k] for s in samples[p.pid]]),
                                max(s[k] for s in samples[p.pid])) for k in ("rss", "anon", "file", "pss")},
                 "cpu_ms_per_s": {k: (v - cpu0[p.pid].get(k, 0)) / 1e6 / wall for k, v in c1.items()}})
+        if report is not None:
+            report(out)
         return out
     finally:
         for _, p, _ in daemons:
@@ -170,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drift-watch", choices=("default", "on", "off"), default="default",
                     help="[daemon] drift_watch for both daemons (default: each tree's own)")
     args = ap.parse_args(argv)
-    print(format_result(run(args.trees, args.guests, args.seconds, args.tag, args.drift_watch)))
+    run(args.trees, args.guests, args.seconds, args.tag, args.drift_watch,
+        report=lambda r: print(format_result(r), flush=True))
     return 0
 
 
