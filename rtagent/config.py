@@ -93,10 +93,11 @@ class DaemonConfig:
     cpuset_watch: bool = True
     # The drift watch (daemon/driftwatch.py): see a sched_set* syscall or a
     # cgroup move of a managed thread through trace events and correct it at
-    # once.  "auto": when tracefs and the events are there; "on": missing is
-    # a start-up error; "off": poll every resync_interval_s.  Costs every
-    # syscall on the host ~24 ns while on (docs/design.md, "The drift watch").
-    drift_watch: str = "off"
+    # once.  "auto" (the default): when tracefs and the events are there,
+    # else polling, said in the log and status; "on": missing is a start-up
+    # error; "off": poll every resync_interval_s.  Costs every syscall on
+    # the host ~24 ns while on (docs/design.md, "The drift watch").
+    drift_watch: str = "auto"
     # The timed steady resync's interval while the drift watch runs (the
     # host partition, if enforced, keeps resync_interval_s).
     watched_resync_interval_s: float = 10.0

@@ -73,7 +73,7 @@ step "rtagent status"
 run "$RT" status --socket "$work/rtagent.sock"
 run "$RT" status --socket "$work/rtagent.sock" "$name"
 
-step "Drift behind the daemon's back: chrt -o on the realtime vCPU"
+step "Drift behind the daemon's back: chrt -o on the realtime vCPU (the drift watch, on by default, undoes it within milliseconds; 'drift watch' in status says which way it found it)"
 pid=$(cat /run/libvirt/qemu/$name.pid)
 tid=$(grep -l '^CPU 1/' /proc/$pid/task/*/comm | cut -d/ -f5)
 run chrt -o -p 0 "$tid"

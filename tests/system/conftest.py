@@ -140,6 +140,13 @@ def write_config(path: Path, *, sock: str, resync: float = 0.5, extra: str = "",
     # one owner host-wide, so their guests would take it from ours.
     if "guest_names" not in daemon:
         daemon = f'guest_names = ["rtt-{os.getpid()}-*"]\n' + daemon
+    # The tests were written against the polling cadence (a resync every
+    # ``resync``): the drift watch (the daemon's default, "auto") would back
+    # it off to 10 s.  The watch's own tests (test_drift_watch.py) and the
+    # node tier (the shipped config) run it; "default" leaves the key out.
+    if "drift_watch" not in daemon:
+        daemon = 'drift_watch = "off"\n' + daemon
+    daemon = daemon.replace('drift_watch = "default"\n', "")
     # Each test daemon traces into its own tracefs instance.
     interference = "" if "[interference]" in extra else \
         f'[interference]\ninstance = "{unique_name("rtt-itf")}"\npoll_interval_s = 0.5'

@@ -146,6 +146,9 @@ scrape_configs:
         info = prom_query(prom, f"rtagent_domain_info{sel}")
         assert info and info[0]["metric"]["uuid"] == g.uuid
         assert prom_query(prom, 'up{job="rtagent"}')[0]["value"][1] == "1"
+        # No drift_watch key: the default ("auto") runs the watch on a kernel
+        # with the syscall trace events (this one has them).
+        assert prom_query(prom, 'rtagent_drift_watch_up{job="rtagent"}')[0]["value"][1] == "1"
 
         # The shipped rules load and evaluate in the real server.
         rules = json.loads(http_get(f"{prom}/api/v1/rules"))["data"]["groups"]

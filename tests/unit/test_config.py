@@ -103,3 +103,28 @@ def test_auto_realtime_uses_isolated_and_nohz_full(sysroot):
 def test_shipped_example_is_valid():
     cfg = load_config(str(Path(__file__).parents[2] / "config/rtagent.toml"), resolve=False)
     assert cfg.metrics.listen == "127.0.0.1:9847"
+
+
+def test_every_value_in_the_shipped_config_is_the_codes_default():
+    """The shipped file documents the defaults (README: "every key with its
+    default"): a default changed in one place and not the other fails here
+    (e.g. daemon.drift_watch = "auto")."""
+    import dataclasses
+    import tomllib
+
+    from rtagent import config as C
+
+    shipped = tomllib.loads((Path(__file__).parents[2] / "config/rtagent.toml").read_text())
+    sections = {f.name: f.type for f in dataclasses.fields(C.Config)}
+    seen = 0
+    for section, values in shipped.items():
+        if not isinstance(values, dict):
+            continue
+        cls = getattr(C, sections[section]) if isinstance(sections[section], str) else sections[section]
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            want = defaults[key]
+            assert (tuple(value) if isinstance(value, list) else value) == want, f"{section}.{key}: {value!r} != {want!r}"
+            seen += 1
+    assert seen > 40 and shipped["daemon"]["drift_watch"] == "auto"
