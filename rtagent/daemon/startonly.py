@@ -45,11 +45,6 @@ START_ONLY = ("argparse", "gettext", "locale", "tomllib", "datetime", "rtagent.a
 CLASS_TIME_ONLY = ("inspect", "dis", "opcode")
 # The one module that may keep referring to them: it gets an :class:`_OnUse`.
 CLASS_TIME_USER = "dataclasses"
-# Imported lazily but at every start (the loop's first pass runs the host
-# checks, which import preflight late), with docstring-less dataclasses:
-# imported before the drop, or their classes would import inspect again a
-# second later.
-FIRST_PASS = ("rtagent.monitor.hostchecks", "rtagent.monitor.preflight")
 
 
 def _start_only(name: str) -> bool:
@@ -96,13 +91,10 @@ def _referrers(module: types.ModuleType) -> list[str]:
 
 def forget_class_time() -> list[str]:
     """Drop :data:`CLASS_TIME_ONLY` once the daemon's services have started
-    and :data:`FIRST_PASS` is imported (every class the daemon defines at
-    start exists); returns the names dropped.  A module
+    (every class they define exists); returns the names dropped.  A module
     that anything but ``dataclasses`` or each other refers to (metrics on:
     prometheus_client's ``decorator`` imports inspect) keeps them all: they
     would stay alive anyway."""
-    for name in FIRST_PASS:
-        importlib.import_module(name)
     loaded = {name: sys.modules[name] for name in CLASS_TIME_ONLY if name in sys.modules}
     allowed = set(loaded) | {CLASS_TIME_USER}
     if not loaded or any(set(_referrers(m)) - allowed for m in loaded.values()):

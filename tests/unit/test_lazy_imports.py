@@ -154,21 +154,6 @@ def test_the_daemon_drops_inspect_once_its_classes_exist():
     assert out.splitlines() == ["['dis', 'inspect', 'opcode'] [] [True, True, True, True]", "Later(x: int) True"]
 
 
-def test_the_first_pass_does_not_import_inspect_again():
-    """The host checks run at every start, from a module imported then:
-    their classes exist before the drop, so inspect stays gone."""
-    out = _run("""
-        import sys
-        import rtagent.cli, rtagent.commands.daemon, rtagent.daemon, rtagent.daemon.loop, rtagent.daemon.services
-        from rtagent.daemon import startonly
-        startonly.forget_class_time()
-        from rtagent.monitor import hostchecks
-        hostchecks._preflight()  # what the first run of the checks imports
-        print("inspect" in sys.modules)
-    """)
-    assert out == "False"
-
-
 def test_inspect_stays_while_another_module_uses_it():
     """Metrics on: prometheus_client's ``decorator`` imports inspect, so
     dropping it would free nothing and leave two copies: nothing is dropped."""
