@@ -125,7 +125,6 @@ class Services:
             from ..monitor.interference_service import InterferenceCollector
 
             self.metrics.registry.register(InterferenceCollector(self.interference))
-        startonly.forget_class_time()  # every class exists now: inspect & co. (startonly.py); before the freeze
         # What is alive now lives as long as the daemon: no collection walks it
         # again (a full pass over it cost a scrape 18-23 ms; monitor/gcpause.py).
         log.debug("%d start-up objects frozen out of the garbage collector", gcpause.freeze_startup())

@@ -18,33 +18,17 @@ imports it next gets a fresh copy, which works the same.  :func:`forget`
 must run before ``gc.freeze`` (monitor/gcpause.py): a frozen cycle is
 never collected.  ``typing``'s caches of subscripted forms are cleared
 with them: an entry made while tomllib was imported kept it alive.
-
-:func:`forget_class_time` drops what only *defining* a dataclass uses
-(``inspect``, with ``dis`` and ``opcode``) once every service has started,
-also before the freeze; ``dataclasses`` gets a stand-in that imports it
-again if a class is defined later.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import sys
-import types
 
 # Each with its submodules.  datetime: only tomllib's parser imports it in the daemon;
 # locale (its alias tables ≈ 0.15 MB): only gettext (the interpreter's own
 # encoding lookups are C, ``_locale``).
 START_ONLY = ("argparse", "gettext", "locale", "tomllib", "datetime", "rtagent.argparsing")
-
-# Imported by ``dataclasses`` and used by it only while it decorates a class
-# without a docstring (its ``__doc__`` is made from ``inspect.signature``):
-# ≈ 0.45 MB of objects (inspect 0.4, dis and opcode) once every daemon class
-# exists.  Not ``ast``: inspect imports it, but ast's functions stay attached to
-# the interpreter's own ``_ast`` classes, so dropping it frees nothing.
-CLASS_TIME_ONLY = ("inspect", "dis", "opcode")
-# The one module that may keep referring to them: it gets an :class:`_OnUse`.
-CLASS_TIME_USER = "dataclasses"
 
 
 def _start_only(name: str) -> bool:
@@ -71,40 +55,3 @@ def _clear_typing_caches() -> None:
     typing = sys.modules.get("typing")
     for clear in getattr(typing, "_cleanups", ()):
         clear()
-
-
-class _OnUse(types.ModuleType):
-    """Stands in for a dropped module in the module that refers to it: the
-    first attribute asked for imports the module afresh, so a class
-    ``dataclasses`` decorates later (a SIGHUP reload's, a lazily imported
-    module's) works as before and only pays the import again."""
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(importlib.import_module(self.__name__), name)
-
-
-def _referrers(module: types.ModuleType) -> list[str]:
-    """The loaded modules that refer to ``module`` by a global name."""
-    return [name for name, m in list(sys.modules.items())
-            if m is not None and m is not module and any(v is module for v in vars(m).values())]
-
-
-def forget_class_time() -> list[str]:
-    """Drop :data:`CLASS_TIME_ONLY` once the daemon's services have started
-    (every class they define exists); returns the names dropped.  A module
-    that anything but ``dataclasses`` or each other refers to (metrics on:
-    prometheus_client's ``decorator`` imports inspect) keeps them all: they
-    would stay alive anyway."""
-    loaded = {name: sys.modules[name] for name in CLASS_TIME_ONLY if name in sys.modules}
-    allowed = set(loaded) | {CLASS_TIME_USER}
-    if not loaded or any(set(_referrers(m)) - allowed for m in loaded.values()):
-        return []
-    user = sys.modules.get(CLASS_TIME_USER)
-    for name, module in loaded.items():
-        del sys.modules[name]
-        if user is not None and getattr(user, name, None) is module:
-            setattr(user, name, _OnUse(name))
-    names = sorted(loaded)
-    loaded.clear()  # the last references: the collector frees the modules now
-    gc.collect()  # their functions and classes are cycles
-    return names
