@@ -97,7 +97,7 @@ def _shared(text: str) -> str:
     """One string object per value while any record holds it (``sys.intern``
     drops it when the last one goes): a thread's name and cgroup path are
     re-read at every full check and kept in several records per thread —
-    ≈ 1,000 copies of ≈ 400 values at 100 guests (issue 14's RSS goal)."""
+    ≈ 1,000 copies of a few hundred values at 100 guests (issue 14's RSS goal)."""
     return sys.intern(text)
 
 
