@@ -7,7 +7,8 @@ DIR``).  Starts ``--guests`` paused canonical guests (named
 ``rtbench-rss-<tag><pid>-N``, ``--tag`` e.g. ``rtr-``; destroyed at the end), then one ``rtagent run`` per
 tree at once, each with B3's daemon config (bench/common.py
 :func:`daemon_config`: resync 1 s, metrics and host tuning off, RT budget
-1,000 µs) and ``MALLOC_ARENA_MAX=2`` (what the daemon now sets itself, daemon/heap.py; older
+1,000 µs; ``--drift-watch on``/``off`` sets ``[daemon] drift_watch`` as B3's series
+do, with B3's host-check interval, bench/b3_cost.py) and ``MALLOC_ARENA_MAX=2`` (what the daemon now sets itself, daemon/heap.py; older
 trees got it from the unit).  After a minute
 of settling it samples each daemon every 10 s for ``--seconds``, asking its
 status socket twice first, as each B3 window does; prints RSS, anonymous,
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .common import Guests, daemon_config, drop_workdir, format_table, median, schedstat, thread_names, wait_for
@@ -50,10 +52,11 @@ def _thread_cpu(pid: int) -> dict[str, int]:
     return out
 
 
-def _start(tree: Path, prefix: str) -> tuple[subprocess.Popen, str, Path]:
+def _start(tree: Path, prefix: str, extra: str = "") -> tuple[subprocess.Popen, str, Path]:
     d = Path(tempfile.mkdtemp(prefix="rtbench-rss-"))
     sock = str(d / "rtagent.sock")
-    cfg = daemon_config(d / "rtagent.toml", socket_path=sock, resync=1.0, prefix=prefix, rt_budget_us=1000)
+    cfg = daemon_config(d / "rtagent.toml", socket_path=sock, resync=1.0, prefix=prefix, rt_budget_us=1000,
+                        daemon_extra=extra)
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(str(d / "notify"))
     ns.settimeout(0.5)
@@ -75,7 +78,22 @@ def _start(tree: Path, prefix: str) -> tuple[subprocess.Popen, str, Path]:
     raise RuntimeError(f"{tree}: daemon not ready: {(d / 'log').read_text()[-2000:]}")
 
 
-def run(trees: list[Path], guests: int, seconds: float, tag: str = "") -> dict:
+def _daemon_extra(drift_watch: str) -> str:
+    """``[daemon]`` lines for a drift-watch mode ("default": the trees' own
+    default, no line): B3's, from this checkout's config fields — the trees
+    compared must know the key (an older one refuses an unknown key)."""
+    if drift_watch == "default":
+        return ""
+    from .b3_cost import _daemon_fields, host_checks_config, watch_config
+
+    fields = _daemon_fields()
+    return watch_config(drift_watch, fields) + host_checks_config(fields)
+
+
+def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_watch: str = "default",
+        report: Callable[[dict], None] | None = None) -> dict:
+    """The samples (see the module's docstring); ``report`` gets them before
+    the guests are destroyed (100 take minutes on this host)."""
     from rtagent.status import fetch
     from tests.guests import rt_guest_xml
 
@@ -89,7 +107,7 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "") -> dict:
         for i in range(guests):
             g.start(f"{prefix}{i}", rt_guest_xml(f"{prefix}{i}", metadata=""), flags=libvirt.VIR_DOMAIN_START_PAUSED)
         for tree in trees:
-            proc, sock, d = _start(tree, prefix)
+            proc, sock, d = _start(tree, prefix, _daemon_extra(drift_watch))
             daemons.append((tree, proc, sock))
             dirs.append(d)
         for _, _, sock in daemons:
@@ -105,14 +123,17 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "") -> dict:
                 samples[p.pid].append(_rollup(p.pid))
             time.sleep(10)
         wall = time.monotonic() - t0
-        out = {"guests": guests, "load": os.getloadavg(), "daemons": []}
+        out = {"guests": guests, "load": os.getloadavg(), "drift_watch": drift_watch, "daemons": []}
         for tree, p, sock in daemons:
             c1 = _thread_cpu(p.pid)
             out["daemons"].append({
                 "tree": str(tree), "managed": len(fetch(sock)["domains"]),
+                "watch": (fetch(sock)["daemon"].get("drift_watch") or {}).get("state"),
                 "memory": {k: (samples[p.pid][-1][k], median([s[k] for s in samples[p.pid]]),
                                max(s[k] for s in samples[p.pid])) for k in ("rss", "anon", "file", "pss")},
                 "cpu_ms_per_s": {k: (v - cpu0[p.pid].get(k, 0)) / 1e6 / wall for k, v in c1.items()}})
+        if report is not None:
+            report(out)
         return out
     finally:
         for _, p, _ in daemons:
@@ -142,7 +163,8 @@ def format_result(r: dict) -> str:
                      f"{sum(cb.values()) / max(sum(ca.values()), 1e-9):.2f}"])
     return format_table(["tree", "guests", "RSS MiB last (median / max)", "anon", "file-backed", "PSS",
                          "main thread CPU ms/s", "all threads ms/s"], rows,
-                        title=f"{r['guests']} paused guests, load {r['load'][0]:.1f}")
+                        title=f"{r['guests']} paused guests, drift watch {r.get('drift_watch', 'default')} "
+                              f"(daemons say: {', '.join(str(d.get('watch')) for d in ds)}), load {r['load'][0]:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guests", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--tag", default="", help="in the guests' names (an engineer's prefix, e.g. rtr-)")
+    ap.add_argument("--drift-watch", choices=("default", "on", "off"), default="default",
+                    help="[daemon] drift_watch for both daemons (default: each tree's own)")
     args = ap.parse_args(argv)
-    print(format_result(run(args.trees, args.guests, args.seconds, args.tag)))
+    run(args.trees, args.guests, args.seconds, args.tag, args.drift_watch,
+        report=lambda r: print(format_result(r), flush=True))
     return 0
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from xml.parsers import expat
 
 from .config import Config
-from .cpulist import MAX_CPU, CpuListError, format_cpulist, parse_cpulist, parse_realtime_mask
+from .cpulist import MAX_CPU, CpuListError, format_cpulist, interned, parse_cpulist, parse_realtime_mask
 from .errors import DomainXMLError
 from .model import REALTIME_POLICIES, IOThreadSpec, MemorySpec, RealtimeSpec, VcpuSpec
 
@@ -138,10 +138,10 @@ def parse_cpuset(text: str) -> frozenset[int]:
         except CpuListError as err:
             raise CpuListError(text, body, err.reason) from None
         (excluded if negate else included).update(cpus)
-    result = frozenset(included - excluded)
+    result = included - excluded
     if not result:
         raise CpuListError(text, text.strip(), "selects no CPU")
-    return result
+    return interned(result)  # one instance per set: every guest's pins are kept (cpulist.interned)
 
 
 # libvirt's virScaleInteger: case-insensitive; "k"/"KiB" = 1024, "KB" = 1000.

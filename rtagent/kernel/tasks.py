@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -92,6 +93,14 @@ def _field(rest: list[str], n: int) -> int:
     return int(rest[i]) if i < len(rest) else 0
 
 
+def _shared(text: str) -> str:
+    """One string object per value while any record holds it (``sys.intern``
+    drops it when the last one goes): a thread's name and cgroup path are
+    re-read at every full check and kept in several records per thread —
+    ≈ 1,000 copies of a few hundred values at 100 guests (issue 14's RSS goal)."""
+    return sys.intern(text)
+
+
 def parse_stat(text: str) -> Stat:
     """Parse a ``stat`` line.  comm sits in parentheses and may itself contain
     spaces and ``)``, so it runs from the first ``(`` to the *last* ``)``.
@@ -102,13 +111,13 @@ def parse_stat(text: str) -> Stat:
         raise ValueError(f"malformed stat line: {text[:80]!r}")
     rest = text[close_paren + 1:].split()
     if len(rest) >= 40:  # every kernel since 2.6.18: the fields by index (the full check parses one a thread)
-        return Stat(pid=int(text[:open_paren]), comm=text[open_paren + 1:close_paren], state=rest[0],
+        return Stat(pid=int(text[:open_paren]), comm=_shared(text[open_paren + 1:close_paren]), state=rest[0],
                     ppid=int(rest[1]), flags=int(rest[6]), starttime=int(rest[19]), rt_priority=int(rest[37]),
                     policy=policy_name(int(rest[38])), blkio_ticks=int(rest[39]))
     if len(rest) < 20:
         raise ValueError(f"short stat line: {text[:80]!r}")
     return Stat(
-        pid=int(text[:open_paren]), comm=text[open_paren + 1:close_paren], state=rest[0],
+        pid=int(text[:open_paren]), comm=_shared(text[open_paren + 1:close_paren]), state=rest[0],
         ppid=_field(rest, 4), flags=_field(rest, 9), starttime=_field(rest, 22),
         rt_priority=_field(rest, 40), policy=policy_name(_field(rest, 41)), blkio_ticks=_field(rest, 42),
     )
@@ -233,11 +242,11 @@ def _cgroup_cpu(text: str) -> str | None:
     """The v1 ``cpu`` controller's path, else the unified (v2) path."""
     m = _V1_CPU_LINE.search(text)  # one search, not a split of every line (a file per thread)
     if m is not None:
-        return m.group(1)
+        return _shared(m.group(1))
     for line in text.splitlines():
         hier, sep, rest = line.partition(":")
         if sep and hier == "0" and rest.startswith(":"):
-            return rest[1:]
+            return _shared(rest[1:])
     return None
 
 

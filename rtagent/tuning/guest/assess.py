@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ...config import Partition, RealtimeConfig
 from ...model import RealtimeSpec, Violation
+from ...sets import frozen
 from ...vocab import Check
 from .claims import Conflict
 from .memory import verify_memory
@@ -55,7 +56,7 @@ def assess(spec: RealtimeSpec, observed: Observed, partition: Partition, rt: Rea
         violations += verify_memory(spec.memory, observed.memory)
         violations += budget_violations(plan.threads, budget_chain)
     return Assessment(threads=tuple(plan.threads), violations=tuple(violations),
-                      realtime_cgroups=frozenset(c for c in plan.realtime_cgroups if c != "/"))
+                      realtime_cgroups=frozen(c for c in plan.realtime_cgroups if c != "/"))
 
 
 def budget_violations(threads: Sequence[ThreadPlan], budget_chain: BudgetChain | None) -> list[Violation]:

@@ -14,6 +14,7 @@ import os
 import time
 
 from ...config import Config
+from ...cpulist import interned
 from ...errors import DomainXMLError
 from ...intent import derive_spec
 from ...kernel import Kernel
@@ -133,7 +134,7 @@ class Tuner:
     def _claims(self, report: DomainReport) -> GuestClaims:
         spec, observed = report.spec, report.observed
         assert observed is not None
-        holding = frozenset(
+        holding = interned(  # kept in every report's claims: one instance per set (cpulist.interned)
             next(iter(v.cpus)) for v in spec.realtime_vcpus
             if len(v.cpus) == 1 and (t := observed.vcpu_threads.get(v.vcpu)) is not None
             and t.realtime and t.cpus == v.cpus)

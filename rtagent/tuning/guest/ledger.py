@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ...kernel import Kernel
 from ...kernel.cgroups import RtTree, ancestors
+from ...sets import frozen
 from . import rtgroup
 from .grantgate import GrantGate
 
@@ -72,7 +73,7 @@ class BudgetLedger:
     # -- the record ------------------------------------------------------------
 
     def claim(self, uuid: str, cgroups: set[str] | frozenset[str]) -> None:
-        self.claims[uuid] = frozenset(c for c in cgroups if c != "/")
+        self.claims[uuid] = frozen(c for c in cgroups if c != "/")  # mostly none: one shared empty set (sets.py)
 
     def withdraw(self, uuid: str) -> None:
         self.claims.pop(uuid, None)
