@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import Guests, daemon_config, drop_workdir, format_table, median, schedstat, thread_names, wait_for
+from .common import (Guests, daemon_config, drop_workdir, format_table, installed_env, median, schedstat, thread_names,
+                     wait_for)
 
 
 def _rollup(pid: int) -> dict[str, float]:
@@ -60,8 +61,7 @@ def _start(tree: Path, prefix: str, extra: str = "") -> tuple[subprocess.Popen, 
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(str(d / "notify"))
     ns.settimeout(0.5)
-    env = dict(os.environ, NOTIFY_SOCKET=str(d / "notify"), PYTHONUNBUFFERED="1", MALLOC_ARENA_MAX="2",
-               PYTHONPATH=str(tree))
+    env = installed_env(tree, NOTIFY_SOCKET=str(d / "notify"))
     proc = subprocess.Popen([sys.executable, "-m", "rtagent", "run", "--config", str(cfg)], cwd=str(tree), env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(d / "log").open("w"))
     deadline = time.monotonic() + 120

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -134,3 +135,16 @@ def test_the_host_checks_are_timed_apart_and_added_at_their_share(tmp_path):
     line = next(r for r in rows if r[0].startswith("idle daemon (no realtime guest"))
     assert line[1].startswith("0.051 % (windows 0.049 + host checks") and line[1].endswith(": 0.002)")
     assert line[3] == "FAIL"
+
+
+def test_a_benchmarked_tree_is_byte_compiled_as_an_install_would(tmp_path):
+    """A ``git archive`` has no ``.pyc``: the bench compiles it before its
+    first daemon (with PYTHONDONTWRITEBYTECODE each start compiled every
+    module in memory, for the daemon's whole life)."""
+    from bench.common import installed_env
+
+    (tmp_path / "rtagent").mkdir()
+    (tmp_path / "rtagent" / "__init__.py").write_text('"""x"""\n')
+    env = installed_env(tmp_path, NOTIFY_SOCKET="/x")
+    assert list((tmp_path / "rtagent" / "__pycache__").glob("__init__.*.pyc"))
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path.resolve()) and env["NOTIFY_SOCKET"] == "/x"
