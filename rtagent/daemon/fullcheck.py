@@ -50,8 +50,9 @@ def vcpu_keys(report: DomainReport) -> list[tuple[int, Key]]:
     return [(t.vcpu, (report.pid, t.tid)) for t in report.observed.threads if t.role == Role.VCPU and t.vcpu is not None]
 
 
-# Descriptors the marks and the stood guests' counters may keep open
-# together when no budget is given (Standing.budget): ≈ 20 a paused guest.
+# Descriptors the marks and the stood guests' counters keep open when no
+# budget is given: none (everything by path).  The daemon gives the
+# endpoints' (Standing.budget, monitor/fdlimit.py): ≈ 12 a paused guest.
 DEFAULT_FDS = 0
 
 
