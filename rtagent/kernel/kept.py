@@ -15,7 +15,10 @@ it reads ``ESRCH``, even if its TID was reused since.  So:
 
 * each thread's ``stat`` and the process's ``status`` through a kept
   descriptor, parsed from bytes for only the fields the marks compare;
-* RLIMIT_MEMLOCK by ``prlimit`` (one syscall, not 16 formatted lines);
+* RLIMIT_MEMLOCK by ``prlimit`` (one syscall, not 16 formatted lines),
+  except where it is refused: another user's process (QEMU as
+  ``libvirt-qemu``) without CAP_SYS_RESOURCE, which the unit does not give,
+  has its ``limits`` file read;
 * no ``/proc/<pid>/task`` listing when the thread set cannot have changed:
   the leader's ``stat`` says how many threads the process has
   (``num_threads``); when every expected thread still reads (each still the
@@ -110,6 +113,7 @@ class KeptTasks:
         self.max_fds = max(0, max_fds)
         self._fds: dict[int, int] = {}  # key (see _STAT) -> descriptor
         self._owned: dict[str, list[int]] = {}  # owner -> its keys
+        self._no_prlimit: set[int] = set()  # processes prlimit may not read (another user's)
 
     @property
     def open_fds(self) -> int:
@@ -168,11 +172,24 @@ class KeptTasks:
         status = self._read(owner, pid << 2 | _STATUS, base + "status", _FILE_SIZE)
         i = status.find(b"State:")
         state = status[i + 6:i + 16].strip()[:1].decode() if i >= 0 else ""
-        soft, hard = (_memlock_now(pid) if live
-                      else _memlock(self._read(owner, pid << 2 | _LIMITS, base + "limits", _FILE_SIZE).decode()))
+        soft, hard = self._memlock(owner, pid, base, live)
         return state, ProcessMemory(
             vm_lck_bytes=_kb(status, b"\nVmLck:"), hugetlb_bytes=_kb(status, b"\nHugetlbPages:"),
             memlock_soft=soft, memlock_hard=hard, swap_bytes=_kb(status, b"\nVmSwap:"))
+
+    def _memlock(self, owner: str, pid: int, base: str, live: bool) -> tuple[int | None, int | None]:
+        """By ``prlimit`` (``live``); else, or where it is refused, from the
+        ``limits`` file: reading another user's limits needs CAP_SYS_RESOURCE,
+        which the shipped unit does not give, and a distribution's libvirt
+        runs QEMU as ``libvirt-qemu`` (the file is world-readable)."""
+        if live and pid not in self._no_prlimit:
+            try:
+                return _memlock_now(pid)
+            except PermissionError:
+                if len(self._no_prlimit) >= 4096:  # dead guests' PIDs: bounded, not pruned one by one
+                    self._no_prlimit.clear()
+                self._no_prlimit.add(pid)
+        return _memlock(self._read(owner, pid << 2 | _LIMITS, base + "limits", _FILE_SIZE).decode())
 
     def tasks_of(self, pid: int) -> list[int]:
         """The listing, where the thread count cannot answer (by path)."""
