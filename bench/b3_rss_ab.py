@@ -136,13 +136,16 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_wat
             report(out)
         return out
     finally:
+        # The guests first, while their daemons run: a daemon gives a stopped
+        # guest's RT budget back (and trims /machine); one stopped before its
+        # guests leaves it in place, by design (B3 does the same).
+        g.close()
         for _, p, _ in daemons:
             p.terminate()
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        g.close()
         for d in dirs:
             drop_workdir(d)
 
