@@ -72,7 +72,7 @@ def balance_rows(res: dict) -> list[list[str]]:
     cost = res.get("syscall_cost") or {}
     extra = cost.get("extra_ns")
     on, off = res.get("daemon") or {}, res.get("daemon_watch_off") or {}
-    if extra is None or on.get("drift_watch") not in ("on", "default") or not off:
+    if extra is None or on.get("drift_watch") != "on" or not off:  # the series store effective_watch()'s answer
         return []
     by_size = {r["guests"]: r for r in off.get("rows", [])}
     rows = []

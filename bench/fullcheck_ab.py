@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -128,7 +127,9 @@ def _median(xs: list[float]) -> float:
 
 
 def _run_child(tree: Path, config: Path, checks: int, parts: bool) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree), MALLOC_ARENA_MAX="2")
+    from .common import installed_env  # here: the child runs this file as a script, outside the package
+
+    env = installed_env(tree)
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(config), "--checks",
                           str(checks)] + (["--parts"] if parts else []), cwd=str(tree), env=env,
                          capture_output=True, text=True, timeout=600)

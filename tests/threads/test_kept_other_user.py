@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_memlock_of_another_users_process_without_cap_sys_resource():
         for _ in range(200):
             if f"\t{NOBODY}\t" in Path(f"/proc/{other.pid}/status").read_text():
                 break
-            subprocess.run(["sleep", "0.01"])
+            time.sleep(0.01)
         root = Path(__file__).resolve().parents[2]
         r = subprocess.run(["capsh", "--drop=cap_sys_resource", "--", "-c", 'exec "$0" "$@"',
                             sys.executable, "-c", READER, str(other.pid)],
