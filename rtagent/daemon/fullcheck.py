@@ -27,6 +27,7 @@ from ..kernel import Kernel
 from ..kernel.counters import CounterReader, Key
 from ..kernel.kept import KeptTasks
 from ..tuning.guest.marks import Marks, marks_of
+from ..tuning.guest.observe import Observed
 from ..tuning.guest.report import DomainReport
 from ..vocab import Check, Role
 
@@ -62,7 +63,7 @@ class Standing:
     reader of the guests that stood."""
 
     def __init__(self, kernel: Kernel, max_fds: int = DEFAULT_FDS):
-        self._marks: dict[str, tuple[object, Marks]] = {}  # uuid -> (its Observed, marks_of it)
+        self._marks: dict[str, tuple[Observed, Marks]] = {}  # uuid -> (its Observed, marks_of it)
         self.kept = KeptTasks(kernel)
         self.counters = CounterReader(kernel, taskstats=False)  # files: no socket of its own on the loop
         self.budget(max_fds)
@@ -83,8 +84,12 @@ class Standing:
         return held[1]
 
     def forget(self, uuid: str) -> None:
-        self._marks.pop(uuid, None)
+        """The guest left: its marks and every descriptor of it (its vCPUs'
+        counters too: the next full check's ``keep`` is up to 30 s away)."""
+        held = self._marks.pop(uuid, None)
         self.kept.drop(uuid)
+        if held is not None:
+            self.counters.forget_process(held[0].pid)
 
     def read_counters(self, keys: list[Key]) -> dict[Key, tuple[int | None, int | None, int] | None]:
         """The counters of ``keys``; threads not asked about any more are forgotten."""

@@ -216,6 +216,13 @@ class CounterReader:
                                                                if k not in keys}:
             self._forget(key)
 
+    def forget_process(self, pid: int) -> None:
+        """Forget every thread of process ``pid`` (its guest left), and close
+        their descriptors now rather than at the next :meth:`keep`."""
+        for key in {k for k in self._last if k[0] == pid} | {k for fds in self._fds.values() for k in fds
+                                                              if k[0] == pid}:
+            self._forget(key)
+
     def close(self) -> None:
         for key in {k for fds in self._fds.values() for k in fds}:
             self._forget(key)

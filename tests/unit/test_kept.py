@@ -133,3 +133,25 @@ def test_the_full_check_gets_descriptors_after_the_scrape():
     small = client_budget(1024, 64, 64)  # the scrape's take what the clients leave
     assert small.counters == 1024 - 256 - 128 and small.standing == 0
     assert client_budget(256 + 128 + COUNTER_FDS + 10, 64, 64).standing == 10
+
+
+def test_a_forgotten_guest_closes_its_counters_descriptors_at_once():
+    """The stood guests' vCPU counters are read through kept descriptors;
+    a guest that leaves must not keep them until the next full check's
+    ``keep`` (30 s later; the churn test counted them as a leak)."""
+    import os
+
+    from rtagent.kernel import Kernel
+
+    standing = fullcheck.Standing(Kernel(), 100)
+    observed = observe_process(os.getpid(), Kernel())
+
+    class Last:
+        def __init__(self, obs):
+            self.observed = obs
+
+    standing.marks("u", Last(observed))
+    got = standing.read_counters([(os.getpid(), os.getpid())])
+    assert got[(os.getpid(), os.getpid())] is not None and standing.counters.open_fds > 0
+    standing.forget("u")
+    assert standing.counters.open_fds == 0
