@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import installed
 from .common import (Guests, daemon_config, drop_workdir, format_table, installed_env, median, schedstat, thread_names,
                      wait_for)
 
@@ -62,7 +63,7 @@ def _start(tree: Path, prefix: str, extra: str = "") -> tuple[subprocess.Popen, 
     ns.bind(str(d / "notify"))
     ns.settimeout(0.5)
     env = installed_env(tree, NOTIFY_SOCKET=str(d / "notify"))
-    proc = subprocess.Popen([sys.executable, "-m", "rtagent", "run", "--config", str(cfg)], cwd=str(tree), env=env,
+    proc = subprocess.Popen(installed.command("-m", "rtagent", "run", "--config", str(cfg)), cwd=str(tree), env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(d / "log").open("w"))
     deadline = time.monotonic() + 120
     try:

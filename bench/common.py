@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import installed
+
 URI = "qemu:///system"
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "rtbench-"
@@ -492,26 +494,9 @@ def drop_workdir(d: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-_compiled: set[Path] = set()
-
-
 def installed_env(tree: Path = REPO, **extra: str) -> dict[str, str]:
-    """The environment of a daemon of ``tree`` run as installed: its
-    ``rtagent`` byte-compiled first (the package's install does it,
-    py3compile; a checkout or a ``git archive`` has stale or no ``.pyc``,
-    and with ``PYTHONDONTWRITEBYTECODE`` set, as on this machine, every
-    daemon start compiled every module in memory: ≈ 1.7 MiB more RSS for
-    its whole life, measured), ``MALLOC_ARENA_MAX`` as older trees got it
-    from the unit (newer ones set it themselves, daemon/heap.py), and
-    ``tree`` first on the path."""
-    tree = Path(tree).resolve()
-    if tree not in _compiled:
-        import compileall
-
-        compileall.compile_dir(str(tree / "rtagent"), quiet=1)
-        _compiled.add(tree)
-    return dict(os.environ, PYTHONUNBUFFERED="1", MALLOC_ARENA_MAX="2",
-                PYTHONPATH=os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p), **extra)
+    """The environment of a daemon of ``tree`` run as installed (bench/installed.py)."""
+    return installed.installed_env(tree, **extra)
 
 
 def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
@@ -529,8 +514,8 @@ def start_daemon(prefix: str, *, resync: float, rt_budget_us: int | None = None,
     env.pop("WATCHDOG_USEC", None)
     env.pop("WATCHDOG_PID", None)
     with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rtagent", "--log-level", log_level, "run",
-                                 "--config", str(cfg)],
+        proc = subprocess.Popen(installed.command("-m", "rtagent", "--log-level", log_level, "run",
+                                                  "--config", str(cfg)),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                 cwd=str(REPO))
     dp = DaemonProc(proc=proc, dir=d, socket=sock, log=log, notify=ns, owns_dir=workdir is None)

@@ -127,11 +127,11 @@ def _median(xs: list[float]) -> float:
 
 
 def _run_child(tree: Path, config: Path, checks: int, parts: bool) -> dict:
-    from .common import installed_env  # here: the child runs this file as a script, outside the package
+    from . import installed  # here: the child runs this file as a script, outside the package
 
-    env = installed_env(tree)
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(config), "--checks",
-                          str(checks)] + (["--parts"] if parts else []), cwd=str(tree), env=env,
+    env = installed.installed_env(tree)
+    out = subprocess.run(installed.command(str(Path(__file__).resolve()), "--child", str(config), "--checks",
+                                           str(checks), *(["--parts"] if parts else [])), cwd=str(tree), env=env,
                          capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"{tree}: child failed: {out.stderr[-3000:]}")

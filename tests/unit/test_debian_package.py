@@ -66,4 +66,21 @@ def test_purge_removes_the_daemons_state():
     postrm = (ROOT / "debian/rtagent.postrm").read_text()
     state = tomllib.loads((ROOT / "config/rtagent.toml").read_text())["host_tuning"]["state_file"]
     assert Path(state).parent.as_posix() == "/var/lib/rtagent"
-    assert re.search(r'if \[ "\$1" = purge \]; then\s+rm -rf /var/lib/rtagent /run/rtagent', postrm)
+    assert re.search(r'if \[ "\$1" = purge \]; then\s+rm -rf /var/lib/rtagent /run/rtagent /var/cache/rtagent\n',
+                     postrm)
+
+
+def test_the_unit_runs_python_without_docstrings_from_a_cache_it_may_write():
+    """-OO loads .opt-2.pyc files, which nothing installs: the unit's cache
+    prefix must lie in the CacheDirectory= systemd makes writable under
+    ProtectSystem=strict (and purge removes), or every start compiles every
+    module in memory."""
+    from bench.installed import unit_environment
+
+    unit = (ROOT / "systemd/rtagent.service").read_text()
+    env = unit_environment(unit)
+    assert env.get("PYTHONOPTIMIZE") == "2"
+    cache = re.search(r"^CacheDirectory=(\S+)$", unit, re.M)
+    assert cache, "no CacheDirectory= for the bytecode"
+    assert Path(env["PYTHONPYCACHEPREFIX"]).is_relative_to(Path("/var/cache") / cache.group(1))
+    assert re.search(r"^ProtectSystem=strict$", unit, re.M)

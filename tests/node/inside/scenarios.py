@@ -552,9 +552,34 @@ def scenario_status_access() -> str:
     return f"root rc {rc}, {MEMBER} rc {rc_m}, {OUTSIDER} rc 3 ({data_o}); socket {mode} root:{group}"
 
 
+BYTECODE = Path("/var/cache/rtagent/bytecode")
+
+
+def _bytecode() -> list[str]:
+    return [os.path.join(d, f) for d, _, files in os.walk(BYTECODE) for f in files if f.endswith(".pyc")]
+
+
+def _optimized_from_cache(pid: int, before: list[str]) -> str:
+    """The unit's -OO daemon: its environment, the .opt-2.pyc files its first
+    start wrote for every module (Debian ships none), its resident memory."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    if b"PYTHONOPTIMIZE=2" not in env or f"PYTHONPYCACHEPREFIX={BYTECODE}".encode() not in env:
+        raise Fail(f"daemon {pid} not run with the unit's PYTHONOPTIMIZE/PYTHONPYCACHEPREFIX")
+    now = _bytecode()
+    own = [p for p in now if "/rtagent/" in p]
+    if len(own) < 50 or any(not p.endswith(".opt-2.pyc") for p in now):
+        raise Fail(f"bytecode cache: {len(own)} rtagent files of {len(now)}, "
+                   f"not -OO: {[p for p in now if not p.endswith('.opt-2.pyc')][:3]}")
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+               if line.startswith("Rss:"))
+    return (f"-OO from {len(now)} cached .opt-2.pyc ({len(own)} rtagent's; "
+            f"{len(set(now) - set(before))} written by this start), RSS {rss / 1024:.1f} MiB")
+
+
 def scenario_restart_keeps_tuned() -> str:
     tid = vcpu_tids(META)[1]
     old = main_pid()
+    cached = _bytecode()
     proc = subprocess.Popen(["systemctl", "restart", UNIT])
     samples, bad = 0, []
     while proc.poll() is None or samples < 20:
@@ -570,7 +595,8 @@ def scenario_restart_keeps_tuned() -> str:
     if bad:
         raise Fail(f"vCPU 1 lost its tuning during the restart ({len(bad)}/{samples} samples): {bad[:3]}")
     d = wait_for(lambda: compliant_in_status(META), SLOW, f"{META} compliant after restart")
-    return f"pid {old} -> {new}; vCPU 1 FIFO 1 on CPU 1 in all {samples} samples; compliant, corrections {d['drift_corrections_total']}"
+    return (f"pid {old} -> {new}; vCPU 1 FIFO 1 on CPU 1 in all {samples} samples; compliant, corrections "
+            f"{d['drift_corrections_total']}; {_optimized_from_cache(new, cached)}")
 
 
 def scenario_watchdog() -> str:
