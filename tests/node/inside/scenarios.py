@@ -566,14 +566,14 @@ def _optimized_from_cache(pid: int, before: list[str]) -> str:
     if b"PYTHONOPTIMIZE=2" not in env or f"PYTHONPYCACHEPREFIX={BYTECODE}".encode() not in env:
         raise Fail(f"daemon {pid} not run with the unit's PYTHONOPTIMIZE/PYTHONPYCACHEPREFIX")
     now = _bytecode()
-    own = [p for p in now if "/rtagent/" in p]
+    own = [p for p in now if "/rtagent/" in p[len(str(BYTECODE)):]]
     if len(own) < 50 or any(not p.endswith(".opt-2.pyc") for p in now):
         raise Fail(f"bytecode cache: {len(own)} rtagent files of {len(now)}, "
                    f"not -OO: {[p for p in now if not p.endswith('.opt-2.pyc')][:3]}")
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
                if line.startswith("Rss:"))
-    return (f"-OO from {len(now)} cached .opt-2.pyc ({len(own)} rtagent's; "
-            f"{len(set(now) - set(before))} written by this start), RSS {rss / 1024:.1f} MiB")
+    return (f"RSS {rss / 1024:.1f} MiB, -OO from {len(now)} cached .opt-2.pyc ({len(own)} rtagent's, "
+            f"{len(set(now) - set(before))} written by this start)")
 
 
 def scenario_restart_keeps_tuned() -> str:
@@ -595,8 +595,8 @@ def scenario_restart_keeps_tuned() -> str:
     if bad:
         raise Fail(f"vCPU 1 lost its tuning during the restart ({len(bad)}/{samples} samples): {bad[:3]}")
     d = wait_for(lambda: compliant_in_status(META), SLOW, f"{META} compliant after restart")
-    return (f"pid {old} -> {new}; vCPU 1 FIFO 1 on CPU 1 in all {samples} samples; compliant, corrections "
-            f"{d['drift_corrections_total']}; {_optimized_from_cache(new, cached)}")
+    return (f"{_optimized_from_cache(new, cached)}; pid {old} -> {new}; vCPU 1 FIFO 1 on CPU 1 in all {samples} "
+            f"samples; compliant, corrections {d['drift_corrections_total']}")
 
 
 def scenario_watchdog() -> str:
