@@ -130,9 +130,10 @@ def other_syscall_tracers() -> list[str]:
     each one's probe runs on every syscall too, "off" included."""
     from rtagent.kernel.tracefs import find_tracefs
 
-    root, mine = find_tracefs(), f"rtbench-watch-{os.getpid()}"
-    if root is None:
+    found, mine = find_tracefs(), f"rtbench-watch-{os.getpid()}"
+    if found is None:
         return []
+    root = Path(found)
     out = []
     for inst in [root, *sorted((root / "instances").iterdir())]:
         try:

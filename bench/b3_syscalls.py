@@ -47,11 +47,15 @@ def host_rate(seconds: float = COUNT_S, during: Callable[[], object] | None = No
     root = tracefs.find_tracefs()
     if root is None:
         return {"error": "no tracefs"}
-    cpus = sorted(int(p.name[3:]) for p in (root / "per_cpu").glob("cpu[0-9]*"))
+    cpus = sorted(int(n[3:]) for n in os.listdir(os.path.join(root, "per_cpu")) if n[3:].isdigit())
     inst = tracefs.Instance.create(root, f"{PREFIX}{os.getpid()}", cpus, [EVENT], buffer_kb=4)
 
     def written() -> int:
-        return sum(written_events((inst.path / "per_cpu" / f"cpu{c}" / "stats").read_text()) for c in cpus)
+        total = 0
+        for c in cpus:
+            with open(os.path.join(inst.path, "per_cpu", f"cpu{c}", "stats")) as fh:
+                total += written_events(fh.read())
+        return total
 
     try:
         base, t0 = written(), time.monotonic()  # the instance traces from its creation

@@ -4,9 +4,9 @@ topology, vhost workers and the kernel release.  Readers only."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..cpulist import CpuListError, parse_cpulist
 from . import fs, tracefs
@@ -30,25 +30,26 @@ class FairServer:
 
 
 def fair_server(kernel: Kernel, cpus: frozenset[int]) -> FairServer:
-    base = Path(kernel.sys_path("kernel", "debug", "sched"))
-    if not base.is_dir():
+    base = kernel.sys_path("kernel", "debug", "sched")
+    if not os.path.isdir(base):
         return FairServer(False, False, {}, {})
-    if not (base / "fair_server").is_dir():
+    server = os.path.join(base, "fair_server")
+    if not os.path.isdir(server):
         return FairServer(True, False, {}, {})
-    runtime = {c: fs.read_int(str(base / "fair_server" / f"cpu{c}" / "runtime")) for c in sorted(cpus)}
-    period = {c: fs.read_int(str(base / "fair_server" / f"cpu{c}" / "period")) for c in sorted(cpus)}
+    runtime = {c: fs.read_int(os.path.join(server, f"cpu{c}", "runtime")) for c in sorted(cpus)}
+    period = {c: fs.read_int(os.path.join(server, f"cpu{c}", "period")) for c in sorted(cpus)}
     return FairServer(True, True, runtime, period)
 
 
 def rt_runtime_exposed(kernel: Kernel) -> bool:
     """cgroup v1 (or a v2 built with it) exposes ``cpu.rt_runtime_us``."""
-    return any(Path(kernel.sys_path("fs", "cgroup", d, "cpu.rt_runtime_us")).exists()
+    return any(os.path.exists(kernel.sys_path("fs", "cgroup", d, "cpu.rt_runtime_us"))
                for d in ("cpu", "cpu,cpuacct", "."))
 
 
 @dataclass(frozen=True)
 class TracefsState:
-    root: Path | None
+    root: str | None
     missing: tuple[str, ...]     # what the interference accounting needs and is not there
 
 
@@ -58,8 +59,8 @@ def tracefs_state(kernel: Kernel) -> TracefsState:
                                             kernel.sys_path("kernel", "debug", "tracing")))
     if root is None:
         return TracefsState(None, ())
-    missing = [e for e in TRACE_EVENTS if not (root / "events" / e / "format").exists()]
-    if not (root / "instances").is_dir():
+    missing = [e for e in TRACE_EVENTS if not os.path.exists(os.path.join(root, "events", e, "format"))]
+    if not os.path.isdir(os.path.join(root, "instances")):
         missing.insert(0, "instances/")
     return TracefsState(root, tuple(missing))
 

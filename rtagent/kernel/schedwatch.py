@@ -44,7 +44,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..cpulist import parse_cpulist
 from ..threadname import name_thread
@@ -251,7 +250,7 @@ class SchedWatch:
     reader ends other than by :meth:`stop`."""
 
     def __init__(self, on_notice: Callable[[Notice], None], on_failed: Callable[[str], None] | None = None, *,
-                 root: Path | None = None, own_pid: int | None = None, prefix: str = PREFIX,
+                 root: str | None = None, own_pid: int | None = None, prefix: str = PREFIX,
                  cpus: Iterable[int] | None = None):
         self._on_notice = on_notice
         self._on_failed = on_failed
@@ -308,7 +307,7 @@ class SchedWatch:
     def remove_stale(self) -> list[str]:
         assert self._root is not None
         try:
-            names = [p.name for p in (self._root / "instances").iterdir()]
+            names = os.listdir(os.path.join(self._root, "instances"))
         except OSError:
             return []
         removed = []
@@ -487,7 +486,8 @@ class SchedWatch:
 def _online() -> frozenset[int]:
     """Every online CPU: an event can be written on any of them."""
     try:
-        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+        with open("/sys/devices/system/cpu/online") as fh:
+            text = fh.read().strip()
     except OSError:
         return frozenset()
     return frozenset(parse_cpulist(text))

@@ -24,7 +24,6 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..cpulist import format_hexmask
 from . import fs
@@ -278,23 +277,36 @@ def _entries(words: memoryview, pos: int, end: int, ts: int) -> list[tuple[int, 
 # the filesystem
 
 
-def find_tracefs(mounts_path: str = "/proc/self/mounts", candidates: Iterable[str] = DEFAULT_MOUNTS) -> Path | None:
+_join = os.path.join
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def find_tracefs(mounts_path: str = "/proc/self/mounts", candidates: Iterable[str] = DEFAULT_MOUNTS) -> str | None:
     """Where tracefs is mounted (the first ``tracefs`` line of the mount
-    table, else a candidate directory that looks like tracefs)."""
+    table, else a candidate directory that looks like tracefs).  Paths here
+    are strings joined by ``os.path``: ``pathlib`` would bring
+    ``urllib.parse`` and ``ipaddress`` into the daemon (docs/design.md,
+    "What the daemon imports")."""
     try:
-        for line in Path(mounts_path).read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[2] == "tracefs":
-                return Path(parts[1].replace("\\040", " "))
+        with open(mounts_path) as fh:
+            lines = fh.read().splitlines()
     except OSError:
-        pass
+        lines = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] == "tracefs":
+            return parts[1].replace("\\040", " ")
     for cand in candidates:
-        if Path(cand, "instances").is_dir() and Path(cand, "events").is_dir():
-            return Path(cand)
+        if os.path.isdir(_join(cand, "instances")) and os.path.isdir(_join(cand, "events")):
+            return str(cand)
     return None
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: str, value: str) -> None:
     try:
         with open(path, "w") as fh:
             fh.write(value)
@@ -307,7 +319,7 @@ class Instance:
     """A tracefs instance of our own (``instances/<name>``): its own buffers,
     ``tracing_cpumask`` and enabled events, invisible to other tracers."""
 
-    root: Path
+    root: str
     name: str
     cpus: frozenset[int]
     formats: dict[int, EventFormat] = field(default_factory=dict)
@@ -316,11 +328,11 @@ class Instance:
     _fds: dict[int, int] = field(default_factory=dict)
 
     @property
-    def path(self) -> Path:
-        return self.root / "instances" / self.name
+    def path(self) -> str:
+        return _join(self.root, "instances", self.name)
 
     @classmethod
-    def create(cls, root: Path, name: str, cpus: Iterable[int], events: Iterable[tuple[str, str]],
+    def create(cls, root: str, name: str, cpus: Iterable[int], events: Iterable[tuple[str, str]],
                *, optional_events: Iterable[tuple[str, str]] = (), buffer_kb: int = 1024,
                clock: str = "mono", wake_percent: int = WAKE_PERCENT) -> Instance:
         """Create (after removing a leftover of the same name: a daemon killed
@@ -332,10 +344,10 @@ class Instance:
         if not _INSTANCE_NAME.match(name):
             raise TracefsError(f"bad tracefs instance name {name!r}: use letters, digits, '_', '-', '.'")
         inst = cls(root, name, frozenset(cpus))
-        if inst.path.exists():
+        if os.path.exists(inst.path):
             remove_instance(root, name)
         try:
-            inst.path.mkdir()
+            os.mkdir(inst.path)
         except OSError as exc:
             raise TracefsError(f"cannot create tracefs instance {inst.path}: {exc.strerror}") from None
         try:
@@ -348,39 +360,39 @@ class Instance:
     def _configure(self, events: Iterable[tuple[str, str]], optional: Iterable[tuple[str, str]],
                    buffer_kb: int, clock: str, wake_percent: int = WAKE_PERCENT) -> None:
         p = self.path
-        _write(p / "tracing_on", "0")
-        _write(p / "tracing_cpumask", format_hexmask(self.cpus))
+        _write(_join(p, "tracing_on"), "0")
+        _write(_join(p, "tracing_cpumask"), format_hexmask(self.cpus))
         # An instance has a buffer on every CPU; only the traced ones need
         # one of size (the rest get the kernel's minimum, a page or two).
-        for cpu_dir in sorted((p / "per_cpu").glob("cpu[0-9]*")):
-            cpu = int(cpu_dir.name[3:])
-            _write(cpu_dir / "buffer_size_kb", str(buffer_kb) if cpu in self.cpus else "1")
+        per_cpu = _join(p, "per_cpu")
+        for cpu in sorted(int(n[3:]) for n in os.listdir(per_cpu) if n[:3] == "cpu" and n[3:].isdigit()):
+            _write(_join(per_cpu, f"cpu{cpu}", "buffer_size_kb"), str(buffer_kb) if cpu in self.cpus else "1")
         # A reader blocked in poll() is woken (by an irq_work on the traced
         # CPU) only once this share of the buffer is full, never per event:
         # 0 would mean a wakeup IPI on the realtime CPU for every event.
-        if (p / "buffer_percent").exists():
-            _write(p / "buffer_percent", str(wake_percent))
-        clocks = (p / "trace_clock").read_text()
+        if os.path.exists(_join(p, "buffer_percent")):
+            _write(_join(p, "buffer_percent"), str(wake_percent))
+        clocks = _read(_join(p, "trace_clock"))
         if clock in clocks.replace("[", " ").replace("]", " ").split():
-            _write(p / "trace_clock", clock)
-        self.header = parse_header_page((self.root / "events/header_page").read_text())
-        sub = p / "buffer_subbuf_size_kb"
-        self.subbuf_size = int(sub.read_text()) * 1024 if sub.exists() else os.sysconf("SC_PAGE_SIZE")
+            _write(_join(p, "trace_clock"), clock)
+        self.header = parse_header_page(_read(_join(self.root, "events", "header_page")))
+        sub = _join(p, "buffer_subbuf_size_kb")
+        self.subbuf_size = int(_read(sub)) * 1024 if os.path.exists(sub) else os.sysconf("SC_PAGE_SIZE")
         for system, event in events:
             self._enable(system, event, required=True)
         for system, event in optional:
             self._enable(system, event, required=False)
-        _write(p / "tracing_on", "1")
+        _write(_join(p, "tracing_on"), "1")
 
     def _enable(self, system: str, event: str, *, required: bool) -> None:
-        fmt_path = self.root / "events" / system / event / "format"
+        fmt_path = _join(self.root, "events", system, event, "format")
         try:
-            fmt = parse_event_format(fmt_path.read_text(), system)
+            fmt = parse_event_format(_read(fmt_path), system)
         except OSError:
             if required:
                 raise TracefsError(f"the kernel has no trace event {system}:{event} ({fmt_path})") from None
             return
-        _write(self.path / "events" / system / event / "enable", "1")
+        _write(_join(self.path, "events", system, event, "enable"), "1")
         self.formats[fmt.id] = fmt
 
     def not_tracing(self, events: Iterable[tuple[str, str]]) -> str | None:
@@ -390,9 +402,9 @@ class Instance:
         the floor's ``os.read``: one buffered ``open()`` of each event's
         ``enable`` file cost the drift watch's check ≈ 1 ms every 30 s.
         Raises OSError when the instance is gone."""
-        if fs.read_text(str(self.path / "tracing_on")).strip() != "1":
+        if fs.read_text(_join(self.path, "tracing_on")).strip() != "1":
             return f"tracing turned off in {self.path}"
-        enabled = set(fs.read_text(str(self.path / "set_event")).split())
+        enabled = set(fs.read_text(_join(self.path, "set_event")).split())
         for system, event in events:
             if f"{system}:{event}" not in enabled:
                 return f"event {system}:{event} disabled in {self.path}"
@@ -401,10 +413,10 @@ class Instance:
     def set_filter(self, system: str, event: str, expr: str) -> None:
         """The instance's kernel-side filter of one enabled event (events
         that do not match are never written to its buffer)."""
-        _write(self.path / "events" / system / event / "filter", expr)
+        _write(_join(self.path, "events", system, event, "filter"), expr)
 
     def clock_name(self) -> str:
-        text = (self.path / "trace_clock").read_text()
+        text = _read(_join(self.path, "trace_clock"))
         m = re.search(r"\[(\w[\w-]*)\]", text)
         return m[1] if m else "local"
 
@@ -413,7 +425,7 @@ class Instance:
         ``poll()`` on: readable when the buffer is ``WAKE_PERCENT`` full)."""
         fd = self._fds.get(cpu)
         if fd is None:
-            fd = os.open(self.path / "per_cpu" / f"cpu{cpu}" / "trace_pipe_raw", os.O_RDONLY | os.O_NONBLOCK)
+            fd = os.open(_join(self.path, "per_cpu", f"cpu{cpu}", "trace_pipe_raw"), os.O_RDONLY | os.O_NONBLOCK)
             self._fds[cpu] = fd
         return fd
 
@@ -447,18 +459,18 @@ class Instance:
         remove_instance(self.root, self.name)
 
 
-def remove_instance(root: Path, name: str) -> bool:
+def remove_instance(root: str, name: str) -> bool:
     """Remove ``instances/<name>`` if present (the kernel disables its events
     and frees its buffers).  True if it existed."""
-    path = root / "instances" / name
-    if not path.exists():
+    path = _join(root, "instances", name)
+    if not os.path.exists(path):
         return False
     try:
-        _write(path / "tracing_on", "0")
+        _write(_join(path, "tracing_on"), "0")
     except TracefsError:
         pass
     try:
-        path.rmdir()
+        os.rmdir(path)
     except FileNotFoundError:
         return False
     except OSError as exc:

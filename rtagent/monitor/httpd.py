@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from .exposition import choose_parts_encoder  # prometheus_client's negotiation; rtagent's families written fast
@@ -78,7 +77,21 @@ def parse_request(data: bytes) -> Request | None:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    return Request(parts[0].upper(), urlsplit(parts[1]).path, headers)
+    return Request(parts[0].upper(), target_path(parts[1]), headers)
+
+
+def target_path(target: str) -> str:
+    """The path of a request target (RFC 9112 3.2): origin form
+    ``/metrics?x=1`` or absolute form ``http://host/metrics``.  Split by
+    hand: ``urllib.parse`` would bring ``ipaddress`` with it, 0.3 MiB the
+    daemon holds for nothing (docs/design.md, "What the daemon imports")."""
+    scheme, sep, rest = target.partition("://")
+    if sep and "/" not in scheme:
+        slash = rest.find("/")
+        target = rest[slash:] if slash >= 0 else "/"
+    for mark in "?#":
+        target = target.partition(mark)[0]
+    return target
 
 
 def response(status: int, body: bytes, headers: list[tuple[str, str]] = (), *, head_only: bool = False) -> bytes:

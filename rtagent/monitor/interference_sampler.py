@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..kernel import Kernel, tracefs
 from ..kernel.tasks import PF_KTHREAD
@@ -270,7 +269,7 @@ class InterferenceSampler:
     def __init__(self, cpus: Iterable[int], *, instance: str = "rtagent",
                  owners: Callable[[], Owners] = dict, guests: Callable[[], Mapping[int, str]] = dict,
                  housekeeping: Iterable[int] = (), top_n: int = 10, poll_interval_s: float = 0.5,
-                 window_s: float = 60.0, buffer_kb: int = 1024, root: Path | None = None):
+                 window_s: float = 60.0, buffer_kb: int = 1024, root: str | None = None):
         self.cpus = tuple(sorted(set(cpus)))
         self.instance_name = instance
         self._owners_fn = owners

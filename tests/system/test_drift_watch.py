@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pytest
+from pathlib import Path
 
 from rtagent.kernel import tracefs
 from rtagent.kernel.schedwatch import instance_name
@@ -59,7 +60,7 @@ def test_taskset_and_chrt_are_corrected_by_the_watch(daemon_factory, guest_facto
                        'drift_watch = "on"\nwatched_resync_interval_s = 600\nfull_check_interval_s = 3600\n')
     watch = _daemon(d)["drift_watch"]
     assert watch["state"] == "running" and watch["interval_s"] == 600, watch
-    root = tracefs.find_tracefs()
+    root = Path(tracefs.find_tracefs())
     assert (root / "instances" / instance_name(d.proc.pid)).is_dir()
     resyncs, full = _daemon(d)["resyncs"], _daemon(d)["full_checks"]
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
@@ -92,7 +93,7 @@ def test_taskset_and_chrt_are_corrected_by_the_watch(daemon_factory, guest_facto
 def test_with_the_watch_off_the_resync_still_corrects(daemon_factory, guest_factory):
     d, g, tid = _start(daemon_factory, guest_factory, 'drift_watch = "off"\nfull_check_interval_s = 3600\n')
     assert _daemon(d)["drift_watch"]["state"] == "off"
-    assert not (tracefs.find_tracefs() / "instances" / instance_name(d.proc.pid)).exists()
+    assert not (Path(tracefs.find_tracefs()) / "instances" / instance_name(d.proc.pid)).exists()
     resyncs = _daemon(d)["resyncs"]
     subprocess.run(["chrt", "-o", "-p", "0", str(tid)], check=True)
     wait_for(lambda: fifo_on(tid, {1}), 20, "chrt undone by the resync", interval=0.01)
@@ -109,7 +110,7 @@ def test_a_watch_whose_instance_stops_tracing_falls_back_to_polling(daemon_facto
     assert _daemon(d)["drift_watch"]["state"] == "running"
     # Someone turns the daemon's instance off: the reader sees it at its
     # next look (every 30 s), the daemon says so and polls every second.
-    inst = tracefs.find_tracefs() / "instances" / instance_name(d.proc.pid)
+    inst = Path(tracefs.find_tracefs()) / "instances" / instance_name(d.proc.pid)
     (inst / "tracing_on").write_text("0")
     watch = wait_for(lambda: (w := _daemon(d)["drift_watch"])["state"] == "failed" and w, 45, "the fall-back")
     assert "tracing turned off" in watch["reason"] and watch["interval_s"] == 1.0, watch

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ from tests.threads.test_interference_real import busy, comm_name, finish, steal_
 pytestmark = pytest.mark.system
 
 RT_CPU = 1
-ROOT = tracefs.find_tracefs()
+ROOT = Path(tracefs.find_tracefs()) if tracefs.find_tracefs() else None
 needs_tracefs = pytest.mark.skipif(ROOT is None, reason="tracefs is not mounted (scripts/setup-host.sh mounts it)")
 
 

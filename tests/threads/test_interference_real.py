@@ -26,7 +26,7 @@ from tests.conftest import unique_name
 pytestmark = pytest.mark.threads
 
 RT_CPU, HK_CPU = 1, 0
-ROOT = tracefs.find_tracefs()
+ROOT = Path(tracefs.find_tracefs()) if tracefs.find_tracefs() else None
 needs_tracefs = pytest.mark.skipif(ROOT is None or os.geteuid() != 0,
                                    reason="needs root and tracefs (scripts/setup-host.sh mounts it)")
 @pytest.fixture

@@ -21,7 +21,7 @@ from rtagent.kernel.schedwatch import NOTHING, SchedWatch, instance_name
 pytestmark = pytest.mark.threads
 
 PREFIX = "rtd-watch-"
-ROOT = tracefs.find_tracefs()
+ROOT = Path(tracefs.find_tracefs()) if tracefs.find_tracefs() else None
 PIDS = Path("/sys/fs/cgroup/pids")
 
 
@@ -92,7 +92,7 @@ def test_taskset_and_chrt_name_the_thread_and_own_calls_are_filtered(watch, park
 def test_only_the_watched_threads_reach_the_caller(watch, parked):
     w, notices = watch
     watched, other = parked
-    enter = w.inst.path / "events/syscalls/sys_enter_sched_setaffinity/filter"
+    enter = Path(w.inst.path) / "events/syscalls/sys_enter_sched_setaffinity/filter"
     # The reader thread rewrites the kernel filters (an RCU grace period):
     # a test waits for them, the daemon's backstop resync covers the gap.
     w.set_tids(frozenset({watched}))
@@ -105,7 +105,7 @@ def test_only_the_watched_threads_reach_the_caller(watch, parked):
     # sit in their own instance, which never wakes the reader.
     w.set_tids(frozenset())
     _wait_file(enter, NOTHING)
-    assert (w.exits.path / "buffer_percent").read_text().strip() == "100"
+    assert (Path(w.exits.path) / "buffer_percent").read_text().strip() == "100"
     w.set_tids(frozenset({watched}))
     _wait_file(enter, f"pid == {watched} ")
     subprocess.run(["taskset", "-pc", "0", str(watched)], check=True, capture_output=True)
@@ -171,6 +171,6 @@ def test_intact_names_an_event_disabled_in_the_real_instance(watch):
     tracing turned off) is seen there, as with the enable files."""
     w, _notices = watch
     assert w.intact() is None
-    _intact_says_while_off(w, w.inst.path / "events/syscalls/sys_enter_sched_setaffinity/enable",
+    _intact_says_while_off(w, Path(w.inst.path) / "events/syscalls/sys_enter_sched_setaffinity/enable",
                            f"event syscalls:sys_enter_sched_setaffinity disabled in {w.inst.path}")
-    _intact_says_while_off(w, w.exits.path / "tracing_on", f"tracing turned off in {w.exits.path}")
+    _intact_says_while_off(w, Path(w.exits.path) / "tracing_on", f"tracing turned off in {w.exits.path}")

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from rtagent.config import MetricsConfig
 from rtagent.errors import RtagentError
-from rtagent.monitor.httpd import MAX_REQUEST_BYTES, BadRequest, MetricsHandler, parse_request
+from rtagent.monitor.httpd import MAX_REQUEST_BYTES, BadRequest, MetricsHandler, parse_request, target_path
 from rtagent.monitor.metrics import serve
 from rtagent.state import StateStore
 
@@ -32,6 +32,17 @@ def test_parse_waits_for_the_whole_head():
     assert parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n") is None
     req = parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
     assert (req.method, req.path, req.headers["accept-encoding"]) == ("GET", "/metrics", "gzip")
+
+
+@pytest.mark.parametrize("target", [
+    "/metrics", "/metrics?x=1", "/metrics#frag", "/metrics?a=b#c", "/", "/a/b?c=d/e",
+    "http://host/metrics", "https://host:9100/metrics?x=1", "http://host", "http://host?x",
+    "*", "metrics", "/x://y",
+])
+def test_the_target_path_is_what_urlsplit_makes_of_it(target):
+    from urllib.parse import urlsplit  # the reference; the daemon does not import it
+    expect = urlsplit(target).path or ("/" if "://" in target else "")
+    assert target_path(target) == expect
 
 
 @pytest.mark.parametrize("head, status", [

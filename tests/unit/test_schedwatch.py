@@ -5,6 +5,7 @@ the cadence it allows and the tid → guest map."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -247,11 +248,12 @@ def test_instance_check_reads_tracing_on_and_set_event(tmp_path):
     events = (("syscalls", "sys_enter_sched_setaffinity"), ("cgroup", "cgroup_attach_task"))
     with pytest.raises(OSError):
         inst.not_tracing(events)  # no instance directory
-    inst.path.mkdir(parents=True)
-    (inst.path / "tracing_on").write_text("1\n")
-    (inst.path / "set_event").write_text("syscalls:sys_enter_sched_setaffinity\ncgroup:cgroup_attach_task\n")
+    d = Path(inst.path)
+    d.mkdir(parents=True)
+    (d / "tracing_on").write_text("1\n")
+    (d / "set_event").write_text("syscalls:sys_enter_sched_setaffinity\ncgroup:cgroup_attach_task\n")
     assert inst.not_tracing(events) is None
-    (inst.path / "set_event").write_text("cgroup:cgroup_attach_task\n")
+    (d / "set_event").write_text("cgroup:cgroup_attach_task\n")
     assert inst.not_tracing(events) == f"event syscalls:sys_enter_sched_setaffinity disabled in {inst.path}"
-    (inst.path / "tracing_on").write_text("0\n")
+    (d / "tracing_on").write_text("0\n")
     assert inst.not_tracing(events) == f"tracing turned off in {inst.path}"

@@ -178,9 +178,12 @@ def test_cpumask_is_the_kernels_bitmap_format():
 def test_find_tracefs_from_mount_table(tmp_path):
     mounts = tmp_path / "mounts"
     mounts.write_text("proc /proc proc rw 0 0\nnodev /srv/trace tracefs rw 0 0\n")
-    assert tracefs.find_tracefs(str(mounts), candidates=()) == Path("/srv/trace")
+    assert tracefs.find_tracefs(str(mounts), candidates=()) == "/srv/trace"
     mounts.write_text("proc /proc proc rw 0 0\n")
     assert tracefs.find_tracefs(str(mounts), candidates=(str(tmp_path / "none"),)) is None
+    (tmp_path / "t" / "instances").mkdir(parents=True)
+    (tmp_path / "t" / "events").mkdir()
+    assert tracefs.find_tracefs(str(tmp_path / "absent"), candidates=(str(tmp_path / "t"),)) == str(tmp_path / "t")
 
 
 def test_bad_instance_name_is_refused(tmp_path):

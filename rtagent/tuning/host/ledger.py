@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 __all__ = ["Ledger", "STATE_VERSION"]
@@ -33,7 +32,8 @@ class Ledger:
         if self._entries is None:
             entries: dict[str, dict[str, Any]] = {}
             try:
-                data = json.loads(Path(self.path).read_text())
+                with open(self.path) as fh:
+                    data = json.load(fh)
             except FileNotFoundError:
                 data = None
             except (OSError, ValueError) as err:
@@ -68,15 +68,16 @@ class Ledger:
     def save(self) -> None:
         """Write the file (or remove it when empty).  Raises OSError."""
         entries = self.entries()
-        path = Path(self.path)
+        path = self.path
         if not entries:
             try:
-                path.unlink()
+                os.unlink(path)
             except FileNotFoundError:
                 pass
             return
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        folder, name = os.path.split(path)
+        os.makedirs(folder or ".", mode=0o755, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
         body = json.dumps({"version": STATE_VERSION, "written_by": "rtagent", "entries": entries},
                           indent=1, sort_keys=True)
         with open(tmp, "w") as fh:
