@@ -101,6 +101,56 @@ def _settle(names: list[str], timeout: float) -> float:
     return rate
 
 
+SETTLE_STEP_S = 5.0
+SETTLE_TIMEOUT_S = 90.0
+
+
+def daemon_quiet(rates: list[float], floor: float) -> bool:
+    """The stop rule of :func:`_daemon_settle`: the daemon's CPU rate
+    (cores, one per step) is at the idle daemon's ``floor``, or stopped
+    falling (the last step cost more than 0.9 of the one before: what is
+    left is its steady state, or noise on it)."""
+    if not rates:
+        return False
+    if rates[-1] <= floor:
+        return True
+    return len(rates) >= 2 and rates[-1] > 0.9 * rates[-2]
+
+
+def _daemon_settle(daemon, floor: float, timeout: float = SETTLE_TIMEOUT_S, step: float = SETTLE_STEP_S) -> dict:
+    """Wait (bounded) until the daemon's own reaction to the new guests is
+    over, not only the guests' QEMUs (:func:`_settle`): a running guest's
+    per-VM kthreads and late threads arrive after its firmware has
+    started, and the daemon's work on them is a start-up cost, not the
+    steady state a row measures.  Samples the whole process's CPU in
+    ``step`` windows; the status socket is asked only before and after (its
+    answer costs the daemon CPU).  Returns what it saw: the rates, how long,
+    and what the daemon counted meanwhile (events by source, resyncs, full
+    checks), which says what it was doing."""
+    def counts() -> dict:
+        d = daemon.status()["daemon"]
+        return {"resyncs": d["resyncs"], "full_checks": d.get("full_checks", 0), **d.get("events", {})}
+
+    c0, t0 = counts(), time.monotonic()
+    rates: list[float] = []
+    while time.monotonic() - t0 < timeout:
+        a, ta = process_cpu_ns(daemon.pid), time.monotonic()
+        time.sleep(step)
+        rates.append((process_cpu_ns(daemon.pid) - a) / 1e9 / (time.monotonic() - ta))
+        if daemon_quiet(rates, floor):
+            break
+    settle_s, c1 = time.monotonic() - t0, counts()
+    return {"settle_s": settle_s, "quiet": daemon_quiet(rates, floor), "cpu_pct": [100 * r for r in rates],
+            "floor_pct": 100 * floor, "counted": {k: v - c0.get(k, 0) for k, v in c1.items() if v != c0.get(k, 0)}}
+
+
+def _idle_floor(idle: dict) -> float:
+    """The idle daemon's CPU (cores) with a margin: 1.5 times its median
+    window and 0.01 % of a core (a 5 s step holds 0.5 ms of noise)."""
+    rates = [w["proc_cpu_s"] / w["wall_s"] for w in idle.get("windows") or [] if w.get("wall_s")]
+    return 1.5 * (median(rates) if rates else 0.0) + 1e-4
+
+
 def _resync_cpu_ns(pid: int) -> int:
     """CPU of the threads a resync runs on: the main thread, and the worker
     that makes the daemon's libvirt calls (named by the daemon)."""
@@ -401,6 +451,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 daemon.stop()
                 daemon = start_daemon(prefix, resync=RESYNC_S, rt_budget_us=B3_BUDGET_US, daemon_extra=extra)
                 ok = wait_for(tuned, 60 + 3 * size, 1.0)
+            settle = _daemon_settle(daemon, _idle_floor(idle))
             samples = _windows(daemon, window_s, windows, 1 / 5.0)
             st = daemon.status()
             doms = st["domains"]
@@ -410,7 +461,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 "guests": size, "tuned": bool(ok), "managed_threads": threads,
                 "compliant": sum(1 for d in doms if d.get("compliant")),
                 "violations": sorted({v["check"] for d in doms for v in d.get("violations", [])}),
-                "start_and_tune_s": started_s, "qemu_cores_settled": qemu_cores,
+                "start_and_tune_s": started_s, "qemu_cores_settled": qemu_cores, "daemon_settle": settle,
                 "windows": samples,
                 "resync_cpu_ms": 1000 * median(per_resync) if per_resync else float("nan"),
            # Per second, not per resync: an idle daemon resyncs less often (daemon/cadence.py).
@@ -449,7 +500,8 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                   f"{row['per_s_above_idle_us']:.1f} µs/thread/s above idle "
                   f"(wake-up floor {row['wake_floor'].get('floor_us_per_thread_s', float('nan')):.1f}), "
                   f"{row['cpu_pct']:.2f} % CPU, "
-                  f"{row['rss_mib']:.1f} MiB RSS", flush=True)
+                  f"{row['rss_mib']:.1f} MiB RSS; daemon settled {_settle_cell(settle)}, "
+                  f"counted meanwhile {settle['counted']}", flush=True)
           except Exception as err:  # noqa: BLE001 - keep what was measured; say what broke
             errors.append({"guests": size, "error": f"{type(err).__name__}: {err}"})
             print(f"  B3: {size} guests failed: {type(err).__name__}: {err}", flush=True)
@@ -869,6 +921,15 @@ def _tuned_goal_rows(d: dict, tag: str = "guests") -> list[list[str]]:
     return out
 
 
+def _settle_cell(st: dict | None) -> str:
+    """How long the row waited for the daemon to go quiet, and the last
+    step's CPU; "not quiet" when the bound ran out first."""
+    if not st:
+        return "n/a"
+    last = st["cpu_pct"][-1] if st.get("cpu_pct") else float("nan")
+    return f"{st['settle_s']:.0f} ({last:.3f} %)" + ("" if st.get("quiet") else " not quiet")
+
+
 def _daemon_parts(d: dict, tag: str) -> list[str]:
     parts = []
     left = sorted({x for r in [d.get("idle") or {}, *d.get("rows", [])]
@@ -885,12 +946,13 @@ def _daemon_parts(d: dict, tag: str) -> list[str]:
                      f"{r.get('per_s_above_idle_us', float('nan')) / GOAL_US_PER_THREAD:.1f}×",
                      f"{r['cpu_pct']:.2f}",
                      f"{r['main_cpu_pct']:.2f}", f"{r['rss_mib']:.1f}", f"{r['resyncs_per_s']:.2f}",
-                     f"{r['cpu0_busy_pct']:.0f}"])
+                     f"{r['cpu0_busy_pct']:.0f}", _settle_cell(r.get("daemon_settle"))])
     if rows:
         parts.append(format_table(
             [f"B3 {tag} (real)", "managed threads", "CPU/resync ms", "µs/thread/resync", "above idle",
              "µs/thread/s above idle", "vs 5 µs goal",
-             "daemon CPU %", "main thread %", "RSS MiB", "resyncs/s", "CPU 0 busy %"], rows))
+             "daemon CPU %", "main thread %", "RSS MiB", "resyncs/s", "CPU 0 busy %",
+             "daemon settled (s, last CPU %)"], rows))
         last = d["rows"][-1]
         parts.append(
             f"Resync every {d['resync_s']:g} s, full check every {d.get('full_check_s', FULL_CHECK_S):g} s "

@@ -148,3 +148,39 @@ def test_a_benchmarked_tree_is_byte_compiled_as_an_install_would(tmp_path):
     env = installed_env(tmp_path, NOTIFY_SOCKET="/x")
     assert list((tmp_path / "rtagent" / "__pycache__").glob("__init__.*.pyc"))
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path.resolve()) and env["NOTIFY_SOCKET"] == "/x"
+
+
+@pytest.mark.parametrize("rates, floor, quiet", [
+    ([], 0.001, False),
+    ([0.0005], 0.001, True),             # at the idle daemon's floor at once
+    ([0.010], 0.001, False),             # one step above the floor says nothing yet
+    ([0.010, 0.004], 0.001, False),      # still falling
+    ([0.010, 0.004, 0.0038], 0.001, True),  # stopped falling: the steady state
+    ([0.004, 0.006], 0.001, True),       # rose (a full check in the step): not falling either
+])
+def test_the_daemon_is_quiet_at_its_idle_floor_or_once_its_cpu_stops_falling(rates, floor, quiet):
+    assert b3_cost.daemon_quiet(rates, floor) is quiet
+
+
+def test_the_idle_floor_is_half_again_the_idle_daemon_and_a_margin():
+    idle = {"windows": [_w(0.002), _w(0.001), _w(0.003)]}  # 0.01-0.03 % of a core
+    assert b3_cost._idle_floor(idle) == pytest.approx(1.5 * 0.0002 + 1e-4)
+    assert b3_cost._idle_floor({}) == pytest.approx(1e-4)
+
+
+def test_the_settle_wait_says_what_the_daemon_counted_meanwhile():
+    class Daemon:  # the bench's DaemonProc as the wait uses it: a pid and its status answer
+        pid = os.getpid()
+        answers = iter([{"resyncs": 5, "full_checks": 1, "events": {"proc": 2, "libvirt": 3}},
+                        {"resyncs": 9, "full_checks": 1, "events": {"proc": 7, "libvirt": 3, "drift_watch": 1}}])
+
+        def status(self):
+            return {"daemon": next(self.answers)}
+
+    st = b3_cost._daemon_settle(Daemon(), floor=1e6, timeout=5.0, step=0.01)  # any rate is under this floor
+    assert st["quiet"] and len(st["cpu_pct"]) == 1
+    assert st["counted"] == {"resyncs": 4, "proc": 5, "drift_watch": 1}
+    assert b3_cost._settle_cell(st).endswith("%)") and b3_cost._settle_cell(None) == "n/a"
+    never = b3_cost._daemon_settle(type("D", (Daemon,), {"answers": iter([{"resyncs": 1}] * 2)})(), floor=-1.0,
+                                   timeout=0.0, step=0.01)  # the bound ran out before the first step
+    assert never["cpu_pct"] == [] and not never["quiet"] and "not quiet" in b3_cost._settle_cell(never)
