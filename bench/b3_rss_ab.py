@@ -3,7 +3,9 @@
     python -m bench.b3_rss_ab --guests 100 --seconds 120 OLD_TREE NEW_TREE
 
 ``OLD_TREE``/``NEW_TREE`` are source trees (``git archive <rev> | tar -x -C
-DIR``).  Starts ``--guests`` paused canonical guests (named
+DIR``); ``--early N`` starts the first N daemons before the guests, which
+then start in B3's steps (a tree given twice, once early: what B3's
+progression adds to a daemon that found the guests running).  Starts ``--guests`` paused canonical guests (named
 ``rtbench-rss-<tag><pid>-N``, ``--tag`` e.g. ``rtr-``; destroyed at the end), then one ``rtagent run`` per
 tree at once, each with B3's daemon config (bench/common.py
 :func:`daemon_config`: resync 1 s, metrics and host tuning off, RT budget
@@ -91,26 +93,47 @@ def _daemon_extra(drift_watch: str) -> str:
     return watch_config(drift_watch, fields) + host_checks_config(fields)
 
 
-def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_watch: str = "default",
-        report: Callable[[dict], None] | None = None) -> dict:
-    """The samples (see the module's docstring); ``report`` gets them before
-    the guests are destroyed (100 take minutes on this host)."""
+STEPS = (1, 10, 50)  # B3's guest counts before its last row
+
+
+def _start_guests(g: Guests, prefix: str, guests: int, early: list[str]) -> None:
+    """``guests`` paused guests.  With ``early`` daemons running (status
+    sockets), in B3's steps, each step waited for as B3 waits (the status
+    asked every second until every guest is listed): what B3's daemon
+    lives through before its last row."""
+    import libvirt
     from rtagent.status import fetch
     from tests.guests import rt_guest_xml
+
+    for step in [*(n for n in STEPS if early and n < guests), guests]:
+        while len(g.started) < step:
+            i = len(g.started)
+            g.start(f"{prefix}{i}", rt_guest_xml(f"{prefix}{i}", metadata=""), flags=libvirt.VIR_DOMAIN_START_PAUSED)
+        for sock in early:
+            wait_for(lambda s=sock, n=step: len(fetch(s)["domains"]) >= n, 120 + 2 * step, 1.0)
+
+
+def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_watch: str = "default",
+        report: Callable[[dict], None] | None = None, early: int = 0) -> dict:
+    """The samples (see the module's docstring); ``report`` gets them before
+    the guests are destroyed (100 take minutes on this host).  ``early``:
+    the first that many trees' daemons start before the guests and see them
+    start in B3's steps (:func:`_start_guests`); the rest start after."""
+    from rtagent.status import fetch
 
     prefix = f"rtbench-rss-{tag}{os.getpid()}-"
     g = Guests()
     daemons: list[tuple[Path, subprocess.Popen, str]] = []
     dirs: list[Path] = []
     try:
-        import libvirt
-
-        for i in range(guests):
-            g.start(f"{prefix}{i}", rt_guest_xml(f"{prefix}{i}", metadata=""), flags=libvirt.VIR_DOMAIN_START_PAUSED)
-        for tree in trees:
+        for n, tree in enumerate(trees):
+            if n == early:
+                _start_guests(g, prefix, guests, [sock for _, _, sock in daemons])
             proc, sock, d = _start(tree, prefix, _daemon_extra(drift_watch))
             daemons.append((tree, proc, sock))
             dirs.append(d)
+        if early >= len(trees):
+            _start_guests(g, prefix, guests, [sock for _, _, sock in daemons])
         for _, _, sock in daemons:
             wait_for(lambda s=sock: len(fetch(s)["domains"]) >= guests, 120 + 2 * guests, 2.0)
         time.sleep(60)
@@ -125,10 +148,10 @@ def run(trees: list[Path], guests: int, seconds: float, tag: str = "", drift_wat
             time.sleep(10)
         wall = time.monotonic() - t0
         out = {"guests": guests, "load": os.getloadavg(), "drift_watch": drift_watch, "daemons": []}
-        for tree, p, sock in daemons:
+        for n, (tree, p, sock) in enumerate(daemons):
             c1 = _thread_cpu(p.pid)
             out["daemons"].append({
-                "tree": str(tree), "managed": len(fetch(sock)["domains"]),
+                "tree": str(tree) + (" (early)" if n < early else ""), "managed": len(fetch(sock)["domains"]),
                 "watch": (fetch(sock)["daemon"].get("drift_watch") or {}).get("state"),
                 "memory": {k: (samples[p.pid][-1][k], median([s[k] for s in samples[p.pid]]),
                                max(s[k] for s in samples[p.pid])) for k in ("rss", "anon", "file", "pss")},
@@ -179,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="in the guests' names (an engineer's prefix, e.g. rtr-)")
     ap.add_argument("--drift-watch", choices=("default", "on", "off"), default="default",
                     help="[daemon] drift_watch for both daemons (default: each tree's own)")
+    ap.add_argument("--early", type=int, default=0,
+                    help="the first N trees' daemons start before the guests and see them start in B3's steps "
+                         "(1, 10, 50, then all), the rest after (a tree may be given twice)")
     args = ap.parse_args(argv)
     run(args.trees, args.guests, args.seconds, args.tag, args.drift_watch,
-        report=lambda r: print(format_result(r), flush=True))
+        report=lambda r: print(format_result(r), flush=True), early=args.early)
     return 0
 
 
