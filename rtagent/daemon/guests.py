@@ -27,6 +27,7 @@ from ..cpulist import format_cpulist
 from ..errors import DomainXMLError, GuestGone, LibvirtError, LibvirtUnavailable, LibvirtUnresponsive
 from ..intent import metadata_key, parse_domain_xml
 from ..kernel.errors import GONE
+from ..kernel.tasks import forget_shared
 from ..libvirt_host import DomainEvent, EventKind, Guest, LibvirtHost, RunState
 from ..selector import GuestSelector
 from ..state import StateStore
@@ -240,6 +241,7 @@ class GuestSupervisor:
         guests from the kernel side."""
         self.next_full = self._clock() + self.config.daemon.full_check_interval_s
         self.store.update(lambda s: setattr(s.daemon, "full_checks", s.daemon.full_checks + 1))
+        forget_shared()  # what this check reads is shared anew; gone guests' values are not kept
         try:
             active = self.host.active_guests(self.selector.matches_name)
         except LibvirtUnresponsive as err:

@@ -24,13 +24,12 @@ The per-thread ``comm`` reads were ≈ 40 % of the host checks (one open of
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import fs
-from .tasks import Stat
+from .tasks import Stat, shared
 
 if TYPE_CHECKING:
     from .root import Kernel
@@ -94,8 +93,8 @@ def _read_names(task: str, pid: int, tids: tuple[int, ...], seen: Mapping[int, s
         name = seen.get(tid)
         if name is None:
             try:
-                # Interned: thousands of threads share a few dozen names.
-                name = sys.intern(fs.read_text(f"{task}/{tid}/comm").rstrip("\n"))
+                # Shared: thousands of threads share a few dozen names.
+                name = shared(fs.read_text(f"{task}/{tid}/comm").rstrip("\n"))
             except OSError:
                 continue
         names[tid] = name

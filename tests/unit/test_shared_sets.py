@@ -54,3 +54,42 @@ def test_a_threads_name_and_cgroup_read_twice_are_one_string():
     v2 = "0::/machine.slice/qemu-1-g.scope/vcpu1\n"
     assert _cgroup_cpu(v1) == "/machine/qemu-1-g.libvirt-qemu/vcpu1" and _cgroup_cpu(v1) is _cgroup_cpu(v1)
     assert _cgroup_cpu(v2) == "/machine.slice/qemu-1-g.scope/vcpu1" and _cgroup_cpu(v2) is _cgroup_cpu(v2)
+
+
+def test_shared_values_are_the_daemons_own_and_a_full_check_forgets_them(monkeypatch):
+    """Not the interpreter's intern table (it never shrinks, and every
+    guest start brings new cgroup paths); the daemon's own table is emptied
+    at each full check and when it reaches its bound."""
+    from rtagent.kernel import tasks
+
+    monkeypatch.setattr(tasks, "_SHARED", {})
+    path = "".join(["/machine/qemu-7-", "gone.libvirt-qemu/vcpu1"])  # built at run time: not a constant
+    assert tasks.shared(path) is path and tasks.shared(path[:]) is path and len(tasks._SHARED) == 1
+    tasks.forget_shared()
+    again = "".join(["/machine/qemu-7-", "gone.libvirt-qemu/vcpu1"])
+    assert tasks._SHARED == {} and tasks.shared(again) is again
+    monkeypatch.setattr(tasks, "SHARED_MAX", 3)
+    for n in range(5):
+        tasks.shared(f"t{n}")
+    assert len(tasks._SHARED) <= 3
+
+
+def test_a_full_check_begins_by_forgetting_the_shared_values(monkeypatch):
+    from rtagent.daemon import guests
+    from rtagent.errors import LibvirtUnavailable
+
+    calls = []
+    monkeypatch.setattr(guests, "forget_shared", lambda: calls.append("forget"))
+
+    class Host:  # only the listing is reached: it fails, as with libvirt gone
+        def active_guests(self, _match):
+            calls.append("list")
+            raise LibvirtUnavailable("gone")
+
+    g = guests.GuestSupervisor.__new__(guests.GuestSupervisor)  # only what resync reaches first
+    g._clock, g.config, g.host = (lambda: 0.0), type("C", (), {"daemon": type("D", (), {
+        "full_check_interval_s": 30.0})()})(), Host()
+    g.store = type("S", (), {"update": staticmethod(lambda fn: None)})()
+    g.selector = type("Sel", (), {"matches_name": staticmethod(lambda n: True)})()
+    assert g.resync() is False
+    assert calls == ["forget", "list"]
