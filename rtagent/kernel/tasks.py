@@ -123,8 +123,6 @@ def forget_shared() -> None:
     _SHARED.clear()
 
 
-_shared = shared
-
 
 def parse_stat(text: str) -> Stat:
     """Parse a ``stat`` line.  comm sits in parentheses and may itself contain
@@ -136,13 +134,13 @@ def parse_stat(text: str) -> Stat:
         raise ValueError(f"malformed stat line: {text[:80]!r}")
     rest = text[close_paren + 1:].split()
     if len(rest) >= 40:  # every kernel since 2.6.18: the fields by index (the full check parses one a thread)
-        return Stat(pid=int(text[:open_paren]), comm=_shared(text[open_paren + 1:close_paren]), state=rest[0],
+        return Stat(pid=int(text[:open_paren]), comm=shared(text[open_paren + 1:close_paren]), state=rest[0],
                     ppid=int(rest[1]), flags=int(rest[6]), starttime=int(rest[19]), rt_priority=int(rest[37]),
                     policy=policy_name(int(rest[38])), blkio_ticks=int(rest[39]))
     if len(rest) < 20:
         raise ValueError(f"short stat line: {text[:80]!r}")
     return Stat(
-        pid=int(text[:open_paren]), comm=_shared(text[open_paren + 1:close_paren]), state=rest[0],
+        pid=int(text[:open_paren]), comm=shared(text[open_paren + 1:close_paren]), state=rest[0],
         ppid=_field(rest, 4), flags=_field(rest, 9), starttime=_field(rest, 22),
         rt_priority=_field(rest, 40), policy=policy_name(_field(rest, 41)), blkio_ticks=_field(rest, 42),
     )
@@ -267,11 +265,11 @@ def _cgroup_cpu(text: str) -> str | None:
     """The v1 ``cpu`` controller's path, else the unified (v2) path."""
     m = _V1_CPU_LINE.search(text)  # one search, not a split of every line (a file per thread)
     if m is not None:
-        return _shared(m.group(1))
+        return shared(m.group(1))
     for line in text.splitlines():
         hier, sep, rest = line.partition(":")
         if sep and hier == "0" and rest.startswith(":"):
-            return _shared(rest[1:])
+            return shared(rest[1:])
     return None
 
 
