@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from ..cpulist import parse_cpulist
 from ..threadname import name_thread
-from . import tracefs
+from . import fs, tracefs
 
 log = logging.getLogger(__name__)
 
@@ -486,8 +486,7 @@ class SchedWatch:
 def _online() -> frozenset[int]:
     """Every online CPU: an event can be written on any of them."""
     try:
-        with open("/sys/devices/system/cpu/online") as fh:
-            text = fh.read().strip()
+        text = fs.read_text("/sys/devices/system/cpu/online").strip()
     except OSError:
         return frozenset()
     return frozenset(parse_cpulist(text))

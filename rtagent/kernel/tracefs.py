@@ -278,11 +278,7 @@ def _entries(words: memoryview, pos: int, end: int, ts: int) -> list[tuple[int, 
 
 
 _join = os.path.join
-
-
-def _read(path: str) -> str:
-    with open(path) as fh:
-        return fh.read()
+_read = fs.read_text  # the floor's one os.read of a small file
 
 
 def find_tracefs(mounts_path: str = "/proc/self/mounts", candidates: Iterable[str] = DEFAULT_MOUNTS) -> str | None:
@@ -292,8 +288,7 @@ def find_tracefs(mounts_path: str = "/proc/self/mounts", candidates: Iterable[st
     ``urllib.parse`` and ``ipaddress`` into the daemon (docs/design.md,
     "What the daemon imports")."""
     try:
-        with open(mounts_path) as fh:
-            lines = fh.read().splitlines()
+        lines = fs.read_text(mounts_path).splitlines()
     except OSError:
         lines = []
     for line in lines:
