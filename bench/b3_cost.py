@@ -202,11 +202,13 @@ def _main_switches(pid: int) -> int:
     return 0
 
 
-def _window(daemon, seconds: float, wakes_hint: float = 1 / RESYNC_S) -> dict:
+def _window(daemon, seconds: float, wakes_hint: float = 1 / RESYNC_S, twin=None) -> dict:
     """One measurement window.  The status socket is asked just outside the
     CPU window (its JSON costs the daemon CPU on another thread).  A bare
     sleeper (bench/b3_floor.py) runs beside it at ``wakes_hint`` wake-ups a
-    second (the main thread's rate in the window before)."""
+    second (the main thread's rate in the window before).  ``twin``: the
+    idle twin daemon, its CPU read at the same instants as the daemon's
+    (b3_floor.per_second_above_twin)."""
     failed0 = daemon.log_text().count(": failed: ")
     st0, ts0 = daemon.status()["daemon"]["resyncs"], time.monotonic()
     sleeper = b3_floor.Sleeper(wakes_hint, seconds)
@@ -214,17 +216,21 @@ def _window(daemon, seconds: float, wakes_hint: float = 1 / RESYNC_S) -> dict:
     main0, proc0, stat0, cpu0 = _resync_cpu_ns(daemon.pid), process_cpu_ns(daemon.pid), \
         process_stat_cpu_s(daemon.pid), _cpu0_busy()
     th0, sw0 = _threads_cpu(daemon.pid), _main_switches(daemon.pid)
+    tw0 = _twin_reading(twin)
     t0 = time.monotonic()
     time.sleep(seconds)
     main1, proc1, stat1, cpu1 = _resync_cpu_ns(daemon.pid), process_cpu_ns(daemon.pid), \
         process_stat_cpu_s(daemon.pid), _cpu0_busy()
     th1, sw1 = _threads_cpu(daemon.pid), _main_switches(daemon.pid)
+    tw1 = _twin_reading(twin)
     t1 = time.monotonic()
     time.sleep(0.1)
     st1, ts1 = daemon.status()["daemon"]["resyncs"], time.monotonic()
     wall = t1 - t0
     resyncs = (st1 - st0) * wall / (ts1 - ts0)
-    return {"wall_s": wall, "resyncs": resyncs, "main_switches": sw1 - sw0, "sleeper": sleeper.result(),
+    twin_part = {} if tw0 is None or tw1 is None else {
+        "twin_proc_cpu_s": (tw1[0] - tw0[0]) / 1e9, "twin_main_switches": tw1[1] - tw0[1]}
+    return {**twin_part, "wall_s": wall, "resyncs": resyncs, "main_switches": sw1 - sw0, "sleeper": sleeper.result(),
             # Changes the kernel refused (e.g. FIFO without RT budget): each
             # costs an apply and a re-observe on every resync, not steady state.
             "failed_changes": daemon.log_text().count(": failed: ") - failed0,
@@ -237,12 +243,23 @@ def _window(daemon, seconds: float, wakes_hint: float = 1 / RESYNC_S) -> dict:
             "cpu0_busy_pct": 100.0 * (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])}
 
 
-def _windows(daemon, window_s: float, windows: int, wakes_hint: float) -> list[dict]:
+def _twin_reading(twin) -> tuple[int, int] | None:
+    """The idle twin's process CPU (ns) and main-thread wake-ups, or None
+    (no twin, or it is gone)."""
+    if twin is None or twin.proc.poll() is not None:
+        return None
+    try:
+        return process_cpu_ns(twin.pid), _main_switches(twin.pid)
+    except (OSError, ValueError):
+        return None
+
+
+def _windows(daemon, window_s: float, windows: int, wakes_hint: float, twin=None) -> list[dict]:
     """``windows`` windows; each one's sleeper at the main thread's wake-up
     rate of the window before (the first: ``wakes_hint``)."""
     out = []
     for _ in range(windows):
-        out.append(_window(daemon, window_s, wakes_hint))
+        out.append(_window(daemon, window_s, wakes_hint, twin))
         wakes_hint = out[-1]["main_switches"] / out[-1]["wall_s"]
     return out
 
@@ -265,9 +282,10 @@ def _tuned_row(prefix: str, window_s: float, windows: int, workdir: Path) -> dic
     return row
 
 
-def _idle_rows(daemon, window_s: float, windows: int, workdir: Path, with_tuned: bool) -> dict:
-    """Both daemons with no guest of ours (the idle goal)."""
-    samples = _windows(daemon, window_s, windows, 1 / 5.0)
+def _idle_rows(daemon, window_s: float, windows: int, workdir: Path, with_tuned: bool, twin=None) -> dict:
+    """Both daemons with no guest of ours (the idle goal); beside the idle
+    twin, whose difference to the daemon here is the twin method's error."""
+    samples = _windows(daemon, window_s, windows, 1 / 5.0, twin)
     cpu = [100 * s["proc_cpu_s"] / s["wall_s"] for s in samples]
     per_resync = [s["main_cpu_s"] / s["resyncs"] for s in samples if s["resyncs"] > 0]
     out = {"rtagent_cpu_pct": median(cpu), "rtagent_cpu_pct_all": cpu, "rtagent_rss_mib": rss_bytes(daemon.pid) / 2**20,
@@ -278,6 +296,7 @@ def _idle_rows(daemon, window_s: float, windows: int, workdir: Path, with_tuned:
            # Per second, not per resync: an idle daemon resyncs less often (daemon/cadence.py).
            "main_cpu_per_s": median([s["main_cpu_s"] / s["wall_s"] for s in samples]) if samples else float("nan"),
            "threads": samples[-1]["threads"] if samples else {},
+           "twin_offset_us_per_s": b3_floor.twin_offset(samples),
            # The baseline of the per-second rows (bench/b3_floor.py: pooled, every thread).
            "windows": samples}
     share = host_checks_share(daemon.dir / "rtagent.toml")
@@ -332,6 +351,8 @@ def _add_host_checks(row: dict, idle: dict, share: dict, threads: int) -> None:
     us, idle_us = share["host_checks_us_per_s"], idle.get("host_checks_us_per_s", 0.0)
     row["host_checks_us_per_thread_s"] = us / threads
     row["per_s_above_idle_us"] += (us - idle_us) / threads
+    if "per_s_above_twin_us" in row:  # the twin's windows held no host-check run either: the same difference
+        row["per_s_above_twin_us"] += (us - idle_us) / threads
     row["per_s_total_us"] += us / threads
     row["cpu_pct"] += us / 1e4
 
@@ -386,7 +407,7 @@ def _daemon_fields() -> dict[str, object]:
 
 def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bool = True,
                     paused: bool = True, budget_wait_s: float = 60.0, with_tuned: bool = True,
-                    drift_watch: str = "default") -> dict:
+                    drift_watch: str = "default", twin: bool = True) -> dict:
     """``paused``: start the guests paused (``VIR_DOMAIN_START_PAUSED``; QEMU,
     its vCPU threads and kvm-pit exist, the vCPUs never run).  Under PVM an
     idle guest in its firmware costs ≈ 1 % of CPU 0, where every guest's
@@ -394,14 +415,19 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
     and starve the daemon itself (measured: guest starts slowed to ~30 s each
     and libvirtd dropped our connection near 100).  The daemon's work per
     guest is the same for a paused guest: same threads, same /proc files,
-    same libvirt calls."""
+    same libvirt calls.
+
+    ``twin``: a second daemon of the same tree and config runs beside it
+    the whole time, its guest selector matching none of the guests (an
+    idle daemon in the same windows, b3_floor.per_second_above_twin); the
+    per-second rows are judged above it."""
     import libvirt
 
     prefix = _prefix()
     extra = watch_config(drift_watch, _daemon_fields()) + host_checks_config(_daemon_fields())
     flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
     guests = Guests()
-    daemon = None
+    daemon = idle_twin = None
     rows: list[dict] = []
     prof: dict = {}
     stalls: list[dict] = []
@@ -419,8 +445,10 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
         if not free:
             print(f"  B3: only {_rt_budget_free()} µs RT budget free (need {need}); measuring anyway", flush=True)
         daemon = start_daemon(prefix, resync=RESYNC_S, rt_budget_us=B3_BUDGET_US, daemon_extra=extra)
+        if twin:  # "<prefix>twin-*" matches none of the guests ("<prefix>N")
+            idle_twin = start_daemon(f"{prefix}twin-", resync=RESYNC_S, rt_budget_us=B3_BUDGET_US, daemon_extra=extra)
         rss_idle = rss_bytes(daemon.pid)
-        idle = _idle_rows(daemon, window_s, windows, daemon.dir, with_tuned)
+        idle = _idle_rows(daemon, window_s, windows, daemon.dir, with_tuned, idle_twin)
         for size in sizes:
           try:
             t_start = time.monotonic()
@@ -452,7 +480,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 daemon = start_daemon(prefix, resync=RESYNC_S, rt_budget_us=B3_BUDGET_US, daemon_extra=extra)
                 ok = wait_for(tuned, 60 + 3 * size, 1.0)
             settle = _daemon_settle(daemon, _idle_floor(idle))
-            samples = _windows(daemon, window_s, windows, 1 / 5.0)
+            samples = _windows(daemon, window_s, windows, 1 / 5.0, idle_twin)
             st = daemon.status()
             doms = st["domains"]
             threads = sum(len(d.get("threads", [])) for d in doms)
@@ -475,6 +503,8 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
                 # CPU per managed thread per second, above idle and in total,
                 # and the machine's wake-up floor beside it (b3_floor.py).
                 "per_s_above_idle_us": b3_floor.per_second_above_idle(samples, idle.get("windows") or [], threads),
+                # The same, above the idle twin in the same windows (judged on when present).
+                "per_s_above_twin_us": b3_floor.per_second_above_twin(samples, threads),
                 "per_s_total_us": b3_floor.per_second_total(samples, threads),
                 "wake_floor": b3_floor.floor_row(samples, idle.get("windows") or [], threads),
                 "cpu_pct": 100 * median([s["proc_cpu_s"] / s["wall_s"] for s in samples]),
@@ -498,6 +528,7 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
             print(f"  B3: {size} guests: {row['resync_cpu_ms']:.2f} ms CPU/resync, "
                   f"{row['us_per_thread']:.1f} µs/thread ({row['marginal_us_per_thread']:.1f} above idle), "
                   f"{row['per_s_above_idle_us']:.1f} µs/thread/s above idle "
+                  f"({row['per_s_above_twin_us']:.1f} above the twin) "
                   f"(wake-up floor {row['wake_floor'].get('floor_us_per_thread_s', float('nan')):.1f}), "
                   f"{row['cpu_pct']:.2f} % CPU, "
                   f"{row['rss_mib']:.1f} MiB RSS; daemon settled {_settle_cell(settle)}, "
@@ -529,6 +560,8 @@ def run_daemon_cost(sizes: list[int], window_s: float, windows: int, profile: bo
             # moment (EINVAL, ledger.py) and is retried at the next resync.
             wait_for(_machine_trimmed, 15, 0.5)
             daemon.stop()
+        if idle_twin is not None:
+            idle_twin.stop()
 
 
 def _marginal_us(samples: list[dict], idle: dict, threads: int) -> float:
@@ -730,7 +763,7 @@ def plot(res: dict, path: str) -> str | None:
     panels = (
         ("CPU, % of one core (resync 1 s)", [r["cpu_pct"] for r in rows], GOAL_CPU_PCT_100, "goal at 100 guests"),
         ("CPU per managed thread per second above idle, µs",
-         [r.get("per_s_above_idle_us", float("nan")) for r in rows], GOAL_US_PER_THREAD, "goal"),
+         [b3_floor.judged(r) for r in rows], GOAL_US_PER_THREAD, "goal"),
         ("RSS, MiB", [r["rss_mib"] for r in rows], GOAL_RSS_MIB, "goal"),
     )
     for ax, (title, ys, goal, label) in zip(axes, panels, strict=True):
@@ -834,12 +867,19 @@ def _per_thread_rows(r: dict, tag: str) -> list[list[str]]:
     the two are the same number), and the wake-up floor says how much of the
     per-second figure the machine's wake-up cost alone explains."""
     g = f"{r['guests']} {tag}"
-    ps, pt = r.get("per_s_above_idle_us", float("nan")), r.get("per_s_total_us", float("nan"))
+    ps, pt = b3_floor.judged(r), r.get("per_s_total_us", float("nan"))
     v, m = r["us_per_thread"], r.get("marginal_us_per_thread", float("nan"))
-    rows = [[f"CPU per managed thread per second, {g}: above idle (total)", f"{ps:.1f} µs ({pt:.1f})",
-             f"≤ {GOAL_US_PER_THREAD:g} µs", _per_second_mark(ps)],
-            [f"  same per resync ({r['resyncs_per_s']:.2f} resyncs/s): above idle (total)", f"{m:.1f} µs ({v:.1f})",
-             "mark on the row above", ""]]
+    tw = r.get("per_s_above_twin_us", float("nan"))
+    if tw == tw:
+        rows = [[f"CPU per managed thread per second, {g}: above the idle twin (above idle before; total)",
+                 f"{ps:.1f} µs ({r['per_s_above_idle_us']:.1f}; {pt:.1f})", f"≤ {GOAL_US_PER_THREAD:g} µs",
+                 _per_second_mark(ps)]]
+    else:
+        rows = [[f"CPU per managed thread per second, {g}: above idle (total)", f"{ps:.1f} µs ({pt:.1f})",
+                 f"≤ {GOAL_US_PER_THREAD:g} µs", _per_second_mark(ps)]]
+    rows += [
+        [f"  same per resync ({r['resyncs_per_s']:.2f} resyncs/s): above idle (total)", f"{m:.1f} µs ({v:.1f})",
+         "mark on the row above", ""]]
     f = r.get("wake_floor") or {}
     if f:
         rows.append([f"  wake-up floor: a bare sleeper's {f['us_per_wake']:.0f} µs/wake-up × main thread "
@@ -854,10 +894,10 @@ def _daemon_goal_rows(d: dict, tag: str) -> list[list[str]]:
     rows = []
     for r in d.get("rows", []):
         rows += _per_thread_rows(r, tag)
-    per_s = [r.get("per_s_above_idle_us", float("nan")) for r in d.get("rows", [])]
+    per_s = [b3_floor.judged(r) for r in d.get("rows", [])]
     if len(per_s) > 1:
         # "and flat as guests grow": every count within the goal.
-        rows.append([f"  per second above idle, {' / '.join(str(r['guests']) for r in d['rows'])} {tag}: flat?",
+        rows.append([f"  per second, judged, {' / '.join(str(r['guests']) for r in d['rows'])} {tag}: flat?",
                      " / ".join(f"{x:.1f}" for x in per_s) + " µs", f"each ≤ {GOAL_US_PER_THREAD:g} µs",
                      "n/a (below idle)" if any(x < 0 for x in per_s) else
                      _mark(all(x <= GOAL_US_PER_THREAD for x in per_s))])
@@ -880,6 +920,11 @@ def _daemon_goal_rows(d: dict, tag: str) -> list[list[str]]:
                      f"{idle['host_checks_us_per_s'] / 1e4:.3f})")
         rows.append([f"idle daemon (no realtime guest; before the {tag})", f"{idle['rtagent_cpu_pct']:.3f} %{parts}",
                      f"≤ {GOAL_IDLE_CPU_PCT:g} %", _mark(idle["rtagent_cpu_pct"] <= GOAL_IDLE_CPU_PCT)])
+        off = idle.get("twin_offset_us_per_s", float("nan"))
+        if off == off:
+            n = (d.get("rows") or [{}])[0].get("managed_threads") or 6  # the first row's threads (one guest: 6)
+            rows.append([f"  idle daemon − its idle twin, same windows ({tag}): the twin method's error",
+                         f"{off:+.1f} µs/s (over {n} threads {off / n:+.1f} µs a thread)", "reference", ""])
         top = sorted((idle.get("threads") or {}).items(), key=lambda kv: -kv[1]["cpu_pct"])[:6]
         if top:
             rows.append([f"idle daemon by thread ({tag}): % / wake-ups per s",
@@ -942,15 +987,15 @@ def _daemon_parts(d: dict, tag: str) -> list[str]:
         rows.append([r["guests"] if not r.get("failed_changes") else f"{r['guests']} (refused changes: "
                      f"{r['failed_changes']})", r["managed_threads"], f"{r['resync_cpu_ms']:.2f}",
                      f"{r['us_per_thread']:.1f}", f"{r.get('marginal_us_per_thread', float('nan')):.1f}",
-                     f"{r.get('per_s_above_idle_us', float('nan')):.1f}",
-                     f"{r.get('per_s_above_idle_us', float('nan')) / GOAL_US_PER_THREAD:.1f}×",
+                     f"{b3_floor.judged(r):.1f}",
+                     f"{b3_floor.judged(r) / GOAL_US_PER_THREAD:.1f}×",
                      f"{r['cpu_pct']:.2f}",
                      f"{r['main_cpu_pct']:.2f}", f"{r['rss_mib']:.1f}", f"{r['resyncs_per_s']:.2f}",
                      f"{r['cpu0_busy_pct']:.0f}", _settle_cell(r.get("daemon_settle"))])
     if rows:
         parts.append(format_table(
             [f"B3 {tag} (real)", "managed threads", "CPU/resync ms", "µs/thread/resync", "above idle",
-             "µs/thread/s above idle", "vs 5 µs goal",
+             "µs/thread/s above the idle twin (or idle)", "vs 5 µs goal",
              "daemon CPU %", "main thread %", "RSS MiB", "resyncs/s", "CPU 0 busy %",
              "daemon settled (s, last CPU %)"], rows))
         last = d["rows"][-1]
@@ -958,8 +1003,8 @@ def _daemon_parts(d: dict, tag: str) -> list[str]:
             f"Resync every {d['resync_s']:g} s, full check every {d.get('full_check_s', FULL_CHECK_S):g} s "
             f"(CPU per resync averages both at their share); drift watch: {d.get('drift_watch', 'default')}; "
             f"per resync: medians of {d['windows']} windows of {d['window_s']:g} s (main thread and libvirt "
-            f"worker); per second: every thread of the daemon, the windows pooled, less the idle daemon's "
-            f"(the goal's row). At {last['guests']} {tag}: CPU {last['cpu_pct']:.2f} % "
+            f"worker); per second: every thread of the daemon, the windows pooled, less its idle twin's in "
+            f"the same windows (or, without one, the idle daemon's before the guests): the goal's row. At {last['guests']} {tag}: CPU {last['cpu_pct']:.2f} % "
             f"({last['cpu_pct'] / GOAL_CPU_PCT_100:.1f}× the 100-guest goal), "
             f"{last['us_per_thread']:.1f} µs/thread ({last['us_per_thread'] / GOAL_US_PER_THREAD:.1f}× the goal), "
             f"RSS {last['rss_mib']:.1f} MiB ({last['rss_mib'] / GOAL_RSS_MIB:.2f}× the goal); "

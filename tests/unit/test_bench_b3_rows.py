@@ -126,6 +126,9 @@ def test_the_host_checks_are_timed_apart_and_added_at_their_share(tmp_path):
     row = _row(2.0)
     b3_cost._add_host_checks(row, {"host_checks_us_per_s": 30.0}, {**share, "host_checks_us_per_s": 90.0}, 6)
     assert row["per_s_above_idle_us"] == pytest.approx(2.0 + 60.0 / 6)  # the difference to idle's share
+    twin_row = {**_row(2.0), "per_s_above_twin_us": 1.0}
+    b3_cost._add_host_checks(twin_row, {"host_checks_us_per_s": 30.0}, {**share, "host_checks_us_per_s": 90.0}, 6)
+    assert twin_row["per_s_above_twin_us"] == pytest.approx(1.0 + 60.0 / 6)
     assert row["per_s_total_us"] == pytest.approx(3.0 + 90.0 / 6) and row["cpu_pct"] == pytest.approx(0.1 + 0.009)
     assert row["host_checks_us_per_thread_s"] == pytest.approx(15.0)
 
@@ -184,3 +187,42 @@ def test_the_settle_wait_says_what_the_daemon_counted_meanwhile():
     never = b3_cost._daemon_settle(type("D", (Daemon,), {"answers": iter([{"resyncs": 1}] * 2)})(), floor=-1.0,
                                    timeout=0.0, step=0.01)  # the bound ran out before the first step
     assert never["cpu_pct"] == [] and not never["quiet"] and "not quiet" in b3_cost._settle_cell(never)
+
+
+def _tw(proc_cpu_s: float, twin_cpu_s: float, wall_s: float = 10.0) -> dict:
+    w = _w(proc_cpu_s, wall_s)
+    w["twin_proc_cpu_s"] = twin_cpu_s
+    return w
+
+
+def test_above_the_twin_is_the_difference_in_the_same_windows_pooled():
+    # The machine got dearer between the idle windows and the row's: the
+    # earlier idle baseline says 10 µs a thread, the twin beside it 1.
+    idle = [_tw(0.0010, 0.0010)] * 2
+    samples = [_tw(0.0016, 0.00154), _tw(0.0016, 0.00154)]
+    assert b3_floor.per_second_above_idle(samples, idle, 6) == pytest.approx(1e6 * 0.0006 / 10 / 6)
+    assert b3_floor.per_second_above_twin(samples, 6) == pytest.approx(1e6 * 0.00006 / 10 / 6)
+    assert b3_floor.twin_offset(idle) == pytest.approx(0.0)
+    assert b3_floor.twin_offset([_tw(0.0012, 0.0010)]) == pytest.approx(20.0)  # µs a second
+
+
+def test_without_the_twin_in_every_window_the_row_is_judged_above_idle():
+    assert math.isnan(b3_floor.per_second_above_twin([_tw(0.001, 0.001), _w(0.001)], 6))
+    assert math.isnan(b3_floor.twin_offset([_w(0.001)]))
+    assert b3_floor.judged({"per_s_above_idle_us": 7.0}) == 7.0
+    assert b3_floor.judged({"per_s_above_idle_us": 7.0, "per_s_above_twin_us": float("nan")}) == 7.0
+    assert b3_floor.judged({"per_s_above_idle_us": 7.0, "per_s_above_twin_us": 2.0}) == 2.0
+
+
+def test_the_mark_follows_the_twin_and_shows_the_earlier_baseline_beside_it():
+    r = _row(42.0)  # above the idle daemon measured minutes before: FAIL
+    r["per_s_above_twin_us"] = 2.5
+    d = {"rows": [r, _row(1.0, 10)], "resync_s": 1.0,
+         "idle": {"rtagent_cpu_pct": 0.012, "twin_offset_us_per_s": -3.0}}
+    rows = b3_cost._daemon_goal_rows(d, "paused guests")
+    first = next(x for x in rows if x[0].startswith("CPU per managed thread per second, 1 "))
+    assert "above the idle twin" in first[0] and first[1].startswith("2.5 µs (42.0;") and first[3] == "pass"
+    flat = next(x for x in rows if "flat?" in x[0])
+    assert flat[1] == "2.5 / 1.0 µs" and flat[3] == "pass"
+    err = next(x for x in rows if "twin method's error" in x[0])
+    assert err[1].startswith("-3.0 µs/s") and err[2] == "reference"
