@@ -175,3 +175,41 @@ def test_a_start_the_selector_leaves_alone_costs_no_xml():
     guest, xml = host.starting(7, lambda name: name.startswith("rtt-"))
     assert xml == "<domain/>" and conn.xml_asked == 1
     assert host.starting(7)[1] == "<domain/>" and conn.xml_asked == 2  # no selector given: as before
+
+
+def test_a_failed_call_leaves_no_cycle_behind():
+    """A libvirt error through the worker (a guest gone: "domain not
+    found") is freed by refcounting, with everything its call's frames
+    held: nothing waits for the cyclic collector."""
+    import gc
+    import weakref
+
+    import libvirt
+
+    from rtagent.errors import LibvirtError
+
+    class Held:
+        pass
+
+    worker = libvirt_host.CallWorker(timeout_s=5.0, name="rtagent-test-worker")
+
+    def failing_call() -> weakref.ref:
+        held = Held()
+
+        def fn():
+            _ = held
+            raise libvirt.libvirtError("Domain not found: no domain with matching uuid")
+
+        try:
+            worker.call("state", fn)
+        except LibvirtError:
+            pass
+        return weakref.ref(held)
+
+    gc.disable()
+    try:
+        gc.collect()
+        ref = failing_call()
+        _until(lambda: ref() is None, "the failed call's frames were kept by a reference cycle")
+    finally:
+        gc.enable()
