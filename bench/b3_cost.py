@@ -228,8 +228,7 @@ def _window(daemon, seconds: float, wakes_hint: float = 1 / RESYNC_S, twin=None)
     st1, ts1 = daemon.status()["daemon"]["resyncs"], time.monotonic()
     wall = t1 - t0
     resyncs = (st1 - st0) * wall / (ts1 - ts0)
-    twin_part = {} if tw0 is None or tw1 is None else {
-        "twin_proc_cpu_s": (tw1[0] - tw0[0]) / 1e9, "twin_main_switches": tw1[1] - tw0[1]}
+    twin_part = {} if tw0 is None or tw1 is None else {"twin_proc_cpu_s": (tw1 - tw0) / 1e9}
     return {**twin_part, "wall_s": wall, "resyncs": resyncs, "main_switches": sw1 - sw0, "sleeper": sleeper.result(),
             # Changes the kernel refused (e.g. FIFO without RT budget): each
             # costs an apply and a re-observe on every resync, not steady state.
@@ -243,15 +242,11 @@ def _window(daemon, seconds: float, wakes_hint: float = 1 / RESYNC_S, twin=None)
             "cpu0_busy_pct": 100.0 * (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])}
 
 
-def _twin_reading(twin) -> tuple[int, int] | None:
-    """The idle twin's process CPU (ns) and main-thread wake-ups, or None
-    (no twin, or it is gone)."""
+def _twin_reading(twin) -> int | None:
+    """The idle twin's process CPU (ns), or None (no twin, or it is gone)."""
     if twin is None or twin.proc.poll() is not None:
         return None
-    try:
-        return process_cpu_ns(twin.pid), _main_switches(twin.pid)
-    except (OSError, ValueError):
-        return None
+    return process_cpu_ns(twin.pid)
 
 
 def _windows(daemon, window_s: float, windows: int, wakes_hint: float, twin=None) -> list[dict]:
@@ -870,14 +865,10 @@ def _per_thread_rows(r: dict, tag: str) -> list[list[str]]:
     ps, pt = b3_floor.judged(r), r.get("per_s_total_us", float("nan"))
     v, m = r["us_per_thread"], r.get("marginal_us_per_thread", float("nan"))
     tw = r.get("per_s_above_twin_us", float("nan"))
-    if tw == tw:
-        rows = [[f"CPU per managed thread per second, {g}: above the idle twin (above idle before; total)",
-                 f"{ps:.1f} µs ({r['per_s_above_idle_us']:.1f}; {pt:.1f})", f"≤ {GOAL_US_PER_THREAD:g} µs",
-                 _per_second_mark(ps)]]
-    else:
-        rows = [[f"CPU per managed thread per second, {g}: above idle (total)", f"{ps:.1f} µs ({pt:.1f})",
-                 f"≤ {GOAL_US_PER_THREAD:g} µs", _per_second_mark(ps)]]
-    rows += [
+    twin = tw == tw  # measured (not NaN)
+    base, before = ("the idle twin", f"{r['per_s_above_idle_us']:.1f}; ") if twin else ("idle", "")
+    rows = [[f"CPU per managed thread per second, {g}: above {base} ({'above idle before; ' if twin else ''}total)",
+             f"{ps:.1f} µs ({before}{pt:.1f})", f"≤ {GOAL_US_PER_THREAD:g} µs", _per_second_mark(ps)],
         [f"  same per resync ({r['resyncs_per_s']:.2f} resyncs/s): above idle (total)", f"{m:.1f} µs ({v:.1f})",
          "mark on the row above", ""]]
     f = r.get("wake_floor") or {}
