@@ -263,28 +263,32 @@ class CallWorker:
                 raise LibvirtUnresponsive(f"{what}: not waited for, the daemon is stopping") from None
             raise LibvirtUnresponsive(f"{what}: libvirt did not answer within {timeout:.1f}s") from None
         except libvirt.libvirtError as err:
-            # Its traceback holds this frame and the worker's, which hold
-            # the future, which holds the error: a cycle that refcounting
-            # never frees, with the caller's guest, domain and reports in
-            # it, until a full collection — every guest that goes leaves a
-            # "domain not found" or two (measured: the daemon's Python heap
-            # rose 0.15 MiB a cycle of 20 guests, then fell at a gen-2
-            # pass).  The message is all the caller uses.
-            err.__traceback__ = None
             raise translate(err, what) from None
+        finally:
+            # A failed call's error holds its traceback, which holds this
+            # frame and _wait's; were the future still in them (it holds
+            # the error) that would be a cycle refcounting never frees, with
+            # the caller's guest, domain and reports in it, until a full
+            # collection.  Every guest that goes leaves a "domain not found"
+            # or two (measured: the daemon's Python heap rose 0.15 MiB a
+            # cycle of 20 guests, then fell at a gen-2 pass).
+            fut = None
 
     def _wait(self, fut: Future, started: float, timeout: float, stopping: bool) -> object:
         """``fut.result`` in slices, so a stop asked meanwhile (a signal
         handler runs between them) ends the wait; FutureTimeout when it ends."""
         end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0 or (self._aborting and not stopping):
-                raise FutureTimeout()
-            try:
-                return fut.result(min(left, WAIT_SLICE_S))
-            except FutureTimeout:
-                continue
+        try:
+            while True:
+                left = end - time.monotonic()
+                if left <= 0 or (self._aborting and not stopping):
+                    raise FutureTimeout()
+                try:
+                    return fut.result(min(left, WAIT_SLICE_S))
+                except FutureTimeout:
+                    continue
+        finally:
+            fut = None  # not in the traceback of the error it raised (see call)
 
 
 def _cpumap(cpus: frozenset[int], ncpus: int) -> tuple[bool, ...]:
