@@ -177,8 +177,15 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     held to ±10 % of schedstat's count of the kworkers' runs over the same
     window (which includes other kworker work on this shared CPU), and must
     show the injection (half the work items at least: a kworker can take
-    several in one run); the time must be positive and below schedstat's
-    (plus what the hypervisor stole: the trace clock runs on through it)."""
+    several in one run); the time must be positive and within half again
+    of schedstat's (plus what the hypervisor stole: the trace clock runs on
+    through it).  The two bound each run at different points of the switch
+    path — the kernel at its run-queue clock update, the trace at the
+    tracepoint after the next task is picked — so on a slow machine, where
+    a run is 30 µs, the trace's sum came out 1.11× schedstat's (0.80–0.93×
+    on a faster one): a ratio, since the switch path slows with the run.  A
+    switch-out the accountant missed would charge the CPU's idle time
+    between the 1 000 reads, many times the runs themselves."""
     s = sampler_factory()
     settle(s)
     before_ns, before_n = total(s, Kind.KTHREAD, "kworker")
@@ -201,6 +208,7 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     schedstat = sum(v[0] - kw_before.get(pid, (0, 0))[0] for pid, v in kw_after.items())
     runs = sum(v[1] - kw_before.get(pid, (0, 0))[1] for pid, v in kw_after.items())
     report("kworker runs", n, runs)
+    report("kworker ns", ns, schedstat)
     # The kernel's own count of the kworkers' runs (which includes other
     # kworker work on this shared CPU) is the exact yardstick for the
     # count; a kworker may take several queued items in one run (seen: 862
@@ -210,7 +218,7 @@ def test_kernel_thread_made_to_run_there(sampler_factory):
     # (the trace's window ends up to one poll before the kernel's count).
     assert abs(n - runs) <= 0.10 * runs + 10, (n, runs)
     # The trace clock runs on while the hypervisor steals the CPU.
-    assert 0 < ns <= schedstat * 1.1 + stolen, (ns, schedstat, stolen)
+    assert 0 < ns <= schedstat * 1.5 + stolen, (ns, schedstat, stolen)
 
 
 def _irq_on_cpu(irq: int, cpu: int) -> int:
